@@ -1,0 +1,257 @@
+//! The command table: what the proxy must know about a command before it
+//! forwards it. Today that is where its effect lives (any connection, the
+//! client's own connection, or a reply stream that is no longer one reply per
+//! request) and whether the proxy answers it itself. Key positions for
+//! versioning will live here too.
+
+use crate::protocol::Command;
+
+/// How a command must be carried to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandClass {
+    /// Stateless for the connection: any pooled upstream connection serves it.
+    Shared,
+    /// Leaves state on the connection or blocks it (MULTI, WATCH, BLPOP,
+    /// CLIENT SETNAME, ...): the client gets its own upstream connection.
+    Stateful,
+    /// Replies stop being one per request (SUBSCRIBE, MONITOR, CLIENT REPLY,
+    /// CLIENT TRACKING): the client's own connection, bytes piped both ways.
+    Streaming,
+    /// Answered or adapted by the proxy itself.
+    Local(LocalCommand),
+    /// Not proxied; the reason is the error text.
+    Refused(&'static str),
+}
+
+/// Commands the proxy handles itself because the pooled connection model
+/// would otherwise change their meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCommand {
+    Auth,
+    Hello,
+    Select,
+    Quit,
+    Reset,
+    /// `INFO cache`: the proxy's own section.
+    InfoCache,
+    /// `CLIENT GETNAME` on a client that has no connection of its own.
+    ClientGetName,
+}
+
+/// Commands that block their connection until something happens elsewhere.
+const BLOCKING: &[&str] = &[
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BLMOVE",
+    "BLMPOP",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BZMPOP",
+    "WAIT",
+    "WAITAOF",
+];
+
+/// Commands whose effect lives on the connection that sent them.
+const STATEFUL: &[&str] = &["MULTI", "WATCH", "READONLY", "READWRITE", "ASKING"];
+
+/// Commands after which replies no longer pair one-to-one with requests.
+const STREAMING: &[&str] = &[
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "MONITOR",
+];
+
+/// CLIENT subcommands that describe or change the calling connection.
+const CLIENT_STATEFUL: &[&str] = &[
+    "SETNAME",
+    "ID",
+    "INFO",
+    "CACHING",
+    "NO-EVICT",
+    "NO-TOUCH",
+    "GETREDIR",
+    "TRACKINGINFO",
+];
+
+/// Classifies a command by its name and, where the effect depends on it,
+/// its arguments.
+pub fn classify(command: &Command) -> CommandClass {
+    let name = command.name();
+    let is = |candidates: &[&str]| {
+        candidates
+            .iter()
+            .any(|candidate| name.eq_ignore_ascii_case(candidate.as_bytes()))
+    };
+    if is(&[
+        "GET", "SET", "MGET", "MSET", "DEL", "INCR", "HGET", "HSET", "EXPIRE", "EXISTS",
+    ]) {
+        // The commonest commands first, so they cost a handful of compares.
+        return CommandClass::Shared;
+    }
+    if is(BLOCKING) {
+        return CommandClass::Stateful;
+    }
+    if is(STATEFUL) {
+        return CommandClass::Stateful;
+    }
+    if is(STREAMING) {
+        return CommandClass::Streaming;
+    }
+    if command.is("XREAD") || command.is("XREADGROUP") {
+        return if has_option_before_streams(command, "BLOCK") {
+            CommandClass::Stateful
+        } else {
+            CommandClass::Shared
+        };
+    }
+    if command.is("CLIENT") {
+        return classify_client(command);
+    }
+    if command.is("SCRIPT") && arg_is(command, 1, "DEBUG") {
+        return CommandClass::Stateful;
+    }
+    if command.is("AUTH") {
+        return CommandClass::Local(LocalCommand::Auth);
+    }
+    if command.is("HELLO") {
+        return CommandClass::Local(LocalCommand::Hello);
+    }
+    if command.is("SELECT") {
+        return CommandClass::Local(LocalCommand::Select);
+    }
+    if command.is("QUIT") {
+        return CommandClass::Local(LocalCommand::Quit);
+    }
+    if command.is("RESET") {
+        return CommandClass::Local(LocalCommand::Reset);
+    }
+    if command.is("INFO") && command.args().len() == 2 && arg_is(command, 1, "CACHE") {
+        return CommandClass::Local(LocalCommand::InfoCache);
+    }
+    if is(&["SYNC", "PSYNC", "REPLCONF"]) {
+        return CommandClass::Refused("replication is not proxied by auracache; connect replicas to Redis directly");
+    }
+    CommandClass::Shared
+}
+
+fn classify_client(command: &Command) -> CommandClass {
+    let Some(sub) = command.arg(1) else {
+        return CommandClass::Shared;
+    };
+    let sub_is = |name: &str| sub.eq_ignore_ascii_case(name.as_bytes());
+    if sub_is("REPLY") || sub_is("TRACKING") {
+        CommandClass::Streaming
+    } else if sub_is("GETNAME") {
+        CommandClass::Local(LocalCommand::ClientGetName)
+    } else if CLIENT_STATEFUL.iter().any(|name| sub_is(name)) {
+        CommandClass::Stateful
+    } else {
+        CommandClass::Shared
+    }
+}
+
+fn arg_is(command: &Command, index: usize, upper: &str) -> bool {
+    command
+        .arg(index)
+        .is_some_and(|arg| arg.eq_ignore_ascii_case(upper.as_bytes()))
+}
+
+/// XREAD/XREADGROUP options come before the STREAMS keyword; a stream key
+/// named "BLOCK" after it must not count.
+fn has_option_before_streams(command: &Command, option: &str) -> bool {
+    command
+        .args()
+        .iter()
+        .skip(1)
+        .take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|arg| arg.eq_ignore_ascii_case(option.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn command(words: &str) -> Command {
+        Command::from_args(
+            words
+                .split_whitespace()
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn ordinary_commands_share_pooled_connections() {
+        for words in [
+            "get k",
+            "SET k v",
+            "hgetall h",
+            "EVAL x 0",
+            "XREAD STREAMS s 0",
+            "CLIENT LIST",
+            "EXEC",
+        ] {
+            assert_eq!(classify(&command(words)), CommandClass::Shared, "{words}");
+        }
+    }
+
+    #[test]
+    fn connection_state_needs_a_dedicated_connection() {
+        for words in [
+            "MULTI",
+            "watch k",
+            "BLPOP l 0",
+            "bzpopmin z 1",
+            "XREAD COUNT 1 BLOCK 0 STREAMS s $",
+            "CLIENT SETNAME me",
+            "client id",
+            "WAIT 1 0",
+        ] {
+            assert_eq!(classify(&command(words)), CommandClass::Stateful, "{words}");
+        }
+    }
+
+    #[test]
+    fn block_after_streams_is_a_key_not_an_option() {
+        assert_eq!(classify(&command("XREAD STREAMS BLOCK 0")), CommandClass::Shared);
+    }
+
+    #[test]
+    fn reply_streams_are_piped() {
+        for words in [
+            "SUBSCRIBE a",
+            "psubscribe x*",
+            "MONITOR",
+            "CLIENT REPLY OFF",
+            "CLIENT TRACKING ON",
+            "UNSUBSCRIBE",
+        ] {
+            assert_eq!(classify(&command(words)), CommandClass::Streaming, "{words}");
+        }
+    }
+
+    #[test]
+    fn proxy_answers_connection_commands_itself() {
+        assert_eq!(
+            classify(&command("select 2")),
+            CommandClass::Local(LocalCommand::Select)
+        );
+        assert_eq!(classify(&command("HELLO 3")), CommandClass::Local(LocalCommand::Hello));
+        assert_eq!(
+            classify(&command("info cache")),
+            CommandClass::Local(LocalCommand::InfoCache)
+        );
+        assert_eq!(classify(&command("INFO")), CommandClass::Shared);
+        assert_eq!(
+            classify(&command("CLIENT GETNAME")),
+            CommandClass::Local(LocalCommand::ClientGetName)
+        );
+        assert!(matches!(classify(&command("PSYNC ? -1")), CommandClass::Refused(_)));
+    }
+}

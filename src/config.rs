@@ -1,0 +1,520 @@
+//! Settings, layered: built-in defaults < `proxy.toml` < environment <
+//! command-line flags. Every setting has one dotted name (`limits.max_clients`)
+//! used by the file, the environment table, flags and error messages, and one
+//! setter ([`Config::set`]) that parses and checks it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. The message names the setting, the
+/// value and what is allowed, so it can be fixed without reading code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid setting {name} = {value:?}: {allowed}")]
+    Invalid {
+        name: String,
+        value: String,
+        allowed: String,
+    },
+    #[error("unknown setting {0}")]
+    Unknown(String),
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+fn invalid(name: &str, value: &str, allowed: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+    }
+}
+
+/// The whole configuration. Field names are the names in `proxy.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: String,
+    /// The Redis behind the proxy: `redis://[user:password@]host:port[/db]`.
+    pub upstream: String,
+    pub pool: PoolConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// Upstream connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pipelined upstream connections shared by clients, per (database, protocol).
+    pub size: usize,
+    /// How long one connection attempt to Redis may take.
+    pub connect_timeout_ms: u64,
+    /// Longest wait between reconnection attempts (backoff doubles up to it).
+    pub max_backoff_ms: u64,
+}
+
+/// Protection against bad or greedy clients. Defaults mirror Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most clients connected at once (Redis `maxclients`).
+    pub max_clients: usize,
+    /// Largest bulk string in a request or reply (Redis `proto-max-bulk-len`).
+    pub max_bulk_bytes: usize,
+    /// Most arguments in one request.
+    pub max_multibulk_len: usize,
+    /// Longest inline (telnet-style) command line.
+    pub max_inline_bytes: usize,
+    /// Deepest nesting accepted in a reply from Redis.
+    pub max_nesting_depth: usize,
+    /// Most unparsed bytes buffered for one client (Redis `client-query-buffer-limit`).
+    pub max_query_buffer_bytes: usize,
+    /// Close clients idle this long (seconds); 0 = never (Redis `timeout`).
+    pub idle_timeout_secs: u64,
+    /// On shutdown, how long in-flight replies may take to drain.
+    pub drain_timeout_ms: u64,
+}
+
+/// Client authentication to the proxy. Empty = clients need not authenticate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Password of the `default` user (`AUTH <password>`).
+    pub password: Option<String>,
+    /// Named users (`AUTH <name> <password>`).
+    pub users: Vec<UserConfig>,
+}
+
+/// One named user of the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Hex SHA-256 of the password, so the file holds no secret.
+    pub password_sha256: String,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a user may do; admin commands will require `Admin`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    #[default]
+    User,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+    /// text or json.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6380".into(),
+            upstream: "redis://127.0.0.1:6379".into(),
+            pool: PoolConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size: 2,
+            connect_timeout_ms: 2000,
+            max_backoff_ms: 1000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_clients: 10_000,
+            max_bulk_bytes: 512 * 1024 * 1024,
+            max_multibulk_len: 1024 * 1024,
+            max_inline_bytes: 64 * 1024,
+            max_nesting_depth: 1024,
+            max_query_buffer_bytes: 1024 * 1024 * 1024,
+            idle_timeout_secs: 0,
+            drain_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Environment variables and the settings they set.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("AURACACHE_LISTEN", "listen"),
+    ("AURACACHE_UPSTREAM", "upstream"),
+    ("AURACACHE_POOL_SIZE", "pool.size"),
+    ("AURACACHE_CONNECT_TIMEOUT_MS", "pool.connect_timeout_ms"),
+    ("AURACACHE_MAX_BACKOFF_MS", "pool.max_backoff_ms"),
+    ("AURACACHE_MAX_CLIENTS", "limits.max_clients"),
+    ("AURACACHE_MAX_BULK_BYTES", "limits.max_bulk_bytes"),
+    ("AURACACHE_MAX_MULTIBULK_LEN", "limits.max_multibulk_len"),
+    ("AURACACHE_MAX_INLINE_BYTES", "limits.max_inline_bytes"),
+    ("AURACACHE_MAX_NESTING_DEPTH", "limits.max_nesting_depth"),
+    ("AURACACHE_MAX_QUERY_BUFFER_BYTES", "limits.max_query_buffer_bytes"),
+    ("AURACACHE_IDLE_TIMEOUT_SECS", "limits.idle_timeout_secs"),
+    ("AURACACHE_DRAIN_TIMEOUT_MS", "limits.drain_timeout_ms"),
+    ("AURACACHE_AUTH_PASSWORD", "auth.password"),
+    ("AURACACHE_LOG_LEVEL", "log.level"),
+    ("AURACACHE_LOG_FORMAT", "log.format"),
+];
+
+impl Config {
+    /// Reads a `proxy.toml`. Unknown keys are refused, so a typo is caught.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        Config::from_toml(&text).map_err(|reason| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text; the error is toml's, which names the key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|error| error.to_string().trim().replace('\n', " "))?;
+        Ok(config)
+    }
+
+    /// Applies the environment layer from `vars` (name, value) pairs.
+    pub fn apply_environment<I>(&mut self, vars: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        for (variable, setting) in ENVIRONMENT {
+            if let Some(value) = vars.get(*variable) {
+                self.set(setting, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one setting from its text form, checking it.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let whole = |minimum: u64| -> Result<u64, ConfigError> {
+            value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|number| *number >= minimum)
+                .ok_or_else(|| invalid(name, value, &format!("expected a whole number >= {minimum}")))
+        };
+        match name {
+            "listen" => self.listen = value.to_string(),
+            "upstream" => self.upstream = value.to_string(),
+            "pool.size" => self.pool.size = whole(1)? as usize,
+            "pool.connect_timeout_ms" => self.pool.connect_timeout_ms = whole(1)?,
+            "pool.max_backoff_ms" => self.pool.max_backoff_ms = whole(1)?,
+            "limits.max_clients" => self.limits.max_clients = whole(1)? as usize,
+            "limits.max_bulk_bytes" => self.limits.max_bulk_bytes = whole(1)? as usize,
+            "limits.max_multibulk_len" => self.limits.max_multibulk_len = whole(1)? as usize,
+            "limits.max_inline_bytes" => self.limits.max_inline_bytes = whole(16)? as usize,
+            "limits.max_nesting_depth" => self.limits.max_nesting_depth = whole(1)? as usize,
+            "limits.max_query_buffer_bytes" => self.limits.max_query_buffer_bytes = whole(1024)? as usize,
+            "limits.idle_timeout_secs" => self.limits.idle_timeout_secs = whole(0)?,
+            "limits.drain_timeout_ms" => self.limits.drain_timeout_ms = whole(0)?,
+            "auth.password" => {
+                self.auth.password = if value.is_empty() {
+                    None
+                } else {
+                    Some(value.to_string())
+                }
+            }
+            "log.level" => self.log.level = value.to_string(),
+            "log.format" => self.log.format = value.to_string(),
+            _ => return Err(ConfigError::Unknown(name.to_string())),
+        }
+        self.check_one(name)
+    }
+
+    /// Checks every setting, including those a file set directly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in [
+            "listen",
+            "upstream",
+            "pool.size",
+            "limits.max_clients",
+            "limits.max_inline_bytes",
+            "auth.users",
+            "log.level",
+            "log.format",
+        ] {
+            self.check_one(name)?;
+        }
+        Ok(())
+    }
+
+    fn check_one(&self, name: &str) -> Result<(), ConfigError> {
+        match name {
+            "listen" => {
+                if self.listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&self.listen) {
+                    return Err(invalid(
+                        name,
+                        &self.listen,
+                        "expected host:port, for example 127.0.0.1:6380",
+                    ));
+                }
+            }
+            "upstream" => {
+                UpstreamUrl::parse(&self.upstream)
+                    .map_err(|allowed| invalid(name, &self.upstream_redacted(), &allowed))?;
+            }
+            "pool.size" if self.pool.size == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "limits.max_clients" if self.limits.max_clients == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "limits.max_inline_bytes" if self.limits.max_inline_bytes < 16 => {
+                return Err(invalid(
+                    name,
+                    &self.limits.max_inline_bytes.to_string(),
+                    "expected a whole number >= 16",
+                ));
+            }
+            "auth.users" => {
+                for user in &self.auth.users {
+                    let valid =
+                        user.password_sha256.len() == 64 && user.password_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                    if !valid {
+                        return Err(invalid(
+                            &format!("auth.users[{}].password_sha256", user.name),
+                            "<hidden>",
+                            "expected 64 hex digits (sha256sum of the password)",
+                        ));
+                    }
+                }
+            }
+            "log.level" if !["error", "warn", "info", "debug", "trace"].contains(&self.log.level.as_str()) => {
+                return Err(invalid(
+                    name,
+                    &self.log.level,
+                    "expected error, warn, info, debug or trace",
+                ));
+            }
+            "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {
+                return Err(invalid(name, &self.log.format, "expected text or json"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The upstream URL with any password replaced, for logs and output.
+    pub fn upstream_redacted(&self) -> String {
+        match UpstreamUrl::parse(&self.upstream) {
+            Ok(url) => url.redacted(),
+            Err(_) => self.upstream.clone(),
+        }
+    }
+
+    /// The effective configuration as TOML, secrets hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.upstream = self.upstream_redacted();
+        if shown.auth.password.is_some() {
+            shown.auth.password = Some("<hidden>".into());
+        }
+        for user in &mut shown.auth.users {
+            user.password_sha256 = "<hidden>".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|error| format!("# cannot render configuration: {error}\n"))
+    }
+}
+
+fn looks_like_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// A parsed `redis://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl UpstreamUrl {
+    /// Parses `redis://[user:password@]host[:port][/db]`; the error says what
+    /// is allowed.
+    pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
+        const ALLOWED: &str = "expected redis://[user:password@]host:port[/db]";
+        let url = url::Url::parse(text).map_err(|error| format!("{ALLOWED} ({error})"))?;
+        match url.scheme() {
+            "redis" => {}
+            "rediss" => return Err("TLS upstreams (rediss://) are not supported yet; use redis://".into()),
+            other => return Err(format!("{ALLOWED}, not scheme {other:?}")),
+        }
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("{ALLOWED} (no host)"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let decode = |text: &str| {
+            url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default()
+        };
+        let username = Some(url.username()).filter(|name| !name.is_empty()).map(decode);
+        let password = url.password().map(decode);
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            path => path
+                .parse::<u32>()
+                .map_err(|_| format!("{ALLOWED} (database {path:?} is not a number)"))?,
+        };
+        Ok(UpstreamUrl {
+            host,
+            port: url.port().unwrap_or(6379),
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// host:port for connecting.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The URL with the password hidden.
+    pub fn redacted(&self) -> String {
+        let credentials = match (&self.username, &self.password) {
+            (Some(user), Some(_)) => format!("{user}:<hidden>@"),
+            (None, Some(_)) => ":<hidden>@".to_string(),
+            (Some(user), None) => format!("{user}@"),
+            (None, None) => String::new(),
+        };
+        format!("redis://{credentials}{}/{}", self.address(), self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_environment() {
+        let mut config = Config::from_toml("listen = \"127.0.0.1:7000\"\n[pool]\nsize = 7\n").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7000");
+        assert_eq!(config.pool.size, 7);
+        assert_eq!(config.limits.max_clients, 10_000, "untouched settings keep defaults");
+        config
+            .apply_environment(env(&[("AURACACHE_LISTEN", "127.0.0.1:7001"), ("UNRELATED", "x")]))
+            .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7001");
+        assert_eq!(config.pool.size, 7);
+        config.set("listen", "127.0.0.1:7002").unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7002");
+    }
+
+    #[test]
+    fn invalid_values_name_setting_value_and_what_is_allowed() {
+        let mut config = Config::default();
+        let error = config
+            .apply_environment(env(&[("AURACACHE_MAX_CLIENTS", "abc")]))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid setting limits.max_clients = \"abc\": expected a whole number >= 1"
+        );
+        let error = config.set("log.format", "xml").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid setting log.format = \"xml\": expected text or json"
+        );
+        assert!(
+            config
+                .set("upstream", "http://x")
+                .unwrap_err()
+                .to_string()
+                .contains("upstream")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let error = Config::from_toml("[limits]\nmax_client = 3\n").unwrap_err();
+        assert!(error.contains("max_client"), "{error}");
+    }
+
+    #[test]
+    fn upstream_url_forms() {
+        let url = UpstreamUrl::parse("redis://alice:p%40ss@10.0.0.1:6400/3").unwrap();
+        assert_eq!(
+            (
+                url.host.as_str(),
+                url.port,
+                url.username.as_deref(),
+                url.password.as_deref(),
+                url.db
+            ),
+            ("10.0.0.1", 6400, Some("alice"), Some("p@ss"), 3)
+        );
+        let url = UpstreamUrl::parse("redis://:secret@localhost").unwrap();
+        assert_eq!(
+            (url.port, url.username.clone(), url.password.as_deref()),
+            (6379, None, Some("secret"))
+        );
+        assert_eq!(url.redacted(), "redis://:<hidden>@localhost:6379/0");
+        assert!(UpstreamUrl::parse("redis://h:1/notanumber").is_err());
+    }
+
+    #[test]
+    fn printed_configuration_hides_secrets() {
+        let mut config = Config::default();
+        config.upstream = "redis://u:topsecret@127.0.0.1:6379".into();
+        config.auth.password = Some("hunter2".into());
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("topsecret") && !shown.contains("hunter2"), "{shown}");
+        assert!(Config::from_toml(&shown).is_ok(), "printed config parses back");
+    }
+}

@@ -1,0 +1,26 @@
+//! auracache: a RESP-compatible caching proxy for Redis.
+//!
+//! A request's path, stage by stage (see ARCHITECTURE.md):
+//!
+//! - [`server`] accepts a client and starts a [`session`] for it;
+//! - [`protocol`] finds frames (with limits) and decodes [`protocol::Command`]s;
+//! - [`command`] classifies each command (shared, stateful, streaming, local);
+//! - [`auth`] and [`admin`] answer what the proxy answers itself;
+//! - [`upstream`] carries the rest to Redis over pooled or dedicated
+//!   pipelined connections, and the session writes replies in request order.
+//!
+//! [`config`] holds the layered settings, [`stats`] the counters, and
+//! [`shutdown`] the graceful-stop signal.
+
+pub mod admin;
+pub mod auth;
+pub mod command;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod stats;
+pub mod upstream;
+
+pub use server::{Server, ServerHandle, StartError};

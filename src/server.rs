@@ -1,0 +1,206 @@
+//! The listening side: accepts clients within `limits.max_clients`, starts a
+//! session for each, and on shutdown stops accepting and lets in-flight
+//! replies drain (bounded by `limits.drain_timeout_ms`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError, UpstreamUrl};
+use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
+use crate::session::{self, Shared};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
+use crate::stats::Stats;
+use crate::upstream::Pools;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: String, reason: std::io::Error },
+}
+
+/// Entry point for running the proxy in-process.
+pub struct Server;
+
+/// A running proxy: its address, counters, and the way to stop it.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    stats: Arc<Stats>,
+    trigger: ShutdownTrigger,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Server {
+    /// Validates the configuration, binds the listener and starts serving.
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        config.validate()?;
+        let target = UpstreamUrl::parse(&config.upstream).map_err(|allowed| ConfigError::Invalid {
+            name: "upstream".into(),
+            value: config.upstream_redacted(),
+            allowed,
+        })?;
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|reason| StartError::Listen {
+                address: config.listen.clone(),
+                reason,
+            })?;
+        let local_addr = listener.local_addr().map_err(|reason| StartError::Listen {
+            address: config.listen.clone(),
+            reason,
+        })?;
+        let (trigger, shutdown) = shutdown::channel();
+        let stats = Arc::new(Stats::default());
+        let limits = &config.limits;
+        let request_limits = RequestLimits {
+            max_bulk_bytes: limits.max_bulk_bytes,
+            max_multibulk_len: limits.max_multibulk_len,
+            max_inline_bytes: limits.max_inline_bytes,
+        };
+        let reply_limits = ReplyLimits {
+            max_nesting_depth: limits.max_nesting_depth,
+            max_bulk_bytes: limits.max_bulk_bytes,
+        };
+        let pools = Pools::new(
+            Arc::new(target),
+            config.pool.clone(),
+            reply_limits,
+            stats.clone(),
+            shutdown.clone(),
+        );
+        let shared = Arc::new(Shared {
+            auth: Authenticator::new(&config.auth),
+            config,
+            pools,
+            stats: stats.clone(),
+            request_limits,
+            reply_limits,
+            databases: AtomicU32::new(16),
+        });
+        tokio::spawn(learn_databases(shared.clone()));
+        tracing::info!(
+            "listening on {local_addr}, upstream {}",
+            shared.config.upstream_redacted()
+        );
+        let accept_loop = tokio::spawn(accept_clients(listener, shared, shutdown));
+        Ok(ServerHandle {
+            local_addr,
+            stats,
+            trigger,
+            accept_loop,
+        })
+    }
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Stops accepting, lets in-flight replies drain (bounded), and returns.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        let _ = self.accept_loop.await;
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down: no new clients, draining in-flight replies");
+        self.shutdown().await;
+    }
+}
+
+async fn accept_clients(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let next_id = AtomicU64::new(1);
+    let sessions_done = Arc::new(Notify::new());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.triggered() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly
+                // rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if !shared.stats.try_add_client(shared.config.limits.max_clients) {
+            tokio::spawn(reject(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), sessions_done.clone());
+        tokio::spawn(async move {
+            session::run(stream, id, shared.clone(), shutdown).await;
+            shared.stats.remove_client();
+            done.notify_waiters();
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_millis(shared.config.limits.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain, async {
+        loop {
+            let notified = sessions_done.notified();
+            if shared.stats.clients() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            clients = shared.stats.clients(),
+            "drain timeout reached; closing remaining clients"
+        );
+    }
+}
+
+/// Redis's answer when `maxclients` is reached, then the door closes.
+async fn reject(mut stream: TcpStream) {
+    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+    let _ = stream.shutdown().await;
+}
+
+/// Asks Redis how many databases it has, so SELECT can be answered locally
+/// with Redis's own bounds. Keeps the default (16) if Redis will not say.
+async fn learn_databases(shared: Arc<Shared>) {
+    let pool = shared.pools.get(shared.pools.target().db, Protocol::Resp2);
+    let Ok(connection) = pool.connection(0).await else {
+        return;
+    };
+    let command = Command::from_args(vec!["CONFIG".into(), "GET".into(), "databases".into()]);
+    let Ok(Ok(reply)) = connection.send(command.wire().clone(), 1).await.await else {
+        return;
+    };
+    // *2 $9 databases $<n> <count>: the count is the last line.
+    let text = String::from_utf8_lossy(&reply);
+    if let Some(count) = text
+        .lines()
+        .rev()
+        .find(|line| !line.is_empty())
+        .and_then(|line| line.parse::<u32>().ok())
+    {
+        shared.databases.store(count, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,722 @@
+//! One client connection, from its first byte to its last reply.
+//!
+//! The session orchestrates the stages of DESIGN.md's request path and owns
+//! the order of replies; the stages decide. Two tasks share the work:
+//!
+//! - the **request side** ([`Session`]) reads frames, decodes commands, runs
+//!   them through the phases (authentication, admin intercept, routing; key
+//!   rewrite, L1 lookup and value encoding plug in here) and forwards them,
+//!   batching consecutive commands for the same upstream connection into one
+//!   write. It never waits for a reply before reading the next request.
+//! - the **reply side** ([`write_replies`]) takes one [`Slot`] per local reply
+//!   or forwarded batch, in request order, waits for each in turn and writes
+//!   them out, coalescing what is ready into one write. Reply decoding and L1
+//!   fills plug in where a batch's replies arrive.
+//!
+//! Invariants: replies leave in request order; every forwarded command gets
+//! exactly one reply (Redis's, or `-ERR upstream unavailable: ...`); a client
+//! moving from one upstream connection to another (SELECT, MULTI, ...) first
+//! waits for its earlier commands to complete, so Redis executes its commands
+//! in the order it sent them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin;
+use crate::auth::Authenticator;
+use crate::command::{CommandClass, LocalCommand, classify};
+use crate::config::{Config, Role};
+use crate::protocol::{
+    Command, Protocol, ProtocolError, Reply, ReplyLimits, RequestFrame, RequestLimits, RequestScanner,
+};
+use crate::shutdown::Shutdown;
+use crate::stats::{ConnectionKind, Stats};
+use crate::upstream::{BatchResult, ConnectOptions, Pool, Pools, UpstreamConnection, UpstreamError, connect};
+
+/// Reply slots queued between the two sides; when full, the request side
+/// stops reading, so a client that never reads its replies stops being read.
+const SLOT_QUEUE: usize = 128;
+/// Write replies at least this large straight from their buffer, uncopied.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// Most commands in one forwarded batch before it is sent.
+const MAX_BATCH_COMMANDS: usize = 512;
+
+/// What every session shares: configuration, upstream pools, counters.
+pub struct Shared {
+    pub config: Config,
+    pub pools: Pools,
+    pub stats: Arc<Stats>,
+    pub auth: Authenticator,
+    pub request_limits: RequestLimits,
+    pub reply_limits: ReplyLimits,
+    /// Redis's `databases` setting, for answering SELECT locally.
+    pub databases: std::sync::atomic::AtomicU32,
+}
+
+/// One entry in the reply order.
+enum Slot {
+    /// A reply the proxy produced, ready to write.
+    Ready(Bytes),
+    /// The replies to a forwarded batch of `count` commands.
+    Pending {
+        replies: oneshot::Receiver<BatchResult>,
+        count: usize,
+        protocol: Protocol,
+    },
+    /// Fires once every earlier slot has been written.
+    Barrier(oneshot::Sender<()>),
+    /// From here on, copy everything Redis sends on the client's own
+    /// connection (pub/sub, MONITOR, CLIENT REPLY OFF).
+    Pipe(mpsc::Receiver<Bytes>),
+    /// Close the client after everything before it.
+    Close,
+}
+
+/// Where a batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Pooled { db: u32, protocol: Protocol },
+    Dedicated,
+}
+
+/// Whether the session goes on after a command.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Serves one client until it disconnects, misbehaves, or the proxy shuts
+/// down. `id` pins the client to one connection of each pool.
+pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shutdown) {
+    let (read, write) = stream.into_split();
+    let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
+    let writer = tokio::spawn(write_replies(write, slot_receiver));
+    let db = shared.pools.target().db;
+    let authenticated = !shared.auth.required();
+    let mut session = Session {
+        id,
+        scanner: RequestScanner::new(shared.request_limits),
+        shared,
+        slots,
+        protocol: Protocol::Resp2,
+        db,
+        authenticated,
+        role: None,
+        pool: None,
+        dedicated: None,
+        piped: false,
+        batch: BytesMut::new(),
+        batch_count: 0,
+        batch_lane: None,
+        last_lane: None,
+        lost_own_connection: false,
+    };
+    session.serve(read, shutdown).await;
+    drop(session);
+    let _ = writer.await;
+}
+
+/// The request side of one client.
+struct Session {
+    id: u64,
+    shared: Arc<Shared>,
+    scanner: RequestScanner,
+    slots: mpsc::Sender<Slot>,
+    protocol: Protocol,
+    db: u32,
+    authenticated: bool,
+    /// Granted by proxy authentication; admin commands will require Admin.
+    role: Option<Role>,
+    /// The pool of the current (db, protocol), cached.
+    pool: Option<(u32, Protocol, Arc<Pool>)>,
+    /// The client's own upstream connection, once it needs one.
+    dedicated: Option<UpstreamConnection>,
+    /// Replies no longer pair with requests; bytes are piped both ways.
+    piped: bool,
+    batch: BytesMut,
+    batch_count: usize,
+    batch_lane: Option<Lane>,
+    /// The lane of the last batch sent, to notice a switch.
+    last_lane: Option<Lane>,
+    /// The client's own connection died with its state (MULTI, subscriptions,
+    /// name...); like Redis going away, that ends the client's connection.
+    lost_own_connection: bool,
+}
+
+impl Session {
+    async fn serve(&mut self, mut read: OwnedReadHalf, mut shutdown: Shutdown) {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let idle = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
+        loop {
+            match self.handle_buffered(&mut buf).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => return,
+                Err(error) => {
+                    self.shared.stats.protocol_error();
+                    tracing::debug!(client = self.id, %error, "closing client after protocol error");
+                    self.reply(Reply::error(format!("ERR {error}"))).await;
+                    let _ = self.slots.send(Slot::Close).await;
+                    return;
+                }
+            }
+            if buf.len() > self.shared.config.limits.max_query_buffer_bytes {
+                tracing::warn!(
+                    client = self.id,
+                    bytes = buf.len(),
+                    "closing client over the query buffer limit"
+                );
+                self.reply(Reply::error(
+                    "ERR Protocol error: query buffer limit reached (limits.max_query_buffer_bytes)",
+                ))
+                .await;
+                let _ = self.slots.send(Slot::Close).await;
+                return;
+            }
+            let needed = self.scanner.bytes_needed(&buf);
+            if needed > buf.capacity() {
+                buf.reserve(needed - buf.len());
+            } else if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+            let read_more = read.read_buf(&mut buf);
+            let result = tokio::select! {
+                result = read_more => result,
+                _ = shutdown.triggered() => return,
+                _ = idle_timer(idle, self.exempt_from_idle_timeout()) => {
+                    tracing::debug!(client = self.id, "closing idle client");
+                    return;
+                }
+            };
+            match result {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Blocked and subscribed clients are not idle, as in Redis.
+    fn exempt_from_idle_timeout(&self) -> bool {
+        self.dedicated.is_some()
+    }
+
+    /// Handles every complete request in `buf`, then sends the batch.
+    async fn handle_buffered(&mut self, buf: &mut BytesMut) -> Result<Flow, ProtocolError> {
+        while let Some(frame) = self.scanner.scan(buf)? {
+            let bytes = buf.split_to(frame.len()).freeze();
+            if let RequestFrame::Empty { .. } = frame {
+                continue;
+            }
+            let command = Command::decode(frame, bytes)?;
+            if let Flow::Stop = self.handle(command).await {
+                self.flush().await;
+                return Ok(Flow::Stop);
+            }
+            if self.lost_own_connection {
+                return Ok(Flow::Stop);
+            }
+            if self.batch_count >= MAX_BATCH_COMMANDS {
+                self.flush().await;
+            }
+        }
+        self.flush().await;
+        if self.lost_own_connection {
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The phases one command goes through.
+    async fn handle(&mut self, command: Command) -> Flow {
+        if self.piped {
+            return self.forward_piped(command).await;
+        }
+        let class = classify(&command);
+        if !self.authenticated
+            && !matches!(
+                class,
+                CommandClass::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
+            )
+        {
+            self.reply(Reply::error("NOAUTH Authentication required.")).await;
+            return Flow::Continue;
+        }
+        match class {
+            CommandClass::Shared if self.dedicated.is_some() => self.forward(Lane::Dedicated, command).await,
+            CommandClass::Shared => self.forward(self.pooled_lane(), command).await,
+            CommandClass::Stateful => self.forward_dedicated(command).await,
+            CommandClass::Streaming => self.start_piping(command).await,
+            CommandClass::Local(local) => self.handle_local(local, command).await,
+            CommandClass::Refused(reason) => {
+                self.reply(Reply::error(format!("ERR {reason}"))).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle_local(&mut self, local: LocalCommand, command: Command) -> Flow {
+        let dedicated = self.dedicated.is_some();
+        match local {
+            LocalCommand::Auth => self.auth(command).await,
+            LocalCommand::Hello => self.hello(command).await,
+            LocalCommand::Quit => {
+                self.reply(Reply::Status("OK")).await;
+                Flow::Stop
+            }
+            LocalCommand::InfoCache => {
+                let text = admin::info_cache(&self.shared.stats);
+                self.reply(Reply::Verbatim(Bytes::from(text))).await;
+                Flow::Continue
+            }
+            // On its own connection, Redis keeps this state and answers.
+            LocalCommand::Select | LocalCommand::Reset | LocalCommand::ClientGetName if dedicated => {
+                self.track_connection_state(local, &command);
+                self.forward(Lane::Dedicated, command).await
+            }
+            LocalCommand::Select => {
+                self.select(&command).await;
+                Flow::Continue
+            }
+            LocalCommand::Reset => {
+                self.protocol = Protocol::Resp2;
+                self.db = self.shared.pools.target().db;
+                self.reply(Reply::Status("RESET")).await;
+                Flow::Continue
+            }
+            LocalCommand::ClientGetName => {
+                // Only CLIENT SETNAME names a connection, and it moves the
+                // client to its own connection; so this client has no name.
+                let reply = if command.args().len() == 2 {
+                    Reply::Nil
+                } else {
+                    wrong_arity("client|getname")
+                };
+                self.reply(reply).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Mirrors on the session what a forwarded SELECT/RESET does upstream.
+    fn track_connection_state(&mut self, local: LocalCommand, command: &Command) {
+        match local {
+            LocalCommand::Select => {
+                if let Some(db) = command.arg(1).and_then(parse_u32) {
+                    self.db = db;
+                }
+            }
+            LocalCommand::Reset => {
+                self.protocol = Protocol::Resp2;
+                self.db = 0;
+            }
+            _ => {}
+        }
+    }
+
+    async fn select(&mut self, command: &Command) {
+        if command.args().len() != 2 {
+            self.reply(wrong_arity("select")).await;
+            return;
+        }
+        let databases = self.shared.databases.load(std::sync::atomic::Ordering::Relaxed);
+        // Redis's wording for each way SELECT can fail.
+        let reply = match command.arg(1).and_then(parse_i64) {
+            None => Reply::error("ERR value is not an integer or out of range"),
+            Some(db) if db < 0 || db >= databases as i64 => Reply::error("ERR DB index is out of range"),
+            Some(db) => {
+                self.db = db as u32;
+                Reply::Status("OK")
+            }
+        };
+        self.reply(reply).await;
+    }
+
+    async fn auth(&mut self, command: Command) -> Flow {
+        if !self.shared.auth.required() {
+            // The client authenticates to Redis itself, on its own connection.
+            return self.forward_dedicated(command).await;
+        }
+        let reply = match command.args() {
+            [_, password] => self.check_credentials(None, password),
+            [_, user, password] => self.check_credentials(Some(user), password),
+            _ => wrong_arity("auth"),
+        };
+        self.reply(reply).await;
+        Flow::Continue
+    }
+
+    fn check_credentials(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
+        match self.shared.auth.check(user, password) {
+            Some(role) => {
+                self.authenticated = true;
+                self.role = Some(role);
+                Reply::Status("OK")
+            }
+            None => Reply::error("WRONGPASS invalid username-password pair or user is disabled."),
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]. The protocol is the
+    /// client's; AUTH goes to the proxy when it authenticates clients;
+    /// SETNAME names a connection, so it needs the client's own.
+    async fn hello(&mut self, command: Command) -> Flow {
+        let args = command.args();
+        let mut auth = None;
+        let mut setname = false;
+        let mut index = 2;
+        while index < args.len() {
+            if args[index].eq_ignore_ascii_case(b"AUTH") && index + 2 < args.len() {
+                auth = Some((args[index + 1].clone(), args[index + 2].clone()));
+                index += 3;
+            } else if args[index].eq_ignore_ascii_case(b"SETNAME") && index + 1 < args.len() {
+                setname = true;
+                index += 2;
+            } else {
+                // Let Redis word the syntax error.
+                break;
+            }
+        }
+        let proxy_auth = self.shared.auth.required();
+        if proxy_auth {
+            match &auth {
+                Some((user, password)) => {
+                    if let Reply::Error(message) = self.check_credentials(Some(user), password) {
+                        self.reply(Reply::Error(message)).await;
+                        return Flow::Continue;
+                    }
+                }
+                None if !self.authenticated => {
+                    self.reply(Reply::error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                    ))
+                    .await;
+                    return Flow::Continue;
+                }
+                None => {}
+            }
+        }
+        let requested = match command.arg(1) {
+            None => Some(self.protocol),
+            Some(b"2") => Some(Protocol::Resp2),
+            Some(b"3") => Some(Protocol::Resp3),
+            Some(_) => None,
+        };
+        // What goes upstream: the command without credentials the proxy
+        // checked itself.
+        let forwarded = if proxy_auth && auth.is_some() {
+            let mut kept = Vec::with_capacity(args.len());
+            let mut index = 0;
+            while index < args.len() {
+                if index >= 2 && args[index].eq_ignore_ascii_case(b"AUTH") {
+                    index += 3;
+                    continue;
+                }
+                kept.push(args[index].clone());
+                index += 1;
+            }
+            Command::from_args(kept)
+        } else {
+            command
+        };
+        let needs_own_connection = setname || (auth.is_some() && !proxy_auth) || self.dedicated.is_some();
+        if let Some(protocol) = requested {
+            self.protocol = protocol;
+        }
+        if needs_own_connection {
+            self.forward_dedicated(forwarded).await
+        } else {
+            // A pooled connection of the requested protocol answers, so the
+            // reply is Redis's own map (its `id` is the pooled connection's).
+            self.forward(self.pooled_lane(), forwarded).await
+        }
+    }
+
+    fn pooled_lane(&self) -> Lane {
+        Lane::Pooled {
+            db: self.db,
+            protocol: self.protocol,
+        }
+    }
+
+    /// Moves the client to its own upstream connection if it has none yet,
+    /// then forwards.
+    async fn forward_dedicated(&mut self, command: Command) -> Flow {
+        if let Err(error) = self.open_dedicated().await {
+            self.reply(Reply::error(error.client_message())).await;
+            return Flow::Continue;
+        }
+        self.forward(Lane::Dedicated, command).await
+    }
+
+    async fn open_dedicated(&mut self) -> Result<(), UpstreamError> {
+        if self.dedicated.is_some() {
+            return Ok(());
+        }
+        let options = ConnectOptions {
+            db: self.db,
+            protocol: self.protocol,
+            name: None,
+            kind: ConnectionKind::Dedicated,
+            timeout: Duration::from_millis(self.shared.config.pool.connect_timeout_ms),
+        };
+        let connection = connect(
+            self.shared.pools.target(),
+            options,
+            self.shared.reply_limits,
+            self.shared.stats.clone(),
+        )
+        .await
+        .inspect_err(|_| self.shared.stats.upstream_error())?;
+        self.dedicated = Some(connection);
+        Ok(())
+    }
+
+    /// Adds a command to the batch for `lane`, sending the previous batch
+    /// first if it was for another lane.
+    async fn forward(&mut self, lane: Lane, command: Command) -> Flow {
+        if self.batch_lane != Some(lane) {
+            self.flush().await;
+            self.batch_lane = Some(lane);
+        }
+        self.batch.extend_from_slice(command.wire());
+        self.batch_count += 1;
+        Flow::Continue
+    }
+
+    /// Sends the pending batch upstream and queues the slot for its replies.
+    async fn flush(&mut self) {
+        if self.batch_count == 0 {
+            return;
+        }
+        let count = std::mem::take(&mut self.batch_count);
+        let bytes = self.batch.split().freeze();
+        let Some(lane) = self.batch_lane else {
+            return;
+        };
+        self.enter_lane(lane).await;
+        let connection = match lane {
+            Lane::Dedicated => match &self.dedicated {
+                Some(connection) if !connection.is_closed() => Ok(connection.clone()),
+                _ => Err(UpstreamError::lost()),
+            },
+            Lane::Pooled { db, protocol } => self.pool(db, protocol).connection(self.id).await,
+        };
+        let slot = match connection {
+            Ok(connection) => Slot::Pending {
+                replies: connection.send(bytes, count).await,
+                count,
+                protocol: self.protocol,
+            },
+            Err(error) => {
+                self.shared.stats.upstream_error();
+                Slot::Ready(repeat_error(&error, count, self.protocol))
+            }
+        };
+        let _ = self.slots.send(slot).await;
+        if lane == Lane::Dedicated && self.dedicated.as_ref().is_none_or(|c| c.is_closed()) {
+            self.lost_own_connection = true;
+            let _ = self.slots.send(Slot::Close).await;
+        }
+    }
+
+    /// Before the first batch on a different upstream connection, waits for
+    /// the replies owed on the previous one: Redis must run this client's
+    /// commands in the order they were sent.
+    async fn enter_lane(&mut self, lane: Lane) {
+        if self.last_lane.is_some_and(|last| last != lane) {
+            let (done, wait) = oneshot::channel();
+            if self.slots.send(Slot::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+        self.last_lane = Some(lane);
+    }
+
+    fn pool(&mut self, db: u32, protocol: Protocol) -> Arc<Pool> {
+        match &self.pool {
+            Some((cached_db, cached_protocol, pool)) if *cached_db == db && *cached_protocol == protocol => {
+                pool.clone()
+            }
+            _ => {
+                let pool = self.shared.pools.get(db, protocol);
+                self.pool = Some((db, protocol, pool.clone()));
+                pool
+            }
+        }
+    }
+
+    /// Switches the client to piping: from now on its requests are written
+    /// to its own connection and every byte Redis sends is copied back.
+    async fn start_piping(&mut self, command: Command) -> Flow {
+        self.flush().await;
+        if let Err(error) = self.open_dedicated().await {
+            self.reply(Reply::error(error.client_message())).await;
+            return Flow::Continue;
+        }
+        self.enter_lane(Lane::Dedicated).await;
+        let (sink, piped) = mpsc::channel(64);
+        let Some(connection) = &self.dedicated else {
+            return Flow::Stop;
+        };
+        if connection.pipe_to(sink).await.is_err() || self.slots.send(Slot::Pipe(piped)).await.is_err() {
+            self.reply(Reply::error(UpstreamError::lost().client_message())).await;
+            return Flow::Stop;
+        }
+        self.piped = true;
+        self.forward_piped(command).await
+    }
+
+    async fn forward_piped(&mut self, command: Command) -> Flow {
+        let Some(connection) = &self.dedicated else {
+            return Flow::Stop;
+        };
+        match connection.send_raw(command.wire().clone()).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+
+    /// Queues a reply the proxy produced, after everything before it.
+    async fn reply(&mut self, reply: Reply) {
+        self.flush().await;
+        let _ = self.slots.send(Slot::Ready(reply.encode(self.protocol))).await;
+    }
+}
+
+async fn idle_timer(idle: Duration, exempt: bool) {
+    if idle.is_zero() || exempt {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(idle).await;
+}
+
+/// One error reply per command of a batch that could not be sent.
+fn repeat_error(error: &UpstreamError, count: usize, protocol: Protocol) -> Bytes {
+    let one = Reply::error(error.client_message()).encode(protocol);
+    let mut out = BytesMut::with_capacity(one.len() * count);
+    for _ in 0..count {
+        out.extend_from_slice(&one);
+    }
+    out.freeze()
+}
+
+fn wrong_arity(name: &str) -> Reply {
+    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn parse_u32(bytes: &[u8]) -> Option<u32> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// The reply side: writes slots in order until the request side is done
+/// and everything owed is written, or the client goes away.
+async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+    let mut out = ReplyWriter {
+        write: &mut write,
+        buffer: BytesMut::with_capacity(16 * 1024),
+    };
+    let _ = out.run(&mut slots).await;
+    let _ = write.shutdown().await;
+}
+
+struct ReplyWriter<'a> {
+    write: &'a mut OwnedWriteHalf,
+    buffer: BytesMut,
+}
+
+impl ReplyWriter<'_> {
+    async fn run(&mut self, slots: &mut mpsc::Receiver<Slot>) -> std::io::Result<()> {
+        loop {
+            let slot = match slots.try_recv() {
+                Ok(slot) => slot,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.flush().await?;
+                    match slots.recv().await {
+                        Some(slot) => slot,
+                        None => return Ok(()),
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return self.flush().await,
+            };
+            match slot {
+                Slot::Ready(bytes) => self.queue(bytes).await?,
+                Slot::Pending {
+                    mut replies,
+                    count,
+                    protocol,
+                } => {
+                    let result = match replies.try_recv() {
+                        Ok(result) => result,
+                        Err(oneshot::error::TryRecvError::Empty) => {
+                            self.flush().await?;
+                            replies.await.unwrap_or_else(|_| Err(UpstreamError::lost()))
+                        }
+                        Err(oneshot::error::TryRecvError::Closed) => Err(UpstreamError::lost()),
+                    };
+                    match result {
+                        Ok(bytes) => self.queue(bytes).await?,
+                        Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
+                    }
+                }
+                Slot::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Slot::Pipe(piped) => return self.pipe(piped, slots).await,
+                Slot::Close => return self.flush().await,
+            }
+        }
+    }
+
+    /// Copies what Redis sends on the client's connection, and replies the
+    /// proxy still queues, until either side ends.
+    async fn pipe(
+        &mut self,
+        mut piped: mpsc::Receiver<Bytes>,
+        slots: &mut mpsc::Receiver<Slot>,
+    ) -> std::io::Result<()> {
+        self.flush().await?;
+        loop {
+            tokio::select! {
+                data = piped.recv() => match data {
+                    Some(bytes) => self.write.write_all(&bytes).await?,
+                    None => return Ok(()),
+                },
+                slot = slots.recv() => match slot {
+                    Some(Slot::Ready(bytes)) => self.write.write_all(&bytes).await?,
+                    Some(Slot::Barrier(done)) => { let _ = done.send(()); }
+                    Some(Slot::Pending { .. } | Slot::Pipe(_)) => {}
+                    Some(Slot::Close) | None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn queue(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        if bytes.len() >= DIRECT_WRITE {
+            self.flush().await?;
+            return self.write.write_all(&bytes).await;
+        }
+        self.buffer.extend_from_slice(&bytes);
+        if self.buffer.len() >= DIRECT_WRITE * 4 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.write.write_all(&self.buffer).await?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! One pipelined connection to Redis.
+//!
+//! Requests are written as they come, without waiting for replies; replies
+//! are matched to requests strictly in order. A request is a batch: the bytes
+//! of one or more commands from one client and how many replies they expect.
+//! The batch's replies arrive contiguously, so they are handed back as one
+//! zero-copy slice of the read buffer.
+//!
+//! Guarantee: every request's `respond` is answered exactly once, with its
+//! replies or with an error; a broken connection never leaves a waiter hanging
+//! and never gives one request's replies to another.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use super::UpstreamError;
+use crate::protocol::{ReplyLimits, ReplyScanner};
+use crate::stats::{ConnectionKind, Stats};
+
+/// The replies to one batch, or why they will never come.
+pub type BatchResult = Result<Bytes, UpstreamError>;
+
+/// Requests queued per connection before senders wait (back-pressure).
+const REQUEST_QUEUE: usize = 1024;
+/// Largest write assembled from queued requests before it is sent.
+const MAX_WRITE: usize = 256 * 1024;
+
+enum Request {
+    Batch {
+        bytes: Bytes,
+        replies: usize,
+        respond: oneshot::Sender<BatchResult>,
+    },
+    /// Bytes whose replies, if any, flow to the pipe sink.
+    Raw(Bytes),
+    /// From here on, every byte Redis sends goes to `sink` unparsed.
+    Pipe(mpsc::Sender<Bytes>),
+}
+
+/// What the reader expects next, in request order.
+enum Expect {
+    Replies {
+        count: usize,
+        respond: oneshot::Sender<BatchResult>,
+    },
+    Pipe(mpsc::Sender<Bytes>),
+}
+
+/// A handle to a pipelined upstream connection; clones share it. The
+/// connection closes when the last handle is dropped or Redis goes away.
+#[derive(Clone, Debug)]
+pub struct UpstreamConnection {
+    requests: mpsc::Sender<Request>,
+    closed: watch::Receiver<bool>,
+}
+
+impl UpstreamConnection {
+    /// Starts the reader and writer tasks over an established, set-up stream.
+    /// `leftover` holds bytes already read past the set-up replies.
+    pub(super) fn start(
+        stream: TcpStream,
+        leftover: BytesMut,
+        limits: ReplyLimits,
+        stats: Arc<Stats>,
+        kind: ConnectionKind,
+    ) -> UpstreamConnection {
+        let (read, write) = stream.into_split();
+        let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = watch::channel(false);
+        let write_failed = Arc::new(Notify::new());
+        stats.connection_opened(kind);
+        tokio::spawn(write_loop(write, request_rx, expect_tx, write_failed.clone()));
+        tokio::spawn(async move {
+            let reason = read_loop(read, leftover, expect_rx, limits, write_failed).await;
+            tracing::debug!(%reason, ?kind, "upstream connection closed");
+            stats.connection_closed(kind);
+            closed_tx.send_replace(true);
+        });
+        UpstreamConnection { requests, closed }
+    }
+
+    /// Queues a batch of `replies` commands; the receiver yields their replies.
+    pub async fn send(&self, bytes: Bytes, replies: usize) -> oneshot::Receiver<BatchResult> {
+        let (respond, receiver) = oneshot::channel();
+        let request = Request::Batch {
+            bytes,
+            replies,
+            respond,
+        };
+        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = self.requests.send(request).await {
+            let _ = respond.send(Err(UpstreamError::lost()));
+        }
+        receiver
+    }
+
+    /// Switches the connection to pipe mode: everything Redis sends from now
+    /// on goes to `sink` as it arrives. Replies still owed to earlier batches
+    /// are delivered first.
+    pub async fn pipe_to(&self, sink: mpsc::Sender<Bytes>) -> Result<(), UpstreamError> {
+        self.requests
+            .send(Request::Pipe(sink))
+            .await
+            .map_err(|_| UpstreamError::lost())
+    }
+
+    /// Writes bytes in pipe mode (their replies go to the sink).
+    pub async fn send_raw(&self, bytes: Bytes) -> Result<(), UpstreamError> {
+        self.requests
+            .send(Request::Raw(bytes))
+            .await
+            .map_err(|_| UpstreamError::lost())
+    }
+
+    /// True once the connection is gone for good.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow() || self.requests.is_closed()
+    }
+
+    /// Resolves when the connection is gone for good.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut requests: mpsc::Receiver<Request>,
+    expects: mpsc::UnboundedSender<Expect>,
+    write_failed: Arc<Notify>,
+) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = requests.recv().await {
+        out.clear();
+        let mut next = Some(first);
+        // Coalesce whatever is queued into one write: many clients' commands,
+        // one syscall, and Redis reads them in one go.
+        while let Some(request) = next.take() {
+            let bytes = match request {
+                Request::Batch {
+                    bytes,
+                    replies,
+                    respond,
+                } => {
+                    if replies > 0 {
+                        // The expectation is queued before the bytes are
+                        // written, so the reader always knows who a reply is for.
+                        if let Err(mpsc::error::SendError(Expect::Replies { respond, .. })) =
+                            expects.send(Expect::Replies {
+                                count: replies,
+                                respond,
+                            })
+                        {
+                            let _ = respond.send(Err(UpstreamError::lost()));
+                        }
+                    }
+                    bytes
+                }
+                Request::Raw(bytes) => bytes,
+                Request::Pipe(sink) => {
+                    let _ = expects.send(Expect::Pipe(sink));
+                    continue;
+                }
+            };
+            if out.is_empty() && bytes.len() >= MAX_WRITE {
+                if write.write_all(&bytes).await.is_err() {
+                    write_failed.notify_one();
+                    return;
+                }
+            } else {
+                out.extend_from_slice(&bytes);
+            }
+            if out.len() < MAX_WRITE {
+                next = requests.try_recv().ok();
+            }
+        }
+        if !out.is_empty() && write.write_all(&out).await.is_err() {
+            write_failed.notify_one();
+            return;
+        }
+    }
+    // Every handle is gone: closing our side makes Redis close the connection.
+    let _ = write.shutdown().await;
+}
+
+/// Reads replies and hands them to their batches until the connection ends;
+/// returns why it ended, after failing everything still owed.
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    mut buf: BytesMut,
+    mut expects: mpsc::UnboundedReceiver<Expect>,
+    limits: ReplyLimits,
+    write_failed: Arc<Notify>,
+) -> UpstreamError {
+    let mut matcher = ReplyMatcher::new(limits);
+    let reason = loop {
+        if let Err(reason) = matcher.deliver(&mut buf, &mut expects).await {
+            break reason;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            read_result = read.read_buf(&mut buf) => match read_result {
+                Ok(0) => break UpstreamError::lost(),
+                Ok(_) => {}
+                Err(error) => break UpstreamError::Unavailable(format!("connection lost: {error}")),
+            },
+            _ = write_failed.notified() => break UpstreamError::lost(),
+        }
+    };
+    matcher.fail(reason.clone());
+    expects.close();
+    while let Ok(expect) = expects.try_recv() {
+        if let Expect::Replies { respond, .. } = expect {
+            let _ = respond.send(Err(reason.clone()));
+        }
+    }
+    reason
+}
+
+/// Matches complete replies in the read buffer to the batches waiting for them.
+struct ReplyMatcher {
+    scanner: ReplyScanner,
+    /// The batch whose replies are arriving, and how many it still needs.
+    current: Option<(usize, oneshot::Sender<BatchResult>)>,
+    /// Bytes at the front of the buffer that belong to `current`.
+    taken: usize,
+    /// Replies of `current` copied aside because a push frame came between them.
+    carried: BytesMut,
+    pipe: Option<mpsc::Sender<Bytes>>,
+}
+
+impl ReplyMatcher {
+    fn new(limits: ReplyLimits) -> Self {
+        Self {
+            scanner: ReplyScanner::new(limits),
+            current: None,
+            taken: 0,
+            carried: BytesMut::new(),
+            pipe: None,
+        }
+    }
+
+    /// Hands out every complete reply in `buf`.
+    async fn deliver(
+        &mut self,
+        buf: &mut BytesMut,
+        expects: &mut mpsc::UnboundedReceiver<Expect>,
+    ) -> Result<(), UpstreamError> {
+        loop {
+            if let Some(sink) = &self.pipe {
+                if !buf.is_empty() {
+                    sink.send(buf.split().freeze())
+                        .await
+                        .map_err(|_| UpstreamError::Unavailable("client went away".into()))?;
+                }
+                return Ok(());
+            }
+            let frame = self
+                .scanner
+                .scan(&buf[self.taken..])
+                .map_err(|error| UpstreamError::Unavailable(format!("bad reply from Redis: {}", error.message())))?;
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            if frame.push {
+                // Out-of-band data (no client subscribed here); not a reply.
+                if self.taken > 0 {
+                    self.carried.extend_from_slice(&buf[..self.taken]);
+                    buf.advance(self.taken);
+                    self.taken = 0;
+                }
+                buf.advance(frame.len);
+                continue;
+            }
+            if self.current.is_none() {
+                match expects.try_recv() {
+                    Ok(Expect::Replies { count, respond }) => self.current = Some((count, respond)),
+                    Ok(Expect::Pipe(sink)) => {
+                        // The frame just scanned is the first piped byte.
+                        self.pipe = Some(sink);
+                        continue;
+                    }
+                    Err(_) => {
+                        return Err(UpstreamError::Unavailable("Redis sent a reply nobody asked for".into()));
+                    }
+                }
+            }
+            self.taken += frame.len;
+            let Some((remaining, _)) = self.current.as_mut() else {
+                continue;
+            };
+            *remaining -= 1;
+            if *remaining == 0 {
+                let mut replies = buf.split_to(self.taken);
+                self.taken = 0;
+                if !self.carried.is_empty() {
+                    self.carried.extend_from_slice(&replies);
+                    replies = std::mem::take(&mut self.carried);
+                }
+                if let Some((_, respond)) = self.current.take() {
+                    let _ = respond.send(Ok(replies.freeze()));
+                }
+            }
+            // The next batch may already be waiting in the buffer; pipe mode
+            // may also begin right after this batch.
+            if self.current.is_none()
+                && let Ok(expect) = expects.try_recv()
+            {
+                match expect {
+                    Expect::Replies { count, respond } => self.current = Some((count, respond)),
+                    Expect::Pipe(sink) => self.pipe = Some(sink),
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: UpstreamError) {
+        if let Some((_, respond)) = self.current.take() {
+            let _ = respond.send(Err(reason));
+        }
+    }
+}
