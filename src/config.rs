@@ -278,14 +278,12 @@ impl Config {
 
     fn check_one(&self, name: &str) -> Result<(), ConfigError> {
         match name {
-            "listen" => {
-                if self.listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&self.listen) {
-                    return Err(invalid(
-                        name,
-                        &self.listen,
-                        "expected host:port, for example 127.0.0.1:6380",
-                    ));
-                }
+            "listen" if self.listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&self.listen) => {
+                return Err(invalid(
+                    name,
+                    &self.listen,
+                    "expected host:port, for example 127.0.0.1:6380",
+                ));
             }
             "upstream" => {
                 UpstreamUrl::parse(&self.upstream)
@@ -510,8 +508,10 @@ mod tests {
 
     #[test]
     fn printed_configuration_hides_secrets() {
-        let mut config = Config::default();
-        config.upstream = "redis://u:topsecret@127.0.0.1:6379".into();
+        let mut config = Config {
+            upstream: "redis://u:topsecret@127.0.0.1:6379".into(),
+            ..Config::default()
+        };
         config.auth.password = Some("hunter2".into());
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("topsecret") && !shown.contains("hunter2"), "{shown}");

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Pass-through benchmark: redis-benchmark against Redis directly, through
+# auracache and (when nutcracker is installed) through twemproxy, in the same
+# run, alternating targets round by round. Prints a table of median ops/s,
+# p50 and p99 latency and each proxy's ratio to direct Redis, and writes it
+# to target/bench/latest.md.
+#
+#   scripts/bench.sh                 # 3 rounds
+#   ROUNDS=5 REQUESTS=200000 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_packages redis-server=redis-server redis-benchmark=redis-tools
+
+rounds="${ROUNDS:-3}"
+requests="${REQUESTS:-100000}"
+out_dir="target/bench"
+mkdir -p "$out_dir"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_for() {
+    for _ in $(seq 200); do
+        redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "nothing answers on port $1" >&2
+    exit 1
+}
+
+cargo build --release --locked >&2
+
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    --logfile "$work/redis.log" &
+pids+=($!)
+wait_for "$redis_port"
+
+proxy_port="$(free_port)"
+target/release/auracache --listen "127.0.0.1:$proxy_port" --upstream "redis://127.0.0.1:$redis_port" \
+    --log-level warn 2>"$work/auracache.log" &
+pids+=($!)
+wait_for "$proxy_port"
+
+targets=("direct:$redis_port" "auracache:$proxy_port")
+if command -v nutcracker >/dev/null 2>&1; then
+    twem_port="$(free_port)"
+    cat >"$work/nutcracker.yml" <<YML
+bench:
+  listen: 127.0.0.1:$twem_port
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  preconnect: true
+  servers:
+    - 127.0.0.1:$redis_port:1
+YML
+    nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
+    pids+=($!)
+    wait_for "$twem_port"
+    targets+=("twemproxy:$twem_port")
+else
+    echo "nutcracker not installed: no twemproxy column (apt-get install -y nutcracker)" >&2
+fi
+
+# Rows: SET before GET so that GET reads values of the row's size.
+rows=()
+for size in 100 10000; do
+    for test in set get; do
+        for pipeline in 1 16; do
+            rows+=("$test:$pipeline:$size")
+        done
+    done
+done
+
+results="$work/results.csv"
+for round in $(seq "$rounds"); do
+    for row in "${rows[@]}"; do
+        IFS=: read -r test pipeline size <<<"$row"
+        # Rotate which target goes first so that none is always warmest.
+        count=${#targets[@]}
+        for offset in $(seq 0 $((count - 1))); do
+            target="${targets[$(((round + offset) % count))]}"
+            name="${target%%:*}"
+            port="${target##*:}"
+            n=$requests
+            [ "$pipeline" -eq 1 ] && n=$((requests / 2))
+            line="$(redis-benchmark -p "$port" -t "$test" -c 50 -P "$pipeline" -d "$size" -r 100000 \
+                -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+            echo "$round,$test,$pipeline,$size,$name,$line" >>"$results"
+            echo "round $round $test -P $pipeline -d $size $name: $line" >&2
+        done
+    done
+done
+
+python3 - "$results" "$out_dir/latest.md" <<'PY'
+import csv, statistics, sys
+rows = {}
+for rec in csv.reader(open(sys.argv[1])):
+    rnd, test, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx = rec
+    key = (test.upper(), int(pipeline), int(size))
+    rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99)))
+targets = [t for t in ("direct", "auracache", "twemproxy") if any(t in v for v in rows.values())]
+med = lambda xs, i: statistics.median(x[i] for x in xs)
+head = "| command | -P | -d | " + " | ".join(f"{t} ops/s" for t in targets)
+head += " | " + " | ".join(f"{t}/direct" for t in targets[1:])
+head += " | p50 ms (" + "/".join(targets) + ") | p99 ms (" + "/".join(targets) + ") |"
+lines = [head, "|" + "---|" * (head.count("|") - 1)]
+order = sorted(rows, key=lambda k: (k[2], k[0] != "SET", k[1]))
+for key in order:
+    data = rows[key]
+    ops = {t: med(data[t], 0) for t in targets}
+    cells = [key[0], str(key[1]), str(key[2])]
+    cells += [f"{ops[t]:,.0f}" for t in targets]
+    cells += [f"{ops[t] / ops['direct']:.2f}x" for t in targets[1:]]
+    cells.append("/".join(f"{med(data[t], 1):.3f}" for t in targets))
+    cells.append("/".join(f"{med(data[t], 2):.3f}" for t in targets))
+    lines.append("| " + " | ".join(cells) + " |")
+rounds = max(len(v) for d in rows.values() for v in d.values())
+lines.append("")
+lines.append(f"median of {rounds} rounds; redis-benchmark -c 50 -r 100000; targets alternate within each round")
+text = "\n".join(lines) + "\n"
+open(sys.argv[2], "w").write(text)
+print(text)
+PY

@@ -1,0 +1,356 @@
+//! Test harness: real `redis-server` processes on free ports, the proxy
+//! started in-process in front of them, a raw RESP client that sees exact
+//! bytes, and polling with a deadline instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auracache::config::Config;
+use auracache::protocol::{ReplyLimits, ReplyScanner};
+use auracache::{Server, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+const INSTALL_HINT: &str = "redis-server is not installed: run scripts/test.sh (it installs it), \
+     or `apt-get install -y redis-server redis-tools`";
+
+/// A throwaway `redis-server` on a free loopback port; killed on drop.
+pub struct RedisServer {
+    port: u16,
+    extra: Vec<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "x"]`.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_on_with(free_port(), extra)
+    }
+
+    /// Starts on a given port (one a test chose before Redis existed).
+    pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits until its port refuses connections.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        poll_until("redis-server to stop", || {
+            std::net::TcpStream::connect(self.addr()).is_err()
+        });
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(error) => panic!("cannot start redis-server: {error}"),
+        };
+        self.child = Some(child);
+        let port = self.port;
+        poll_until("redis-server to answer PING", || {
+            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            use std::io::{Read, Write};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            if stream.write_all(b"PING\r\n").is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            // Either +PONG or -NOAUTH means the server is up.
+            matches!(stream.read(&mut buf), Ok(n) if n > 0)
+        });
+    }
+
+    /// A `redis` crate client straight to this server.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        connect(&self.url()).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The proxy, in-process, in front of `upstream`.
+pub struct Proxy {
+    handle: Option<ServerHandle>,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        Proxy::start_with(upstream, |_| {}).await
+    }
+
+    /// Starts with the configuration adjusted by `tweak`.
+    pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            upstream: upstream.into(),
+            ..Config::default()
+        };
+        config.pool.max_backoff_ms = 100;
+        tweak(&mut config);
+        let handle = Server::start(config).await.expect("proxy starts");
+        let addr = handle.local_addr();
+        Proxy {
+            handle: Some(handle),
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    /// A `redis` crate client through the proxy.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        connect(&self.url()).await
+    }
+
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("valid url");
+    tokio::time::timeout(DEADLINE, client.get_multiplexed_async_connection())
+        .await
+        .expect("connect within the deadline")
+        .expect("connect")
+}
+
+/// A client that writes raw bytes and reads whole replies as exact bytes.
+pub struct RawClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    scanner: ReplyScanner,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = tokio::time::timeout(DEADLINE, TcpStream::connect(addr))
+            .await
+            .expect("connect within the deadline")
+            .expect("connect");
+        stream.set_nodelay(true).ok();
+        RawClient {
+            stream,
+            buffer: Vec::new(),
+            scanner: ReplyScanner::new(ReplyLimits {
+                max_nesting_depth: 10_000,
+                max_bulk_bytes: usize::MAX,
+            }),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends one command as a RESP array.
+    pub async fn send_command(&mut self, args: &[&[u8]]) {
+        self.send(&encode(args)).await;
+    }
+
+    /// Reads exactly one reply (push frames included) and returns its bytes.
+    pub async fn read_reply(&mut self) -> Vec<u8> {
+        match tokio::time::timeout(DEADLINE, self.next_reply()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => panic!(
+                "connection closed while waiting for a reply; had {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            ),
+            Err(_) => panic!(
+                "no reply within {DEADLINE:?}; had {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            ),
+        }
+    }
+
+    /// One reply, or None if the connection closed first.
+    pub async fn next_reply(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(frame) = self.scanner.scan(&self.buffer).expect("well-formed reply") {
+                let reply: Vec<u8> = self.buffer.drain(..frame.len).collect();
+                self.scanner = ReplyScanner::new(ReplyLimits {
+                    max_nesting_depth: 10_000,
+                    max_bulk_bytes: usize::MAX,
+                });
+                return Some(reply);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    pub async fn command(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send_command(args).await;
+        self.read_reply().await
+    }
+
+    /// Convenience: a command from whitespace-separated words.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+        String::from_utf8_lossy(&self.command(&args).await).into_owned()
+    }
+
+    /// Repeats `line` until the reply is `expected`, failing after [`DEADLINE`].
+    pub async fn cmd_until(&mut self, line: &str, expected: &str) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < DEADLINE {
+            last = self.cmd(line).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{line:?} still answered {last:?} after {DEADLINE:?}, expected {expected:?}");
+    }
+
+    /// Waits until the server closes the connection; returns what it sent
+    /// before closing.
+    pub async fn read_until_closed(&mut self) -> Vec<u8> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return std::mem::take(&mut self.buffer),
+                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!(
+                    "connection still open after {DEADLINE:?}; had {:?}",
+                    String::from_utf8_lossy(&self.buffer)
+                ),
+            }
+        }
+    }
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Polls `check` until it holds, failing the test after [`DEADLINE`].
+pub fn poll_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Async form of [`poll_until`].
+pub async fn poll_until_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    while !check().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Path of the built `auracache` binary (for tests that run it as a process).
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_auracache"))
+}
