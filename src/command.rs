@@ -78,8 +78,29 @@ const CLIENT_STATEFUL: &[&str] = &[
     "TRACKINGINFO",
 ];
 
+/// Commands whose classification or handling looks past the name; every
+/// other command is classified by its name alone and forwarded undecoded.
+const INSPECTED: &[&str] = &[
+    "XREAD",
+    "XREADGROUP",
+    "CLIENT",
+    "SCRIPT",
+    "INFO",
+    "AUTH",
+    "HELLO",
+    "SELECT",
+];
+
+/// True when [`classify`] (or the handling that follows) needs the
+/// command's arguments decoded, not only its name.
+pub fn needs_arguments(name: &[u8]) -> bool {
+    INSPECTED
+        .iter()
+        .any(|candidate| name.eq_ignore_ascii_case(candidate.as_bytes()))
+}
+
 /// Classifies a command by its name and, where the effect depends on it,
-/// its arguments.
+/// its arguments (decoded beforehand when [`needs_arguments`] says so).
 pub fn classify(command: &Command) -> CommandClass {
     let name = command.name();
     let is = |candidates: &[&str]| {
@@ -175,15 +196,28 @@ fn has_option_before_streams(command: &Command, option: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{RequestLimits, RequestScanner};
     use bytes::Bytes;
 
+    /// A command as a session sees it: scanned, and decoded only when
+    /// [`needs_arguments`] says so (debug builds assert that classification
+    /// never reads undecoded arguments).
     fn command(words: &str) -> Command {
-        Command::from_args(
-            words
-                .split_whitespace()
-                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-                .collect(),
-        )
+        let args: Vec<Bytes> = words
+            .split_whitespace()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        let wire = Command::from_args(args).wire().clone();
+        let frame = RequestScanner::new(RequestLimits::default())
+            .scan(&wire)
+            .unwrap()
+            .unwrap();
+        let mut command = Command::decode(frame, wire).unwrap();
+        assert!(!command.is_decoded());
+        if needs_arguments(command.name()) {
+            command.decode_args().unwrap();
+        }
+        command
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct Config {
     pub listen: String,
     /// The Redis behind the proxy: `redis://[user:password@]host:port[/db]`.
     pub upstream: String,
+    /// Threads serving clients: 1 = a single-threaded event loop (the
+    /// default; no cross-thread wake-ups, best where the proxy shares a few
+    /// cores with Redis), 0 = one per CPU core, N = N.
+    pub threads: usize,
     pub pool: PoolConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
@@ -126,6 +130,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:6380".into(),
             upstream: "redis://127.0.0.1:6379".into(),
+            threads: 1,
             pool: PoolConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
@@ -172,6 +177,7 @@ impl Default for LogConfig {
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_LISTEN", "listen"),
     ("AURACACHE_UPSTREAM", "upstream"),
+    ("AURACACHE_THREADS", "threads"),
     ("AURACACHE_POOL_SIZE", "pool.size"),
     ("AURACACHE_CONNECT_TIMEOUT_MS", "pool.connect_timeout_ms"),
     ("AURACACHE_MAX_BACKOFF_MS", "pool.max_backoff_ms"),
@@ -234,6 +240,7 @@ impl Config {
         match name {
             "listen" => self.listen = value.to_string(),
             "upstream" => self.upstream = value.to_string(),
+            "threads" => self.threads = whole(0)? as usize,
             "pool.size" => self.pool.size = whole(1)? as usize,
             "pool.connect_timeout_ms" => self.pool.connect_timeout_ms = whole(1)?,
             "pool.max_backoff_ms" => self.pool.max_backoff_ms = whole(1)?,

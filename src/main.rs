@@ -22,6 +22,9 @@ struct Flags {
     /// Redis behind the proxy: redis://[user:password@]host:port[/db].
     #[arg(long)]
     upstream: Option<String>,
+    /// Threads serving clients: 1 = single-threaded event loop, 0 = one per core.
+    #[arg(long)]
+    threads: Option<String>,
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log_level: Option<String>,
@@ -47,7 +50,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match config.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("auracache: cannot start the runtime: {error}");
@@ -78,6 +90,7 @@ fn effective_config(flags: &Flags) -> Result<Config, ConfigError> {
     let overrides = [
         ("listen", &flags.listen),
         ("upstream", &flags.upstream),
+        ("threads", &flags.threads),
         ("log.level", &flags.log_level),
         ("log.format", &flags.log_format),
     ];

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
 use crate::auth::Authenticator;
-use crate::command::{CommandClass, LocalCommand, classify};
+use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, RequestFrame, RequestLimits, RequestScanner,
@@ -153,6 +153,9 @@ impl Session {
     async fn serve(&mut self, mut read: OwnedReadHalf, mut shutdown: Shutdown) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
+        // One future for the whole session, not one per read.
+        let stop = shutdown.triggered();
+        tokio::pin!(stop);
         loop {
             match self.handle_buffered(&mut buf).await {
                 Ok(Flow::Continue) => {}
@@ -187,7 +190,7 @@ impl Session {
             let read_more = read.read_buf(&mut buf);
             let result = tokio::select! {
                 result = read_more => result,
-                _ = shutdown.triggered() => return,
+                _ = &mut stop => return,
                 _ = idle_timer(idle, self.exempt_from_idle_timeout()) => {
                     tracing::debug!(client = self.id, "closing idle client");
                     return;
@@ -212,7 +215,10 @@ impl Session {
             if let RequestFrame::Empty { .. } = frame {
                 continue;
             }
-            let command = Command::decode(frame, bytes)?;
+            let mut command = Command::decode(frame, bytes)?;
+            if needs_arguments(command.name()) {
+                command.decode_args()?;
+            }
             if let Flow::Stop = self.handle(command).await {
                 self.flush().await;
                 return Ok(Flow::Stop);

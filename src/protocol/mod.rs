@@ -50,35 +50,33 @@ impl Protocol {
     }
 }
 
-/// One request from a client: its arguments, and its RESP encoding ready to
-/// forward. For multibulk requests `wire` is the client's own bytes, so an
-/// unchanged command is forwarded without re-encoding.
+/// One request from a client: its name, its RESP encoding ready to forward,
+/// and, once [`Command::decode_args`] has run, its arguments.
+///
+/// For multibulk requests `wire` is the client's own bytes, so an unchanged
+/// command is forwarded without re-encoding, and a command that only passes
+/// through is never decoded at all: the scanner already found its name.
 #[derive(Debug, Clone)]
 pub struct Command {
+    name: Bytes,
+    /// Empty until decoded; then every argument, the name first.
     args: Vec<Bytes>,
+    decoded: bool,
     wire: Bytes,
 }
 
 impl Command {
-    /// Decodes a complete frame found by [`RequestScanner`]. `frame` holds
-    /// exactly the bytes of that frame.
+    /// Takes a complete frame found by [`RequestScanner`]; `frame` holds
+    /// exactly the bytes of that frame. Inline commands are split at once;
+    /// multibulk arguments wait for [`Command::decode_args`].
     pub fn decode(kind: RequestFrame, frame: Bytes) -> Result<Command, ProtocolError> {
         match kind {
-            RequestFrame::Multibulk { .. } => {
-                let decoded = redis_protocol::resp2::decode::decode_bytes(&frame)
-                    .map_err(|error| ProtocolError::new(error.to_string()))?;
-                let Some((Resp2Frame::Array(items), _)) = decoded else {
-                    return Err(ProtocolError::new("expected a multibulk request"));
-                };
-                let args = items
-                    .into_iter()
-                    .map(|item| match item {
-                        Resp2Frame::BulkString(bytes) => Ok(bytes),
-                        _ => Err(ProtocolError::new("expected a bulk string argument")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Command { args, wire: frame })
-            }
+            RequestFrame::Multibulk { name_at, name_len, .. } => Ok(Command {
+                name: frame.slice(name_at..name_at + name_len),
+                args: Vec::new(),
+                decoded: false,
+                wire: frame,
+            }),
             RequestFrame::Inline { .. } => {
                 let args = inline::split_args(&frame)?;
                 Ok(Command::from_args(args))
@@ -87,24 +85,53 @@ impl Command {
         }
     }
 
+    /// Decodes the arguments (with redis-protocol) if not done yet.
+    pub fn decode_args(&mut self) -> Result<(), ProtocolError> {
+        if self.decoded {
+            return Ok(());
+        }
+        let decoded = redis_protocol::resp2::decode::decode_bytes(&self.wire)
+            .map_err(|error| ProtocolError::new(error.to_string()))?;
+        let Some((Resp2Frame::Array(items), _)) = decoded else {
+            return Err(ProtocolError::new("expected a multibulk request"));
+        };
+        self.args = items
+            .into_iter()
+            .map(|item| match item {
+                Resp2Frame::BulkString(bytes) => Ok(bytes),
+                _ => Err(ProtocolError::new("expected a bulk string argument")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.decoded = true;
+        Ok(())
+    }
+
     /// Builds a command from arguments, encoding it as a RESP array.
     pub fn from_args(args: Vec<Bytes>) -> Command {
         let mut wire = BytesMut::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
         encode_array(&mut wire, &args);
         Command {
+            name: args.first().cloned().unwrap_or_default(),
             args,
+            decoded: true,
             wire: wire.freeze(),
         }
     }
 
-    /// All arguments, the command name first.
+    /// True once the arguments are available.
+    pub fn is_decoded(&self) -> bool {
+        self.decoded
+    }
+
+    /// All arguments, the command name first; empty until decoded.
     pub fn args(&self) -> &[Bytes] {
+        debug_assert!(self.decoded, "arguments of {:?} used before decode_args", self.name);
         &self.args
     }
 
     /// The command name as sent (any case).
     pub fn name(&self) -> &[u8] {
-        self.args.first().map(|a| a.as_ref()).unwrap_or_default()
+        &self.name
     }
 
     /// True when the command name equals `upper` ignoring ASCII case.
@@ -112,9 +139,13 @@ impl Command {
         self.name().eq_ignore_ascii_case(upper.as_bytes())
     }
 
-    /// The argument at `index` (0 is the name), if present.
+    /// The argument at `index` (0 is the name), if present; past the name,
+    /// only once decoded.
     pub fn arg(&self, index: usize) -> Option<&[u8]> {
-        self.args.get(index).map(|a| a.as_ref())
+        if index == 0 {
+            return Some(&self.name);
+        }
+        self.args().get(index).map(|a| a.as_ref())
     }
 
     /// The RESP bytes to send upstream.
@@ -207,9 +238,12 @@ mod tests {
     fn multibulk_command_keeps_client_bytes() {
         let frame = Bytes::from_static(b"*2\r\n$3\r\nget\r\n$1\r\nk\r\n");
         let kind = RequestScanner::default().scan(&frame).unwrap().unwrap();
-        let command = Command::decode(kind, frame.clone()).unwrap();
-        assert!(command.is("GET"));
+        let mut command = Command::decode(kind, frame.clone()).unwrap();
+        assert!(command.is("GET"), "the name is known before decoding");
+        assert!(!command.is_decoded());
+        command.decode_args().unwrap();
         assert_eq!(command.arg(1), Some(&b"k"[..]));
+        assert_eq!(command.args().len(), 2);
         assert_eq!(command.wire(), &frame);
     }
 

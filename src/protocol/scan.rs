@@ -40,8 +40,14 @@ impl Default for RequestLimits {
 /// A complete request found at the start of the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFrame {
-    /// `*<argc>` followed by `argc` bulk strings, `len` bytes in all.
-    Multibulk { len: usize, argc: usize },
+    /// `*<argc>` followed by `argc` bulk strings, `len` bytes in all; the
+    /// first argument (the command name) is `name_len` bytes at `name_at`.
+    Multibulk {
+        len: usize,
+        argc: usize,
+        name_at: usize,
+        name_len: usize,
+    },
     /// A line typed as in telnet, `len` bytes including its line ending.
     Inline { len: usize },
     /// Something Redis ignores without a reply: an empty inline line or `*0`/`*-1`.
@@ -84,6 +90,9 @@ struct MultibulkProgress {
     remaining: usize,
     /// Offset of the next argument's header.
     pos: usize,
+    /// Where the first argument's bytes are, once seen.
+    name_at: usize,
+    name_len: usize,
 }
 
 impl RequestScanner {
@@ -121,6 +130,8 @@ impl RequestScanner {
                     argc: count,
                     remaining: count,
                     pos: next,
+                    name_at: 0,
+                    name_len: 0,
                 }
             }
         };
@@ -146,6 +157,10 @@ impl RequestScanner {
                 self.progress = Some(progress);
                 return Ok(None);
             }
+            if progress.remaining == progress.argc {
+                progress.name_at = body;
+                progress.name_len = len;
+            }
             // Redis does not check the terminator either; it skips two bytes.
             progress.pos = end;
             progress.remaining -= 1;
@@ -154,6 +169,8 @@ impl RequestScanner {
         Ok(Some(RequestFrame::Multibulk {
             len: progress.pos,
             argc: progress.argc,
+            name_at: progress.name_at,
+            name_len: progress.name_len,
         }))
     }
 
@@ -401,7 +418,12 @@ mod tests {
         let bytes = b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*1\r\n";
         assert_eq!(
             scan_request(bytes).unwrap(),
-            Some(RequestFrame::Multibulk { len: 20, argc: 2 })
+            Some(RequestFrame::Multibulk {
+                len: 20,
+                argc: 2,
+                name_at: 8,
+                name_len: 3
+            })
         );
     }
 
@@ -416,7 +438,9 @@ mod tests {
             scanner.scan(bytes).unwrap(),
             Some(RequestFrame::Multibulk {
                 len: bytes.len(),
-                argc: 3
+                argc: 3,
+                name_at: 8,
+                name_len: 3
             })
         );
     }

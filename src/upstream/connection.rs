@@ -11,6 +11,7 @@
 //! and never gives one request's replies to another.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +52,47 @@ enum Expect {
     Pipe(mpsc::Sender<Bytes>),
 }
 
+/// Batches written to Redis whose replies have not all arrived yet.
+///
+/// A pooled connection writes again only when Redis has answered everything
+/// it was sent: whatever clients send meanwhile is queued and goes out as one
+/// write. Under load this turns many small writes (and as many reads and
+/// wake-ups in Redis) into a few large ones; when idle it adds no delay,
+/// because nothing is outstanding. Redis runs one connection's commands in
+/// order anyway, so waiting for the earlier ones costs at most the loopback
+/// round trip, and blocking commands never use pooled connections.
+#[derive(Debug, Default)]
+struct Outstanding {
+    batches: AtomicUsize,
+    answered: Notify,
+}
+
+impl Outstanding {
+    fn sent(&self, batches: usize) {
+        self.batches.fetch_add(batches, Ordering::AcqRel);
+    }
+
+    fn answered_one(&self) {
+        if self.batches.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.answered.notify_one();
+        }
+    }
+
+    /// The connection is gone: release the writer for good.
+    fn clear(&self) {
+        self.batches.store(0, Ordering::Release);
+        self.answered.notify_one();
+    }
+
+    async fn all_answered(&self) {
+        // notify_one keeps a permit when nobody waits, so no wake-up is lost;
+        // a stale permit only costs one more look at the counter.
+        while self.batches.load(Ordering::Acquire) > 0 {
+            self.answered.notified().await;
+        }
+    }
+}
+
 /// A handle to a pipelined upstream connection; clones share it. The
 /// connection closes when the last handle is dropped or Redis goes away.
 #[derive(Clone, Debug)]
@@ -75,9 +117,16 @@ impl UpstreamConnection {
         let (closed_tx, closed) = watch::channel(false);
         let write_failed = Arc::new(Notify::new());
         stats.connection_opened(kind);
-        tokio::spawn(write_loop(write, request_rx, expect_tx, write_failed.clone()));
+        let outstanding = (kind == ConnectionKind::Pooled).then(|| Arc::new(Outstanding::default()));
+        tokio::spawn(write_loop(
+            write,
+            request_rx,
+            expect_tx,
+            write_failed.clone(),
+            outstanding.clone(),
+        ));
         tokio::spawn(async move {
-            let reason = read_loop(read, leftover, expect_rx, limits, write_failed).await;
+            let reason = read_loop(read, leftover, expect_rx, limits, write_failed, outstanding).await;
             tracing::debug!(%reason, ?kind, "upstream connection closed");
             stats.connection_closed(kind);
             closed_tx.send_replace(true);
@@ -134,10 +183,19 @@ async fn write_loop(
     mut requests: mpsc::Receiver<Request>,
     expects: mpsc::UnboundedSender<Expect>,
     write_failed: Arc<Notify>,
+    outstanding: Option<Arc<Outstanding>>,
 ) {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = requests.recv().await {
+        if let Some(outstanding) = &outstanding {
+            outstanding.all_answered().await;
+        }
+        // Let every client that is ready queue its commands too, so that
+        // Redis gets one large write instead of one per client: without this
+        // the scheduler runs this task as soon as the first client wakes it.
+        tokio::task::yield_now().await;
         out.clear();
+        let mut batches = 0;
         let mut next = Some(first);
         // Coalesce whatever is queued into one write: many clients' commands,
         // one syscall, and Redis reads them in one go.
@@ -149,6 +207,7 @@ async fn write_loop(
                     respond,
                 } => {
                     if replies > 0 {
+                        batches += 1;
                         // The expectation is queued before the bytes are
                         // written, so the reader always knows who a reply is for.
                         if let Err(mpsc::error::SendError(Expect::Replies { respond, .. })) =
@@ -180,6 +239,9 @@ async fn write_loop(
                 next = requests.try_recv().ok();
             }
         }
+        if let Some(outstanding) = &outstanding {
+            outstanding.sent(batches);
+        }
         if !out.is_empty() && write.write_all(&out).await.is_err() {
             write_failed.notify_one();
             return;
@@ -197,8 +259,9 @@ async fn read_loop(
     mut expects: mpsc::UnboundedReceiver<Expect>,
     limits: ReplyLimits,
     write_failed: Arc<Notify>,
+    outstanding: Option<Arc<Outstanding>>,
 ) -> UpstreamError {
-    let mut matcher = ReplyMatcher::new(limits);
+    let mut matcher = ReplyMatcher::new(limits, outstanding.clone());
     let reason = loop {
         if let Err(reason) = matcher.deliver(&mut buf, &mut expects).await {
             break reason;
@@ -216,6 +279,9 @@ async fn read_loop(
         }
     };
     matcher.fail(reason.clone());
+    if let Some(outstanding) = &outstanding {
+        outstanding.clear();
+    }
     expects.close();
     while let Ok(expect) = expects.try_recv() {
         if let Expect::Replies { respond, .. } = expect {
@@ -235,16 +301,18 @@ struct ReplyMatcher {
     /// Replies of `current` copied aside because a push frame came between them.
     carried: BytesMut,
     pipe: Option<mpsc::Sender<Bytes>>,
+    outstanding: Option<Arc<Outstanding>>,
 }
 
 impl ReplyMatcher {
-    fn new(limits: ReplyLimits) -> Self {
+    fn new(limits: ReplyLimits, outstanding: Option<Arc<Outstanding>>) -> Self {
         Self {
             scanner: ReplyScanner::new(limits),
             current: None,
             taken: 0,
             carried: BytesMut::new(),
             pipe: None,
+            outstanding,
         }
     }
 
@@ -307,6 +375,9 @@ impl ReplyMatcher {
                 }
                 if let Some((_, respond)) = self.current.take() {
                     let _ = respond.send(Ok(replies.freeze()));
+                }
+                if let Some(outstanding) = &self.outstanding {
+                    outstanding.answered_one();
                 }
             }
             // The next batch may already be waiting in the buffer; pipe mode
