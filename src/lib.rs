@@ -16,6 +16,7 @@ pub mod admin;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod gather;
 pub mod protocol;
 pub mod server;
 pub mod session;

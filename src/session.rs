@@ -32,6 +32,7 @@ use crate::admin;
 use crate::auth::Authenticator;
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
+use crate::gather::Gather;
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, RequestFrame, RequestLimits, RequestScanner,
 };
@@ -42,8 +43,8 @@ use crate::upstream::{BatchResult, ConnectOptions, Pool, Pools, UpstreamConnecti
 /// Reply slots queued between the two sides; when full, the request side
 /// stops reading, so a client that never reads its replies stops being read.
 const SLOT_QUEUE: usize = 128;
-/// Write replies at least this large straight from their buffer, uncopied.
-const DIRECT_WRITE: usize = 16 * 1024;
+/// Most reply bytes gathered before they are written.
+const MAX_REPLY_WRITE: usize = 256 * 1024;
 /// Most commands in one forwarded batch before it is sent.
 const MAX_BATCH_COMMANDS: usize = 512;
 
@@ -112,6 +113,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         dedicated: None,
         piped: false,
         batch: BytesMut::new(),
+        batch_first: None,
         batch_count: 0,
         batch_lane: None,
         last_lane: None,
@@ -140,6 +142,8 @@ struct Session {
     /// Replies no longer pair with requests; bytes are piped both ways.
     piped: bool,
     batch: BytesMut,
+    /// A batch of one command is its own bytes, forwarded uncopied.
+    batch_first: Option<Bytes>,
     batch_count: usize,
     batch_lane: Option<Lane>,
     /// The lane of the last batch sent, to notice a switch.
@@ -489,7 +493,15 @@ impl Session {
             self.flush().await;
             self.batch_lane = Some(lane);
         }
-        self.batch.extend_from_slice(command.wire());
+        match self.batch_count {
+            0 => self.batch_first = Some(command.wire().clone()),
+            _ => {
+                if let Some(first) = self.batch_first.take() {
+                    self.batch.extend_from_slice(&first);
+                }
+                self.batch.extend_from_slice(command.wire());
+            }
+        }
         self.batch_count += 1;
         Flow::Continue
     }
@@ -500,7 +512,10 @@ impl Session {
             return;
         }
         let count = std::mem::take(&mut self.batch_count);
-        let bytes = self.batch.split().freeze();
+        let bytes = match self.batch_first.take() {
+            Some(only) => only,
+            None => self.batch.split().freeze(),
+        };
         let Some(lane) = self.batch_lane else {
             return;
         };
@@ -628,7 +643,7 @@ fn parse_u32(bytes: &[u8]) -> Option<u32> {
 async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
     let mut out = ReplyWriter {
         write: &mut write,
-        buffer: BytesMut::with_capacity(16 * 1024),
+        buffer: Gather::default(),
     };
     let _ = out.run(&mut slots).await;
     let _ = write.shutdown().await;
@@ -636,7 +651,7 @@ async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot
 
 struct ReplyWriter<'a> {
     write: &'a mut OwnedWriteHalf,
-    buffer: BytesMut,
+    buffer: Gather,
 }
 
 impl ReplyWriter<'_> {
@@ -707,12 +722,8 @@ impl ReplyWriter<'_> {
     }
 
     async fn queue(&mut self, bytes: Bytes) -> std::io::Result<()> {
-        if bytes.len() >= DIRECT_WRITE {
-            self.flush().await?;
-            return self.write.write_all(&bytes).await;
-        }
-        self.buffer.extend_from_slice(&bytes);
-        if self.buffer.len() >= DIRECT_WRITE * 4 {
+        self.buffer.push(bytes);
+        if self.buffer.len() >= MAX_REPLY_WRITE {
             self.flush().await?;
         }
         Ok(())
@@ -720,8 +731,7 @@ impl ReplyWriter<'_> {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buffer.is_empty() {
-            self.write.write_all(&self.buffer).await?;
-            self.buffer.clear();
+            self.buffer.write_to(self.write).await?;
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::UpstreamError;
+use crate::gather::Gather;
 use crate::protocol::{ReplyLimits, ReplyScanner};
 use crate::stats::{ConnectionKind, Stats};
 
@@ -185,7 +186,7 @@ async fn write_loop(
     write_failed: Arc<Notify>,
     outstanding: Option<Arc<Outstanding>>,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut out = Gather::default();
     while let Some(first) = requests.recv().await {
         if let Some(outstanding) = &outstanding {
             outstanding.all_answered().await;
@@ -194,7 +195,6 @@ async fn write_loop(
         // Redis gets one large write instead of one per client: without this
         // the scheduler runs this task as soon as the first client wakes it.
         tokio::task::yield_now().await;
-        out.clear();
         let mut batches = 0;
         let mut next = Some(first);
         // Coalesce whatever is queued into one write: many clients' commands,
@@ -227,14 +227,7 @@ async fn write_loop(
                     continue;
                 }
             };
-            if out.is_empty() && bytes.len() >= MAX_WRITE {
-                if write.write_all(&bytes).await.is_err() {
-                    write_failed.notify_one();
-                    return;
-                }
-            } else {
-                out.extend_from_slice(&bytes);
-            }
+            out.push(bytes);
             if out.len() < MAX_WRITE {
                 next = requests.try_recv().ok();
             }
@@ -242,7 +235,7 @@ async fn write_loop(
         if let Some(outstanding) = &outstanding {
             outstanding.sent(batches);
         }
-        if !out.is_empty() && write.write_all(&out).await.is_err() {
+        if !out.is_empty() && out.write_to(&mut write).await.is_err() {
             write_failed.notify_one();
             return;
         }
