@@ -29,6 +29,9 @@ pub type BatchResult = Result<Bytes, UpstreamError>;
 
 /// Requests queued per connection before senders wait (back-pressure).
 const REQUEST_QUEUE: usize = 1024;
+/// Requests smaller than this wait for the outstanding replies (see
+/// [`Outstanding`]); larger ones fill a write by themselves and go at once.
+const CLOCKED_BELOW: usize = 4096;
 /// Largest write assembled from queued requests before it is sent.
 const MAX_WRITE: usize = 256 * 1024;
 
@@ -42,6 +45,15 @@ enum Request {
     Raw(Bytes),
     /// From here on, every byte Redis sends goes to `sink` unparsed.
     Pipe(mpsc::Sender<Bytes>),
+}
+
+impl Request {
+    fn len(&self) -> usize {
+        match self {
+            Request::Batch { bytes, .. } | Request::Raw(bytes) => bytes.len(),
+            Request::Pipe(_) => 0,
+        }
+    }
 }
 
 /// What the reader expects next, in request order.
@@ -188,7 +200,9 @@ async fn write_loop(
 ) {
     let mut out = Gather::default();
     while let Some(first) = requests.recv().await {
-        if let Some(outstanding) = &outstanding {
+        if let Some(outstanding) = &outstanding
+            && first.len() < CLOCKED_BELOW
+        {
             outstanding.all_answered().await;
         }
         // Let every client that is ready queue its commands too, so that
