@@ -345,6 +345,18 @@ impl ReplyMatcher {
             let Some(frame) = frame else {
                 return Ok(());
             };
+            if frame.push && self.current.is_none() {
+                // In RESP3 the first frame after SUBSCRIBE is itself a push:
+                // if pipe mode comes next, it starts with this frame.
+                match expects.try_recv() {
+                    Ok(Expect::Pipe(sink)) => {
+                        self.pipe = Some(sink);
+                        continue;
+                    }
+                    Ok(Expect::Replies { count, respond }) => self.current = Some((count, respond)),
+                    Err(_) => {}
+                }
+            }
             if frame.push {
                 // Out-of-band data (no client subscribed here); not a reply.
                 if self.taken > 0 {

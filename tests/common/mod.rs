@@ -296,6 +296,20 @@ impl RawClient {
         panic!("{line:?} still answered {last:?} after {DEADLINE:?}, expected {expected:?}");
     }
 
+    /// Repeats `line` until the reply contains `needle`, failing after [`DEADLINE`].
+    pub async fn cmd_until_contains(&mut self, line: &str, needle: &str) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < DEADLINE {
+            last = self.cmd(line).await;
+            if last.contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{line:?} still answered {last:?} after {DEADLINE:?}, expected it to contain {needle:?}");
+    }
+
     /// Waits until the server closes the connection; returns what it sent
     /// before closing.
     pub async fn read_until_closed(&mut self) -> Vec<u8> {
