@@ -6,7 +6,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use auracache::protocol::{ReplyLimits, ReplyScanner, RequestLimits, RequestScanner};
+use auracache::protocol::{ReplyLimits, ReplyScanner, RequestLimits, RequestScanner, encode_array};
+use bytes::{Bytes, BytesMut};
 
 fn request_limits() -> RequestLimits {
     RequestLimits {
@@ -24,13 +25,10 @@ fn reply_limits() -> ReplyLimits {
 }
 
 fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    let args: Vec<Bytes> = args.iter().map(|arg| Bytes::copy_from_slice(arg)).collect();
+    let mut out = BytesMut::new();
+    encode_array(&mut out, &args);
+    out.to_vec()
 }
 
 /// Scans every request in `wire`, as a session does after one read.

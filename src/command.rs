@@ -155,7 +155,7 @@ pub fn classify(command: &Command) -> CommandClass {
         return CommandClass::Local(LocalCommand::InfoCache);
     }
     if is(&["SYNC", "PSYNC", "REPLCONF"]) {
-        return CommandClass::Refused("replication is not proxied by auracache; connect replicas to Redis directly");
+        return CommandClass::Refused("replication is not proxied; connect replicas to Redis directly");
     }
     CommandClass::Shared
 }

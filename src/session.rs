@@ -119,9 +119,25 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         last_lane: None,
         lost_own_connection: false,
     };
-    session.serve(read, shutdown).await;
+    let ended = session.serve(read, shutdown).await;
+    // On shutdown the client's own connection stays up until the replies it
+    // owes are written (the server bounds the drain); a client that left
+    // releases it at once, which also ends any command still blocking on it.
+    let dedicated = match ended {
+        Ended::Shutdown => session.dedicated.take(),
+        Ended::Client => None,
+    };
     drop(session);
     let _ = writer.await;
+    drop(dedicated);
+}
+
+/// Why a session's request side stopped.
+enum Ended {
+    /// The client left, broke the protocol, idled out, or lost its connection.
+    Client,
+    /// The proxy is shutting down: let owed replies drain.
+    Shutdown,
 }
 
 /// The request side of one client.
@@ -154,7 +170,9 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, mut read: OwnedReadHalf, mut shutdown: Shutdown) {
+    /// Serves the client until it leaves or breaks the protocol, or the
+    /// proxy shuts down; tells which.
+    async fn serve(&mut self, mut read: OwnedReadHalf, mut shutdown: Shutdown) -> Ended {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
         // One future for the whole session, not one per read.
@@ -163,13 +181,13 @@ impl Session {
         loop {
             match self.handle_buffered(&mut buf).await {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => return,
+                Ok(Flow::Stop) => return Ended::Client,
                 Err(error) => {
                     self.shared.stats.protocol_error();
                     tracing::debug!(client = self.id, %error, "closing client after protocol error");
                     self.reply(Reply::error(format!("ERR {error}"))).await;
                     let _ = self.slots.send(Slot::Close).await;
-                    return;
+                    return Ended::Client;
                 }
             }
             if buf.len() > self.shared.config.limits.max_query_buffer_bytes {
@@ -183,7 +201,7 @@ impl Session {
                 ))
                 .await;
                 let _ = self.slots.send(Slot::Close).await;
-                return;
+                return Ended::Client;
             }
             let needed = self.scanner.bytes_needed(&buf);
             if needed > buf.capacity() {
@@ -194,14 +212,14 @@ impl Session {
             let read_more = read.read_buf(&mut buf);
             let result = tokio::select! {
                 result = read_more => result,
-                _ = &mut stop => return,
+                _ = &mut stop => return Ended::Shutdown,
                 _ = idle_timer(idle, self.exempt_from_idle_timeout()) => {
                     tracing::debug!(client = self.id, "closing idle client");
-                    return;
+                    return Ended::Client;
                 }
             };
             match result {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return Ended::Client,
                 Ok(_) => {}
             }
         }
@@ -263,7 +281,11 @@ impl Session {
             CommandClass::Streaming => self.start_piping(command).await,
             CommandClass::Local(local) => self.handle_local(local, command).await,
             CommandClass::Refused(reason) => {
-                self.reply(Reply::error(format!("ERR {reason}"))).await;
+                let name = String::from_utf8_lossy(command.name()).to_uppercase();
+                self.reply(Reply::error(format!(
+                    "ERR {name} is not supported by auracache: {reason}"
+                )))
+                .await;
                 Flow::Continue
             }
         }

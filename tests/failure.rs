@@ -53,17 +53,29 @@ async fn commands_in_flight_when_redis_dies_get_errors() {
     let mut sleeper = proxy.raw().await;
     let mut other = proxy.raw().await;
     assert_eq!(other.cmd("PING").await, "+PONG\r\n");
-    sleeper.send(&common::encode(&[b"DEBUG", b"SLEEP", b"5"])).await;
-    // The DEBUG SLEEP is on the pooled connection; queue a command behind it.
-    other.send(&common::encode(&[b"SET", b"queued", b"1"])).await;
-    // Give the commands time to reach Redis (if they have not, they must
-    // get the same error), then kill it mid-sleep.
+    // One client's pipeline: a command Redis will be busy with, and one
+    // queued behind it.
+    sleeper
+        .send(
+            &[
+                common::encode(&[b"DEBUG", b"SLEEP", b"5"]),
+                common::encode(&[b"SET", b"queued", b"1"]),
+            ]
+            .concat(),
+        )
+        .await;
+    // Give the pipeline time to reach Redis (had it not, it must get the
+    // same errors); another client's command queues behind it meanwhile.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    other.send(&common::encode(&[b"SET", b"other", b"1"])).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let started = Instant::now();
     server.kill();
-    for client in [&mut sleeper, &mut other] {
-        let reply = String::from_utf8(client.read_reply().await).unwrap();
-        assert!(reply.starts_with(UNAVAILABLE), "got {reply:?}");
+    for (client, replies) in [(&mut sleeper, 2), (&mut other, 1)] {
+        for _ in 0..replies {
+            let reply = String::from_utf8(client.read_reply().await).unwrap();
+            assert!(reply.starts_with(UNAVAILABLE), "got {reply:?}");
+        }
     }
     assert!(started.elapsed() < Duration::from_secs(3));
     server.restart();
@@ -233,24 +245,17 @@ async fn idle_clients_are_closed_after_the_timeout() {
 /// Shutdown stops accepting and lets in-flight replies reach their clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_replies() {
-    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let server = RedisServer::start();
     let proxy = Proxy::start(&server.url()).await;
     let addr = proxy.addr();
     let mut client = proxy.raw().await;
-    assert_eq!(client.cmd("PING").await, "+PONG\r\n");
-    client
-        .send(
-            &[
-                common::encode(&[b"DEBUG", b"SLEEP", b"0.3"]),
-                common::encode(&[b"SET", b"k", b"v"]),
-            ]
-            .concat(),
-        )
-        .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(client.cmd("SET k v").await, "+OK\r\n");
+    // A reply still owed when shutdown begins: BLPOP times out in 300 ms.
+    client.send_command(&[b"BLPOP", b"nothing", b"0.3"]).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    direct.cmd_until_contains("INFO clients", "blocked_clients:1").await;
     proxy.shutdown().await;
-    assert_eq!(client.read_reply().await, b"+OK\r\n");
-    assert_eq!(client.read_reply().await, b"+OK\r\n");
+    assert_eq!(client.read_reply().await, b"*-1\r\n");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
