@@ -124,6 +124,7 @@ pub fn classify(command: &Command) -> CommandClass {
         return CommandClass::Streaming;
     }
     if command.is("XREAD") || command.is("XREADGROUP") {
+        // BLOCK 0 on a shared connection would stall every client on it.
         return if has_option_before_streams(command, "BLOCK") {
             CommandClass::Stateful
         } else {
@@ -182,15 +183,28 @@ fn arg_is(command: &Command, index: usize, upper: &str) -> bool {
         .is_some_and(|arg| arg.eq_ignore_ascii_case(upper.as_bytes()))
 }
 
-/// XREAD/XREADGROUP options come before the STREAMS keyword; a stream key
-/// named "BLOCK" after it must not count.
+/// XREAD/XREADGROUP options come before the STREAMS keyword; a stream key,
+/// group, consumer or count named "BLOCK" or "STREAMS" must not count, so
+/// the options are walked with their values.
 fn has_option_before_streams(command: &Command, option: &str) -> bool {
-    command
-        .args()
-        .iter()
-        .skip(1)
-        .take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"))
-        .any(|arg| arg.eq_ignore_ascii_case(option.as_bytes()))
+    let args = command.args();
+    let mut index = 1;
+    while let Some(arg) = args.get(index) {
+        let is = |word: &str| arg.eq_ignore_ascii_case(word.as_bytes());
+        if is(option) {
+            return true;
+        }
+        index += if is("STREAMS") {
+            return false;
+        } else if is("GROUP") {
+            3
+        } else if is("COUNT") || is("BLOCK") {
+            2
+        } else {
+            1
+        };
+    }
+    false
 }
 
 #[cfg(test)]
@@ -254,6 +268,22 @@ mod tests {
     #[test]
     fn block_after_streams_is_a_key_not_an_option() {
         assert_eq!(classify(&command("XREAD STREAMS BLOCK 0")), CommandClass::Shared);
+        assert_eq!(
+            classify(&command("XREADGROUP GROUP g BLOCK COUNT 1 STREAMS s >")),
+            CommandClass::Shared,
+            "a consumer named BLOCK"
+        );
+    }
+
+    #[test]
+    fn block_is_found_past_group_and_consumer_names() {
+        for words in [
+            "XREADGROUP GROUP STREAMS c1 BLOCK 0 STREAMS s >",
+            "XREADGROUP GROUP g STREAMS COUNT 5 BLOCK 0 STREAMS s >",
+            "xreadgroup group g c noack block 100 streams s >",
+        ] {
+            assert_eq!(classify(&command(words)), CommandClass::Stateful, "{words}");
+        }
     }
 
     #[test]

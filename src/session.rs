@@ -119,17 +119,27 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         last_lane: None,
         lost_own_connection: false,
     };
-    let ended = session.serve(read, shutdown).await;
-    // On shutdown the client's own connection stays up until the replies it
-    // owes are written (the server bounds the drain); a client that left
-    // releases it at once, which also ends any command still blocking on it.
-    let dedicated = match ended {
-        Ended::Shutdown => session.dedicated.take(),
-        Ended::Client => None,
-    };
-    drop(session);
-    let _ = writer.await;
-    drop(dedicated);
+    let drain = Duration::from_millis(session.shared.config.limits.drain_timeout_ms);
+    match session.serve(read, shutdown).await {
+        Ended::Client => {
+            // Dropping the client's own connection also ends any command
+            // still blocking on it; pooled replies still owed are written.
+            drop(session);
+            let _ = writer.await;
+        }
+        Ended::Shutdown => {
+            // The client's own connection stays up while the replies it owes
+            // are written, for at most the drain timeout; then it is closed
+            // (releasing a BLPOP 0 in Redis) and so is the client.
+            let dedicated = session.dedicated.take();
+            drop(session);
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(drain, writer).await.is_err() {
+                abort.abort();
+            }
+            drop(dedicated);
+        }
+    }
 }
 
 /// Why a session's request side stopped.
@@ -268,7 +278,9 @@ impl Session {
         if !self.authenticated
             && !matches!(
                 class,
-                CommandClass::Local(LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit)
+                CommandClass::Local(
+                    LocalCommand::Auth | LocalCommand::Hello | LocalCommand::Quit | LocalCommand::Reset
+                )
             )
         {
             self.reply(Reply::error("NOAUTH Authentication required.")).await;
@@ -317,6 +329,7 @@ impl Session {
             LocalCommand::Reset => {
                 self.protocol = Protocol::Resp2;
                 self.db = self.shared.pools.target().db;
+                self.log_out();
                 self.reply(Reply::Status("RESET")).await;
                 Flow::Continue
             }
@@ -344,7 +357,8 @@ impl Session {
             }
             LocalCommand::Reset => {
                 self.protocol = Protocol::Resp2;
-                self.db = 0;
+                self.db = self.shared.pools.target().db;
+                self.log_out();
             }
             _ => {}
         }
@@ -376,10 +390,19 @@ impl Session {
         let reply = match command.args() {
             [_, password] => self.check_credentials(None, password),
             [_, user, password] => self.check_credentials(Some(user), password),
-            _ => wrong_arity("auth"),
+            [_] => wrong_arity("auth"),
+            _ => Reply::error("ERR syntax error"),
         };
         self.reply(reply).await;
         Flow::Continue
+    }
+
+    /// RESET logs the client out, as in Redis, when the proxy requires AUTH.
+    fn log_out(&mut self) {
+        if self.shared.auth.required() {
+            self.authenticated = false;
+            self.role = None;
+        }
     }
 
     fn check_credentials(&mut self, user: Option<&[u8]>, password: &[u8]) -> Reply {
@@ -393,24 +416,45 @@ impl Session {
         }
     }
 
-    /// HELLO [protover [AUTH user pass] [SETNAME name]]. The protocol is the
-    /// client's; AUTH goes to the proxy when it authenticates clients;
-    /// SETNAME names a connection, so it needs the client's own.
+    /// HELLO [protover [AUTH user pass] [SETNAME name]], checked in Redis's
+    /// order (version, option syntax, credentials, authenticated) so that a
+    /// refused HELLO changes nothing, as in Redis. AUTH goes to the proxy when
+    /// it authenticates clients; otherwise, like SETNAME, to the client's own
+    /// connection, where the protocol switches only if Redis accepts.
     async fn hello(&mut self, command: Command) -> Flow {
         let args = command.args();
+        let requested = match args.get(1) {
+            None => self.protocol,
+            Some(version) => match parse_i64(version) {
+                None => {
+                    self.reply(Reply::error("ERR Protocol version is not an integer or out of range"))
+                        .await;
+                    return Flow::Continue;
+                }
+                Some(2) => Protocol::Resp2,
+                Some(3) => Protocol::Resp3,
+                Some(_) => {
+                    self.reply(Reply::error("NOPROTO unsupported protocol version")).await;
+                    return Flow::Continue;
+                }
+            },
+        };
         let mut auth = None;
         let mut setname = false;
         let mut index = 2;
         while index < args.len() {
-            if args[index].eq_ignore_ascii_case(b"AUTH") && index + 2 < args.len() {
+            let more = args.len() - 1 - index;
+            if args[index].eq_ignore_ascii_case(b"AUTH") && more >= 2 {
                 auth = Some((args[index + 1].clone(), args[index + 2].clone()));
                 index += 3;
-            } else if args[index].eq_ignore_ascii_case(b"SETNAME") && index + 1 < args.len() {
+            } else if args[index].eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
                 setname = true;
                 index += 2;
             } else {
-                // Let Redis word the syntax error.
-                break;
+                let option = String::from_utf8_lossy(&args[index]).into_owned();
+                self.reply(Reply::error(format!("ERR Syntax error in HELLO option '{option}'")))
+                    .await;
+                return Flow::Continue;
             }
         }
         let proxy_auth = self.shared.auth.required();
@@ -432,12 +476,6 @@ impl Session {
                 None => {}
             }
         }
-        let requested = match command.arg(1) {
-            None => Some(self.protocol),
-            Some(b"2") => Some(Protocol::Resp2),
-            Some(b"3") => Some(Protocol::Resp3),
-            Some(_) => None,
-        };
         // What goes upstream: the command without credentials the proxy
         // checked itself.
         let forwarded = if proxy_auth && auth.is_some() {
@@ -456,16 +494,48 @@ impl Session {
             command
         };
         let needs_own_connection = setname || (auth.is_some() && !proxy_auth) || self.dedicated.is_some();
-        if let Some(protocol) = requested {
-            self.protocol = protocol;
+        if !needs_own_connection {
+            // Nothing left for Redis to refuse. A pooled connection of the
+            // requested protocol answers, so the reply is Redis's own map
+            // (its `id` is the pooled connection's).
+            self.protocol = requested;
+            return self.forward(self.pooled_lane(), forwarded).await;
         }
-        if needs_own_connection {
-            self.forward_dedicated(forwarded).await
-        } else {
-            // A pooled connection of the requested protocol answers, so the
-            // reply is Redis's own map (its `id` is the pooled connection's).
-            self.forward(self.pooled_lane(), forwarded).await
+        // Redis may refuse (credentials, a name with spaces): wait for its
+        // answer before switching. HELLO is rare; the round trip is cheap.
+        if let Err(error) = self.open_dedicated().await {
+            self.reply(Reply::error(error.client_message())).await;
+            return Flow::Continue;
         }
+        match self.forward_and_wait(forwarded).await {
+            Ok(reply) => {
+                if !matches!(reply.first(), Some(b'-') | Some(b'!')) {
+                    self.protocol = requested;
+                }
+                self.reply_bytes(reply).await;
+                Flow::Continue
+            }
+            Err(error) => {
+                self.reply(Reply::error(error.client_message())).await;
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Sends one command on the client's own connection, after everything
+    /// before it, and waits for its reply.
+    async fn forward_and_wait(&mut self, command: Command) -> Result<Bytes, UpstreamError> {
+        self.flush().await;
+        self.enter_lane(Lane::Dedicated).await;
+        let connection = match &self.dedicated {
+            Some(connection) if !connection.is_closed() => connection.clone(),
+            _ => return Err(UpstreamError::lost()),
+        };
+        connection
+            .send(command.wire().clone(), 1)
+            .await
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::lost()))
     }
 
     fn pooled_lane(&self) -> Lane {
@@ -626,8 +696,14 @@ impl Session {
 
     /// Queues a reply the proxy produced, after everything before it.
     async fn reply(&mut self, reply: Reply) {
+        let bytes = reply.encode(self.protocol);
+        self.reply_bytes(bytes).await;
+    }
+
+    /// Queues reply bytes as they are, after everything before them.
+    async fn reply_bytes(&mut self, bytes: Bytes) {
         self.flush().await;
-        let _ = self.slots.send(Slot::Ready(reply.encode(self.protocol))).await;
+        let _ = self.slots.send(Slot::Ready(bytes)).await;
     }
 }
 

@@ -263,3 +263,72 @@ async fn shutdown_drains_in_flight_replies() {
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(direct.cmd("GET k").await, "$1\r\nv\r\n");
 }
+
+/// A reply that would never come (BLPOP 0) does not hold shutdown beyond the
+/// drain timeout, and Redis is not left with a blocked client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_blocked_clients_after_the_drain_timeout() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| config.limits.drain_timeout_ms = 200).await;
+    let mut blocked = proxy.raw().await;
+    blocked.send_command(&[b"BLPOP", b"never", b"0"]).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    direct.cmd_until_contains("INFO clients", "blocked_clients:1").await;
+    let started = Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    blocked.read_until_closed().await;
+    direct.cmd_until_contains("INFO clients", "blocked_clients:0").await;
+}
+
+/// When a pooled connection's reader stops (here: a reply over the size
+/// limit), the commands queued behind it get errors and are never sent to
+/// Redis, and the pool recovers with a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reply_fails_the_connection_without_running_queued_commands() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.pool.size = 1;
+        config.limits.max_bulk_bytes = 1024;
+    })
+    .await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(direct.cmd("SETRANGE big 5000 x").await, ":5001\r\n");
+    let mut client = proxy.raw().await;
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        others.push(proxy.raw().await);
+    }
+    // Redis is busy while the oversized reply is still to come...
+    client
+        .send(
+            &[
+                common::encode(&[b"DEBUG", b"SLEEP", b"0.5"]),
+                common::encode(&[b"GET", b"big"]),
+            ]
+            .concat(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and other clients' commands queue behind it on the same connection.
+    for other in &mut others {
+        other.send_command(&[b"INCR", b"counter"]).await;
+    }
+    // A batch's replies are delivered together, so both commands of the
+    // client's pipeline report the failure.
+    for _ in 0..2 {
+        let reply = String::from_utf8(client.read_reply().await).unwrap();
+        assert!(reply.starts_with(UNAVAILABLE), "{reply:?}");
+        assert!(reply.contains("max_bulk_bytes"), "the reason is named: {reply:?}");
+    }
+    for other in &mut others {
+        let reply = String::from_utf8(other.read_reply().await).unwrap();
+        assert!(reply.starts_with(UNAVAILABLE), "{reply:?}");
+    }
+    assert_eq!(direct.cmd("GET counter").await, "$-1\r\n", "no INCR reached Redis");
+    client.cmd_until("INCR counter", ":1\r\n").await;
+}

@@ -11,7 +11,7 @@
 //! and never gives one request's replies to another.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,6 +78,8 @@ enum Expect {
 struct Outstanding {
     batches: AtomicUsize,
     answered: Notify,
+    /// The reader is gone; nothing will be answered any more.
+    dead: AtomicBool,
 }
 
 impl Outstanding {
@@ -91,16 +93,16 @@ impl Outstanding {
         }
     }
 
-    /// The connection is gone: release the writer for good.
+    /// The connection is gone: release the writer, for good.
     fn clear(&self) {
-        self.batches.store(0, Ordering::Release);
+        self.dead.store(true, Ordering::Release);
         self.answered.notify_one();
     }
 
     async fn all_answered(&self) {
         // notify_one keeps a permit when nobody waits, so no wake-up is lost;
         // a stale permit only costs one more look at the counter.
-        while self.batches.load(Ordering::Acquire) > 0 {
+        while self.batches.load(Ordering::Acquire) > 0 && !self.dead.load(Ordering::Acquire) {
             self.answered.notified().await;
         }
     }
@@ -209,6 +211,11 @@ async fn write_loop(
         // Redis gets one large write instead of one per client: without this
         // the scheduler runs this task as soon as the first client wakes it.
         tokio::task::yield_now().await;
+        if expects.is_closed() {
+            // The reader is gone: nothing written now could be answered.
+            // Dropping the queue fails every request still in it.
+            return;
+        }
         let mut batches = 0;
         let mut next = Some(first);
         // Coalesce whatever is queued into one write: many clients' commands,
@@ -221,7 +228,6 @@ async fn write_loop(
                     respond,
                 } => {
                     if replies > 0 {
-                        batches += 1;
                         // The expectation is queued before the bytes are
                         // written, so the reader always knows who a reply is for.
                         if let Err(mpsc::error::SendError(Expect::Replies { respond, .. })) =
@@ -230,8 +236,13 @@ async fn write_loop(
                                 respond,
                             })
                         {
+                            // The reader is gone (and has failed everything
+                            // queued before): write none of this round, so
+                            // no command runs that its client is told failed.
                             let _ = respond.send(Err(UpstreamError::lost()));
+                            return;
                         }
+                        batches += 1;
                     }
                     bytes
                 }
@@ -286,10 +297,11 @@ async fn read_loop(
         }
     };
     matcher.fail(reason.clone());
+    // Closed before the writer is released, so it sees the reader is gone.
+    expects.close();
     if let Some(outstanding) = &outstanding {
         outstanding.clear();
     }
-    expects.close();
     while let Ok(expect) = expects.try_recv() {
         if let Expect::Replies { respond, .. } = expect {
             let _ = respond.send(Err(reason.clone()));

@@ -327,6 +327,19 @@ impl RawClient {
     }
 }
 
+/// Sends each line to Redis directly and through the proxy, one at a time,
+/// and requires byte-identical replies; returns them.
+pub async fn same_as_redis(direct: &mut RawClient, proxied: &mut RawClient, lines: &[&str]) -> Vec<String> {
+    let mut replies = Vec::new();
+    for line in lines {
+        let from_redis = direct.cmd(line).await;
+        let from_proxy = proxied.cmd(line).await;
+        assert_eq!(from_proxy, from_redis, "{line:?} (left: proxy, right: Redis)");
+        replies.push(from_proxy);
+    }
+    replies
+}
+
 /// Encodes a command as a RESP array of bulk strings.
 pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
