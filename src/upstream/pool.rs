@@ -114,7 +114,14 @@ impl Pools {
 impl Pool {
     /// The connection a client with `client_id` uses, or why there is none.
     pub async fn connection(&self, client_id: u64) -> Result<UpstreamConnection, UpstreamError> {
-        let mut state = self.slots[(client_id % self.slots.len() as u64) as usize].clone();
+        let slot = &self.slots[(client_id % self.slots.len() as u64) as usize];
+        // The common case, without a clock read or a receiver clone.
+        if let SlotState::Up(connection) = &*slot.borrow()
+            && !connection.is_closed()
+        {
+            return Ok(connection.clone());
+        }
+        let mut state = slot.clone();
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             match &*state.borrow_and_update() {
