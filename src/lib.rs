@@ -14,6 +14,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod gather;

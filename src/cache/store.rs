@@ -1,0 +1,572 @@
+//! The L1 store: ready-to-write replies in a sharded, byte-bounded
+//! quick_cache, each with a deadline, plus the bookkeeping that keeps fills
+//! honest (a fill that raced an invalidation is voided; concurrent misses
+//! for one key share one fill).
+//!
+//! quick_cache has no notion of time, so every entry carries its deadline and
+//! a lookup past it is a miss (and removes the entry); [`L1Store::sweep`]
+//! removes expired entries that nobody asks for. quick_cache divides its
+//! capacity among shards and silently refuses an entry heavier than a
+//! shard's hot share, so the store picks the shard count from the largest
+//! entry it will accept and refuses larger ones itself, visibly
+//! ([`L1Stats::too_large`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use std::sync::Mutex;
+
+use crate::clock::Clock;
+use crate::protocol::Protocol;
+
+/// Bytes an entry costs beyond its key and reply bytes: the key and entry
+/// structs, two `Bytes` handles, quick_cache's slot and hash table share.
+pub const ENTRY_OVERHEAD: u64 = 160;
+/// quick_cache admits an entry only up to this share of a shard's capacity
+/// (its default hot allocation, 0.97, with a margin).
+const SHARD_ENTRY_SHARE: f64 = 0.95;
+/// Upper bound on shards: more buys nothing on a proxy with few threads.
+const MAX_SHARDS: usize = 64;
+
+/// Which read an entry answers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// GET (and each key of an MGET).
+    String,
+    /// HGET (and each field of an HMGET).
+    HashField(Bytes),
+    /// HGETALL.
+    HashAll,
+}
+
+/// What an entry is cached under: (database, key, read shape).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub db: u32,
+    pub key: Bytes,
+    pub shape: Shape,
+}
+
+impl CacheKey {
+    pub fn new(db: u32, key: Bytes, shape: Shape) -> Self {
+        Self { db, key, shape }
+    }
+
+    fn bytes(&self) -> u64 {
+        let field = match &self.shape {
+            Shape::HashField(field) => field.len(),
+            Shape::String | Shape::HashAll => 0,
+        };
+        (self.key.len() + field) as u64
+    }
+}
+
+/// A reply ready to write in either protocol. For most replies both are the
+/// same bytes (one buffer, shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedReply {
+    resp2: Bytes,
+    resp3: Bytes,
+}
+
+impl CachedReply {
+    pub fn new(resp2: Bytes, resp3: Bytes) -> Self {
+        Self { resp2, resp3 }
+    }
+
+    /// One encoding that both protocols read the same way.
+    pub fn same(bytes: Bytes) -> Self {
+        Self {
+            resp3: bytes.clone(),
+            resp2: bytes,
+        }
+    }
+
+    pub fn for_protocol(&self, protocol: Protocol) -> &Bytes {
+        match protocol {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => &self.resp3,
+        }
+    }
+
+    /// Bytes held: a shared buffer counts once.
+    fn bytes(&self) -> u64 {
+        let shared = self.resp2.as_ptr() == self.resp3.as_ptr() && self.resp2.len() == self.resp3.len();
+        (self.resp2.len() + if shared { 0 } else { self.resp3.len() }) as u64
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    reply: CachedReply,
+    deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EntryWeighter;
+
+impl Weighter<CacheKey, Entry> for EntryWeighter {
+    fn weight(&self, key: &CacheKey, entry: &Entry) -> u64 {
+        entry_weight(key, &entry.reply)
+    }
+}
+
+fn entry_weight(key: &CacheKey, reply: &CachedReply) -> u64 {
+    key.bytes() + reply.bytes() + ENTRY_OVERHEAD
+}
+
+/// Counts evictions as quick_cache makes them.
+#[derive(Debug, Clone)]
+struct CountEvictions(Arc<L1Stats>);
+
+impl Lifecycle<CacheKey, Entry> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: CacheKey, _entry: Entry) {
+        self.0.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the L1 level (relaxed atomics; a snapshot is approximate).
+#[derive(Debug, Default)]
+pub struct L1Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fills: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub invalidations: AtomicU64,
+    /// Fills dropped because an invalidation for their key came first.
+    pub fills_voided: AtomicU64,
+    /// Misses that waited for another client's fill instead of reading Redis.
+    pub coalesced_waits: AtomicU64,
+    /// Replies not stored because they exceed the largest entry accepted.
+    pub too_large: AtomicU64,
+}
+
+/// Sizes of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct L1Limits {
+    /// Total bytes all entries may cost (key + reply + overhead).
+    pub max_bytes: u64,
+    /// Largest reply worth caching.
+    pub max_entry_bytes: u64,
+    /// Expected number of entries (sizes the hash tables).
+    pub estimated_entries: usize,
+}
+
+/// Outcome of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(CachedReply),
+    /// Nobody is filling this key: the caller should read Redis and then
+    /// [`L1Store::complete`] (or [`L1Store::abandon`]) the ticket.
+    Miss(FillTicket),
+    /// Another client is reading this key from Redis; wait on the receiver
+    /// (it yields the reply, or nothing if that fill was voided).
+    Wait(tokio::sync::watch::Receiver<Option<Option<CachedReply>>>),
+}
+
+/// The right to fill one key, voided if the key is invalidated meanwhile.
+#[derive(Debug)]
+pub struct FillTicket {
+    key: CacheKey,
+    id: u64,
+}
+
+struct Fill {
+    id: u64,
+    /// Waiters get `Some(reply)` or `Some(None)` when the fill ends.
+    done: tokio::sync::watch::Sender<Option<Option<CachedReply>>>,
+}
+
+/// The L1 store. Cheap to share (`Arc`).
+pub struct L1Store {
+    cache: Cache<CacheKey, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
+    fills: Mutex<HashMap<CacheKey, Fill>>,
+    next_fill: AtomicU64,
+    max_entry_weight: u64,
+    clock: Arc<dyn Clock>,
+    stats: Arc<L1Stats>,
+}
+
+impl std::fmt::Debug for L1Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1Store")
+            .field("entries", &self.cache.len())
+            .field("weight", &self.cache.weight())
+            .field("shards", &self.cache.num_shards())
+            .finish()
+    }
+}
+
+impl L1Store {
+    pub fn new(limits: L1Limits, clock: Arc<dyn Clock>) -> L1Store {
+        let stats = Arc::new(L1Stats::default());
+        let wanted_entry_weight = limits.max_entry_bytes + ENTRY_OVERHEAD + 64;
+        // As many shards as keep the largest entry within one shard's share.
+        let fitting = (limits.max_bytes as f64 * SHARD_ENTRY_SHARE / wanted_entry_weight as f64).floor() as usize;
+        let shards = prev_power_of_two(fitting.clamp(1, MAX_SHARDS));
+        let options = OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(limits.estimated_entries.max(16))
+            .weight_capacity(limits.max_bytes.max(1))
+            .build()
+            .expect("valid cache options");
+        let cache = Cache::with_options(
+            options,
+            EntryWeighter,
+            DefaultHashBuilder::default(),
+            CountEvictions(stats.clone()),
+        );
+        // What quick_cache really made of it decides the largest entry.
+        let shard_share = (cache.shard_capacity() as f64 * SHARD_ENTRY_SHARE) as u64;
+        L1Store {
+            max_entry_weight: wanted_entry_weight.min(shard_share),
+            cache,
+            fills: Mutex::new(HashMap::new()),
+            next_fill: AtomicU64::new(1),
+            clock,
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<L1Stats> {
+        &self.stats
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Bytes held, as weighed (key + reply + overhead).
+    pub fn bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    /// The total byte bound.
+    pub fn capacity(&self) -> u64 {
+        self.cache.capacity()
+    }
+
+    /// A cached reply for `key`, or what to do instead.
+    pub fn lookup(&self, key: &CacheKey) -> Lookup {
+        if let Some(entry) = self.cache.get(key) {
+            if entry.deadline > self.clock.now() {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit(entry.reply);
+            }
+            if self
+                .cache
+                .remove_if(key, |entry| entry.deadline <= self.clock.now())
+                .is_some()
+            {
+                self.stats.expirations.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let mut fills = self.lock_fills();
+        if let Some(fill) = fills.get(key) {
+            self.stats.coalesced_waits.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Wait(fill.done.subscribe());
+        }
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        let (done, _) = tokio::sync::watch::channel(None);
+        fills.insert(key.clone(), Fill { id, done });
+        Lookup::Miss(FillTicket { key: key.clone(), id })
+    }
+
+    /// Stores what Redis answered for a ticket's key, for at most `ttl`,
+    /// unless the key was invalidated since the ticket was issued. Waiters
+    /// get the reply either way (it is what Redis answered them too).
+    /// Returns whether the reply was stored.
+    pub fn complete(&self, ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
+        let storable = !ttl.is_zero() && entry_weight(&ticket.key, &reply) <= self.max_entry_weight;
+        // The insert happens under the lock invalidations take, so an
+        // invalidation is either before it (and voided the fill) or after it
+        // (and removes the entry).
+        let mut fills = self.lock_fills();
+        let fill = match fills.get(&ticket.key) {
+            Some(fill) if fill.id == ticket.id => fills.remove(&ticket.key),
+            _ => None,
+        };
+        let Some(fill) = fill else {
+            drop(fills);
+            self.stats.fills_voided.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        if storable {
+            let entry = Entry {
+                reply: reply.clone(),
+                deadline: self.clock.now() + ttl,
+            };
+            self.cache.insert(ticket.key, entry);
+        }
+        drop(fills);
+        let _ = fill.done.send(Some(Some(reply)));
+        if storable {
+            self.stats.fills.fetch_add(1, Ordering::Relaxed);
+        } else if !ttl.is_zero() {
+            self.stats.too_large.fetch_add(1, Ordering::Relaxed);
+        }
+        storable
+    }
+
+    fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Fill>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // change is one insert or remove), so a poisoned lock is usable.
+        self.fills.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives up a fill (Redis failed): waiters are released to read Redis
+    /// themselves.
+    pub fn abandon(&self, ticket: FillTicket) {
+        if let Some(fill) = self.take_fill(&ticket) {
+            let _ = fill.done.send(Some(None));
+        }
+    }
+
+    fn take_fill(&self, ticket: &FillTicket) -> Option<Fill> {
+        let mut fills = self.lock_fills();
+        match fills.get(&ticket.key) {
+            Some(fill) if fill.id == ticket.id => fills.remove(&ticket.key),
+            _ => None,
+        }
+    }
+
+    /// Drops every entry of `key` in `db` (all shapes) and voids fills of it
+    /// in flight.
+    pub fn invalidate(&self, db: u32, key: &Bytes, fields: &[Bytes]) {
+        let mut fills = self.lock_fills();
+        let mut shapes = vec![Shape::String, Shape::HashAll];
+        shapes.extend(fields.iter().cloned().map(Shape::HashField));
+        for shape in shapes {
+            let cache_key = CacheKey::new(db, key.clone(), shape);
+            if let Some(fill) = fills.remove(&cache_key) {
+                let _ = fill.done.send(Some(None));
+            }
+            self.cache.remove(&cache_key);
+        }
+        // Hash fields not named (HDEL of one field invalidates only it, but
+        // DEL of the hash must drop every field).
+        if fields.is_empty() {
+            fills.retain(|cached, fill| {
+                let hit = cached.db == db && cached.key == *key;
+                if hit {
+                    let _ = fill.done.send(Some(None));
+                }
+                !hit
+            });
+            self.cache.retain(|cached, _| !(cached.db == db && cached.key == *key));
+        }
+        drop(fills);
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops everything (FLUSHALL, a lost tracking connection) and voids
+    /// every fill in flight.
+    pub fn flush(&self) {
+        let mut fills = self.lock_fills();
+        for (_, fill) in fills.drain() {
+            let _ = fill.done.send(Some(None));
+        }
+        self.cache.clear();
+        drop(fills);
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        let before = self.cache.len();
+        self.cache.retain(|_, entry| entry.deadline > now);
+        let removed = before.saturating_sub(self.cache.len());
+        self.stats.expirations.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    /// The largest reply (in bytes, for a key of `key_len` bytes) the store
+    /// accepts.
+    pub fn max_reply_bytes(&self, key_len: usize) -> u64 {
+        self.max_entry_weight.saturating_sub(ENTRY_OVERHEAD + key_len as u64)
+    }
+}
+
+fn prev_power_of_two(n: usize) -> usize {
+    if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn store(max_bytes: u64, max_entry_bytes: u64) -> (L1Store, ManualClock) {
+        let clock = ManualClock::default();
+        let store = L1Store::new(
+            L1Limits {
+                max_bytes,
+                max_entry_bytes,
+                estimated_entries: 1000,
+            },
+            Arc::new(clock.clone()),
+        );
+        (store, clock)
+    }
+
+    fn key(name: &str) -> CacheKey {
+        CacheKey::new(0, Bytes::copy_from_slice(name.as_bytes()), Shape::String)
+    }
+
+    fn bulk(value: &[u8]) -> CachedReply {
+        let mut bytes = format!("${}\r\n", value.len()).into_bytes();
+        bytes.extend_from_slice(value);
+        bytes.extend_from_slice(b"\r\n");
+        CachedReply::same(Bytes::from(bytes))
+    }
+
+    fn fill(store: &L1Store, name: &str, value: &[u8], ttl: Duration) -> bool {
+        match store.lookup(&key(name)) {
+            Lookup::Miss(ticket) => store.complete(ticket, bulk(value), ttl),
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fill_is_a_hit_until_its_deadline() {
+        let (store, clock) = store(1 << 20, 1024);
+        assert!(fill(&store, "k", b"v", Duration::from_secs(60)));
+        assert!(matches!(store.lookup(&key("k")), Lookup::Hit(reply) if reply == bulk(b"v")));
+        clock.advance(Duration::from_millis(59_999));
+        assert!(matches!(store.lookup(&key("k")), Lookup::Hit(_)));
+        clock.advance(Duration::from_millis(1));
+        let Lookup::Miss(ticket) = store.lookup(&key("k")) else {
+            panic!("expired entries are misses");
+        };
+        store.abandon(ticket);
+        assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn an_invalidation_during_a_fill_voids_it() {
+        let (store, _) = store(1 << 20, 1024);
+        let Lookup::Miss(ticket) = store.lookup(&key("k")) else {
+            panic!("miss");
+        };
+        store.invalidate(0, &Bytes::from_static(b"k"), &[]);
+        assert!(!store.complete(ticket, bulk(b"stale"), Duration::from_secs(60)));
+        assert_eq!(store.stats().fills_voided.load(Ordering::Relaxed), 1);
+        assert!(matches!(store.lookup(&key("k")), Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fill() {
+        let (store, _) = store(1 << 20, 1024);
+        let Lookup::Miss(ticket) = store.lookup(&key("k")) else {
+            panic!("miss");
+        };
+        let Lookup::Wait(mut waiter) = store.lookup(&key("k")) else {
+            panic!("the second miss waits");
+        };
+        store.complete(ticket, bulk(b"v"), Duration::from_secs(1));
+        waiter.changed().await.unwrap();
+        assert_eq!(*waiter.borrow(), Some(Some(bulk(b"v"))));
+        assert_eq!(store.stats().coalesced_waits.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn invalidating_a_hash_drops_every_shape_of_it() {
+        let (store, _) = store(1 << 20, 1024);
+        let hash = Bytes::from_static(b"h");
+        for shape in [Shape::HashAll, Shape::HashField(Bytes::from_static(b"f"))] {
+            let cache_key = CacheKey::new(0, hash.clone(), shape);
+            let Lookup::Miss(ticket) = store.lookup(&cache_key) else {
+                panic!("miss");
+            };
+            assert!(store.complete(ticket, bulk(b"x"), Duration::from_secs(60)));
+        }
+        let other_db = CacheKey::new(1, hash.clone(), Shape::HashAll);
+        let Lookup::Miss(ticket) = store.lookup(&other_db) else {
+            panic!("miss");
+        };
+        assert!(store.complete(ticket, bulk(b"y"), Duration::from_secs(60)));
+        store.invalidate(0, &hash, &[]);
+        assert_eq!(store.len(), 1, "only database 1's entry is left");
+        assert!(matches!(store.lookup(&other_db), Lookup::Hit(_)));
+    }
+
+    /// quick_cache silently refuses an entry heavier than a shard's share;
+    /// the store sizes shards so that the largest accepted entry fits, and
+    /// counts the larger ones it refuses.
+    #[test]
+    fn the_largest_accepted_entry_is_really_stored() {
+        for (max_bytes, max_entry) in [(1 << 20, 64 * 1024), (256 * 1024, 200 * 1024), (64 << 20, 1 << 20)] {
+            let (store, _) = store(max_bytes, max_entry);
+            let largest = store.max_reply_bytes(3) as usize - 16;
+            assert!(
+                largest as u64 >= max_entry.min(max_bytes / 2),
+                "{max_bytes}/{max_entry}: {largest}"
+            );
+            let value = vec![b'x'; largest];
+            assert!(
+                fill(&store, "big", &value, Duration::from_secs(60)),
+                "{max_bytes}/{max_entry}"
+            );
+            assert!(
+                matches!(store.lookup(&key("big")), Lookup::Hit(_)),
+                "{max_bytes}/{max_entry}: an accepted entry is found again"
+            );
+            let too_big = vec![b'x'; store.max_reply_bytes(4) as usize + 1];
+            assert!(!fill(&store, "huge", &too_big, Duration::from_secs(60)));
+            assert_eq!(store.stats().too_large.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[test]
+    fn memory_stays_within_the_bound() {
+        let (store, _) = store(256 * 1024, 4096);
+        for i in 0..5000 {
+            fill(&store, &format!("key:{i}"), &[b'v'; 500], Duration::from_secs(60));
+            assert!(store.bytes() <= store.capacity(), "after {i}: {}", store.bytes());
+        }
+        assert!(store.stats().evictions.load(Ordering::Relaxed) > 0);
+        assert!(store.len() < 5000);
+    }
+
+    #[test]
+    fn sweep_removes_expired_entries_nobody_asks_for() {
+        let (store, clock) = store(1 << 20, 1024);
+        fill(&store, "short", b"v", Duration::from_secs(1));
+        fill(&store, "long", b"v", Duration::from_secs(100));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn flush_empties_and_voids_fills() {
+        let (store, _) = store(1 << 20, 1024);
+        fill(&store, "a", b"v", Duration::from_secs(60));
+        let Lookup::Miss(ticket) = store.lookup(&key("b")) else {
+            panic!("miss");
+        };
+        store.flush();
+        assert!(store.is_empty());
+        assert!(!store.complete(ticket, bulk(b"v"), Duration::from_secs(60)));
+    }
+}
