@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,9 +24,13 @@ use std::sync::Mutex;
 use crate::clock::Clock;
 use crate::protocol::Protocol;
 
-/// Bytes an entry costs beyond its key and reply bytes: the key and entry
-/// structs, two `Bytes` handles, quick_cache's slot and hash table share.
-pub const ENTRY_OVERHEAD: u64 = 160;
+/// Bytes an entry costs beyond its key and replies: the slot and entry
+/// structs, quick_cache's slot and hash table share.
+pub const ENTRY_OVERHEAD: u64 = 128;
+/// Bytes each cached reply of a key costs beyond its own bytes.
+pub const SHAPE_OVERHEAD: u64 = 96;
+/// Room for the key (and hash fields) beside a reply of the largest size.
+const KEY_ALLOWANCE: u64 = 1024;
 /// quick_cache admits an entry only up to this share of a shard's capacity
 /// (its default hot allocation, 0.97, with a margin).
 const SHARD_ENTRY_SHARE: f64 = 0.95;
@@ -55,14 +59,6 @@ pub struct CacheKey {
 impl CacheKey {
     pub fn new(db: u32, key: Bytes, shape: Shape) -> Self {
         Self { db, key, shape }
-    }
-
-    fn bytes(&self) -> u64 {
-        let field = match &self.shape {
-            Shape::HashField(field) => field.len(),
-            Shape::String | Shape::HashAll => 0,
-        };
-        (self.key.len() + field) as u64
     }
 }
 
@@ -101,34 +97,52 @@ impl CachedReply {
     }
 }
 
+/// Where entries live: one per (database, key), holding every cached shape
+/// of that key, so that invalidating a key is one removal per database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Slot {
+    db: u32,
+    key: Bytes,
+}
+
 #[derive(Debug, Clone)]
-struct Entry {
+struct Cached {
+    shape: Shape,
     reply: CachedReply,
     deadline: Instant,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    shapes: Vec<Cached>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct EntryWeighter;
 
-impl Weighter<CacheKey, Entry> for EntryWeighter {
-    fn weight(&self, key: &CacheKey, entry: &Entry) -> u64 {
-        entry_weight(key, &entry.reply)
+impl Weighter<Slot, Entry> for EntryWeighter {
+    fn weight(&self, slot: &Slot, entry: &Entry) -> u64 {
+        slot.key.len() as u64 + entry.shapes.iter().map(shape_weight).sum::<u64>() + ENTRY_OVERHEAD
     }
 }
 
-fn entry_weight(key: &CacheKey, reply: &CachedReply) -> u64 {
-    key.bytes() + reply.bytes() + ENTRY_OVERHEAD
+fn shape_weight(cached: &Cached) -> u64 {
+    let field = match &cached.shape {
+        Shape::HashField(field) => field.len() as u64 + SHAPE_OVERHEAD,
+        Shape::String | Shape::HashAll => SHAPE_OVERHEAD,
+    };
+    field + cached.reply.bytes()
 }
 
 /// Counts evictions as quick_cache makes them.
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<L1Stats>);
 
-impl Lifecycle<CacheKey, Entry> for CountEvictions {
+impl Lifecycle<Slot, Entry> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut Self::RequestState, _key: CacheKey, _entry: Entry) {
-        self.0.evictions.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, _state: &mut Self::RequestState, _slot: Slot, entry: Entry) {
+        self.0.evictions.fetch_add(entry.shapes.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -154,7 +168,7 @@ pub struct L1Stats {
 pub struct L1Limits {
     /// Total bytes all entries may cost (key + reply + overhead).
     pub max_bytes: u64,
-    /// Largest reply worth caching.
+    /// Largest entry worth caching (a key's replies together).
     pub max_entry_bytes: u64,
     /// Expected number of entries (sizes the hash tables).
     pub estimated_entries: usize,
@@ -185,12 +199,20 @@ struct Fill {
     done: tokio::sync::watch::Sender<Option<Option<CachedReply>>>,
 }
 
+impl Fill {
+    fn void(self) {
+        let _ = self.done.send(Some(None));
+    }
+}
+
 /// The L1 store. Cheap to share (`Arc`).
 pub struct L1Store {
-    cache: Cache<CacheKey, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
+    cache: Cache<Slot, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
     fills: Mutex<HashMap<CacheKey, Fill>>,
     next_fill: AtomicU64,
     max_entry_weight: u64,
+    /// Redis's `databases`: invalidations from Redis name keys, not databases.
+    databases: AtomicU32,
     clock: Arc<dyn Clock>,
     stats: Arc<L1Stats>,
 }
@@ -208,7 +230,8 @@ impl std::fmt::Debug for L1Store {
 impl L1Store {
     pub fn new(limits: L1Limits, clock: Arc<dyn Clock>) -> L1Store {
         let stats = Arc::new(L1Stats::default());
-        let wanted_entry_weight = limits.max_entry_bytes + ENTRY_OVERHEAD + 64;
+        // A reply of max_entry_bytes, with room for its key (and fields).
+        let wanted_entry_weight = limits.max_entry_bytes + ENTRY_OVERHEAD + SHAPE_OVERHEAD + KEY_ALLOWANCE;
         // As many shards as keep the largest entry within one shard's share.
         let fitting = (limits.max_bytes as f64 * SHARD_ENTRY_SHARE / wanted_entry_weight as f64).floor() as usize;
         let shards = prev_power_of_two(fitting.clamp(1, MAX_SHARDS));
@@ -231,6 +254,7 @@ impl L1Store {
             cache,
             fills: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(1),
+            databases: AtomicU32::new(16),
             clock,
             stats,
         }
@@ -240,7 +264,12 @@ impl L1Store {
         &self.stats
     }
 
-    /// Entries held.
+    /// Tells the store how many databases Redis has.
+    pub fn set_databases(&self, databases: u32) {
+        self.databases.store(databases.max(1), Ordering::Relaxed);
+    }
+
+    /// Keys with at least one cached reply.
     pub fn len(&self) -> usize {
         self.cache.len()
     }
@@ -249,7 +278,7 @@ impl L1Store {
         self.cache.is_empty()
     }
 
-    /// Bytes held, as weighed (key + reply + overhead).
+    /// Bytes held, as weighed (keys + replies + overhead).
     pub fn bytes(&self) -> u64 {
         self.cache.weight()
     }
@@ -261,18 +290,18 @@ impl L1Store {
 
     /// A cached reply for `key`, or what to do instead.
     pub fn lookup(&self, key: &CacheKey) -> Lookup {
-        if let Some(entry) = self.cache.get(key) {
-            if entry.deadline > self.clock.now() {
+        let slot = Slot {
+            db: key.db,
+            key: key.key.clone(),
+        };
+        if let Some(entry) = self.cache.get(&slot)
+            && let Some(cached) = entry.shapes.iter().find(|cached| cached.shape == key.shape)
+        {
+            if cached.deadline > self.clock.now() {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Hit(entry.reply);
+                return Lookup::Hit(cached.reply.clone());
             }
-            if self
-                .cache
-                .remove_if(key, |entry| entry.deadline <= self.clock.now())
-                .is_some()
-            {
-                self.stats.expirations.fetch_add(1, Ordering::Relaxed);
-            }
+            self.stats.expirations.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let mut fills = self.lock_fills();
@@ -291,7 +320,11 @@ impl L1Store {
     /// get the reply either way (it is what Redis answered them too).
     /// Returns whether the reply was stored.
     pub fn complete(&self, ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
-        let storable = !ttl.is_zero() && entry_weight(&ticket.key, &reply) <= self.max_entry_weight;
+        let now = self.clock.now();
+        let slot = Slot {
+            db: ticket.key.db,
+            key: ticket.key.key.clone(),
+        };
         // The insert happens under the lock invalidations take, so an
         // invalidation is either before it (and voided the fill) or after it
         // (and removes the entry).
@@ -305,12 +338,18 @@ impl L1Store {
             self.stats.fills_voided.fetch_add(1, Ordering::Relaxed);
             return false;
         };
+        let mut entry = self.cache.get(&slot).unwrap_or_default();
+        entry
+            .shapes
+            .retain(|cached| cached.deadline > now && cached.shape != ticket.key.shape);
+        entry.shapes.push(Cached {
+            shape: ticket.key.shape.clone(),
+            reply: reply.clone(),
+            deadline: now + ttl,
+        });
+        let storable = !ttl.is_zero() && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;
         if storable {
-            let entry = Entry {
-                reply: reply.clone(),
-                deadline: self.clock.now() + ttl,
-            };
-            self.cache.insert(ticket.key, entry);
+            self.cache.insert(slot, entry);
         }
         drop(fills);
         let _ = fill.done.send(Some(Some(reply)));
@@ -331,74 +370,95 @@ impl L1Store {
     /// Gives up a fill (Redis failed): waiters are released to read Redis
     /// themselves.
     pub fn abandon(&self, ticket: FillTicket) {
-        if let Some(fill) = self.take_fill(&ticket) {
-            let _ = fill.done.send(Some(None));
+        let mut fills = self.lock_fills();
+        if let Some(fill) = fills.get(&ticket.key)
+            && fill.id == ticket.id
+            && let Some(fill) = fills.remove(&ticket.key)
+        {
+            drop(fills);
+            fill.void();
         }
     }
 
-    fn take_fill(&self, ticket: &FillTicket) -> Option<Fill> {
-        let mut fills = self.lock_fills();
-        match fills.get(&ticket.key) {
-            Some(fill) if fill.id == ticket.id => fills.remove(&ticket.key),
-            _ => None,
-        }
+    /// Drops every cached reply of `key` in `db` (a write through the proxy)
+    /// and voids fills of it in flight.
+    pub fn invalidate(&self, db: u32, key: &Bytes) {
+        self.invalidate_where(key, Some(db));
     }
 
-    /// Drops every entry of `key` in `db` (all shapes) and voids fills of it
-    /// in flight.
-    pub fn invalidate(&self, db: u32, key: &Bytes, fields: &[Bytes]) {
+    /// Drops `key` in every database (Redis's invalidation messages do not
+    /// name the database).
+    pub fn invalidate_everywhere(&self, key: &Bytes) {
+        self.invalidate_where(key, None);
+    }
+
+    fn invalidate_where(&self, key: &Bytes, db: Option<u32>) {
         let mut fills = self.lock_fills();
-        let mut shapes = vec![Shape::String, Shape::HashAll];
-        shapes.extend(fields.iter().cloned().map(Shape::HashField));
-        for shape in shapes {
-            let cache_key = CacheKey::new(db, key.clone(), shape);
-            if let Some(fill) = fills.remove(&cache_key) {
-                let _ = fill.done.send(Some(None));
+        let voided: Vec<CacheKey> = fills
+            .keys()
+            .filter(|cached| cached.key == *key && db.is_none_or(|db| cached.db == db))
+            .cloned()
+            .collect();
+        for cached in &voided {
+            if let Some(fill) = fills.remove(cached) {
+                fill.void();
             }
-            self.cache.remove(&cache_key);
         }
-        // Hash fields not named (HDEL of one field invalidates only it, but
-        // DEL of the hash must drop every field).
-        if fields.is_empty() {
-            fills.retain(|cached, fill| {
-                let hit = cached.db == db && cached.key == *key;
-                if hit {
-                    let _ = fill.done.send(Some(None));
-                }
-                !hit
-            });
-            self.cache.retain(|cached, _| !(cached.db == db && cached.key == *key));
+        let databases = match db {
+            Some(db) => db..db + 1,
+            None => 0..self.databases.load(Ordering::Relaxed),
+        };
+        for db in databases {
+            self.cache.remove(&Slot { db, key: key.clone() });
         }
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drops everything (FLUSHALL, a lost tracking connection) and voids
-    /// every fill in flight.
+    /// Drops everything in `db` (FLUSHDB through the proxy).
+    pub fn flush_db(&self, db: u32) {
+        let mut fills = self.lock_fills();
+        fills.retain(|cached, _| cached.db != db);
+        self.cache.retain(|slot, _| slot.db != db);
+        drop(fills);
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops everything (FLUSHALL, a null invalidation, a lost tracking
+    /// connection) and voids every fill in flight.
     pub fn flush(&self) {
         let mut fills = self.lock_fills();
         for (_, fill) in fills.drain() {
-            let _ = fill.done.send(Some(None));
+            fill.void();
         }
         self.cache.clear();
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Removes expired entries; returns how many.
+    /// Removes entries whose every reply has expired; returns how many.
+    /// (An expired reply beside a live one is skipped by lookups and
+    /// dropped by the next fill of that key.)
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
-        let before = self.cache.len();
-        self.cache.retain(|_, entry| entry.deadline > now);
-        let removed = before.saturating_sub(self.cache.len());
+        let removed = std::sync::atomic::AtomicUsize::new(0);
+        self.cache.retain(|_, entry| {
+            let live = entry.shapes.iter().any(|cached| cached.deadline > now);
+            if !live {
+                removed.fetch_add(entry.shapes.len(), Ordering::Relaxed);
+            }
+            live
+        });
+        let removed = removed.into_inner();
         self.stats.expirations.fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
 
     /// The largest reply (in bytes, for a key of `key_len` bytes) the store
-    /// accepts.
+    /// accepts as a key's only cached reply.
     pub fn max_reply_bytes(&self, key_len: usize) -> u64 {
-        self.max_entry_weight.saturating_sub(ENTRY_OVERHEAD + key_len as u64)
+        self.max_entry_weight
+            .saturating_sub(ENTRY_OVERHEAD + SHAPE_OVERHEAD + key_len as u64)
     }
 }
 
@@ -459,6 +519,7 @@ mod tests {
         };
         store.abandon(ticket);
         assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
+        assert_eq!(store.sweep(), 1);
         assert!(store.is_empty());
     }
 
@@ -468,7 +529,7 @@ mod tests {
         let Lookup::Miss(ticket) = store.lookup(&key("k")) else {
             panic!("miss");
         };
-        store.invalidate(0, &Bytes::from_static(b"k"), &[]);
+        store.invalidate(0, &Bytes::from_static(b"k"));
         assert!(!store.complete(ticket, bulk(b"stale"), Duration::from_secs(60)));
         assert_eq!(store.stats().fills_voided.load(Ordering::Relaxed), 1);
         assert!(matches!(store.lookup(&key("k")), Lookup::Miss(_)));
@@ -505,9 +566,31 @@ mod tests {
             panic!("miss");
         };
         assert!(store.complete(ticket, bulk(b"y"), Duration::from_secs(60)));
-        store.invalidate(0, &hash, &[]);
+        store.invalidate(0, &hash);
         assert_eq!(store.len(), 1, "only database 1's entry is left");
         assert!(matches!(store.lookup(&other_db), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn redis_invalidations_reach_every_database_and_every_shape() {
+        let (store, _) = store(1 << 20, 1024);
+        store.set_databases(4);
+        let name = Bytes::from_static(b"k");
+        for db in 0..4 {
+            for shape in [Shape::String, Shape::HashField(Bytes::from_static(b"f"))] {
+                let Lookup::Miss(ticket) = store.lookup(&CacheKey::new(db, name.clone(), shape)) else {
+                    panic!("miss");
+                };
+                assert!(store.complete(ticket, bulk(b"v"), Duration::from_secs(60)));
+            }
+        }
+        assert_eq!(store.len(), 4, "one entry per database holds both shapes");
+        let Lookup::Miss(in_flight) = store.lookup(&CacheKey::new(2, name.clone(), Shape::HashAll)) else {
+            panic!("miss");
+        };
+        store.invalidate_everywhere(&name);
+        assert!(store.is_empty());
+        assert!(!store.complete(in_flight, bulk(b"old"), Duration::from_secs(60)));
     }
 
     /// quick_cache silently refuses an entry heavier than a shard's share;
