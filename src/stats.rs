@@ -11,6 +11,7 @@ pub struct Stats {
     clients_rejected: AtomicU64,
     upstream_pooled: AtomicUsize,
     upstream_dedicated: AtomicUsize,
+    upstream_tracking: AtomicUsize,
     upstream_errors: AtomicU64,
     protocol_errors: AtomicU64,
 }
@@ -22,6 +23,8 @@ pub enum ConnectionKind {
     Pooled,
     /// Owned by one client.
     Dedicated,
+    /// Receives Redis's invalidation messages for the L1 cache.
+    Tracking,
 }
 
 impl Stats {
@@ -39,6 +42,9 @@ impl Stats {
     }
     pub fn upstream_dedicated(&self) -> usize {
         self.upstream_dedicated.load(Ordering::Relaxed)
+    }
+    pub fn upstream_tracking(&self) -> usize {
+        self.upstream_tracking.load(Ordering::Relaxed)
     }
     pub fn upstream_errors(&self) -> u64 {
         self.upstream_errors.load(Ordering::Relaxed)
@@ -82,6 +88,7 @@ impl Stats {
         match kind {
             ConnectionKind::Pooled => &self.upstream_pooled,
             ConnectionKind::Dedicated => &self.upstream_dedicated,
+            ConnectionKind::Tracking => &self.upstream_tracking,
         }
     }
 }

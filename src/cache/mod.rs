@@ -7,5 +7,6 @@
 //! connection come next.
 
 pub mod store;
+pub mod tracking;
 
 pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -213,6 +213,9 @@ pub struct L1Store {
     max_entry_weight: u64,
     /// Redis's `databases`: invalidations from Redis name keys, not databases.
     databases: AtomicU32,
+    /// False while invalidations from Redis cannot be trusted to arrive (the
+    /// tracking connection is down): nothing is stored then.
+    accepting: AtomicBool,
     clock: Arc<dyn Clock>,
     stats: Arc<L1Stats>,
 }
@@ -255,6 +258,7 @@ impl L1Store {
             fills: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(1),
             databases: AtomicU32::new(16),
+            accepting: AtomicBool::new(true),
             clock,
             stats,
         }
@@ -262,6 +266,22 @@ impl L1Store {
 
     pub fn stats(&self) -> &Arc<L1Stats> {
         &self.stats
+    }
+
+    /// Whether the store may keep what fills bring. Either way it starts
+    /// empty: what was cached before tracking (re)started may be stale.
+    pub fn set_accepting(&self, accepting: bool) {
+        let mut fills = self.lock_fills();
+        self.accepting.store(accepting, Ordering::Release);
+        // Fills issued before this moment read Redis before it: void them.
+        for (_, fill) in fills.drain() {
+            fill.void();
+        }
+        self.cache.clear();
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
     }
 
     /// Tells the store how many databases Redis has.
@@ -347,7 +367,9 @@ impl L1Store {
             reply: reply.clone(),
             deadline: now + ttl,
         });
-        let storable = !ttl.is_zero() && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;
+        let storable = !ttl.is_zero()
+            && self.accepting.load(Ordering::Acquire)
+            && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;
         if storable {
             self.cache.insert(slot, entry);
         }
@@ -355,7 +377,7 @@ impl L1Store {
         let _ = fill.done.send(Some(Some(reply)));
         if storable {
             self.stats.fills.fetch_add(1, Ordering::Relaxed);
-        } else if !ttl.is_zero() {
+        } else if !ttl.is_zero() && self.accepting.load(Ordering::Relaxed) {
             self.stats.too_large.fetch_add(1, Ordering::Relaxed);
         }
         storable
