@@ -8,5 +8,7 @@
 
 pub mod store;
 pub mod tracking;
+pub mod writes;
 
 pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};
+pub use writes::{WriteTable, Written};
