@@ -49,6 +49,35 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub memory_cache: MemoryCacheConfig,
+}
+
+/// The L1 cache level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryCacheConfig {
+    /// Answer reads from the in-process cache.
+    pub enabled: bool,
+    /// Bytes all entries may cost together (keys + replies + overhead).
+    pub max_bytes: u64,
+    /// Largest reply worth caching.
+    pub max_entry_bytes: u64,
+    /// Longest an entry is kept (seconds); never beyond the key's TTL in Redis.
+    pub default_ttl: u64,
+    /// How long "no such key" is cached (seconds); 0 = not at all.
+    pub nil_ttl: u64,
+}
+
+impl Default for MemoryCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
+            default_ttl: 60,
+            nil_ttl: 5,
+        }
+    }
 }
 
 /// Upstream connections.
@@ -135,6 +164,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            memory_cache: MemoryCacheConfig::default(),
         }
     }
 }
@@ -192,6 +222,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_AUTH_PASSWORD", "auth.password"),
     ("AURACACHE_LOG_LEVEL", "log.level"),
     ("AURACACHE_LOG_FORMAT", "log.format"),
+    ("MEMORY_CACHE_ENABLED", "memory_cache.enabled"),
+    ("MEMORY_CACHE_DEFAULT_TTL", "memory_cache.default_ttl"),
+    ("AURACACHE_MEMORY_CACHE_MAX_BYTES", "memory_cache.max_bytes"),
+    ("AURACACHE_MEMORY_CACHE_MAX_ENTRY_BYTES", "memory_cache.max_entry_bytes"),
+    ("AURACACHE_MEMORY_CACHE_NIL_TTL", "memory_cache.nil_ttl"),
 ];
 
 impl Config {
@@ -261,6 +296,17 @@ impl Config {
             }
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.to_string(),
+            "memory_cache.enabled" => {
+                self.memory_cache.enabled = match value.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => return Err(invalid(name, value, "expected true or false")),
+                }
+            }
+            "memory_cache.max_bytes" => self.memory_cache.max_bytes = whole(1024)?,
+            "memory_cache.max_entry_bytes" => self.memory_cache.max_entry_bytes = whole(1)?,
+            "memory_cache.default_ttl" => self.memory_cache.default_ttl = whole(0)?,
+            "memory_cache.nil_ttl" => self.memory_cache.nil_ttl = whole(0)?,
             _ => return Err(ConfigError::Unknown(name.to_string())),
         }
         self.check_one(name)
@@ -277,6 +323,7 @@ impl Config {
             "auth.users",
             "log.level",
             "log.format",
+            "memory_cache.max_bytes",
         ] {
             self.check_one(name)?;
         }
@@ -327,6 +374,16 @@ impl Config {
                     name,
                     &self.log.level,
                     "expected error, warn, info, debug or trace",
+                ));
+            }
+            "memory_cache.max_bytes" if self.memory_cache.max_entry_bytes >= self.memory_cache.max_bytes => {
+                return Err(invalid(
+                    "memory_cache.max_entry_bytes",
+                    &self.memory_cache.max_entry_bytes.to_string(),
+                    &format!(
+                        "expected less than memory_cache.max_bytes ({})",
+                        self.memory_cache.max_bytes
+                    ),
                 ));
             }
             "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {

@@ -13,6 +13,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
+use crate::cache::tracking::{self, TrackerConfig};
+use crate::cache::{L1, L1Limits, L1Store, WriteTable};
+use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, UpstreamUrl};
 use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
 use crate::session::{self, Shared};
@@ -36,6 +39,7 @@ pub struct Server;
 pub struct ServerHandle {
     local_addr: SocketAddr,
     stats: Arc<Stats>,
+    l1: Option<Arc<L1>>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -78,6 +82,15 @@ impl Server {
             stats.clone(),
             shutdown.clone(),
         );
+        let l1 = config.memory_cache.enabled.then(|| {
+            let limits = L1Limits {
+                max_bytes: config.memory_cache.max_bytes,
+                max_entry_bytes: config.memory_cache.max_entry_bytes,
+                estimated_entries: (config.memory_cache.max_bytes / 1024).clamp(1024, 1 << 20) as usize,
+            };
+            let store = Arc::new(L1Store::new(limits, Arc::new(SystemClock)));
+            Arc::new(L1::new(&config.memory_cache, store))
+        });
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -86,8 +99,22 @@ impl Server {
             request_limits,
             reply_limits,
             databases: AtomicU32::new(16),
+            l1: l1.clone(),
         });
         tokio::spawn(learn_databases(shared.clone()));
+        let shared_l1 = l1.clone();
+        if let Some(l1) = l1 {
+            let tracker = TrackerConfig {
+                target: shared.pools.target().clone(),
+                prefixes: Vec::new(),
+                connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
+                max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
+                limits: reply_limits,
+            };
+            tracking::start(tracker, l1.store.clone(), stats.clone(), shutdown.clone());
+            tokio::spawn(learn_writes(shared.clone(), l1.clone(), shutdown.clone()));
+            tokio::spawn(sweep(l1, shutdown.clone()));
+        }
         tracing::info!(
             "listening on {local_addr}, upstream {}",
             shared.config.upstream_redacted()
@@ -96,6 +123,7 @@ impl Server {
         Ok(ServerHandle {
             local_addr,
             stats,
+            l1: shared_l1,
             trigger,
             accept_loop,
         })
@@ -109,6 +137,11 @@ impl ServerHandle {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The L1 level, when enabled.
+    pub fn l1(&self) -> Option<&Arc<L1>> {
+        self.l1.as_ref()
     }
 
     /// Stops accepting, lets in-flight replies drain (bounded), and returns.
@@ -204,5 +237,42 @@ async fn learn_databases(shared: Arc<Shared>) {
         .and_then(|line| line.parse::<u32>().ok())
     {
         shared.databases.store(count, Ordering::Relaxed);
+        if let Some(l1) = &shared.l1 {
+            l1.store.set_databases(count);
+        }
+    }
+}
+
+/// Learns Redis's command table for L1 invalidation (retrying until Redis
+/// answers); L1 answers nothing until then.
+async fn learn_writes(shared: Arc<Shared>, l1: Arc<L1>, mut shutdown: Shutdown) {
+    let pool = shared.pools.get(shared.pools.target().db, Protocol::Resp2);
+    let command = Command::from_args(vec!["COMMAND".into()]);
+    loop {
+        if let Ok(connection) = pool.connection(0).await
+            && let Ok(Ok(reply)) = connection.send(command.wire().clone(), 1).await.await
+        {
+            match WriteTable::from_command_reply(&reply) {
+                Ok(table) => {
+                    l1.set_writes(table);
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "cannot read Redis's command table; L1 stays off"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
+}
+
+/// Removes expired L1 entries nobody asks for, once a second.
+async fn sweep(l1: Arc<L1>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => { l1.store.sweep(); }
+            _ = shutdown.triggered() => return,
+        }
     }
 }

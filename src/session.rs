@@ -30,11 +30,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
 use crate::auth::Authenticator;
+use crate::cache::{CacheKey, FillTicket, L1, Lookup, Shape, Written};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::protocol::{
-    Command, Protocol, ProtocolError, Reply, ReplyLimits, RequestFrame, RequestLimits, RequestScanner,
+    Command, Protocol, ProtocolError, Reply, ReplyLimits, ReplyScanner, RequestFrame, RequestLimits, RequestScanner,
 };
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
@@ -58,6 +59,8 @@ pub struct Shared {
     pub reply_limits: ReplyLimits,
     /// Redis's `databases` setting, for answering SELECT locally.
     pub databases: std::sync::atomic::AtomicU32,
+    /// The L1 cache level, when enabled.
+    pub l1: Option<Arc<L1>>,
 }
 
 /// One entry in the reply order.
@@ -69,6 +72,8 @@ enum Slot {
         replies: oneshot::Receiver<BatchResult>,
         count: usize,
         protocol: Protocol,
+        /// L1 work due when the replies arrive (fills, invalidations).
+        l1: Option<Box<BatchL1>>,
     },
     /// Fires once every earlier slot has been written.
     Barrier(oneshot::Sender<()>),
@@ -77,6 +82,24 @@ enum Slot {
     Pipe(mpsc::Receiver<Bytes>),
     /// Close the client after everything before it.
     Close,
+}
+
+/// What the L1 level must do with a batch's replies, before the client
+/// sees them.
+#[derive(Default)]
+struct BatchL1 {
+    /// Writes in the batch: invalidated again once Redis has run them, so a
+    /// fill that read the old value meanwhile is voided or removed.
+    invalidations: Vec<(u32, Written)>,
+    /// GETs sent with a hidden PTTL: the reply at `index` is the GET's, the
+    /// next one the PTTL's (not shown to the client).
+    fills: Vec<(usize, FillTicket)>,
+}
+
+impl BatchL1 {
+    fn is_empty(&self) -> bool {
+        self.invalidations.is_empty() && self.fills.is_empty()
+    }
 }
 
 /// Where a batch goes.
@@ -97,7 +120,7 @@ enum Flow {
 pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shutdown) {
     let (read, write) = stream.into_split();
     let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
-    let writer = tokio::spawn(write_replies(write, slot_receiver));
+    let writer = tokio::spawn(write_replies(write, slot_receiver, shared.l1.clone()));
     let db = shared.pools.target().db;
     let authenticated = !shared.auth.required();
     let mut session = Session {
@@ -115,6 +138,10 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         batch: BytesMut::new(),
         batch_first: None,
         batch_count: 0,
+        batch_replies: 0,
+        batch_l1: BatchL1::default(),
+        queued_writes: Vec::new(),
+        in_transaction: false,
         batch_lane: None,
         last_lane: None,
         lost_own_connection: false,
@@ -171,6 +198,12 @@ struct Session {
     /// A batch of one command is its own bytes, forwarded uncopied.
     batch_first: Option<Bytes>,
     batch_count: usize,
+    /// Replies the batch will bring: its commands plus hidden ones (PTTL).
+    batch_replies: usize,
+    batch_l1: BatchL1,
+    /// Writes queued inside MULTI, invalidated when EXEC runs them.
+    queued_writes: Vec<(u32, Written)>,
+    in_transaction: bool,
     batch_lane: Option<Lane>,
     /// The lane of the last batch sent, to notice a switch.
     last_lane: Option<Lane>,
@@ -270,8 +303,18 @@ impl Session {
     }
 
     /// The phases one command goes through.
-    async fn handle(&mut self, command: Command) -> Flow {
+    async fn handle(&mut self, mut command: Command) -> Flow {
+        let l1 = self.shared.l1.clone();
         if self.piped {
+            if let Some(l1) = &l1 {
+                if let Err(error) = self.note_write(l1, &mut command) {
+                    self.reply(Reply::error(format!("ERR {error}"))).await;
+                    return Flow::Stop;
+                }
+                // No batch to attach it to: the invalidation just made and
+                // Redis's own messages cover a piped client's writes.
+                self.batch_l1.invalidations.clear();
+            }
             return self.forward_piped(command).await;
         }
         let class = classify(&command);
@@ -285,6 +328,21 @@ impl Session {
         {
             self.reply(Reply::error("NOAUTH Authentication required.")).await;
             return Flow::Continue;
+        }
+        if let Some(l1) = &l1 {
+            if let Err(error) = self.note_write(l1, &mut command) {
+                self.reply(Reply::error(format!("ERR {error}"))).await;
+                return Flow::Stop;
+            }
+            if class == CommandClass::Shared
+                && self.dedicated.is_none()
+                && command.is("GET")
+                && l1.ready()
+                && command.decode_args().is_ok()
+                && command.args().len() == 2
+            {
+                return self.get_through_l1(l1, command).await;
+            }
         }
         match class {
             CommandClass::Shared if self.dedicated.is_some() => self.forward(Lane::Dedicated, command).await,
@@ -585,25 +643,93 @@ impl Session {
             self.flush().await;
             self.batch_lane = Some(lane);
         }
-        match self.batch_count {
-            0 => self.batch_first = Some(command.wire().clone()),
-            _ => {
-                if let Some(first) = self.batch_first.take() {
-                    self.batch.extend_from_slice(&first);
-                }
-                self.batch.extend_from_slice(command.wire());
-            }
-        }
+        self.append(command.wire());
         self.batch_count += 1;
         Flow::Continue
     }
 
+    /// Adds bytes to the batch; a batch of one command stays its own bytes.
+    fn append(&mut self, wire: &Bytes) {
+        if self.batch_replies == 0 {
+            self.batch_first = Some(wire.clone());
+        } else {
+            if let Some(first) = self.batch_first.take() {
+                self.batch.extend_from_slice(&first);
+            }
+            self.batch.extend_from_slice(wire);
+        }
+        self.batch_replies += 1;
+    }
+
+    /// A GET that L1 may answer: a hit is a local reply; a miss is forwarded
+    /// with a hidden PTTL so the fill knows how long the value may live.
+    async fn get_through_l1(&mut self, l1: &L1, command: Command) -> Flow {
+        let Some(key) = command.arg(1).map(Bytes::copy_from_slice) else {
+            return self.forward(self.pooled_lane(), command).await;
+        };
+        let cache_key = CacheKey::new(self.db, key.clone(), Shape::String);
+        match l1.store.lookup(&cache_key) {
+            Lookup::Hit(reply) => {
+                self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
+                Flow::Continue
+            }
+            // Another client's fill is on its way; reading Redis again is
+            // correct, and simpler than waiting, for now.
+            Lookup::Wait(_) => self.forward(self.pooled_lane(), command).await,
+            Lookup::Miss(ticket) => {
+                let lane = self.pooled_lane();
+                self.forward(lane, command).await;
+                let index = self.batch_replies - 1;
+                self.append(Command::from_args(vec![Bytes::from_static(b"PTTL"), key]).wire());
+                self.batch_l1.fills.push((index, ticket));
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Invalidates what a write may change, now (so this client's later
+    /// reads miss) and again when Redis has run it (see [`BatchL1`]).
+    fn note_write(&mut self, l1: &L1, command: &mut Command) -> Result<(), ProtocolError> {
+        let name = command.name();
+        let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
+        if is(b"MULTI") {
+            self.in_transaction = true;
+            return Ok(());
+        }
+        if is(b"EXEC") || is(b"DISCARD") {
+            self.in_transaction = false;
+            let queued = std::mem::take(&mut self.queued_writes);
+            if is(b"EXEC") {
+                self.batch_l1.invalidations.extend(queued);
+            }
+            return Ok(());
+        }
+        if !l1.may_write(name) {
+            return Ok(());
+        }
+        command.decode_args()?;
+        let written = l1.written(command);
+        if written == Written::Nothing {
+            return Ok(());
+        }
+        l1.invalidate(self.db, &written);
+        if self.in_transaction {
+            self.queued_writes.push((self.db, written));
+        } else {
+            self.batch_l1.invalidations.push((self.db, written));
+        }
+        Ok(())
+    }
+
     /// Sends the pending batch upstream and queues the slot for its replies.
     async fn flush(&mut self) {
-        if self.batch_count == 0 {
+        if self.batch_replies == 0 {
             return;
         }
         let count = std::mem::take(&mut self.batch_count);
+        let replies = std::mem::take(&mut self.batch_replies);
+        let l1_work = std::mem::take(&mut self.batch_l1);
+        let l1_work = (!l1_work.is_empty()).then(|| Box::new(l1_work));
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -621,12 +747,16 @@ impl Session {
         };
         let slot = match connection {
             Ok(connection) => Slot::Pending {
-                replies: connection.send(bytes, count).await,
+                replies: connection.send(bytes, replies).await,
                 count,
                 protocol: self.protocol,
+                l1: l1_work,
             },
             Err(error) => {
                 self.shared.stats.upstream_error();
+                if let (Some(l1), Some(work)) = (&self.shared.l1, l1_work) {
+                    work.fills.into_iter().for_each(|(_, ticket)| l1.store.abandon(ticket));
+                }
                 Slot::Ready(repeat_error(&error, count, self.protocol))
             }
         };
@@ -714,6 +844,58 @@ async fn idle_timer(idle: Duration, exempt: bool) {
     tokio::time::sleep(idle).await;
 }
 
+/// Does a batch's L1 work as its replies arrive, before the client sees
+/// them: re-invalidates what its writes changed (whether or not the replies
+/// came), completes its fills, and removes the hidden PTTL replies.
+fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> BatchResult {
+    for (db, written) in &work.invalidations {
+        l1.invalidate(*db, written);
+    }
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            work.fills.into_iter().for_each(|(_, ticket)| l1.store.abandon(ticket));
+            return Err(error);
+        }
+    };
+    if work.fills.is_empty() {
+        return Ok(bytes);
+    }
+    // Split the batch's replies; the scanner already accepted them once.
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let mut scanner = ReplyScanner::new(ReplyLimits {
+            max_nesting_depth: usize::MAX,
+            max_bulk_bytes: usize::MAX,
+        });
+        match scanner.scan(&bytes[offset..]) {
+            Ok(Some(frame)) => {
+                frames.push(bytes.slice(offset..offset + frame.len));
+                offset += frame.len;
+            }
+            _ => break,
+        }
+    }
+    let mut hidden = Vec::with_capacity(work.fills.len());
+    for (index, ticket) in work.fills {
+        match (frames.get(index), frames.get(index + 1)) {
+            (Some(get), Some(pttl)) => {
+                l1.complete_get(ticket, get, pttl);
+                hidden.push(index + 1);
+            }
+            _ => l1.store.abandon(ticket),
+        }
+    }
+    let mut out = BytesMut::with_capacity(bytes.len());
+    for (index, frame) in frames.iter().enumerate() {
+        if !hidden.contains(&index) {
+            out.extend_from_slice(frame);
+        }
+    }
+    Ok(out.freeze())
+}
+
 /// One error reply per command of a batch that could not be sent.
 fn repeat_error(error: &UpstreamError, count: usize, protocol: Protocol) -> Bytes {
     let one = Reply::error(error.client_message()).encode(protocol);
@@ -738,10 +920,11 @@ fn parse_u32(bytes: &[u8]) -> Option<u32> {
 
 /// The reply side: writes slots in order until the request side is done
 /// and everything owed is written, or the client goes away.
-async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>, l1: Option<Arc<L1>>) {
     let mut out = ReplyWriter {
         write: &mut write,
         buffer: Gather::default(),
+        l1,
     };
     let _ = out.run(&mut slots).await;
     let _ = write.shutdown().await;
@@ -750,6 +933,7 @@ async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot
 struct ReplyWriter<'a> {
     write: &'a mut OwnedWriteHalf,
     buffer: Gather,
+    l1: Option<Arc<L1>>,
 }
 
 impl ReplyWriter<'_> {
@@ -772,6 +956,7 @@ impl ReplyWriter<'_> {
                     mut replies,
                     count,
                     protocol,
+                    l1,
                 } => {
                     let result = match replies.try_recv() {
                         Ok(result) => result,
@@ -780,6 +965,10 @@ impl ReplyWriter<'_> {
                             replies.await.unwrap_or_else(|_| Err(UpstreamError::lost()))
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(UpstreamError::lost()),
+                    };
+                    let result = match (l1, &self.l1) {
+                        (Some(work), Some(level)) => apply_l1(level, *work, result),
+                        _ => result,
                     };
                     match result {
                         Ok(bytes) => self.queue(bytes).await?,

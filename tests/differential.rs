@@ -18,9 +18,17 @@ struct Pair {
 
 impl Pair {
     async fn new(protocol: u8) -> Pair {
+        Pair::with_l1(protocol, false).await
+    }
+
+    /// With `l1`, the proxy answers GETs from its cache once it is ready.
+    async fn with_l1(protocol: u8, l1: bool) -> Pair {
         let direct_server = RedisServer::start();
         let proxied_server = RedisServer::start();
-        let proxy = Proxy::start(&proxied_server.url()).await;
+        let proxy = Proxy::start_with(&proxied_server.url(), |config| config.memory_cache.enabled = l1).await;
+        if let Some(level) = proxy.handle().l1() {
+            common::poll_until("L1 to be ready", || level.ready());
+        }
         let mut pair = Pair {
             direct: RawClient::connect(direct_server.addr()).await,
             proxied: proxy.raw().await,
@@ -470,13 +478,13 @@ async fn run_sequence(pair: &mut Pair, ops: &[Op]) {
     }
 }
 
-fn random_sequences(protocol: u8) {
+fn random_sequences(protocol: u8, l1: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let pair = std::cell::RefCell::new(runtime.block_on(Pair::new(protocol)));
+    let pair = std::cell::RefCell::new(runtime.block_on(Pair::with_l1(protocol, l1)));
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 48,
         failure_persistence: None,
@@ -495,10 +503,40 @@ fn random_sequences(protocol: u8) {
 
 #[test]
 fn random_sequences_match_redis_in_resp2() {
-    random_sequences(2);
+    random_sequences(2, false);
 }
 
 #[test]
 fn random_sequences_match_redis_in_resp3() {
-    random_sequences(3);
+    random_sequences(3, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_families_match_redis_with_l1_in_resp2() {
+    let mut pair = Pair::with_l1(2, true).await;
+    pair.lines(&["SET hot v", "GET hot", "GET hot", "GET nothing", "GET nothing"])
+        .await;
+    command_families(&mut pair).await;
+    let hits = pair
+        ._proxy
+        .handle()
+        .l1()
+        .unwrap()
+        .store
+        .stats()
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hits > 0, "L1 answered some of the GETs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_families_match_redis_with_l1_in_resp3() {
+    let mut pair = Pair::with_l1(3, true).await;
+    command_families(&mut pair).await;
+}
+
+#[test]
+fn random_sequences_match_redis_with_l1() {
+    random_sequences(2, true);
+    random_sequences(3, true);
 }

@@ -191,6 +191,9 @@ pub enum Lookup {
 pub struct FillTicket {
     key: CacheKey,
     id: u64,
+    /// When the miss was seen, before Redis was asked: a TTL Redis reports
+    /// counts from a later instant, so counting from here never outlives it.
+    started: Instant,
 }
 
 struct Fill {
@@ -332,7 +335,11 @@ impl L1Store {
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         let (done, _) = tokio::sync::watch::channel(None);
         fills.insert(key.clone(), Fill { id, done });
-        Lookup::Miss(FillTicket { key: key.clone(), id })
+        Lookup::Miss(FillTicket {
+            key: key.clone(),
+            id,
+            started: self.clock.now(),
+        })
     }
 
     /// Stores what Redis answered for a ticket's key, for at most `ttl`,
@@ -365,9 +372,9 @@ impl L1Store {
         entry.shapes.push(Cached {
             shape: ticket.key.shape.clone(),
             reply: reply.clone(),
-            deadline: now + ttl,
+            deadline: ticket.started + ttl,
         });
-        let storable = !ttl.is_zero()
+        let storable = ticket.started + ttl > now
             && self.accepting.load(Ordering::Acquire)
             && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;
         if storable {

@@ -32,6 +32,25 @@ pub enum Written {
     Everything,
 }
 
+/// Commands whose written keys are found by name, not from the table.
+const BY_NAME: &[&[u8]] = &[
+    b"flushdb",
+    b"flushall",
+    b"swapdb",
+    b"eval",
+    b"evalsha",
+    b"fcall",
+    b"lmpop",
+    b"zmpop",
+    b"blmpop",
+    b"bzmpop",
+    b"move",
+    b"copy",
+    b"sort",
+    b"georadius",
+    b"georadiusbymember",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Spec {
     write: bool,
@@ -99,6 +118,13 @@ impl WriteTable {
             return Err("COMMAND listed no commands".into());
         }
         Ok(WriteTable { specs })
+    }
+
+    /// Whether a command of this name may write keys, judged by the name
+    /// alone (so that only those commands need their arguments decoded).
+    pub fn may_write(&self, name: &[u8]) -> bool {
+        let name = name.to_ascii_lowercase();
+        BY_NAME.contains(&name.as_slice()) || self.specs.get(&name).is_none_or(|spec| spec.write)
     }
 
     /// What `command` (arguments decoded) may change.
@@ -273,5 +299,14 @@ mod tests {
     #[test]
     fn unknown_commands_are_assumed_to_write_anything_in_the_database() {
         assert_eq!(table().written(&command("MODULE.WRITE k")), Written::Database);
+    }
+
+    #[test]
+    fn only_possible_writers_need_decoding() {
+        let table = table();
+        for name in ["SET", "mset", "EVAL", "FLUSHALL", "sort", "MODULE.WRITE"] {
+            assert!(table.may_write(name.as_bytes()), "{name}");
+        }
+        assert!(!table.may_write(b"GET"));
     }
 }

@@ -1,0 +1,195 @@
+//! The L1 level through the proxy: GET answered in-process, and never a
+//! value Redis would no longer return (writes through the proxy, writes
+//! straight to Redis, expiry, FLUSHALL, transactions, databases).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, Proxy, RawClient, RedisServer};
+
+async fn proxy_with_l1(server: &RedisServer) -> Proxy {
+    let proxy = Proxy::start_with(&server.url(), |config| config.memory_cache.enabled = true).await;
+    let l1 = proxy.handle().l1().expect("L1 enabled").clone();
+    common::poll_until("L1 to be ready (tracking on, command table known)", || l1.ready());
+    proxy
+}
+
+fn hits(proxy: &Proxy) -> u64 {
+    proxy.handle().l1().unwrap().store.stats().hits.load(Ordering::Relaxed)
+}
+
+/// Redis's own count of GETs it executed.
+async fn gets_seen_by_redis(direct: &mut RawClient) -> u64 {
+    let info = direct.cmd("INFO commandstats").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_gets_are_answered_without_redis() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("SET k hello").await, "+OK\r\n");
+    for _ in 0..5 {
+        assert_eq!(client.cmd("GET k").await, "$5\r\nhello\r\n");
+    }
+    assert_eq!(gets_seen_by_redis(&mut direct).await, 1, "one fill, four hits");
+    assert_eq!(hits(&proxy), 4);
+    // The hidden PTTL of the fill never reaches the client, even in a pipeline.
+    let mut other = proxy.raw().await;
+    other
+        .send(
+            &[
+                common::encode(&[b"GET", b"x"]),
+                common::encode(&[b"PING"]),
+                common::encode(&[b"GET", b"k"]),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(other.read_reply().await, b"$-1\r\n");
+    assert_eq!(other.read_reply().await, b"+PONG\r\n");
+    assert_eq!(other.read_reply().await, b"$5\r\nhello\r\n");
+    // RESP3 clients get RESP3 nil from the same cached entry.
+    assert!(other.cmd("HELLO 3").await.starts_with('%'));
+    assert_eq!(other.cmd("GET x").await, "_\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_proxy_are_read_at_once_by_every_client() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut reader = proxy.raw().await;
+    let mut writer = proxy.raw().await;
+    assert_eq!(writer.cmd("SET k v1").await, "+OK\r\n");
+    assert_eq!(reader.cmd("GET k").await, "$2\r\nv1\r\n");
+    assert_eq!(reader.cmd("GET k").await, "$2\r\nv1\r\n");
+    for (write, expected) in [
+        ("SET k v2", "$2\r\nv2\r\n"),
+        ("APPEND k x", "$3\r\nv2x\r\n"),
+        ("DEL k", "$-1\r\n"),
+        ("MSET a 1 k v3", "$2\r\nv3\r\n"),
+        ("RENAME k k2", "$-1\r\n"),
+    ] {
+        writer.cmd(write).await;
+        assert_eq!(reader.cmd("GET k").await, expected, "after {write}");
+        assert_eq!(reader.cmd("GET k").await, expected, "after {write}, cached");
+    }
+    // A transaction's writes count when EXEC runs them.
+    assert_eq!(reader.cmd("GET k2").await, "$2\r\nv3\r\n");
+    assert_eq!(writer.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(writer.cmd("SET k2 in-tx").await, "+QUEUED\r\n");
+    assert_eq!(reader.cmd("GET k2").await, "$2\r\nv3\r\n", "not yet executed");
+    assert!(writer.cmd("EXEC").await.starts_with("*1"));
+    assert_eq!(reader.cmd("GET k2").await, "$5\r\nin-tx\r\n");
+    // A script's declared keys, and FLUSHALL.
+    let script: &[u8] = b"return redis.call('SET', KEYS[1], ARGV[1])";
+    writer.command(&[b"EVAL", script, b"1", b"k2", b"scripted"]).await;
+    assert_eq!(reader.cmd("GET k2").await, "$8\r\nscripted\r\n");
+    assert_eq!(writer.cmd("FLUSHALL").await, "+OK\r\n");
+    assert_eq!(reader.cmd("GET k2").await, "$-1\r\n");
+    // The same client's pipeline: write then read.
+    reader
+        .send(&[common::encode(&[b"SET", b"p", b"1"]), common::encode(&[b"GET", b"p"])].concat())
+        .await;
+    assert_eq!(reader.read_reply().await, b"+OK\r\n");
+    assert_eq!(reader.read_reply().await, b"$1\r\n1\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_straight_to_redis_are_seen_after_the_invalidation() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(direct.cmd("SET k old").await, "+OK\r\n");
+    assert_eq!(client.cmd("GET k").await, "$3\r\nold\r\n");
+    assert_eq!(client.cmd("GET k").await, "$3\r\nold\r\n");
+    assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
+    let written = Instant::now();
+    client.cmd_until("GET k", "$3\r\nnew\r\n").await;
+    eprintln!("a direct write was visible through L1 after {:?}", written.elapsed());
+    // Nil is cached too, and a direct write replaces it.
+    assert_eq!(client.cmd("GET fresh").await, "$-1\r\n");
+    assert_eq!(direct.cmd("SET fresh here").await, "+OK\r\n");
+    client.cmd_until("GET fresh", "$4\r\nhere\r\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_never_outlives_its_key() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("SET k v PX 300").await, "+OK\r\n");
+    assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+    assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+    // As soon as Redis no longer has it, neither does the proxy.
+    let started = Instant::now();
+    loop {
+        let from_redis = direct.cmd("GET k").await;
+        let through_proxy = client.cmd("GET k").await;
+        if from_redis == "$-1\r\n" {
+            assert_eq!(through_proxy, "$-1\r\n", "L1 served an expired key");
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_are_kept_apart_and_transactions_bypass_l1() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut zero = proxy.raw().await;
+    let mut one = proxy.raw().await;
+    assert_eq!(one.cmd("SELECT 1").await, "+OK\r\n");
+    assert_eq!(zero.cmd("SET k zero").await, "+OK\r\n");
+    assert_eq!(one.cmd("SET k one").await, "+OK\r\n");
+    for _ in 0..2 {
+        assert_eq!(zero.cmd("GET k").await, "$4\r\nzero\r\n");
+        assert_eq!(one.cmd("GET k").await, "$3\r\none\r\n");
+    }
+    let hits_before = hits(&proxy);
+    assert_eq!(zero.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(zero.cmd("GET k").await, "+QUEUED\r\n");
+    assert_eq!(zero.cmd("EXEC").await, "*1\r\n$4\r\nzero\r\n");
+    assert_eq!(hits(&proxy), hits_before, "no L1 inside MULTI");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_within_max_bytes() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.memory_cache.enabled = true;
+        config.memory_cache.max_bytes = 256 * 1024;
+        config.memory_cache.max_entry_bytes = 16 * 1024;
+    })
+    .await;
+    let l1 = proxy.handle().l1().unwrap().clone();
+    common::poll_until("L1 ready", || l1.ready());
+    let mut client = proxy.raw().await;
+    let value = vec![b'v'; 1000];
+    // Ten times max_bytes of distinct values.
+    for i in 0..2600 {
+        let key = format!("key:{i}");
+        client.command(&[b"SET", key.as_bytes(), &value]).await;
+        assert_eq!(client.command(&[b"GET", key.as_bytes()]).await.len(), 1000 + 9);
+        assert!(
+            l1.store.bytes() <= l1.store.capacity(),
+            "{} > {}",
+            l1.store.bytes(),
+            l1.store.capacity()
+        );
+    }
+    assert!(l1.store.stats().evictions.load(Ordering::Relaxed) > 0);
+    assert!(!l1.store.is_empty());
+}
