@@ -46,6 +46,8 @@ use crate::upstream::{BatchResult, ConnectOptions, Pool, Pools, UpstreamConnecti
 const SLOT_QUEUE: usize = 128;
 /// Most reply bytes gathered before they are written.
 const MAX_REPLY_WRITE: usize = 256 * 1024;
+/// Most bytes of local replies gathered into one slot.
+const MAX_READY_BYTES: usize = 64 * 1024;
 /// Most commands in one forwarded batch before it is sent.
 const MAX_BATCH_COMMANDS: usize = 512;
 
@@ -136,6 +138,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         dedicated: None,
         piped: false,
         batch: BytesMut::new(),
+        ready: BytesMut::new(),
         batch_first: None,
         batch_count: 0,
         batch_replies: 0,
@@ -195,6 +198,9 @@ struct Session {
     /// Replies no longer pair with requests; bytes are piped both ways.
     piped: bool,
     batch: BytesMut,
+    /// Local replies (L1 hits, the proxy's own answers) not yet queued;
+    /// only ever non-empty while `batch` is empty, so order is kept.
+    ready: BytesMut,
     /// A batch of one command is its own bytes, forwarded uncopied.
     batch_first: Option<Bytes>,
     batch_count: usize,
@@ -229,6 +235,7 @@ impl Session {
                     self.shared.stats.protocol_error();
                     tracing::debug!(client = self.id, %error, "closing client after protocol error");
                     self.reply(Reply::error(format!("ERR {error}"))).await;
+                    self.flush().await;
                     let _ = self.slots.send(Slot::Close).await;
                     return Ended::Client;
                 }
@@ -243,6 +250,7 @@ impl Session {
                     "ERR Protocol error: query buffer limit reached (limits.max_query_buffer_bytes)",
                 ))
                 .await;
+                self.flush().await;
                 let _ = self.slots.send(Slot::Close).await;
                 return Ended::Client;
             }
@@ -336,10 +344,9 @@ impl Session {
             }
             if class == CommandClass::Shared
                 && self.dedicated.is_none()
+                && command.argc() == 2
                 && command.is("GET")
                 && l1.ready()
-                && command.decode_args().is_ok()
-                && command.args().len() == 2
             {
                 return self.get_through_l1(l1, command).await;
             }
@@ -643,6 +650,7 @@ impl Session {
             self.flush().await;
             self.batch_lane = Some(lane);
         }
+        self.flush_ready().await;
         self.append(command.wire());
         self.batch_count += 1;
         Flow::Continue
@@ -664,9 +672,14 @@ impl Session {
     /// A GET that L1 may answer: a hit is a local reply; a miss is forwarded
     /// with a hidden PTTL so the fill knows how long the value may live.
     async fn get_through_l1(&mut self, l1: &L1, command: Command) -> Flow {
-        let Some(key) = command.arg(1).map(Bytes::copy_from_slice) else {
+        let Some(key) = command.first_arg() else {
             return self.forward(self.pooled_lane(), command).await;
         };
+        if let Some(hit) = l1.store.hit(self.db, key, &Shape::String) {
+            self.reply_slice(hit.for_protocol(self.protocol)).await;
+            return Flow::Continue;
+        }
+        let key = key.clone();
         let cache_key = CacheKey::new(self.db, key.clone(), Shape::String);
         match l1.store.lookup(&cache_key) {
             Lookup::Hit(reply) => {
@@ -723,6 +736,7 @@ impl Session {
 
     /// Sends the pending batch upstream and queues the slot for its replies.
     async fn flush(&mut self) {
+        self.flush_ready().await;
         if self.batch_replies == 0 {
             return;
         }
@@ -832,8 +846,26 @@ impl Session {
 
     /// Queues reply bytes as they are, after everything before them.
     async fn reply_bytes(&mut self, bytes: Bytes) {
-        self.flush().await;
-        let _ = self.slots.send(Slot::Ready(bytes)).await;
+        self.reply_slice(&bytes).await;
+    }
+
+    /// Consecutive local replies (L1 hits in a pipeline) share one slot.
+    async fn reply_slice(&mut self, bytes: &[u8]) {
+        if self.batch_replies > 0 {
+            self.flush().await;
+        }
+        self.ready.extend_from_slice(bytes);
+        if self.ready.len() >= MAX_READY_BYTES {
+            self.flush_ready().await;
+        }
+    }
+
+    /// Sends the local replies gathered so far as one slot.
+    async fn flush_ready(&mut self) {
+        if !self.ready.is_empty() {
+            let bytes = self.ready.split().freeze();
+            let _ = self.slots.send(Slot::Ready(bytes)).await;
+        }
     }
 }
 

@@ -105,6 +105,33 @@ struct Slot {
     key: Bytes,
 }
 
+/// A slot looked up without building one (no reference counts touched).
+/// Hashes exactly as [`Slot`] does: the database, then the key's bytes.
+#[derive(Hash)]
+struct SlotRef<'a> {
+    db: u32,
+    key: &'a [u8],
+}
+
+impl quick_cache::Equivalent<Slot> for SlotRef<'_> {
+    fn equivalent(&self, slot: &Slot) -> bool {
+        self.db == slot.db && self.key == slot.key.as_ref()
+    }
+}
+
+/// A cached reply found by [`L1Store::hit`], borrowed from its entry.
+#[derive(Debug)]
+pub struct Hit {
+    shapes: Arc<[Cached]>,
+    index: usize,
+}
+
+impl Hit {
+    pub fn for_protocol(&self, protocol: Protocol) -> &Bytes {
+        self.shapes[self.index].reply.for_protocol(protocol)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Cached {
     shape: Shape,
@@ -112,9 +139,11 @@ struct Cached {
     deadline: Instant,
 }
 
+/// quick_cache clones a value on every hit, so the shapes sit behind an
+/// `Arc`: a hit costs a reference count, not a copy.
 #[derive(Debug, Clone, Default)]
 struct Entry {
-    shapes: Vec<Cached>,
+    shapes: Arc<[Cached]>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -311,14 +340,27 @@ impl L1Store {
         self.cache.capacity()
     }
 
+    /// The fast path: a live cached reply for (db, key, shape), if any,
+    /// counted as a hit. Nothing is counted otherwise; call [`Self::lookup`].
+    pub fn hit(&self, db: u32, key: &[u8], shape: &Shape) -> Option<Hit> {
+        let entry = self.cache.get(&SlotRef { db, key })?;
+        let index = entry.shapes.iter().position(|cached| cached.shape == *shape)?;
+        if entry.shapes[index].deadline <= self.clock.now() {
+            return None;
+        }
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Hit {
+            shapes: entry.shapes,
+            index,
+        })
+    }
+
     /// A cached reply for `key`, or what to do instead.
     pub fn lookup(&self, key: &CacheKey) -> Lookup {
-        let slot = Slot {
+        if let Some(entry) = self.cache.get(&SlotRef {
             db: key.db,
-            key: key.key.clone(),
-        };
-        if let Some(entry) = self.cache.get(&slot)
-            && let Some(cached) = entry.shapes.iter().find(|cached| cached.shape == key.shape)
+            key: &key.key,
+        }) && let Some(cached) = entry.shapes.iter().find(|cached| cached.shape == key.shape)
         {
             if cached.deadline > self.clock.now() {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -365,15 +407,24 @@ impl L1Store {
             self.stats.fills_voided.fetch_add(1, Ordering::Relaxed);
             return false;
         };
-        let mut entry = self.cache.get(&slot).unwrap_or_default();
-        entry
-            .shapes
-            .retain(|cached| cached.deadline > now && cached.shape != ticket.key.shape);
-        entry.shapes.push(Cached {
+        let mut shapes: Vec<Cached> = self
+            .cache
+            .get(&slot)
+            .map(|entry| {
+                entry
+                    .shapes
+                    .iter()
+                    .filter(|cached| cached.deadline > now && cached.shape != ticket.key.shape)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        shapes.push(Cached {
             shape: ticket.key.shape.clone(),
             reply: reply.clone(),
             deadline: ticket.started + ttl,
         });
+        let entry = Entry { shapes: shapes.into() };
         let storable = ticket.started + ttl > now
             && self.accepting.load(Ordering::Acquire)
             && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;

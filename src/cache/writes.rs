@@ -123,8 +123,15 @@ impl WriteTable {
     /// Whether a command of this name may write keys, judged by the name
     /// alone (so that only those commands need their arguments decoded).
     pub fn may_write(&self, name: &[u8]) -> bool {
-        let name = name.to_ascii_lowercase();
-        BY_NAME.contains(&name.as_slice()) || self.specs.get(&name).is_none_or(|spec| spec.write)
+        // Lower-cased on the stack: this runs for every command.
+        let mut buffer = [0u8; 32];
+        let Some(lower) = buffer.get_mut(..name.len()) else {
+            return true;
+        };
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        let lower: &[u8] = lower;
+        BY_NAME.contains(&lower) || self.specs.get(lower).is_none_or(|spec| spec.write)
     }
 
     /// What `command` (arguments decoded) may change.

@@ -59,6 +59,9 @@ impl Protocol {
 #[derive(Debug, Clone)]
 pub struct Command {
     name: Bytes,
+    /// The argument after the name, when there is one.
+    arg1: Option<Bytes>,
+    argc: usize,
     /// Empty until decoded; then every argument, the name first.
     args: Vec<Bytes>,
     decoded: bool,
@@ -71,8 +74,17 @@ impl Command {
     /// multibulk arguments wait for [`Command::decode_args`].
     pub fn decode(kind: RequestFrame, frame: Bytes) -> Result<Command, ProtocolError> {
         match kind {
-            RequestFrame::Multibulk { name_at, name_len, .. } => Ok(Command {
+            RequestFrame::Multibulk {
+                name_at,
+                name_len,
+                argc,
+                arg1_at,
+                arg1_len,
+                ..
+            } => Ok(Command {
                 name: frame.slice(name_at..name_at + name_len),
+                arg1: (argc >= 2).then(|| frame.slice(arg1_at..arg1_at + arg1_len)),
+                argc,
                 args: Vec::new(),
                 decoded: false,
                 wire: frame,
@@ -112,6 +124,8 @@ impl Command {
         encode_array(&mut wire, &args);
         Command {
             name: args.first().cloned().unwrap_or_default(),
+            arg1: args.get(1).cloned(),
+            argc: args.len(),
             args,
             decoded: true,
             wire: wire.freeze(),
@@ -127,6 +141,16 @@ impl Command {
     pub fn args(&self) -> &[Bytes] {
         debug_assert!(self.decoded, "arguments of {:?} used before decode_args", self.name);
         &self.args
+    }
+
+    /// How many arguments, the name included (known without decoding).
+    pub fn argc(&self) -> usize {
+        self.argc
+    }
+
+    /// The argument after the name (known without decoding).
+    pub fn first_arg(&self) -> Option<&Bytes> {
+        self.arg1.as_ref()
     }
 
     /// The command name as sent (any case).

@@ -47,6 +47,9 @@ pub enum RequestFrame {
         argc: usize,
         name_at: usize,
         name_len: usize,
+        /// The argument after the name (usually the first key), if any.
+        arg1_at: usize,
+        arg1_len: usize,
     },
     /// A line typed as in telnet, `len` bytes including its line ending.
     Inline { len: usize },
@@ -90,9 +93,11 @@ struct MultibulkProgress {
     remaining: usize,
     /// Offset of the next argument's header.
     pos: usize,
-    /// Where the first argument's bytes are, once seen.
+    /// Where the first two arguments' bytes are, once seen.
     name_at: usize,
     name_len: usize,
+    arg1_at: usize,
+    arg1_len: usize,
 }
 
 impl RequestScanner {
@@ -132,6 +137,8 @@ impl RequestScanner {
                     pos: next,
                     name_at: 0,
                     name_len: 0,
+                    arg1_at: 0,
+                    arg1_len: 0,
                 }
             }
         };
@@ -160,6 +167,9 @@ impl RequestScanner {
             if progress.remaining == progress.argc {
                 progress.name_at = body;
                 progress.name_len = len;
+            } else if progress.remaining + 1 == progress.argc {
+                progress.arg1_at = body;
+                progress.arg1_len = len;
             }
             // Redis does not check the terminator either; it skips two bytes.
             progress.pos = end;
@@ -171,6 +181,8 @@ impl RequestScanner {
             argc: progress.argc,
             name_at: progress.name_at,
             name_len: progress.name_len,
+            arg1_at: progress.arg1_at,
+            arg1_len: progress.arg1_len,
         }))
     }
 
@@ -422,7 +434,9 @@ mod tests {
                 len: 20,
                 argc: 2,
                 name_at: 8,
-                name_len: 3
+                name_len: 3,
+                arg1_at: 17,
+                arg1_len: 1
             })
         );
     }
@@ -440,7 +454,9 @@ mod tests {
                 len: bytes.len(),
                 argc: 3,
                 name_at: 8,
-                name_len: 3
+                name_len: 3,
+                arg1_at: 17,
+                arg1_len: 1
             })
         );
     }
