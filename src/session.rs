@@ -686,9 +686,24 @@ impl Session {
                 self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
                 Flow::Continue
             }
-            // Another client's fill is on its way; reading Redis again is
-            // correct, and simpler than waiting, for now.
-            Lookup::Wait(_) => self.forward(self.pooled_lane(), command).await,
+            // A fill of this key is on its way (perhaps in this client's own
+            // batch, so send that first): share its reply. If it is voided
+            // or slow, read Redis as usual.
+            Lookup::Wait(mut done) => {
+                self.flush().await;
+                let wait = Duration::from_millis(self.shared.config.pool.connect_timeout_ms);
+                let shared_reply = tokio::time::timeout(wait, done.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(|result| result.ok().and_then(|reply| reply.clone().flatten()));
+                match shared_reply {
+                    Some(reply) => {
+                        self.reply_slice(reply.for_protocol(self.protocol)).await;
+                        Flow::Continue
+                    }
+                    None => self.forward(self.pooled_lane(), command).await,
+                }
+            }
             Lookup::Miss(ticket) => {
                 let lane = self.pooled_lane();
                 self.forward(lane, command).await;

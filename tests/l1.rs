@@ -193,3 +193,44 @@ async fn memory_stays_within_max_bytes() {
     assert!(l1.store.stats().evictions.load(Ordering::Relaxed) > 0);
     assert!(!l1.store.is_empty());
 }
+
+/// Concurrent misses for one key share one read: every client gets the
+/// value, and each GET Redis did not see was a hit or a shared fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_upstream_read() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(direct.cmd("SET hot value").await, "+OK\r\n");
+    let gets_before = gets_seen_by_redis(&mut direct).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(proxy.raw().await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.cmd("GET hot").await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "$5\r\nvalue\r\n");
+    }
+    let redis_gets = gets_seen_by_redis(&mut direct).await - gets_before;
+    let stats = proxy.handle().l1().unwrap().store.stats().clone();
+    let served_locally = stats.hits.load(Ordering::Relaxed) + stats.coalesced_waits.load(Ordering::Relaxed);
+    assert!(redis_gets >= 1);
+    assert_eq!(
+        redis_gets + served_locally,
+        50,
+        "{redis_gets} reads, {served_locally} local"
+    );
+    eprintln!(
+        "50 concurrent GETs: {redis_gets} reached Redis, {} shared a fill, {} hit",
+        stats.coalesced_waits.load(Ordering::Relaxed),
+        stats.hits.load(Ordering::Relaxed)
+    );
+}
