@@ -7,12 +7,13 @@ use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
 pub fn info_cache(stats: &Stats) -> String {
-    let fields: [(&str, u64); 7] = [
+    let fields: [(&str, u64); 8] = [
         ("clients_connected", stats.clients() as u64),
         ("clients_total", stats.clients_total()),
         ("clients_rejected", stats.clients_rejected()),
         ("upstream_connections_pooled", stats.upstream_pooled() as u64),
         ("upstream_connections_dedicated", stats.upstream_dedicated() as u64),
+        ("upstream_connections_tracking", stats.upstream_tracking() as u64),
         ("upstream_errors", stats.upstream_errors()),
         ("protocol_errors", stats.protocol_errors()),
     ];
