@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
 use crate::auth::Authenticator;
-use crate::cache::{CacheKey, FillTicket, L1, Lookup, Shape, Written};
+use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, Written};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
@@ -708,7 +708,7 @@ impl Session {
                 let lane = self.pooled_lane();
                 self.forward(lane, command).await;
                 let index = self.batch_replies - 1;
-                self.append(Command::from_args(vec![Bytes::from_static(b"PTTL"), key]).wire());
+                self.append(&pttl_request(&key));
                 self.batch_l1.fills.push((index, ticket));
                 Flow::Continue
             }
@@ -732,11 +732,17 @@ impl Session {
             }
             return Ok(());
         }
-        if !l1.may_write(name) {
-            return Ok(());
-        }
-        command.decode_args()?;
-        let written = l1.written(command);
+        let written = match l1.by_name(name) {
+            ByName::Reads => return Ok(()),
+            ByName::WritesFirstArgument => match command.first_arg() {
+                Some(key) => Written::Keys(vec![key.clone()]),
+                None => return Ok(()),
+            },
+            ByName::NeedsArguments => {
+                command.decode_args()?;
+                l1.written(command)
+            }
+        };
         if written == Written::Nothing {
             return Ok(());
         }
@@ -893,8 +899,9 @@ async fn idle_timer(idle: Duration, exempt: bool) {
 
 /// Does a batch's L1 work as its replies arrive, before the client sees
 /// them: re-invalidates what its writes changed (whether or not the replies
-/// came), completes its fills, and removes the hidden PTTL replies.
-fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> BatchResult {
+/// came), completes its fills, and leaves out the hidden PTTL replies.
+/// Returns the client's replies as slices of Redis's (no copy).
+fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, UpstreamError> {
     for (db, written) in &work.invalidations {
         l1.invalidate(*db, written);
     }
@@ -906,41 +913,57 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> BatchResult {
         }
     };
     if work.fills.is_empty() {
-        return Ok(bytes);
+        return Ok(vec![bytes]);
     }
-    // Split the batch's replies; the scanner already accepted them once.
-    let mut frames = Vec::new();
+    // Frame boundaries (the scanner already accepted these bytes once).
+    let mut scanner = ReplyScanner::new(ReplyLimits {
+        max_nesting_depth: usize::MAX,
+        max_bulk_bytes: usize::MAX,
+    });
+    let mut starts = Vec::with_capacity(work.fills.last().map_or(0, |(index, _)| index + 3));
     let mut offset = 0;
-    while offset < bytes.len() {
-        let mut scanner = ReplyScanner::new(ReplyLimits {
-            max_nesting_depth: usize::MAX,
-            max_bulk_bytes: usize::MAX,
-        });
+    let last_needed = work.fills.last().map_or(0, |(index, _)| index + 1);
+    while starts.len() <= last_needed && offset < bytes.len() {
+        starts.push(offset);
         match scanner.scan(&bytes[offset..]) {
-            Ok(Some(frame)) => {
-                frames.push(bytes.slice(offset..offset + frame.len));
-                offset += frame.len;
-            }
+            Ok(Some(frame)) => offset += frame.len,
             _ => break,
         }
     }
-    let mut hidden = Vec::with_capacity(work.fills.len());
+    starts.push(offset);
+    let frame = |index: usize| -> Option<Bytes> {
+        let (start, end) = (*starts.get(index)?, *starts.get(index + 1)?);
+        (end > start).then(|| bytes.slice(start..end))
+    };
+    let mut segments = Vec::with_capacity(work.fills.len() + 1);
+    let mut shown_from = 0;
     for (index, ticket) in work.fills {
-        match (frames.get(index), frames.get(index + 1)) {
+        match (frame(index), frame(index + 1)) {
             (Some(get), Some(pttl)) => {
-                l1.complete_get(ticket, get, pttl);
-                hidden.push(index + 1);
+                l1.complete_get(ticket, &get, &pttl);
+                // Everything up to the PTTL reply is the client's.
+                segments.push(bytes.slice(shown_from..starts[index + 1]));
+                shown_from = starts[index + 2];
             }
             _ => l1.store.abandon(ticket),
         }
     }
-    let mut out = BytesMut::with_capacity(bytes.len());
-    for (index, frame) in frames.iter().enumerate() {
-        if !hidden.contains(&index) {
-            out.extend_from_slice(frame);
-        }
+    if shown_from < bytes.len() {
+        segments.push(bytes.slice(shown_from..));
     }
-    Ok(out.freeze())
+    Ok(segments)
+}
+
+/// `PTTL <key>` as a request.
+fn pttl_request(key: &[u8]) -> Bytes {
+    use std::fmt::Write;
+    let mut out = BytesMut::with_capacity(key.len() + 32);
+    out.extend_from_slice(b"*2\r\n$4\r\nPTTL\r\n$");
+    let _ = write!(out, "{}", key.len());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
 }
 
 /// One error reply per command of a batch that could not be sent.
@@ -1013,13 +1036,19 @@ impl ReplyWriter<'_> {
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(UpstreamError::lost()),
                     };
-                    let result = match (l1, &self.l1) {
-                        (Some(work), Some(level)) => apply_l1(level, *work, result),
-                        _ => result,
-                    };
-                    match result {
-                        Ok(bytes) => self.queue(bytes).await?,
-                        Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
+                    match (l1, &self.l1) {
+                        (Some(work), Some(level)) => match apply_l1(level, *work, result) {
+                            Ok(segments) => {
+                                for segment in segments {
+                                    self.queue(segment).await?;
+                                }
+                            }
+                            Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
+                        },
+                        _ => match result {
+                            Ok(bytes) => self.queue(bytes).await?,
+                            Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
+                        },
                     }
                 }
                 Slot::Barrier(done) => {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use auracache::cache::{WriteTable, Written};
+use auracache::cache::{ByName, WriteTable, Written};
 use auracache::protocol::Command;
 use bytes::Bytes;
 use common::{RawClient, RedisServer};
@@ -68,6 +68,19 @@ async fn writes_name_their_keys_with_the_table_redis_gives() {
         ("SCAN 0", Written::Nothing),
         ("PING", Written::Nothing),
     ] {
-        assert_eq!(table.written(&command(line)), expected, "{line}");
+        let command = command(line);
+        assert_eq!(table.written(&command), expected, "{line}");
+        // The by-name fast path (no decoding) agrees with the table.
+        match table.by_name(command.name()) {
+            ByName::Reads => assert_eq!(expected, Written::Nothing, "{line}"),
+            ByName::WritesFirstArgument => {
+                assert_eq!(
+                    expected,
+                    Written::Keys(vec![command.first_arg().unwrap().clone()]),
+                    "{line}"
+                )
+            }
+            ByName::NeedsArguments => {}
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};
-pub use writes::{WriteTable, Written};
+pub use writes::{ByName, WriteTable, Written};
 
 use crate::config::MemoryCacheConfig;
 use crate::protocol::Command;
@@ -56,10 +56,13 @@ impl L1 {
         self.writes.get().is_some() && self.store.is_accepting()
     }
 
-    /// Whether `name` may write keys (so its arguments must be decoded to
-    /// find them). Until the table is known, everything may.
-    pub fn may_write(&self, name: &[u8]) -> bool {
-        self.writes.get().is_none_or(|table| table.may_write(name))
+    /// What a command's name says about the keys it writes. Until the
+    /// table is known, anything needs its arguments looked at.
+    pub fn by_name(&self, name: &[u8]) -> ByName {
+        match self.writes.get() {
+            Some(table) => table.by_name(name),
+            None => ByName::NeedsArguments,
+        }
     }
 
     /// What a command (arguments decoded) may change; until the table is

@@ -228,12 +228,15 @@ pub struct FillTicket {
 struct Fill {
     id: u64,
     /// Waiters get `Some(reply)` or `Some(None)` when the fill ends.
-    done: tokio::sync::watch::Sender<Option<Option<CachedReply>>>,
+    /// Made when the first waiter comes (most fills have none).
+    done: Option<tokio::sync::watch::Sender<Option<Option<CachedReply>>>>,
 }
 
 impl Fill {
     fn void(self) {
-        let _ = self.done.send(Some(None));
+        if let Some(done) = self.done {
+            let _ = done.send(Some(None));
+        }
     }
 }
 
@@ -370,13 +373,13 @@ impl L1Store {
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let mut fills = self.lock_fills();
-        if let Some(fill) = fills.get(key) {
+        if let Some(fill) = fills.get_mut(key) {
             self.stats.coalesced_waits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Wait(fill.done.subscribe());
+            let done = fill.done.get_or_insert_with(|| tokio::sync::watch::channel(None).0);
+            return Lookup::Wait(done.subscribe());
         }
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
-        let (done, _) = tokio::sync::watch::channel(None);
-        fills.insert(key.clone(), Fill { id, done });
+        fills.insert(key.clone(), Fill { id, done: None });
         Lookup::Miss(FillTicket {
             key: key.clone(),
             id,
@@ -432,7 +435,9 @@ impl L1Store {
             self.cache.insert(slot, entry);
         }
         drop(fills);
-        let _ = fill.done.send(Some(Some(reply)));
+        if let Some(done) = fill.done {
+            let _ = done.send(Some(Some(reply)));
+        }
         if storable {
             self.stats.fills.fetch_add(1, Ordering::Relaxed);
         } else if !ttl.is_zero() && self.accepting.load(Ordering::Relaxed) {

@@ -32,6 +32,17 @@ pub enum Written {
     Everything,
 }
 
+/// What a command's name alone says about the keys it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByName {
+    /// It writes no keys.
+    Reads,
+    /// It writes exactly its first argument (SET, INCR, HSET, EXPIRE, ...).
+    WritesFirstArgument,
+    /// Its arguments must be decoded to tell (see [`WriteTable::written`]).
+    NeedsArguments,
+}
+
 /// Commands whose written keys are found by name, not from the table.
 const BY_NAME: &[&[u8]] = &[
     b"flushdb",
@@ -123,15 +134,27 @@ impl WriteTable {
     /// Whether a command of this name may write keys, judged by the name
     /// alone (so that only those commands need their arguments decoded).
     pub fn may_write(&self, name: &[u8]) -> bool {
-        // Lower-cased on the stack: this runs for every command.
+        !matches!(self.by_name(name), ByName::Reads)
+    }
+
+    /// What can be said from the name alone; runs for every command, so it
+    /// lower-cases on the stack.
+    pub fn by_name(&self, name: &[u8]) -> ByName {
         let mut buffer = [0u8; 32];
         let Some(lower) = buffer.get_mut(..name.len()) else {
-            return true;
+            return ByName::NeedsArguments;
         };
         lower.copy_from_slice(name);
         lower.make_ascii_lowercase();
         let lower: &[u8] = lower;
-        BY_NAME.contains(&lower) || self.specs.get(lower).is_none_or(|spec| spec.write)
+        if BY_NAME.contains(&lower) {
+            return ByName::NeedsArguments;
+        }
+        match self.specs.get(lower) {
+            Some(spec) if !spec.write => ByName::Reads,
+            Some(spec) if !spec.movable && spec.first == 1 && spec.last == 1 => ByName::WritesFirstArgument,
+            _ => ByName::NeedsArguments,
+        }
     }
 
     /// What `command` (arguments decoded) may change.
@@ -315,5 +338,9 @@ mod tests {
             assert!(table.may_write(name.as_bytes()), "{name}");
         }
         assert!(!table.may_write(b"GET"));
+        assert_eq!(table.by_name(b"set"), ByName::WritesFirstArgument);
+        assert_eq!(table.by_name(b"MSET"), ByName::NeedsArguments);
+        assert_eq!(table.by_name(b"ZUNIONSTORE"), ByName::NeedsArguments);
+        assert_eq!(table.by_name(b"GET"), ByName::Reads);
     }
 }
