@@ -3,10 +3,13 @@
 
 use std::fmt::Write;
 
+use std::sync::atomic::Ordering;
+
+use crate::cache::L1;
 use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
-pub fn info_cache(stats: &Stats) -> String {
+pub fn info_cache(stats: &Stats, l1: Option<&L1>) -> String {
     let fields: [(&str, u64); 8] = [
         ("clients_connected", stats.clients() as u64),
         ("clients_total", stats.clients_total()),
@@ -21,6 +24,36 @@ pub fn info_cache(stats: &Stats) -> String {
     for (name, value) in fields {
         let _ = write!(text, "{name}:{value}\r\n");
     }
+    let _ = write!(text, "l1_enabled:{}\r\n", u8::from(l1.is_some()));
+    if let Some(l1) = l1 {
+        let counters = l1.store.stats();
+        let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let (hits, misses) = (count(&counters.hits), count(&counters.misses));
+        let ratio = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        let _ = write!(text, "l1_ready:{}\r\n", u8::from(l1.ready()));
+        let _ = write!(text, "l1_hit_ratio:{ratio:.4}\r\n");
+        let l1_fields: [(&str, u64); 12] = [
+            ("l1_hits", hits),
+            ("l1_misses", misses),
+            ("l1_entries", l1.store.len() as u64),
+            ("l1_bytes", l1.store.bytes()),
+            ("l1_max_bytes", l1.store.capacity()),
+            ("l1_fills", count(&counters.fills)),
+            ("l1_evictions", count(&counters.evictions)),
+            ("l1_expirations", count(&counters.expirations)),
+            ("l1_invalidations", count(&counters.invalidations)),
+            ("l1_fills_voided", count(&counters.fills_voided)),
+            ("l1_coalesced_waits", count(&counters.coalesced_waits)),
+            ("l1_too_large", count(&counters.too_large)),
+        ];
+        for (name, value) in l1_fields {
+            let _ = write!(text, "{name}:{value}\r\n");
+        }
+    }
     text
 }
 
@@ -33,7 +66,7 @@ mod tests {
     fn info_cache_reads_like_redis_info() {
         let stats = Stats::default();
         stats.connection_opened(ConnectionKind::Pooled);
-        let text = info_cache(&stats);
+        let text = info_cache(&stats, None);
         assert!(text.starts_with("# Cache\r\n"));
         assert!(text.contains("upstream_connections_pooled:1\r\n"));
         for line in text.split("\r\n").skip(1).filter(|line| !line.is_empty()) {

@@ -378,7 +378,7 @@ impl Session {
                 Flow::Stop
             }
             LocalCommand::InfoCache => {
-                let text = admin::info_cache(&self.shared.stats);
+                let text = admin::info_cache(&self.shared.stats, self.shared.l1.as_deref());
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
             }

@@ -42,6 +42,18 @@ async fn repeated_gets_are_answered_without_redis() {
     }
     assert_eq!(gets_seen_by_redis(&mut direct).await, 1, "one fill, four hits");
     assert_eq!(hits(&proxy), 4);
+    // An operator sees the same through INFO cache.
+    let info = client.cmd("INFO cache").await;
+    for field in [
+        "l1_enabled:1\r\n",
+        "l1_ready:1\r\n",
+        "l1_hits:4\r\n",
+        "l1_misses:1\r\n",
+        "l1_hit_ratio:0.8000\r\n",
+        "l1_entries:1\r\n",
+    ] {
+        assert!(info.contains(field), "{field:?} missing from {info}");
+    }
     // The hidden PTTL of the fill never reaches the client, even in a pipeline.
     let mut other = proxy.raw().await;
     other
