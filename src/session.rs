@@ -344,11 +344,10 @@ impl Session {
             }
             if class == CommandClass::Shared
                 && self.dedicated.is_none()
-                && command.argc() == 2
-                && command.is("GET")
                 && l1.ready()
+                && let Some(shape) = cached_shape(&mut command)
             {
-                return self.get_through_l1(l1, command).await;
+                return self.read_through_l1(l1, command, shape).await;
             }
         }
         match class {
@@ -669,18 +668,18 @@ impl Session {
         self.batch_replies += 1;
     }
 
-    /// A GET that L1 may answer: a hit is a local reply; a miss is forwarded
+    /// A read that L1 may answer: a hit is a local reply; a miss is forwarded
     /// with a hidden PTTL so the fill knows how long the value may live.
-    async fn get_through_l1(&mut self, l1: &L1, command: Command) -> Flow {
+    async fn read_through_l1(&mut self, l1: &L1, command: Command, shape: Shape) -> Flow {
         let Some(key) = command.first_arg() else {
             return self.forward(self.pooled_lane(), command).await;
         };
-        if let Some(hit) = l1.store.hit(self.db, key, &Shape::String) {
+        if let Some(hit) = l1.store.hit(self.db, key, &shape) {
             self.reply_slice(hit.for_protocol(self.protocol)).await;
             return Flow::Continue;
         }
         let key = key.clone();
-        let cache_key = CacheKey::new(self.db, key.clone(), Shape::String);
+        let cache_key = CacheKey::new(self.db, key.clone(), shape);
         match l1.store.lookup(&cache_key) {
             Lookup::Hit(reply) => {
                 self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
@@ -940,7 +939,7 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
     for (index, ticket) in work.fills {
         match (frame(index), frame(index + 1)) {
             (Some(get), Some(pttl)) => {
-                l1.complete_get(ticket, &get, &pttl);
+                l1.complete_read(ticket, &get, &pttl);
                 // Everything up to the PTTL reply is the client's.
                 segments.push(bytes.slice(shown_from..starts[index + 1]));
                 shown_from = starts[index + 2];
@@ -952,6 +951,20 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
         segments.push(bytes.slice(shown_from..));
     }
     Ok(segments)
+}
+
+/// The shape L1 keeps for this read, if it keeps any: GET and HGETALL of
+/// one key, HGET of one field.
+fn cached_shape(command: &mut Command) -> Option<Shape> {
+    match command.argc() {
+        2 if command.is("GET") => Some(Shape::String),
+        2 if command.is("HGETALL") => Some(Shape::HashAll),
+        3 if command.is("HGET") => {
+            command.decode_args().ok()?;
+            Some(Shape::HashField(command.args().get(2)?.clone()))
+        }
+        _ => None,
+    }
 }
 
 /// `PTTL <key>` as a request.

@@ -246,3 +246,42 @@ async fn concurrent_misses_share_one_upstream_read() {
         stats.hits.load(Ordering::Relaxed)
     );
 }
+
+/// HGET and HGETALL are cached per shape of the key, in both protocols,
+/// and any write to the hash drops them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_reads_are_cached_and_invalidated_together() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut resp3 = proxy.raw().await;
+    assert!(resp3.cmd("HELLO 3").await.starts_with('%'));
+    let mut writer = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(writer.cmd("HSET h a 1 b 2").await, ":2\r\n");
+    let all2 = "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
+    let all3 = "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
+    for _ in 0..3 {
+        assert_eq!(client.cmd("HGETALL h").await, all2);
+        assert_eq!(resp3.cmd("HGETALL h").await, all3);
+        assert_eq!(client.cmd("HGET h a").await, "$1\r\n1\r\n");
+        assert_eq!(client.cmd("HGET h nope").await, "$-1\r\n");
+        assert_eq!(resp3.cmd("HGET h nope").await, "_\r\n");
+        assert_eq!(client.cmd("HGETALL missing").await, "*0\r\n");
+        assert_eq!(resp3.cmd("HGETALL missing").await, "%0\r\n");
+    }
+    let hits_before = hits(&proxy);
+    assert!(hits_before >= 12, "{hits_before}");
+    assert_eq!(writer.cmd("HSET h a 9").await, ":0\r\n");
+    assert_eq!(client.cmd("HGET h a").await, "$1\r\n9\r\n");
+    assert!(client.cmd("HGETALL h").await.contains("$1\r\n9\r\n"));
+    // A hash changed straight on Redis, and a key that changes type.
+    assert_eq!(direct.cmd("HDEL h b").await, ":1\r\n");
+    client.cmd_until("HGETALL h", "*2\r\n$1\r\na\r\n$1\r\n9\r\n").await;
+    assert_eq!(writer.cmd("SET s v").await, "+OK\r\n");
+    assert!(client.cmd("HGET s f").await.starts_with("-WRONGTYPE"));
+    assert!(
+        client.cmd("HGET s f").await.starts_with("-WRONGTYPE"),
+        "errors are not cached"
+    );
+}

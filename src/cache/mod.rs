@@ -85,23 +85,29 @@ impl L1 {
         }
     }
 
-    /// Completes a GET fill from Redis's replies to `GET key` and `PTTL key`
-    /// (in the protocol the fill was sent in). Errors and replies that do
-    /// not fit are not kept; waiters are released either way.
-    pub fn complete_get(&self, ticket: FillTicket, get: &Bytes, pttl: &[u8]) -> bool {
+    /// Completes a fill from Redis's replies to the read (GET, HGET,
+    /// HGETALL) and to `PTTL key`, in the protocol the fill was sent in; the
+    /// other protocol's encoding is derived. Errors and replies that do not
+    /// fit are not kept; waiters are released either way.
+    pub fn complete_read(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8]) -> bool {
         let remaining = parse_integer_reply(pttl);
-        let nil = get.as_ref() == b"$-1\r\n" || get.as_ref() == b"_\r\n";
-        let (reply, ttl) = if nil {
-            (
-                CachedReply::new(Bytes::from_static(b"$-1\r\n"), Bytes::from_static(b"_\r\n")),
-                self.nil_ttl,
-            )
-        } else if get.first() == Some(&b'$') && remaining != Some(-2) {
-            (CachedReply::same(get.clone()), self.default_ttl)
-        } else {
-            // An error (WRONGTYPE), or the key vanished between the two.
+        let Some(reply) = both_protocols(read) else {
+            // An error (WRONGTYPE) or a reply L1 does not keep.
             self.store.abandon(ticket);
             return false;
+        };
+        let nil = read.as_ref() == b"$-1\r\n" || read.as_ref() == b"_\r\n";
+        let empty = read.as_ref() == b"*0\r\n" || read.as_ref() == b"%0\r\n";
+        let ttl = match remaining {
+            _ if nil => self.nil_ttl,
+            // HGETALL of a missing key: an empty hash, cached like nil.
+            Some(-2) if empty => self.nil_ttl,
+            // A value, but the key vanished between the two commands.
+            Some(-2) => {
+                self.store.abandon(ticket);
+                return false;
+            }
+            _ => self.default_ttl,
         };
         let ttl = match remaining {
             // Never outlive the key in Redis: counted from before Redis was
@@ -112,6 +118,47 @@ impl L1 {
         };
         self.store.complete(ticket, reply, ttl)
     }
+}
+
+/// A read's reply in both protocols, if L1 keeps replies of its kind: a
+/// bulk string, nil, or a flat array/map of bulk strings (HGETALL).
+fn both_protocols(reply: &Bytes) -> Option<CachedReply> {
+    match reply.first()? {
+        b'$' if reply.as_ref() == b"$-1\r\n" => Some(nil_reply()),
+        b'_' => Some(nil_reply()),
+        b'$' => Some(CachedReply::same(reply.clone())),
+        kind @ (b'*' | b'%') => {
+            let line_end = memchr::memchr(b'\n', reply)?;
+            let count: usize = std::str::from_utf8(&reply[1..line_end - 1]).ok()?.parse().ok()?;
+            let body = &reply[line_end + 1..];
+            // Only flat lists of bulk strings (what HGETALL answers).
+            let (pairs, resp2, resp3) = if *kind == b'*' {
+                if !count.is_multiple_of(2) {
+                    return None;
+                }
+                (count / 2, reply.clone(), None)
+            } else {
+                (count, Bytes::new(), Some(reply.clone()))
+            };
+            let mut other = format!(
+                "{}{}\r\n",
+                if *kind == b'*' { '%' } else { '*' },
+                if *kind == b'*' { pairs } else { pairs * 2 }
+            )
+            .into_bytes();
+            other.extend_from_slice(body);
+            let other = Bytes::from(other);
+            Some(match resp3 {
+                None => CachedReply::new(resp2, other),
+                Some(resp3) => CachedReply::new(other, resp3),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn nil_reply() -> CachedReply {
+    CachedReply::new(Bytes::from_static(b"$-1\r\n"), Bytes::from_static(b"_\r\n"))
 }
 
 /// `:<n>\r\n` as a number.
@@ -171,7 +218,7 @@ mod tests {
     fn an_entry_never_outlives_the_key_in_redis() {
         let (l1, clock) = l1();
         let t = ticket(&l1, "k");
-        assert!(l1.complete_get(t, &Bytes::from_static(b"$1\r\nv\r\n"), b":1500\r\n"));
+        assert!(l1.complete_read(t, &Bytes::from_static(b"$1\r\nv\r\n"), b":1500\r\n"));
         clock.advance(Duration::from_millis(1498));
         assert!(hit(&l1, "k").is_some());
         clock.advance(Duration::from_millis(1));
@@ -182,7 +229,7 @@ mod tests {
     fn nil_is_cached_briefly_in_both_protocols() {
         let (l1, clock) = l1();
         let t = ticket(&l1, "missing");
-        assert!(l1.complete_get(t, &Bytes::from_static(b"_\r\n"), b":-2\r\n"));
+        assert!(l1.complete_read(t, &Bytes::from_static(b"_\r\n"), b":-2\r\n"));
         let reply = hit(&l1, "missing").unwrap();
         assert_eq!(
             reply.for_protocol(crate::protocol::Protocol::Resp2).as_ref(),
@@ -194,13 +241,28 @@ mod tests {
     }
 
     #[test]
+    fn hgetall_is_kept_in_both_protocols() {
+        let resp2 = Bytes::from_static(b"*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        let resp3 = Bytes::from_static(b"%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        for read in [&resp2, &resp3] {
+            let reply = both_protocols(read).unwrap();
+            assert_eq!(reply.for_protocol(crate::protocol::Protocol::Resp2), &resp2);
+            assert_eq!(reply.for_protocol(crate::protocol::Protocol::Resp3), &resp3);
+        }
+        let empty = both_protocols(&Bytes::from_static(b"*0\r\n")).unwrap();
+        assert_eq!(empty.for_protocol(crate::protocol::Protocol::Resp3).as_ref(), b"%0\r\n");
+        assert!(both_protocols(&Bytes::from_static(b"*3\r\n:1\r\n:2\r\n:3\r\n")).is_none());
+        assert!(both_protocols(&Bytes::from_static(b"-WRONGTYPE x\r\n")).is_none());
+    }
+
+    #[test]
     fn errors_and_vanished_keys_are_not_cached() {
         let (l1, _) = l1();
         let t = ticket(&l1, "h");
         let wrongtype = Bytes::from_static(b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
-        assert!(!l1.complete_get(t, &wrongtype, b":-1\r\n"));
+        assert!(!l1.complete_read(t, &wrongtype, b":-1\r\n"));
         let t = ticket(&l1, "gone");
-        assert!(!l1.complete_get(t, &Bytes::from_static(b"$1\r\nv\r\n"), b":-2\r\n"));
+        assert!(!l1.complete_read(t, &Bytes::from_static(b"$1\r\nv\r\n"), b":-2\r\n"));
         assert!(l1.store.is_empty());
     }
 }
