@@ -96,11 +96,14 @@ struct BatchL1 {
     /// GETs sent with a hidden PTTL: the reply at `index` is the GET's, the
     /// next one the PTTL's (not shown to the client).
     fills: Vec<(usize, FillTicket)>,
+    /// MGETs sent with only the keys L1 lacked: the reply at `index` is
+    /// merged with the cached values (`Some`) in the client's key order.
+    merges: Vec<(usize, Vec<Option<Bytes>>)>,
 }
 
 impl BatchL1 {
     fn is_empty(&self) -> bool {
-        self.invalidations.is_empty() && self.fills.is_empty()
+        self.invalidations.is_empty() && self.fills.is_empty() && self.merges.is_empty()
     }
 }
 
@@ -348,6 +351,15 @@ impl Session {
                 && let Some(shape) = cached_shape(&mut command)
             {
                 return self.read_through_l1(l1, command, shape).await;
+            }
+            if class == CommandClass::Shared
+                && self.dedicated.is_none()
+                && command.argc() >= 2
+                && command.is("MGET")
+                && l1.ready()
+                && command.decode_args().is_ok()
+            {
+                return self.mget_through_l1(l1, command).await;
             }
         }
         match class {
@@ -714,6 +726,44 @@ impl Session {
         }
     }
 
+    /// MGET: keys L1 holds are answered from it; only the others go to
+    /// Redis, and the reply writer merges the two in the client's order.
+    async fn mget_through_l1(&mut self, l1: &L1, command: Command) -> Flow {
+        let keys = &command.args()[1..];
+        let cached: Vec<Option<Bytes>> = keys
+            .iter()
+            .map(|key| {
+                l1.store
+                    .hit(self.db, key, &Shape::String)
+                    .map(|hit| hit.for_protocol(self.protocol).clone())
+            })
+            .collect();
+        let missing: Vec<Bytes> = keys
+            .iter()
+            .zip(&cached)
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if missing.len() == keys.len() {
+            return self.forward(self.pooled_lane(), command).await;
+        }
+        if missing.is_empty() {
+            let mut reply = BytesMut::new();
+            reply.extend_from_slice(format!("*{}\r\n", keys.len()).as_bytes());
+            cached.iter().flatten().for_each(|value| reply.extend_from_slice(value));
+            self.reply_slice(&reply).await;
+            return Flow::Continue;
+        }
+        let mut args = Vec::with_capacity(missing.len() + 1);
+        args.push(command.args()[0].clone());
+        args.extend(missing);
+        let lane = self.pooled_lane();
+        self.forward(lane, Command::from_args(args)).await;
+        let index = self.batch_replies - 1;
+        self.batch_l1.merges.push((index, cached));
+        Flow::Continue
+    }
+
     /// Invalidates what a write may change, now (so this client's later
     /// reads miss) and again when Redis has run it (see [`BatchL1`]).
     fn note_write(&mut self, l1: &L1, command: &mut Command) -> Result<(), ProtocolError> {
@@ -911,18 +961,65 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
             return Err(error);
         }
     };
-    if work.fills.is_empty() {
+    if work.fills.is_empty() && work.merges.is_empty() {
         return Ok(vec![bytes]);
     }
     // Frame boundaries (the scanner already accepted these bytes once).
+    let last_needed = work
+        .fills
+        .iter()
+        .map(|(index, _)| index + 1)
+        .chain(work.merges.iter().map(|(index, _)| *index))
+        .max()
+        .unwrap_or(0);
+    let starts = frame_starts(&bytes, last_needed + 1);
+    let frame = |index: usize| -> Option<Bytes> {
+        let (start, end) = (*starts.get(index)?, *starts.get(index + 1)?);
+        (end > start).then(|| bytes.slice(start..end))
+    };
+    // What to do with which frame: leave out (hidden PTTL) or replace
+    // (merged MGET), in frame order.
+    let mut edits: Vec<(usize, Option<Bytes>)> = Vec::new();
+    for (index, ticket) in work.fills {
+        match (frame(index), frame(index + 1)) {
+            (Some(read), Some(pttl)) => {
+                l1.complete_read(ticket, &read, &pttl);
+                edits.push((index + 1, None));
+            }
+            _ => l1.store.abandon(ticket),
+        }
+    }
+    for (index, cached) in work.merges {
+        if let Some(merged) = frame(index).and_then(|reply| merge_mget(&reply, &cached)) {
+            edits.push((index, Some(merged)));
+        }
+    }
+    edits.sort_by_key(|(index, _)| *index);
+    let mut segments = Vec::with_capacity(edits.len() * 2 + 1);
+    let mut shown_from = 0;
+    for (index, replacement) in edits {
+        if starts[index] > shown_from {
+            segments.push(bytes.slice(shown_from..starts[index]));
+        }
+        segments.extend(replacement);
+        shown_from = starts[index + 1];
+    }
+    if shown_from < bytes.len() {
+        segments.push(bytes.slice(shown_from..));
+    }
+    Ok(segments)
+}
+
+/// Offsets where the first `frames` replies in `bytes` start, plus the end
+/// of the last one.
+fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
     let mut scanner = ReplyScanner::new(ReplyLimits {
         max_nesting_depth: usize::MAX,
         max_bulk_bytes: usize::MAX,
     });
-    let mut starts = Vec::with_capacity(work.fills.last().map_or(0, |(index, _)| index + 3));
+    let mut starts = Vec::with_capacity(frames + 1);
     let mut offset = 0;
-    let last_needed = work.fills.last().map_or(0, |(index, _)| index + 1);
-    while starts.len() <= last_needed && offset < bytes.len() {
+    while starts.len() < frames && offset < bytes.len() {
         starts.push(offset);
         match scanner.scan(&bytes[offset..]) {
             Ok(Some(frame)) => offset += frame.len,
@@ -930,27 +1027,33 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
         }
     }
     starts.push(offset);
-    let frame = |index: usize| -> Option<Bytes> {
-        let (start, end) = (*starts.get(index)?, *starts.get(index + 1)?);
-        (end > start).then(|| bytes.slice(start..end))
-    };
-    let mut segments = Vec::with_capacity(work.fills.len() + 1);
-    let mut shown_from = 0;
-    for (index, ticket) in work.fills {
-        match (frame(index), frame(index + 1)) {
-            (Some(get), Some(pttl)) => {
-                l1.complete_read(ticket, &get, &pttl);
-                // Everything up to the PTTL reply is the client's.
-                segments.push(bytes.slice(shown_from..starts[index + 1]));
-                shown_from = starts[index + 2];
+    starts
+}
+
+/// Redis's reply to an MGET of the keys L1 lacked, merged with the cached
+/// values into the reply to the client's MGET. None if Redis's reply is not
+/// the array expected (an error passes through as Redis sent it).
+fn merge_mget(reply: &Bytes, cached: &[Option<Bytes>]) -> Option<Bytes> {
+    let missing = cached.iter().filter(|value| value.is_none()).count();
+    let header = format!("*{missing}\r\n");
+    let body = reply.strip_prefix(header.as_bytes())?;
+    let starts = frame_starts(body, missing);
+    if starts.len() != missing + 1 || starts[missing] != body.len() {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(reply.len() + cached.iter().flatten().map(Bytes::len).sum::<usize>() + 16);
+    out.extend_from_slice(format!("*{}\r\n", cached.len()).as_bytes());
+    let mut next = 0;
+    for value in cached {
+        match value {
+            Some(value) => out.extend_from_slice(value),
+            None => {
+                out.extend_from_slice(&body[starts[next]..starts[next + 1]]);
+                next += 1;
             }
-            _ => l1.store.abandon(ticket),
         }
     }
-    if shown_from < bytes.len() {
-        segments.push(bytes.slice(shown_from..));
-    }
-    Ok(segments)
+    Some(out.freeze())
 }
 
 /// The shape L1 keeps for this read, if it keeps any: GET and HGETALL of

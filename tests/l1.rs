@@ -285,3 +285,59 @@ async fn hash_reads_are_cached_and_invalidated_together() {
         "errors are not cached"
     );
 }
+
+async fn mgets_seen_by_redis(direct: &mut RawClient) -> u64 {
+    let info = direct.cmd("INFO commandstats").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// MGET with some keys in L1 asks Redis only for the others and merges the
+/// answer in order; with all of them in L1 it does not ask at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_forwards_only_the_missing_keys() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("MSET a 1 b 2 c 3").await, "+OK\r\n");
+    assert_eq!(client.cmd("GET a").await, "$1\r\n1\r\n");
+    assert_eq!(client.cmd("GET c").await, "$1\r\n3\r\n");
+    assert_eq!(client.cmd("GET nope").await, "$-1\r\n");
+    let hits_before = hits(&proxy);
+    let expected = "*5\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$-1\r\n$-1\r\n";
+    assert_eq!(client.cmd("MGET a b c d nope").await, expected);
+    assert_eq!(hits(&proxy) - hits_before, 3, "a, c and nope came from L1");
+    assert_eq!(direct.cmd("MGET a b c d nope").await, expected, "the same as Redis");
+    // All in L1: Redis is not asked.
+    let mgets = mgets_seen_by_redis(&mut direct).await;
+    assert_eq!(
+        client.cmd("MGET c a nope a").await,
+        "*4\r\n$1\r\n3\r\n$1\r\n1\r\n$-1\r\n$1\r\n1\r\n"
+    );
+    assert_eq!(mgets_seen_by_redis(&mut direct).await, mgets);
+    // RESP3, and a pipeline mixing a partial MGET with a GET fill.
+    let mut resp3 = proxy.raw().await;
+    assert!(resp3.cmd("HELLO 3").await.starts_with('%'));
+    resp3
+        .send(
+            &[
+                common::encode(&[b"MGET", b"a", b"b", b"nope"]),
+                common::encode(&[b"GET", b"b"]),
+                common::encode(&[b"MGET", b"b", b"zz"]),
+                common::encode(&[b"PING"]),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(resp3.read_reply().await, b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n_\r\n");
+    assert_eq!(resp3.read_reply().await, b"$1\r\n2\r\n");
+    assert_eq!(resp3.read_reply().await, b"*2\r\n$1\r\n2\r\n_\r\n");
+    assert_eq!(resp3.read_reply().await, b"+PONG\r\n");
+    // A write to one of the keys is seen at once.
+    assert_eq!(client.cmd("SET c 33").await, "+OK\r\n");
+    assert_eq!(client.cmd("MGET a c").await, "*2\r\n$1\r\n1\r\n$2\r\n33\r\n");
+}
