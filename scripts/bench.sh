@@ -13,6 +13,7 @@ source scripts/lib.sh
 ensure_packages redis-server=redis-server redis-benchmark=redis-tools
 
 rounds="${ROUNDS:-3}"
+sections="${SECTIONS:-passthrough l1}"
 requests="${REQUESTS:-100000}"
 out_dir="target/bench"
 mkdir -p "$out_dir"
@@ -83,7 +84,9 @@ for size in 100 10000; do
 done
 
 results="$work/results.csv"
+touch "$results"
 for round in $(seq "$rounds"); do
+    [[ " $sections " == *" passthrough "* ]] || break
     for row in "${rows[@]}"; do
         IFS=: read -r test pipeline size <<<"$row"
         # Rotate which target goes first so that none is always warmest.
@@ -102,14 +105,17 @@ for round in $(seq "$rounds"); do
     done
 done
 
-python3 - "$results" "$out_dir/latest.md" <<'PY'
+render() {
+    python3 - "$1" "$2" "$3" <<'PY'
 import csv, statistics, sys
 rows = {}
 for rec in csv.reader(open(sys.argv[1])):
     rnd, test, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx = rec
     key = (test.upper(), int(pipeline), int(size))
     rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99)))
-targets = [t for t in ("direct", "auracache", "twemproxy") if any(t in v for v in rows.values())]
+if not rows:
+    sys.exit(0)
+targets = [t for t in ("direct", "auracache", "twemproxy", "auracache+L1") if any(t in v for v in rows.values())]
 med = lambda xs, i: statistics.median(x[i] for x in xs)
 head = "| command | -P | -d | " + " | ".join(f"{t} ops/s" for t in targets)
 head += " | " + " | ".join(f"{t}/direct" for t in targets[1:])
@@ -127,8 +133,68 @@ for key in order:
     lines.append("| " + " | ".join(cells) + " |")
 rounds = max(len(v) for d in rows.values() for v in d.values())
 lines.append("")
-lines.append(f"median of {rounds} rounds; redis-benchmark -c 50 -r 100000; targets alternate within each round")
+lines.append(f"{sys.argv[3]}; median of {rounds} rounds; redis-benchmark -c 50; targets alternate within each round")
 text = "\n".join(lines) + "\n"
-open(sys.argv[2], "w").write(text)
+with open(sys.argv[2], "a") as out:
+    out.write(text + "\n")
 print(text)
 PY
+}
+
+: >"$out_dir/latest.md"
+render "$results" "$out_dir/latest.md" "pass-through, key space 100,000"
+
+# L1: a hot key set that fits the cache, and a 90/10 read/write mix.
+if [[ " $sections " == *" l1 "* ]]; then
+    l1_port="$(free_port)"
+    MEMORY_CACHE_ENABLED=true target/release/auracache --listen "127.0.0.1:$l1_port" \
+        --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache-l1.log" &
+    pids+=($!)
+    wait_for "$l1_port"
+    for _ in $(seq 100); do
+        redis-cli -p "$l1_port" info cache | grep -q "l1_ready:1" && break
+        sleep 0.05
+    done
+    l1_results="$work/l1.csv"
+    : >"$l1_results"
+    hot=1000
+    for size in 100 10000; do
+        redis-benchmark -p "$redis_port" -t set -c 50 -d "$size" -r "$hot" -n $((hot * 20)) -q >/dev/null
+        for round in $(seq "$rounds"); do
+            for pipeline in 1 16; do
+                for target in "direct:$redis_port" "auracache+L1:$l1_port"; do
+                    name="${target%%:*}"
+                    port="${target##*:}"
+                    n=$requests
+                    [ "$pipeline" -eq 1 ] && n=$((requests / 2))
+                    line="$(redis-benchmark -p "$port" -t get -c 50 -P "$pipeline" -d "$size" -r "$hot" \
+                        -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+                    echo "$round,get-hot,$pipeline,$size,$name,$line" >>"$l1_results"
+                    echo "L1 round $round GET hot -P $pipeline -d $size $name: $line" >&2
+                done
+            done
+            # 90/10: 45 readers and 5 writers at once; ops/s summed, latency of the reads.
+            for target in "direct:$redis_port" "auracache+L1:$l1_port"; do
+                name="${target%%:*}"
+                port="${target##*:}"
+                redis-benchmark -p "$port" -t set -c 5 -d "$size" -r "$hot" -n $((requests / 20)) --csv -q \
+                    | grep -v '^"test"' | head -1 >"$work/mix-set.csv" &
+                reads="$(redis-benchmark -p "$port" -t get -c 45 -d "$size" -r "$hot" -n $((requests * 9 / 20)) \
+                    --csv -q | grep -v '^"test"' | head -1)"
+                wait $!
+                line="$(python3 - "$reads" "$(cat "$work/mix-set.csv")" <<'PY'
+import csv, sys
+r = next(csv.reader([sys.argv[1]]))
+w = next(csv.reader([sys.argv[2]]))
+r[1] = f"{float(r[1]) + float(w[1]):.2f}"
+r[0] = "MIX"
+print(",".join(f'"{x}"' for x in r))
+PY
+)"
+                echo "$round,mix-90-10,1,$size,$name,$line" >>"$l1_results"
+                echo "L1 round $round mix 90/10 -d $size $name: $line" >&2
+            done
+        done
+    done
+    render "$l1_results" "$out_dir/latest.md" "L1: hot set of $hot keys (GET-HOT), and 90/10 GET/SET mix (MIX, -P 1)"
+fi
