@@ -46,6 +46,8 @@ use crate::upstream::{BatchResult, ConnectOptions, Pool, Pools, UpstreamConnecti
 const SLOT_QUEUE: usize = 128;
 /// Most reply bytes gathered before they are written.
 const MAX_REPLY_WRITE: usize = 256 * 1024;
+/// Local replies this large are queued as they are, not copied.
+const LARGE_LOCAL_REPLY: usize = 2048;
 /// Most bytes of local replies gathered into one slot.
 const MAX_READY_BYTES: usize = 64 * 1024;
 /// Most commands in one forwarded batch before it is sent.
@@ -687,7 +689,7 @@ impl Session {
             return self.forward(self.pooled_lane(), command).await;
         };
         if let Some(hit) = l1.store.hit(self.db, key, &shape) {
-            self.reply_slice(hit.for_protocol(self.protocol)).await;
+            self.reply_bytes(hit.for_protocol(self.protocol).clone()).await;
             return Flow::Continue;
         }
         let key = key.clone();
@@ -709,7 +711,7 @@ impl Session {
                     .and_then(|result| result.ok().and_then(|reply| reply.clone().flatten()));
                 match shared_reply {
                     Some(reply) => {
-                        self.reply_slice(reply.for_protocol(self.protocol)).await;
+                        self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
                         Flow::Continue
                     }
                     None => self.forward(self.pooled_lane(), command).await,
@@ -914,9 +916,17 @@ impl Session {
         self.reply_bytes(bytes).await;
     }
 
-    /// Queues reply bytes as they are, after everything before them.
+    /// Queues reply bytes as they are, after everything before them. Large
+    /// ones (L1 hits of big values) go as their own slot, uncopied.
     async fn reply_bytes(&mut self, bytes: Bytes) {
-        self.reply_slice(&bytes).await;
+        if bytes.len() < LARGE_LOCAL_REPLY {
+            return self.reply_slice(&bytes).await;
+        }
+        if self.batch_replies > 0 {
+            self.flush().await;
+        }
+        self.flush_ready().await;
+        let _ = self.slots.send(Slot::Ready(bytes)).await;
     }
 
     /// Consecutive local replies (L1 hits in a pipeline) share one slot.
