@@ -354,14 +354,18 @@ impl Session {
             {
                 return self.read_through_l1(l1, command, shape).await;
             }
-            if class == CommandClass::Shared
+            let fixed = match command.argc() {
+                2.. if command.is("MGET") => 1,
+                3.. if command.is("HMGET") => 2,
+                _ => 0,
+            };
+            if fixed > 0
+                && class == CommandClass::Shared
                 && self.dedicated.is_none()
-                && command.argc() >= 2
-                && command.is("MGET")
                 && l1.ready()
                 && command.decode_args().is_ok()
             {
-                return self.mget_through_l1(l1, command).await;
+                return self.multi_read_through_l1(l1, command, fixed).await;
             }
         }
         match class {
@@ -728,16 +732,21 @@ impl Session {
         }
     }
 
-    /// MGET: keys L1 holds are answered from it; only the others go to
-    /// Redis, and the reply writer merges the two in the client's order.
-    async fn mget_through_l1(&mut self, l1: &L1, command: Command) -> Flow {
-        let keys = &command.args()[1..];
+    /// MGET and HMGET: what L1 holds is answered from it; only the rest
+    /// goes to Redis, and the reply writer merges the two in the client's
+    /// order. `fixed` arguments (the name, and HMGET's key) precede the list.
+    async fn multi_read_through_l1(&mut self, l1: &L1, command: Command, fixed: usize) -> Flow {
+        let args = command.args();
+        let keys = &args[fixed..];
         let cached: Vec<Option<Bytes>> = keys
             .iter()
-            .map(|key| {
-                l1.store
-                    .hit(self.db, key, &Shape::String)
-                    .map(|hit| hit.for_protocol(self.protocol).clone())
+            .map(|item| {
+                let hit = if fixed == 1 {
+                    l1.store.hit(self.db, item, &Shape::String)
+                } else {
+                    l1.store.hit(self.db, &args[1], &Shape::HashField(item.clone()))
+                };
+                hit.map(|hit| hit.for_protocol(self.protocol).clone())
             })
             .collect();
         let missing: Vec<Bytes> = keys
@@ -756,11 +765,11 @@ impl Session {
             self.reply_slice(&reply).await;
             return Flow::Continue;
         }
-        let mut args = Vec::with_capacity(missing.len() + 1);
-        args.push(command.args()[0].clone());
-        args.extend(missing);
+        let mut forwarded = Vec::with_capacity(missing.len() + fixed);
+        forwarded.extend_from_slice(&args[..fixed]);
+        forwarded.extend(missing);
         let lane = self.pooled_lane();
-        self.forward(lane, Command::from_args(args)).await;
+        self.forward(lane, Command::from_args(forwarded)).await;
         let index = self.batch_replies - 1;
         self.batch_l1.merges.push((index, cached));
         Flow::Continue

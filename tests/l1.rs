@@ -341,3 +341,26 @@ async fn mget_forwards_only_the_missing_keys() {
     assert_eq!(client.cmd("SET c 33").await, "+OK\r\n");
     assert_eq!(client.cmd("MGET a c").await, "*2\r\n$1\r\n1\r\n$2\r\n33\r\n");
 }
+
+/// HMGET takes the fields L1 holds (from HGETs) and asks Redis for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hmget_forwards_only_the_missing_fields() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("HSET h a 1 b 2 c 3").await, ":3\r\n");
+    assert_eq!(client.cmd("HGET h a").await, "$1\r\n1\r\n");
+    assert_eq!(client.cmd("HGET h zz").await, "$-1\r\n");
+    let hits_before = hits(&proxy);
+    let expected = "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$1\r\n3\r\n";
+    assert_eq!(client.cmd("HMGET h a b zz c").await, expected);
+    assert_eq!(direct.cmd("HMGET h a b zz c").await, expected, "the same as Redis");
+    assert_eq!(hits(&proxy) - hits_before, 2, "a and zz came from L1");
+    assert_eq!(client.cmd("HSET h a 10").await, ":0\r\n");
+    assert_eq!(client.cmd("HMGET h a zz").await, "*2\r\n$2\r\n10\r\n$-1\r\n");
+    assert!(
+        client.cmd("HMGET s x").await.starts_with("*1"),
+        "a missing key: nils, from Redis"
+    );
+}
