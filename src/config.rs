@@ -50,6 +50,49 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub memory_cache: MemoryCacheConfig,
+    /// Separates a key's namespace from the rest (`user` in `user:42`).
+    pub namespace_separator: String,
+    /// Per-namespace overrides: `[namespaces.<name>]`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// How L1 keeps a namespace's entries coherent with Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Writes through the proxy invalidate at once, writes elsewhere as
+    /// soon as Redis's invalidation message arrives; nothing is cached
+    /// while those messages cannot flow.
+    #[default]
+    Strict,
+    /// No invalidation messages (for Redis servers that refuse CLIENT
+    /// TRACKING): writes through this proxy still invalidate, writes
+    /// elsewhere are seen at most the namespace's L1 TTL late.
+    TtlOnly,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Strict => "strict",
+            Consistency::TtlOnly => "ttl-only",
+        }
+    }
+}
+
+/// Overrides for the keys of one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// L1 TTL in seconds (0 = not cached); default memory_cache.default_ttl.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_cache_ttl: Option<u64>,
+    /// Most keys cached; default memory_cache.size_per_namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_cache_size: Option<u64>,
+    /// strict or ttl-only; default memory_cache.consistency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
 }
 
 /// The L1 cache level.
@@ -66,6 +109,20 @@ pub struct MemoryCacheConfig {
     pub default_ttl: u64,
     /// How long "no such key" is cached (seconds); 0 = not at all.
     pub nil_ttl: u64,
+    /// Most keys cached per namespace; 0 = bounded by bytes only.
+    pub size_per_namespace: u64,
+    /// strict or ttl-only, for namespaces without their own.
+    pub consistency: Consistency,
+    /// Limit Redis's invalidation messages to the strict namespaces
+    /// configured in `[namespaces.*]` (CLIENT TRACKING ... PREFIX); keys of
+    /// other namespaces are then cached only if those are ttl-only.
+    pub tracking_prefixes: bool,
+    /// Namespaces counted and bounded separately; keys of further ones
+    /// share one overflow namespace.
+    pub max_namespaces: usize,
+    /// Fill a key on its first miss; otherwise on its second miss within
+    /// the admission window, so keys read once never cost a fill.
+    pub fill_on_first_miss: bool,
 }
 
 impl Default for MemoryCacheConfig {
@@ -76,6 +133,11 @@ impl Default for MemoryCacheConfig {
             max_entry_bytes: 1024 * 1024,
             default_ttl: 60,
             nil_ttl: 5,
+            size_per_namespace: 1000,
+            consistency: Consistency::Strict,
+            tracking_prefixes: false,
+            max_namespaces: 256,
+            fill_on_first_miss: false,
         }
     }
 }
@@ -165,6 +227,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
+            namespace_separator: ":".into(),
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -227,6 +291,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_MEMORY_CACHE_MAX_BYTES", "memory_cache.max_bytes"),
     ("AURACACHE_MEMORY_CACHE_MAX_ENTRY_BYTES", "memory_cache.max_entry_bytes"),
     ("AURACACHE_MEMORY_CACHE_NIL_TTL", "memory_cache.nil_ttl"),
+    ("MEMORY_CACHE_SIZE_PER_NAMESPACE", "memory_cache.size_per_namespace"),
+    ("AURACACHE_MEMORY_CACHE_CONSISTENCY", "memory_cache.consistency"),
+    ("AURACACHE_MEMORY_CACHE_TRACKING_PREFIXES", "memory_cache.tracking_prefixes"),
+    ("AURACACHE_MEMORY_CACHE_MAX_NAMESPACES", "memory_cache.max_namespaces"),
+    ("AURACACHE_MEMORY_CACHE_FILL_ON_FIRST_MISS", "memory_cache.fill_on_first_miss"),
+    ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
 ];
 
 impl Config {
@@ -272,6 +342,13 @@ impl Config {
                 .filter(|number| *number >= minimum)
                 .ok_or_else(|| invalid(name, value, &format!("expected a whole number >= {minimum}")))
         };
+        let boolean = || -> Result<bool, ConfigError> {
+            match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(invalid(name, value, "expected true or false")),
+            }
+        };
         match name {
             "listen" => self.listen = value.to_string(),
             "upstream" => self.upstream = value.to_string(),
@@ -296,13 +373,19 @@ impl Config {
             }
             "log.level" => self.log.level = value.to_string(),
             "log.format" => self.log.format = value.to_string(),
-            "memory_cache.enabled" => {
-                self.memory_cache.enabled = match value.trim().to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => return Err(invalid(name, value, "expected true or false")),
+            "memory_cache.enabled" => self.memory_cache.enabled = boolean()?,
+            "memory_cache.tracking_prefixes" => self.memory_cache.tracking_prefixes = boolean()?,
+            "memory_cache.fill_on_first_miss" => self.memory_cache.fill_on_first_miss = boolean()?,
+            "memory_cache.size_per_namespace" => self.memory_cache.size_per_namespace = whole(0)?,
+            "memory_cache.max_namespaces" => self.memory_cache.max_namespaces = whole(1)? as usize,
+            "memory_cache.consistency" => {
+                self.memory_cache.consistency = match value.trim().to_ascii_lowercase().as_str() {
+                    "strict" => Consistency::Strict,
+                    "ttl-only" => Consistency::TtlOnly,
+                    _ => return Err(invalid(name, value, "expected strict or ttl-only")),
                 }
             }
+            "namespace_separator" => self.namespace_separator = value.to_string(),
             "memory_cache.max_bytes" => self.memory_cache.max_bytes = whole(1024)?,
             "memory_cache.max_entry_bytes" => self.memory_cache.max_entry_bytes = whole(1)?,
             "memory_cache.default_ttl" => self.memory_cache.default_ttl = whole(0)?,
@@ -324,6 +407,9 @@ impl Config {
             "log.level",
             "log.format",
             "memory_cache.max_bytes",
+            "memory_cache.max_namespaces",
+            "namespace_separator",
+            "namespaces",
         ] {
             self.check_one(name)?;
         }
@@ -385,6 +471,30 @@ impl Config {
                         self.memory_cache.max_bytes
                     ),
                 ));
+            }
+            "memory_cache.max_namespaces" if self.memory_cache.max_namespaces == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "namespace_separator" if self.namespace_separator.len() != 1 => {
+                return Err(invalid(
+                    name,
+                    &self.namespace_separator,
+                    "expected exactly one ASCII character, for example \":\"",
+                ));
+            }
+            "namespaces" => {
+                for namespace in self.namespaces.keys() {
+                    if namespace.is_empty() || namespace.contains(self.namespace_separator.as_str()) {
+                        return Err(invalid(
+                            &format!("namespaces.{namespace}"),
+                            namespace,
+                            &format!(
+                                "expected a non-empty namespace name without the separator {:?}",
+                                self.namespace_separator
+                            ),
+                        ));
+                    }
+                }
             }
             "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {
                 return Err(invalid(name, &self.log.format, "expected text or json"));

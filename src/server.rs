@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::cache::tracking::{self, TrackerConfig};
-use crate::cache::{L1, L1Limits, L1Store, WriteTable};
+use crate::cache::{L1, L1Limits, L1Store, Namespaces, WriteTable};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, UpstreamUrl};
 use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
@@ -87,8 +87,10 @@ impl Server {
                 max_bytes: config.memory_cache.max_bytes,
                 max_entry_bytes: config.memory_cache.max_entry_bytes,
                 estimated_entries: (config.memory_cache.max_bytes / 1024).clamp(1024, 1 << 20) as usize,
+                fill_on_first_miss: config.memory_cache.fill_on_first_miss,
             };
-            let store = Arc::new(L1Store::new(limits, Arc::new(SystemClock)));
+            let namespaces = Arc::new(Namespaces::from_config(&config));
+            let store = Arc::new(L1Store::new(limits, namespaces, Arc::new(SystemClock)));
             Arc::new(L1::new(&config.memory_cache, store))
         });
         let shared = Arc::new(Shared {
@@ -104,14 +106,18 @@ impl Server {
         tokio::spawn(learn_databases(shared.clone()));
         let shared_l1 = l1.clone();
         if let Some(l1) = l1 {
-            let tracker = TrackerConfig {
-                target: shared.pools.target().clone(),
-                prefixes: Vec::new(),
-                connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
-                max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
-                limits: reply_limits,
-            };
-            tracking::start(tracker, l1.store.clone(), stats.clone(), shutdown.clone());
+            let namespaces = l1.store.namespaces();
+            // Only namespaces with strict consistency need invalidations.
+            if namespaces.any_strict() {
+                let tracker = TrackerConfig {
+                    target: shared.pools.target().clone(),
+                    prefixes: namespaces.tracking_prefixes(),
+                    connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
+                    max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
+                    limits: reply_limits,
+                };
+                tracking::start(tracker, l1.store.clone(), stats.clone(), shutdown.clone());
+            }
             tokio::spawn(learn_writes(shared.clone(), l1.clone(), shutdown.clone()));
             tokio::spawn(sweep(l1, shutdown.clone()));
         }

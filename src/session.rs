@@ -721,6 +721,7 @@ impl Session {
                     None => self.forward(self.pooled_lane(), command).await,
                 }
             }
+            Lookup::Pass => self.forward(self.pooled_lane(), command).await,
             Lookup::Miss(ticket) => {
                 let lane = self.pooled_lane();
                 self.forward(lane, command).await;

@@ -25,7 +25,11 @@ impl Pair {
     async fn with_l1(protocol: u8, l1: bool) -> Pair {
         let direct_server = RedisServer::start();
         let proxied_server = RedisServer::start();
-        let proxy = Proxy::start_with(&proxied_server.url(), |config| config.memory_cache.enabled = l1).await;
+        let proxy = Proxy::start_with(&proxied_server.url(), |config| {
+            if l1 {
+                common::l1_eager(config);
+            }
+        }).await;
         if let Some(level) = proxy.handle().l1() {
             common::poll_until("L1 to be ready", || level.ready());
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{DEADLINE, Proxy, RawClient, RedisServer};
 
 async fn proxy_with_l1(server: &RedisServer) -> Proxy {
-    let proxy = Proxy::start_with(&server.url(), |config| config.memory_cache.enabled = true).await;
+    let proxy = Proxy::start_with(&server.url(), common::l1_eager).await;
     let l1 = proxy.handle().l1().expect("L1 enabled").clone();
     common::poll_until("L1 to be ready (tracking on, command table known)", || l1.ready());
     proxy
@@ -181,7 +181,7 @@ async fn databases_are_kept_apart_and_transactions_bypass_l1() {
 async fn memory_stays_within_max_bytes() {
     let server = RedisServer::start();
     let proxy = Proxy::start_with(&server.url(), |config| {
-        config.memory_cache.enabled = true;
+        common::l1_eager(config);
         config.memory_cache.max_bytes = 256 * 1024;
         config.memory_cache.max_entry_bytes = 16 * 1024;
     })

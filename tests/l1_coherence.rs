@@ -101,7 +101,7 @@ async fn reader(mut client: RawClient, reads: usize, log: Arc<Mutex<Vec<Read>>>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_never_staler_than_the_invalidation_delay() {
     let server = RedisServer::start();
-    let proxy = Proxy::start_with(&server.url(), |config| config.memory_cache.enabled = true).await;
+    let proxy = Proxy::start_with(&server.url(), common::l1_eager).await;
     let l1 = proxy.handle().l1().unwrap().clone();
     common::poll_until("L1 ready", || l1.ready());
 

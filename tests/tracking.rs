@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auracache::cache::tracking::{self, TRACKING_CONNECTION_NAME, TrackerConfig};
-use auracache::cache::{CacheKey, CachedReply, L1Limits, L1Store, Lookup, Shape};
+use auracache::cache::{CacheKey, CachedReply, L1Limits, L1Store, Lookup, Namespaces, Rules, Shape};
 use auracache::clock::SystemClock;
 use auracache::config::UpstreamUrl;
 use auracache::protocol::ReplyLimits;
@@ -31,6 +31,7 @@ fn fill(store: &L1Store, key: &CacheKey) -> bool {
         ),
         Lookup::Hit(_) => true,
         Lookup::Wait(_) => panic!("no other fill runs in this test"),
+        Lookup::Pass => false,
     }
 }
 
@@ -41,7 +42,7 @@ fn cached(store: &L1Store, key: &CacheKey) -> bool {
             store.abandon(ticket);
             false
         }
-        Lookup::Wait(_) => false,
+        Lookup::Wait(_) | Lookup::Pass => false,
     }
 }
 
@@ -61,18 +62,24 @@ struct Tracked {
 }
 
 fn start_tracker(server: &RedisServer) -> Tracked {
+    start_tracker_with(server, Vec::new())
+}
+
+fn start_tracker_with(server: &RedisServer, prefixes: Vec<Bytes>) -> Tracked {
     let store = Arc::new(L1Store::new(
         L1Limits {
             max_bytes: 1 << 20,
             max_entry_bytes: 4096,
             estimated_entries: 100,
+            fill_on_first_miss: true,
         },
+        Arc::new(Namespaces::uniform(Rules::test_default())),
         Arc::new(SystemClock),
     ));
     let (trigger, shutdown) = auracache::shutdown::channel();
     let config = TrackerConfig {
         target: Arc::new(UpstreamUrl::parse(&server.url()).unwrap()),
-        prefixes: Vec::new(),
+        prefixes,
         connect_timeout: Duration::from_secs(2),
         max_backoff: Duration::from_millis(100),
         limits: ReplyLimits {
@@ -160,4 +167,28 @@ async fn nothing_is_stored_while_tracking_is_down() {
     server.restart();
     wait_for("tracking to come back", || *active.borrow()).await;
     assert!(fill(store, &key(0, "k")));
+}
+
+/// With prefixes, Redis sends invalidations only for keys under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_can_be_limited_to_namespace_prefixes() {
+    let server = RedisServer::start();
+    let tracked = start_tracker_with(&server, vec![Bytes::from_static(b"users:")]);
+    let store = &tracked.store;
+    let active = tracked.active.clone();
+    wait_for("tracking to start", || *active.borrow()).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert!(fill(store, &key(0, "other:1")));
+    assert!(fill(store, &key(0, "users:1")));
+    assert_eq!(direct.cmd("SET other:1 x").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET users:1 x").await, "+OK\r\n");
+    wait_for("the invalidation of users:1", || !cached(store, &key(0, "users:1"))).await;
+    // users:1's message came after other:1's write: none was sent for it.
+    assert!(cached(store, &key(0, "other:1")), "keys outside the prefixes are not tracked");
+    let list = direct.cmd("CLIENT LIST").await;
+    let tracking = list
+        .lines()
+        .find(|line| line.contains(&format!("name={TRACKING_CONNECTION_NAME}")))
+        .expect("the tracking connection is listed");
+    assert!(tracking.contains("flags=t"), "{tracking}");
 }

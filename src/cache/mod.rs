@@ -11,6 +11,7 @@
 //! [`L1`] bundles them for the session: what to look up, what a fill's
 //! replies mean, what a write invalidates.
 
+pub mod namespaces;
 pub mod store;
 pub mod tracking;
 pub mod writes;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use namespaces::{Namespace, Namespaces, Rules};
 pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};
 pub use writes::{ByName, WriteTable, Written};
 
@@ -31,16 +33,17 @@ use crate::protocol::Command;
 pub struct L1 {
     pub store: Arc<L1Store>,
     writes: OnceLock<WriteTable>,
-    default_ttl: Duration,
     nil_ttl: Duration,
+    /// Some namespace is cached without Redis's invalidations.
+    any_ttl_only: bool,
 }
 
 impl L1 {
     pub fn new(config: &MemoryCacheConfig, store: Arc<L1Store>) -> L1 {
         L1 {
+            any_ttl_only: store.namespaces().any_ttl_only(),
             store,
             writes: OnceLock::new(),
-            default_ttl: Duration::from_secs(config.default_ttl),
             nil_ttl: Duration::from_secs(config.nil_ttl),
         }
     }
@@ -51,9 +54,10 @@ impl L1 {
     }
 
     /// True when reads may be answered and filled: the write table is known
-    /// and Redis's invalidations are flowing.
+    /// and Redis's invalidations are flowing (or some namespace does not
+    /// need them; the store decides per key).
     pub fn ready(&self) -> bool {
-        self.writes.get().is_some() && self.store.is_accepting()
+        self.writes.get().is_some() && (self.store.is_accepting() || self.any_ttl_only)
     }
 
     /// What a command's name says about the keys it writes. Until the
@@ -98,16 +102,17 @@ impl L1 {
         };
         let nil = read.as_ref() == b"$-1\r\n" || read.as_ref() == b"_\r\n";
         let empty = read.as_ref() == b"*0\r\n" || read.as_ref() == b"%0\r\n";
+        let namespace_ttl = ticket.namespace().rules.ttl;
         let ttl = match remaining {
-            _ if nil => self.nil_ttl,
+            _ if nil => self.nil_ttl.min(namespace_ttl),
             // HGETALL of a missing key: an empty hash, cached like nil.
-            Some(-2) if empty => self.nil_ttl,
+            Some(-2) if empty => self.nil_ttl.min(namespace_ttl),
             // A value, but the key vanished between the two commands.
             Some(-2) => {
                 self.store.abandon(ticket);
                 return false;
             }
-            _ => self.default_ttl,
+            _ => namespace_ttl,
         };
         let ttl = match remaining {
             // Never outlive the key in Redis: counted from before Redis was
@@ -179,7 +184,9 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_entry_bytes: 4096,
                 estimated_entries: 100,
+                fill_on_first_miss: true,
             },
+            Arc::new(Namespaces::uniform(Rules::test_default())),
             Arc::new(clock.clone()),
         ));
         let config = MemoryCacheConfig {
@@ -210,7 +217,7 @@ mod tests {
                 l1.store.abandon(ticket);
                 None
             }
-            Lookup::Wait(_) => None,
+            Lookup::Wait(_) | Lookup::Pass => None,
         }
     }
 

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use std::sync::Mutex;
 
+use super::namespaces::{Membership, Namespace, Namespaces};
 use crate::clock::Clock;
+use crate::config::Consistency;
 use crate::protocol::Protocol;
 
 /// Bytes an entry costs beyond its key and replies: the slot and entry
@@ -122,13 +125,13 @@ impl quick_cache::Equivalent<Slot> for SlotRef<'_> {
 /// A cached reply found by [`L1Store::hit`], borrowed from its entry.
 #[derive(Debug)]
 pub struct Hit {
-    shapes: Arc<[Cached]>,
+    entry: Arc<EntryInner>,
     index: usize,
 }
 
 impl Hit {
     pub fn for_protocol(&self, protocol: Protocol) -> &Bytes {
-        self.shapes[self.index].reply.for_protocol(protocol)
+        self.entry.shapes[self.index].reply.for_protocol(protocol)
     }
 }
 
@@ -139,11 +142,30 @@ struct Cached {
     deadline: Instant,
 }
 
-/// quick_cache clones a value on every hit, so the shapes sit behind an
+/// quick_cache clones a value on every hit, so the entry sits behind an
 /// `Arc`: a hit costs a reference count, not a copy.
-#[derive(Debug, Clone, Default)]
-struct Entry {
-    shapes: Arc<[Cached]>,
+#[derive(Debug, Clone)]
+struct Entry(Arc<EntryInner>);
+
+/// Every cached shape of one key, counted in its namespace while it lives.
+#[derive(Debug)]
+struct EntryInner {
+    shapes: Box<[Cached]>,
+    member: Membership,
+}
+
+impl Entry {
+    fn new(slot: &Slot, shapes: Vec<Cached>, namespace: Arc<Namespace>) -> Entry {
+        let weight = entry_weight(slot, &shapes);
+        Entry(Arc::new(EntryInner {
+            shapes: shapes.into(),
+            member: Membership::new(namespace, weight),
+        }))
+    }
+
+    fn namespace(&self) -> &Arc<Namespace> {
+        self.0.member.namespace()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,8 +173,12 @@ struct EntryWeighter;
 
 impl Weighter<Slot, Entry> for EntryWeighter {
     fn weight(&self, slot: &Slot, entry: &Entry) -> u64 {
-        slot.key.len() as u64 + entry.shapes.iter().map(shape_weight).sum::<u64>() + ENTRY_OVERHEAD
+        entry_weight(slot, &entry.0.shapes)
     }
+}
+
+fn entry_weight(slot: &Slot, shapes: &[Cached]) -> u64 {
+    slot.key.len() as u64 + shapes.iter().map(shape_weight).sum::<u64>() + ENTRY_OVERHEAD
 }
 
 fn shape_weight(cached: &Cached) -> u64 {
@@ -171,7 +197,9 @@ impl Lifecycle<Slot, Entry> for CountEvictions {
     type RequestState = ();
 
     fn on_evict(&self, _state: &mut Self::RequestState, _slot: Slot, entry: Entry) {
-        self.0.evictions.fetch_add(entry.shapes.len() as u64, Ordering::Relaxed);
+        let shapes = entry.0.shapes.len() as u64;
+        self.0.evictions.fetch_add(shapes, Ordering::Relaxed);
+        entry.namespace().stats.evictions.fetch_add(shapes, Ordering::Relaxed);
     }
 }
 
@@ -201,6 +229,8 @@ pub struct L1Limits {
     pub max_entry_bytes: u64,
     /// Expected number of entries (sizes the hash tables).
     pub estimated_entries: usize,
+    /// Fill on a key's first miss rather than its second.
+    pub fill_on_first_miss: bool,
 }
 
 /// Outcome of a lookup.
@@ -213,16 +243,27 @@ pub enum Lookup {
     /// Another client is reading this key from Redis; wait on the receiver
     /// (it yields the reply, or nothing if that fill was voided).
     Wait(tokio::sync::watch::Receiver<Option<Option<CachedReply>>>),
+    /// Not to be cached now (first miss of the key, its namespace is not
+    /// cached, or its invalidations are not flowing): read Redis as usual.
+    Pass,
 }
 
 /// The right to fill one key, voided if the key is invalidated meanwhile.
 #[derive(Debug)]
 pub struct FillTicket {
     key: CacheKey,
+    namespace: Arc<Namespace>,
     id: u64,
     /// When the miss was seen, before Redis was asked: a TTL Redis reports
     /// counts from a later instant, so counting from here never outlives it.
     started: Instant,
+}
+
+impl FillTicket {
+    /// The namespace of the key being filled.
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.namespace
+    }
 }
 
 struct Fill {
@@ -243,6 +284,9 @@ impl Fill {
 /// The L1 store. Cheap to share (`Arc`).
 pub struct L1Store {
     cache: Cache<Slot, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
+    namespaces: Arc<Namespaces>,
+    /// Keys missed once recently (None: every miss fills).
+    doorkeeper: Option<Doorkeeper>,
     fills: Mutex<HashMap<CacheKey, Fill>>,
     next_fill: AtomicU64,
     max_entry_weight: u64,
@@ -266,7 +310,7 @@ impl std::fmt::Debug for L1Store {
 }
 
 impl L1Store {
-    pub fn new(limits: L1Limits, clock: Arc<dyn Clock>) -> L1Store {
+    pub fn new(limits: L1Limits, namespaces: Arc<Namespaces>, clock: Arc<dyn Clock>) -> L1Store {
         let stats = Arc::new(L1Stats::default());
         // A reply of max_entry_bytes, with room for its key (and fields).
         let wanted_entry_weight = limits.max_entry_bytes + ENTRY_OVERHEAD + SHAPE_OVERHEAD + KEY_ALLOWANCE;
@@ -289,6 +333,8 @@ impl L1Store {
         let shard_share = (cache.shard_capacity() as f64 * SHARD_ENTRY_SHARE) as u64;
         L1Store {
             max_entry_weight: wanted_entry_weight.min(shard_share),
+            doorkeeper: (!limits.fill_on_first_miss).then(|| Doorkeeper::new(limits.estimated_entries)),
+            namespaces,
             cache,
             fills: Mutex::new(HashMap::new()),
             next_fill: AtomicU64::new(1),
@@ -303,8 +349,9 @@ impl L1Store {
         &self.stats
     }
 
-    /// Whether the store may keep what fills bring. Either way it starts
-    /// empty: what was cached before tracking (re)started may be stale.
+    /// Whether the store may keep what fills bring in namespaces that
+    /// rely on Redis's invalidations. Either way those start empty: what
+    /// was cached before tracking (re)started may be stale.
     pub fn set_accepting(&self, accepting: bool) {
         let mut fills = self.lock_fills();
         self.accepting.store(accepting, Ordering::Release);
@@ -312,7 +359,8 @@ impl L1Store {
         for (_, fill) in fills.drain() {
             fill.void();
         }
-        self.cache.clear();
+        self.cache
+            .retain(|_, entry| entry.namespace().rules.consistency == Consistency::TtlOnly);
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -346,42 +394,56 @@ impl L1Store {
     /// The fast path: a live cached reply for (db, key, shape), if any,
     /// counted as a hit. Nothing is counted otherwise; call [`Self::lookup`].
     pub fn hit(&self, db: u32, key: &[u8], shape: &Shape) -> Option<Hit> {
-        let entry = self.cache.get(&SlotRef { db, key })?;
+        let Entry(entry) = self.cache.get(&SlotRef { db, key })?;
         let index = entry.shapes.iter().position(|cached| cached.shape == *shape)?;
         if entry.shapes[index].deadline <= self.clock.now() {
             return None;
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        Some(Hit {
-            shapes: entry.shapes,
-            index,
-        })
+        entry.member.namespace().stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Hit { entry, index })
     }
 
     /// A cached reply for `key`, or what to do instead.
     pub fn lookup(&self, key: &CacheKey) -> Lookup {
-        if let Some(entry) = self.cache.get(&SlotRef {
+        let found = self.cache.get(&SlotRef {
             db: key.db,
             key: &key.key,
-        }) && let Some(cached) = entry.shapes.iter().find(|cached| cached.shape == key.shape)
-        {
-            if cached.deadline > self.clock.now() {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Hit(cached.reply.clone());
+        });
+        let namespace = match found {
+            Some(entry) => {
+                let namespace = entry.namespace();
+                if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape) {
+                    if cached.deadline > self.clock.now() {
+                        count(&self.stats, namespace, |stats| &stats.hits);
+                        return Lookup::Hit(cached.reply.clone());
+                    }
+                    count(&self.stats, namespace, |stats| &stats.expirations);
+                }
+                namespace.clone()
             }
-            self.stats.expirations.fetch_add(1, Ordering::Relaxed);
+            None => self.namespaces.of(&key.key),
+        };
+        count(&self.stats, &namespace, |stats| &stats.misses);
+        if !namespace.rules.cacheable(self.accepting.load(Ordering::Acquire)) {
+            return Lookup::Pass;
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let mut fills = self.lock_fills();
         if let Some(fill) = fills.get_mut(key) {
-            self.stats.coalesced_waits.fetch_add(1, Ordering::Relaxed);
+            count(&self.stats, &namespace, |stats| &stats.coalesced_waits);
             let done = fill.done.get_or_insert_with(|| tokio::sync::watch::channel(None).0);
             return Lookup::Wait(done.subscribe());
+        }
+        if let Some(doorkeeper) = &self.doorkeeper
+            && !doorkeeper.admit(key.db, &key.key)
+        {
+            return Lookup::Pass;
         }
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         fills.insert(key.clone(), Fill { id, done: None });
         Lookup::Miss(FillTicket {
             key: key.clone(),
+            namespace,
             id,
             started: self.clock.now(),
         })
@@ -397,6 +459,7 @@ impl L1Store {
             db: ticket.key.db,
             key: ticket.key.key.clone(),
         };
+        let namespace = ticket.namespace;
         // The insert happens under the lock invalidations take, so an
         // invalidation is either before it (and voided the fill) or after it
         // (and removes the entry).
@@ -407,14 +470,15 @@ impl L1Store {
         };
         let Some(fill) = fill else {
             drop(fills);
-            self.stats.fills_voided.fetch_add(1, Ordering::Relaxed);
+            count(&self.stats, &namespace, |stats| &stats.fills_voided);
             return false;
         };
-        let mut shapes: Vec<Cached> = self
-            .cache
-            .get(&slot)
+        let existing = self.cache.get(&slot);
+        let mut shapes: Vec<Cached> = existing
+            .as_ref()
             .map(|entry| {
                 entry
+                    .0
                     .shapes
                     .iter()
                     .filter(|cached| cached.deadline > now && cached.shape != ticket.key.shape)
@@ -427,23 +491,62 @@ impl L1Store {
             reply: reply.clone(),
             deadline: ticket.started + ttl,
         });
-        let entry = Entry { shapes: shapes.into() };
-        let storable = ticket.started + ttl > now
-            && self.accepting.load(Ordering::Acquire)
-            && EntryWeighter.weight(&slot, &entry) <= self.max_entry_weight;
-        if storable {
+        let cacheable = ticket.started + ttl > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
+        let fits = entry_weight(&slot, &shapes) <= self.max_entry_weight;
+        if cacheable && fits {
+            let new_key = existing.is_none();
+            drop(existing);
+            if new_key {
+                self.make_room(&namespace, &slot);
+            }
+            let entry = Entry::new(&slot, shapes, namespace.clone());
             self.cache.insert(slot, entry);
         }
         drop(fills);
         if let Some(done) = fill.done {
             let _ = done.send(Some(Some(reply)));
         }
-        if storable {
-            self.stats.fills.fetch_add(1, Ordering::Relaxed);
-        } else if !ttl.is_zero() && self.accepting.load(Ordering::Relaxed) {
-            self.stats.too_large.fetch_add(1, Ordering::Relaxed);
+        if cacheable && fits {
+            count(&self.stats, &namespace, |stats| &stats.fills);
+        } else if cacheable {
+            count(&self.stats, &namespace, |stats| &stats.too_large);
         }
-        storable
+        cacheable && fits
+    }
+
+    /// Keeps a namespace within its entry bound before `slot` joins it:
+    /// evicts its oldest stored keys. Called under the fills lock.
+    fn make_room(&self, namespace: &Namespace, slot: &Slot) {
+        let max_entries = namespace.rules.max_entries;
+        if max_entries == 0 {
+            return;
+        }
+        let mut order = namespace.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while namespace.entries.load(Ordering::Relaxed) >= max_entries {
+            let Some((db, key)) = order.pop_front() else {
+                break;
+            };
+            if let Some((_, entry)) = self.cache.remove(&SlotRef { db, key: &key }) {
+                let shapes = entry.0.shapes.len() as u64;
+                self.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+                namespace.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+            }
+        }
+        order.push_back((slot.db, slot.key.clone()));
+        // Keys removed by other means stay listed until popped; when they
+        // are most of the list, keep only the stored ones, once each.
+        if order.len() as u64 > 2 * max_entries + 64 {
+            let mut seen = std::collections::HashSet::new();
+            let mut kept: std::collections::VecDeque<(u32, Bytes)> = order
+                .drain(..)
+                .rev()
+                .filter(|(db, key)| {
+                    self.cache.contains_key(&SlotRef { db: *db, key }) && seen.insert((*db, key.clone()))
+                })
+                .collect();
+            kept.make_contiguous().reverse();
+            *order = kept;
+        }
     }
 
     fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Fill>> {
@@ -494,10 +597,13 @@ impl L1Store {
             None => 0..self.databases.load(Ordering::Relaxed),
         };
         for db in databases {
-            self.cache.remove(&Slot { db, key: key.clone() });
+            self.cache.remove(&SlotRef { db, key });
         }
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Some(namespace) = self.namespaces.find(key) {
+            namespace.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Drops everything in `db` (FLUSHDB through the proxy).
@@ -509,8 +615,8 @@ impl L1Store {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drops everything (FLUSHALL, a null invalidation, a lost tracking
-    /// connection) and voids every fill in flight.
+    /// Drops everything (FLUSHALL, a null invalidation) and voids every
+    /// fill in flight.
     pub fn flush(&self) {
         let mut fills = self.lock_fills();
         for (_, fill) in fills.drain() {
@@ -528,9 +634,15 @@ impl L1Store {
         let now = self.clock.now();
         let removed = std::sync::atomic::AtomicUsize::new(0);
         self.cache.retain(|_, entry| {
-            let live = entry.shapes.iter().any(|cached| cached.deadline > now);
+            let live = entry.0.shapes.iter().any(|cached| cached.deadline > now);
             if !live {
-                removed.fetch_add(entry.shapes.len(), Ordering::Relaxed);
+                let shapes = entry.0.shapes.len();
+                removed.fetch_add(shapes, Ordering::Relaxed);
+                entry
+                    .namespace()
+                    .stats
+                    .expirations
+                    .fetch_add(shapes as u64, Ordering::Relaxed);
             }
             live
         });
@@ -539,11 +651,57 @@ impl L1Store {
         removed
     }
 
+    /// The namespaces of the cached keys.
+    pub fn namespaces(&self) -> &Arc<Namespaces> {
+        &self.namespaces
+    }
+
     /// The largest reply (in bytes, for a key of `key_len` bytes) the store
     /// accepts as a key's only cached reply.
     pub fn max_reply_bytes(&self, key_len: usize) -> u64 {
         self.max_entry_weight
             .saturating_sub(ENTRY_OVERHEAD + SHAPE_OVERHEAD + key_len as u64)
+    }
+}
+
+/// Adds one to a counter in the totals and in the key's namespace.
+fn count(total: &L1Stats, namespace: &Namespace, counter: impl Fn(&L1Stats) -> &AtomicU64) {
+    counter(total).fetch_add(1, Ordering::Relaxed);
+    counter(&namespace.stats).fetch_add(1, Ordering::Relaxed);
+}
+
+/// Admission: a key is filled on its second miss within a window, so keys
+/// read once (scans, long tails) never cost Redis a hidden PTTL or L1 a
+/// slot. One bit per hashed (database, key); all bits clear when an eighth
+/// are set, which bounds both false admissions and memory.
+struct Doorkeeper {
+    bits: Box<[AtomicU64]>,
+    set: AtomicUsize,
+    hasher: DefaultHashBuilder,
+}
+
+impl Doorkeeper {
+    fn new(estimated_entries: usize) -> Doorkeeper {
+        let words = (estimated_entries / 8).next_power_of_two().clamp(1024, 1 << 16);
+        Doorkeeper {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            set: AtomicUsize::new(0),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// True when (db, key) missed before in this window; marks it if not.
+    fn admit(&self, db: u32, key: &[u8]) -> bool {
+        let bit = self.hasher.hash_one((db, key)) as usize & (self.bits.len() * 64 - 1);
+        let (word, mask) = (&self.bits[bit / 64], 1u64 << (bit % 64));
+        if word.load(Ordering::Relaxed) & mask != 0 || word.fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            return true;
+        }
+        if self.set.fetch_add(1, Ordering::Relaxed) + 1 >= self.bits.len() * 8 {
+            self.bits.iter().for_each(|word| word.store(0, Ordering::Relaxed));
+            self.set.store(0, Ordering::Relaxed);
+        }
+        false
     }
 }
 
@@ -558,6 +716,8 @@ fn prev_power_of_two(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Rules;
+    use std::collections::HashMap;
     use crate::clock::ManualClock;
 
     fn store(max_bytes: u64, max_entry_bytes: u64) -> (L1Store, ManualClock) {
@@ -567,7 +727,9 @@ mod tests {
                 max_bytes,
                 max_entry_bytes,
                 estimated_entries: 1000,
+                fill_on_first_miss: true,
             },
+            Arc::new(Namespaces::uniform(Rules::test_default())),
             Arc::new(clock.clone()),
         );
         (store, clock)
@@ -736,5 +898,136 @@ mod tests {
         store.flush();
         assert!(store.is_empty());
         assert!(!store.complete(ticket, bulk(b"v"), Duration::from_secs(60)));
+    }
+
+    fn store_in(namespaces: Namespaces, fill_on_first_miss: bool) -> L1Store {
+        L1Store::new(
+            L1Limits {
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1024,
+                estimated_entries: 1000,
+                fill_on_first_miss,
+            },
+            Arc::new(namespaces),
+            Arc::new(ManualClock::default()),
+        )
+    }
+
+    fn fill_key(store: &L1Store, name: &str) -> bool {
+        match store.lookup(&key(name)) {
+            Lookup::Miss(ticket) => store.complete(ticket, bulk(b"v"), Duration::from_secs(60)),
+            _ => false,
+        }
+    }
+
+    fn rules(max_entries: u64, consistency: Consistency) -> Rules {
+        Rules {
+            max_entries,
+            consistency,
+            ..Rules::test_default()
+        }
+    }
+
+    #[test]
+    fn each_namespace_keeps_at_most_its_entry_bound_oldest_out_first() {
+        let configured = HashMap::from([(Bytes::from_static(b"small"), rules(3, Consistency::Strict))]);
+        let store = store_in(
+            Namespaces::new(b':', 16, rules(100, Consistency::Strict), configured),
+            true,
+        );
+        for i in 0..5 {
+            assert!(fill_key(&store, &format!("small:{i}")));
+            assert!(fill_key(&store, &format!("big:{i}")));
+        }
+        let small = store.namespaces().of(b"small:x");
+        assert_eq!(small.entries.load(Ordering::Relaxed), 3);
+        assert_eq!(small.stats.evictions.load(Ordering::Relaxed), 2);
+        assert!(store.hit(0, b"small:4", &Shape::String).is_some());
+        assert!(store.hit(0, b"small:0", &Shape::String).is_none(), "the oldest went first");
+        assert_eq!(store.namespaces().of(b"big:x").entries.load(Ordering::Relaxed), 5);
+        // Re-filling a key that is still cached does not count twice.
+        store.invalidate(0, &Bytes::from_static(b"small:4"));
+        for _ in 0..100 {
+            assert!(fill_key(&store, "small:4"));
+            store.invalidate(0, &Bytes::from_static(b"small:4"));
+        }
+        assert!(small.order.lock().unwrap().len() <= 2 * 3 + 64, "the order list stays bounded");
+    }
+
+    #[test]
+    fn namespace_counters_add_up_to_the_totals() {
+        let store = store_in(Namespaces::uniform(Rules::test_default()), true);
+        fill_key(&store, "a:1");
+        fill_key(&store, "a:2");
+        fill_key(&store, "b:1");
+        store.hit(0, b"a:1", &Shape::String).unwrap();
+        let (a, b) = (store.namespaces().of(b"a:"), store.namespaces().of(b"b:"));
+        assert_eq!(a.stats.misses.load(Ordering::Relaxed), 2);
+        assert_eq!(a.stats.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stats.fills.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            a.bytes.load(Ordering::Relaxed) + b.bytes.load(Ordering::Relaxed),
+            store.bytes(),
+            "namespace bytes are the store's bytes"
+        );
+        store.invalidate(0, &Bytes::from_static(b"a:1"));
+        assert_eq!(a.entries.load(Ordering::Relaxed), 1);
+        assert_eq!(a.stats.invalidations.load(Ordering::Relaxed), 1);
+        store.flush();
+        assert_eq!(a.entries.load(Ordering::Relaxed) + b.entries.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_key_is_filled_on_its_second_miss_unless_told_otherwise() {
+        let store = store_in(Namespaces::uniform(Rules::test_default()), false);
+        assert!(matches!(store.lookup(&key("once")), Lookup::Pass), "first miss only marks");
+        assert!(fill_key(&store, "once"), "second miss fills");
+        assert!(store.hit(0, b"once", &Shape::String).is_some());
+        // Enough distinct keys end the window: marked keys are forgotten.
+        let doorkeeper = store.doorkeeper.as_ref().unwrap();
+        let _ = store.lookup(&key("k0"));
+        let mut i = 1;
+        while doorkeeper.set.load(Ordering::Relaxed) > 0 {
+            assert!(i < doorkeeper.bits.len() * 64, "the window never ended");
+            let _ = store.lookup(&key(&format!("k{i}")));
+            i += 1;
+        }
+        assert!(matches!(store.lookup(&key("k0")), Lookup::Pass), "forgotten after {i} keys");
+    }
+
+    #[test]
+    fn ttl_only_namespaces_outlive_lost_invalidations_strict_ones_do_not() {
+        let configured = HashMap::from([(Bytes::from_static(b"feed"), rules(0, Consistency::TtlOnly))]);
+        let store = store_in(
+            Namespaces::new(b':', 16, Rules::test_default(), configured),
+            true,
+        );
+        assert!(fill_key(&store, "feed:1"));
+        assert!(fill_key(&store, "user:1"));
+        store.set_accepting(false);
+        assert!(store.hit(0, b"feed:1", &Shape::String).is_some());
+        assert!(store.hit(0, b"user:1", &Shape::String).is_none());
+        assert!(matches!(store.lookup(&key("user:1")), Lookup::Pass), "strict keys are not filled");
+        assert!(fill_key(&store, "feed:2"));
+        // Writes through the proxy still invalidate ttl-only keys.
+        store.invalidate(0, &Bytes::from_static(b"feed:1"));
+        assert!(store.hit(0, b"feed:1", &Shape::String).is_none());
+    }
+
+    #[test]
+    fn a_namespace_with_ttl_zero_is_not_cached() {
+        let configured = HashMap::from([(
+            Bytes::from_static(b"live"),
+            Rules {
+                ttl: Duration::ZERO,
+                ..Rules::test_default()
+            },
+        )]);
+        let store = store_in(
+            Namespaces::new(b':', 16, Rules::test_default(), configured),
+            true,
+        );
+        assert!(matches!(store.lookup(&key("live:1")), Lookup::Pass));
+        assert!(fill_key(&store, "other:1"));
     }
 }

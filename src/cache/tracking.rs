@@ -175,7 +175,7 @@ fn frame_len(buf: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{CacheKey, CachedReply, L1Limits, Lookup, Shape};
+    use crate::cache::{CacheKey, CachedReply, L1Limits, Lookup, Namespaces, Rules, Shape};
     use crate::clock::ManualClock;
 
     fn store_with(keys: &[&str]) -> L1Store {
@@ -184,7 +184,9 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_entry_bytes: 1024,
                 estimated_entries: 100,
+                fill_on_first_miss: true,
             },
+            Arc::new(Namespaces::uniform(Rules::test_default())),
             Arc::new(ManualClock::default()),
         );
         for key in keys {

@@ -146,6 +146,15 @@ pub struct Proxy {
     addr: SocketAddr,
 }
 
+/// L1 on, filling on the first miss and bounded by bytes only, so a test
+/// sees a hit on its second read (the defaults are exercised by tests of
+/// admission and namespaces).
+pub fn l1_eager(config: &mut Config) {
+    config.memory_cache.enabled = true;
+    config.memory_cache.fill_on_first_miss = true;
+    config.memory_cache.size_per_namespace = 0;
+}
+
 impl Proxy {
     pub async fn start(upstream: &str) -> Proxy {
         Proxy::start_with(upstream, |_| {}).await
