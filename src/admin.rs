@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use std::sync::atomic::Ordering;
 
-use crate::cache::L1;
+use crate::cache::{L1, Namespace};
 use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
@@ -53,8 +53,54 @@ pub fn info_cache(stats: &Stats, l1: Option<&L1>) -> String {
         for (name, value) in l1_fields {
             let _ = write!(text, "{name}:{value}\r\n");
         }
+        for namespace in l1.store.namespaces().all() {
+            namespace_line(&mut text, &namespace);
+        }
     }
     text
+}
+
+/// `l1_namespace_<name>:entries=..,bytes=..,...` (like Redis's `db0:keys=..`
+/// lines): one namespace's counters and rules.
+fn namespace_line(text: &mut String, namespace: &Namespace) {
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let stats = &namespace.stats;
+    let (hits, misses) = (count(&stats.hits), count(&stats.misses));
+    let ratio = if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    };
+    let name: String = namespace
+        .name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let rules = &namespace.rules;
+    let _ = write!(
+        text,
+        "l1_namespace_{name}:entries={},bytes={},hits={hits},misses={misses},hit_ratio={ratio:.4},\
+         fills={},evictions={},expirations={},invalidations={},fills_voided={},coalesced_waits={},\
+         too_large={},ttl={},max_entries={},consistency={}\r\n",
+        count(&namespace.entries),
+        count(&namespace.bytes),
+        count(&stats.fills),
+        count(&stats.evictions),
+        count(&stats.expirations),
+        count(&stats.invalidations),
+        count(&stats.fills_voided),
+        count(&stats.coalesced_waits),
+        count(&stats.too_large),
+        rules.ttl.as_secs(),
+        rules.max_entries,
+        rules.consistency.as_str(),
+    );
 }
 
 #[cfg(test)]

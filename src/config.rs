@@ -293,9 +293,15 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_MEMORY_CACHE_NIL_TTL", "memory_cache.nil_ttl"),
     ("MEMORY_CACHE_SIZE_PER_NAMESPACE", "memory_cache.size_per_namespace"),
     ("AURACACHE_MEMORY_CACHE_CONSISTENCY", "memory_cache.consistency"),
-    ("AURACACHE_MEMORY_CACHE_TRACKING_PREFIXES", "memory_cache.tracking_prefixes"),
+    (
+        "AURACACHE_MEMORY_CACHE_TRACKING_PREFIXES",
+        "memory_cache.tracking_prefixes",
+    ),
     ("AURACACHE_MEMORY_CACHE_MAX_NAMESPACES", "memory_cache.max_namespaces"),
-    ("AURACACHE_MEMORY_CACHE_FILL_ON_FIRST_MISS", "memory_cache.fill_on_first_miss"),
+    (
+        "AURACACHE_MEMORY_CACHE_FILL_ON_FIRST_MISS",
+        "memory_cache.fill_on_first_miss",
+    ),
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
 ];
 
@@ -690,5 +696,40 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(!shown.contains("topsecret") && !shown.contains("hunter2"), "{shown}");
         assert!(Config::from_toml(&shown).is_ok(), "printed config parses back");
+    }
+
+    #[test]
+    fn namespace_sections_override_the_memory_cache_defaults() {
+        let config = Config::from_toml(
+            "[memory_cache]\nsize_per_namespace = 10\n[namespaces.reports]\nmemory_cache_ttl = 300\nconsistency = \"ttl-only\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let reports = &config.namespaces["reports"];
+        assert_eq!(reports.memory_cache_ttl, Some(300));
+        assert_eq!(reports.consistency, Some(Consistency::TtlOnly));
+        assert_eq!(reports.memory_cache_size, None);
+        let error = Config::from_toml("[namespaces.reports]\nconsistency = \"eventual\"\n").unwrap_err();
+        assert!(error.contains("strict") && error.contains("ttl-only"), "{error}");
+        let error = Config::from_toml("[namespaces.reports]\nttl = 3\n").unwrap_err();
+        assert!(error.contains("ttl"), "{error}");
+        let bad = Config::from_toml("[namespaces.\"a:b\"]\nmemory_cache_ttl = 1\n").unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "invalid setting namespaces.a:b = \"a:b\": expected a non-empty namespace name without the separator \":\""
+        );
+        let mut config = Config::default();
+        config
+            .apply_environment(env(&[
+                ("MEMORY_CACHE_SIZE_PER_NAMESPACE", "0"),
+                ("AURACACHE_MEMORY_CACHE_CONSISTENCY", "ttl-only"),
+            ]))
+            .unwrap();
+        assert_eq!(config.memory_cache.size_per_namespace, 0);
+        assert_eq!(config.memory_cache.consistency, Consistency::TtlOnly);
+        assert!(config.set("memory_cache.consistency", "loose").is_err());
+        assert!(config.set("namespace_separator", "::").is_err());
+        let shown = config.to_redacted_toml();
+        assert!(Config::from_toml(&shown).is_ok(), "{shown}");
     }
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::cache::tracking::{self, TrackerConfig};
 use crate::cache::{L1, L1Limits, L1Store, Namespaces, WriteTable};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, UpstreamUrl};
 use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
 use crate::session::{self, Shared};
@@ -47,6 +47,12 @@ pub struct ServerHandle {
 impl Server {
     /// Validates the configuration, binds the listener and starts serving.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        Server::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Server::start`], with L1 deadlines read from `clock` (tests
+    /// move time by hand).
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<ServerHandle, StartError> {
         config.validate()?;
         let target = UpstreamUrl::parse(&config.upstream).map_err(|allowed| ConfigError::Invalid {
             name: "upstream".into(),
@@ -90,7 +96,7 @@ impl Server {
                 fill_on_first_miss: config.memory_cache.fill_on_first_miss,
             };
             let namespaces = Arc::new(Namespaces::from_config(&config));
-            let store = Arc::new(L1Store::new(limits, namespaces, Arc::new(SystemClock)));
+            let store = Arc::new(L1Store::new(limits, namespaces, clock));
             Arc::new(L1::new(&config.memory_cache, store))
         });
         let shared = Arc::new(Shared {

@@ -29,7 +29,8 @@ impl Pair {
             if l1 {
                 common::l1_eager(config);
             }
-        }).await;
+        })
+        .await;
         if let Some(level) = proxy.handle().l1() {
             common::poll_until("L1 to be ready", || level.ready());
         }

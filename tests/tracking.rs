@@ -184,7 +184,10 @@ async fn tracking_can_be_limited_to_namespace_prefixes() {
     assert_eq!(direct.cmd("SET users:1 x").await, "+OK\r\n");
     wait_for("the invalidation of users:1", || !cached(store, &key(0, "users:1"))).await;
     // users:1's message came after other:1's write: none was sent for it.
-    assert!(cached(store, &key(0, "other:1")), "keys outside the prefixes are not tracked");
+    assert!(
+        cached(store, &key(0, "other:1")),
+        "keys outside the prefixes are not tracked"
+    );
     let list = direct.cmd("CLIENT LIST").await;
     let tracking = list
         .lines()

@@ -211,7 +211,10 @@ impl Namespaces {
     /// Whether any namespace may be cached without Redis's invalidations.
     pub fn any_ttl_only(&self) -> bool {
         self.defaults.consistency == Consistency::TtlOnly
-            || self.configured.values().any(|rules| rules.consistency == Consistency::TtlOnly)
+            || self
+                .configured
+                .values()
+                .any(|rules| rules.consistency == Consistency::TtlOnly)
     }
 
     /// Whether any namespace needs Redis's invalidations to be cached.
@@ -299,7 +302,11 @@ mod tests {
         assert_eq!(namespaces.of(b"a:1").name(), "a");
         assert_eq!(namespaces.of(b"b:1").name(), "b");
         assert_eq!(namespaces.of(b"c:1").name(), OVERFLOW);
-        assert_eq!(namespaces.of(b"c:1").rules.max_entries, 0, "the overflow is bounded by bytes only");
+        assert_eq!(
+            namespaces.of(b"c:1").rules.max_entries,
+            0,
+            "the overflow is bounded by bytes only"
+        );
         assert_eq!(namespaces.of(b"late:1").name(), "late");
         assert_eq!(namespaces.of(b"a:2").name(), "a", "known ones stay");
     }
@@ -333,10 +340,16 @@ mod tests {
         defaults.tracked = false;
         let limited = Namespaces::new(b':', 8, defaults, configured);
         assert_eq!(limited.tracking_prefixes(), vec![Bytes::from_static(b"users:")]);
-        assert!(!limited.of(b"other:1").rules.cacheable(true), "untracked strict keys are not cached");
+        assert!(
+            !limited.of(b"other:1").rules.cacheable(true),
+            "untracked strict keys are not cached"
+        );
         assert!(limited.of(b"users:1").rules.cacheable(true));
         assert!(!limited.of(b"users:1").rules.cacheable(false));
-        assert!(limited.of(b"feeds:1").rules.cacheable(false), "ttl-only needs no tracking");
+        assert!(
+            limited.of(b"feeds:1").rules.cacheable(false),
+            "ttl-only needs no tracking"
+        );
         assert!(!limited.of(b"off:1").rules.cacheable(true));
     }
 }

@@ -12,8 +12,8 @@
 //! ([`L1Stats::too_large`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -717,8 +717,8 @@ fn prev_power_of_two(n: usize) -> usize {
 mod tests {
     use super::*;
     use crate::cache::Rules;
-    use std::collections::HashMap;
     use crate::clock::ManualClock;
+    use std::collections::HashMap;
 
     fn store(max_bytes: u64, max_entry_bytes: u64) -> (L1Store, ManualClock) {
         let clock = ManualClock::default();
@@ -943,7 +943,10 @@ mod tests {
         assert_eq!(small.entries.load(Ordering::Relaxed), 3);
         assert_eq!(small.stats.evictions.load(Ordering::Relaxed), 2);
         assert!(store.hit(0, b"small:4", &Shape::String).is_some());
-        assert!(store.hit(0, b"small:0", &Shape::String).is_none(), "the oldest went first");
+        assert!(
+            store.hit(0, b"small:0", &Shape::String).is_none(),
+            "the oldest went first"
+        );
         assert_eq!(store.namespaces().of(b"big:x").entries.load(Ordering::Relaxed), 5);
         // Re-filling a key that is still cached does not count twice.
         store.invalidate(0, &Bytes::from_static(b"small:4"));
@@ -951,7 +954,10 @@ mod tests {
             assert!(fill_key(&store, "small:4"));
             store.invalidate(0, &Bytes::from_static(b"small:4"));
         }
-        assert!(small.order.lock().unwrap().len() <= 2 * 3 + 64, "the order list stays bounded");
+        assert!(
+            small.order.lock().unwrap().len() <= 2 * 3 + 64,
+            "the order list stays bounded"
+        );
     }
 
     #[test]
@@ -980,7 +986,10 @@ mod tests {
     #[test]
     fn a_key_is_filled_on_its_second_miss_unless_told_otherwise() {
         let store = store_in(Namespaces::uniform(Rules::test_default()), false);
-        assert!(matches!(store.lookup(&key("once")), Lookup::Pass), "first miss only marks");
+        assert!(
+            matches!(store.lookup(&key("once")), Lookup::Pass),
+            "first miss only marks"
+        );
         assert!(fill_key(&store, "once"), "second miss fills");
         assert!(store.hit(0, b"once", &Shape::String).is_some());
         // Enough distinct keys end the window: marked keys are forgotten.
@@ -992,22 +1001,25 @@ mod tests {
             let _ = store.lookup(&key(&format!("k{i}")));
             i += 1;
         }
-        assert!(matches!(store.lookup(&key("k0")), Lookup::Pass), "forgotten after {i} keys");
+        assert!(
+            matches!(store.lookup(&key("k0")), Lookup::Pass),
+            "forgotten after {i} keys"
+        );
     }
 
     #[test]
     fn ttl_only_namespaces_outlive_lost_invalidations_strict_ones_do_not() {
         let configured = HashMap::from([(Bytes::from_static(b"feed"), rules(0, Consistency::TtlOnly))]);
-        let store = store_in(
-            Namespaces::new(b':', 16, Rules::test_default(), configured),
-            true,
-        );
+        let store = store_in(Namespaces::new(b':', 16, Rules::test_default(), configured), true);
         assert!(fill_key(&store, "feed:1"));
         assert!(fill_key(&store, "user:1"));
         store.set_accepting(false);
         assert!(store.hit(0, b"feed:1", &Shape::String).is_some());
         assert!(store.hit(0, b"user:1", &Shape::String).is_none());
-        assert!(matches!(store.lookup(&key("user:1")), Lookup::Pass), "strict keys are not filled");
+        assert!(
+            matches!(store.lookup(&key("user:1")), Lookup::Pass),
+            "strict keys are not filled"
+        );
         assert!(fill_key(&store, "feed:2"));
         // Writes through the proxy still invalidate ttl-only keys.
         store.invalidate(0, &Bytes::from_static(b"feed:1"));
@@ -1023,10 +1035,7 @@ mod tests {
                 ..Rules::test_default()
             },
         )]);
-        let store = store_in(
-            Namespaces::new(b':', 16, Rules::test_default(), configured),
-            true,
-        );
+        let store = store_in(Namespaces::new(b':', 16, Rules::test_default(), configured), true);
         assert!(matches!(store.lookup(&key("live:1")), Lookup::Pass));
         assert!(fill_key(&store, "other:1"));
     }

@@ -162,6 +162,15 @@ impl Proxy {
 
     /// Starts with the configuration adjusted by `tweak`.
     pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        Proxy::start_with_clock(upstream, std::sync::Arc::new(auracache::clock::SystemClock), tweak).await
+    }
+
+    /// Starts with L1's time read from `clock` (a ManualClock moves it).
+    pub async fn start_with_clock(
+        upstream: &str,
+        clock: std::sync::Arc<dyn auracache::clock::Clock>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Proxy {
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             upstream: upstream.into(),
@@ -169,7 +178,7 @@ impl Proxy {
         };
         config.pool.max_backoff_ms = 100;
         tweak(&mut config);
-        let handle = Server::start(config).await.expect("proxy starts");
+        let handle = Server::start_with_clock(config, clock).await.expect("proxy starts");
         let addr = handle.local_addr();
         Proxy {
             handle: Some(handle),
