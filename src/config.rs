@@ -128,7 +128,7 @@ pub struct MemoryCacheConfig {
 impl Default for MemoryCacheConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: true,
             max_bytes: 64 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
             default_ttl: 60,

@@ -98,14 +98,31 @@ struct BatchL1 {
     /// GETs sent with a hidden PTTL: the reply at `index` is the GET's, the
     /// next one the PTTL's (not shown to the client).
     fills: Vec<(usize, FillTicket)>,
-    /// MGETs sent with only the keys L1 lacked: the reply at `index` is
-    /// merged with the cached values (`Some`) in the client's key order.
-    merges: Vec<(usize, Vec<Option<Bytes>>)>,
+    /// MGETs and HMGETs that L1 answered in part or fills from.
+    multis: Vec<MultiRead>,
+}
+
+/// An MGET or HMGET sent with only the items L1 lacked, and hidden PTTLs
+/// for those it fills.
+struct MultiRead {
+    /// Where Redis's reply to the read is in the batch.
+    index: usize,
+    /// How many items Redis was asked for.
+    asked: usize,
+    /// In the client's order, the cached reply of each item or `None` for
+    /// those asked of Redis; absent when Redis was asked for every item
+    /// (its reply is the client's as it is).
+    cached: Option<Vec<Option<Bytes>>>,
+    /// (position in Redis's reply, the fill, which hidden PTTL reply after
+    /// the read tells its TTL).
+    fills: Vec<(usize, FillTicket, usize)>,
+    /// Hidden PTTL replies that follow the read.
+    pttls: usize,
 }
 
 impl BatchL1 {
     fn is_empty(&self) -> bool {
-        self.invalidations.is_empty() && self.fills.is_empty() && self.merges.is_empty()
+        self.invalidations.is_empty() && self.fills.is_empty() && self.multis.is_empty()
     }
 }
 
@@ -734,45 +751,76 @@ impl Session {
     }
 
     /// MGET and HMGET: what L1 holds is answered from it; only the rest
-    /// goes to Redis, and the reply writer merges the two in the client's
-    /// order. `fixed` arguments (the name, and HMGET's key) precede the list.
+    /// goes to Redis (with hidden PTTLs for the items L1 will fill), and the
+    /// reply writer merges the two in the client's order. `fixed` arguments
+    /// (the name, and HMGET's key) precede the items.
     async fn multi_read_through_l1(&mut self, l1: &L1, command: Command, fixed: usize) -> Flow {
         let args = command.args();
-        let keys = &args[fixed..];
-        let cached: Vec<Option<Bytes>> = keys
+        let hash = (fixed == 2).then(|| args[1].clone());
+        let shape_of = |item: &Bytes| match hash {
+            None => Shape::String,
+            Some(_) => Shape::HashField(item.clone()),
+        };
+        let items = &args[fixed..];
+        let cached: Vec<Option<Bytes>> = items
             .iter()
             .map(|item| {
-                let hit = if fixed == 1 {
-                    l1.store.hit(self.db, item, &Shape::String)
-                } else {
-                    l1.store.hit(self.db, &args[1], &Shape::HashField(item.clone()))
-                };
+                let key = hash.as_ref().unwrap_or(item);
+                let hit = l1.store.hit(self.db, key, &shape_of(item));
                 hit.map(|hit| hit.for_protocol(self.protocol).clone())
             })
             .collect();
-        let missing: Vec<Bytes> = keys
+        let missing: Vec<Bytes> = items
             .iter()
             .zip(&cached)
             .filter(|(_, value)| value.is_none())
-            .map(|(key, _)| key.clone())
+            .map(|(item, _)| item.clone())
             .collect();
-        if missing.len() == keys.len() {
-            return self.forward(self.pooled_lane(), command).await;
-        }
         if missing.is_empty() {
             let mut reply = BytesMut::new();
-            reply.extend_from_slice(format!("*{}\r\n", keys.len()).as_bytes());
+            reply.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
             cached.iter().flatten().for_each(|value| reply.extend_from_slice(value));
             self.reply_slice(&reply).await;
             return Flow::Continue;
         }
-        let mut forwarded = Vec::with_capacity(missing.len() + fixed);
-        forwarded.extend_from_slice(&args[..fixed]);
-        forwarded.extend(missing);
+        // Fills for the missing items L1 would keep (an item already being
+        // filled, or not to be cached now, is just read).
+        let mut fills = Vec::new();
+        let mut pttl_keys: Vec<Bytes> = Vec::new();
+        for (position, item) in missing.iter().enumerate() {
+            let key = hash.as_ref().unwrap_or(item);
+            if let Lookup::Miss(ticket) = l1.store.lookup(&CacheKey::new(self.db, key.clone(), shape_of(item))) {
+                // An HMGET's fields share their hash's one TTL.
+                if hash.is_none() || pttl_keys.is_empty() {
+                    pttl_keys.push(key.clone());
+                }
+                fills.push((position, ticket, pttl_keys.len() - 1));
+            }
+        }
+        let missing_count = missing.len();
+        let all_missing = missing_count == items.len();
         let lane = self.pooled_lane();
-        self.forward(lane, Command::from_args(forwarded)).await;
+        if all_missing {
+            self.forward(lane, command).await;
+        } else {
+            let mut forwarded = Vec::with_capacity(missing.len() + fixed);
+            forwarded.extend_from_slice(&args[..fixed]);
+            forwarded.extend(missing);
+            self.forward(lane, Command::from_args(forwarded)).await;
+        }
         let index = self.batch_replies - 1;
-        self.batch_l1.merges.push((index, cached));
+        for key in &pttl_keys {
+            self.append(&pttl_request(key));
+        }
+        if !all_missing || !fills.is_empty() {
+            self.batch_l1.multis.push(MultiRead {
+                index,
+                asked: missing_count,
+                cached: (!all_missing).then_some(cached),
+                fills,
+                pttls: pttl_keys.len(),
+            });
+        }
         Flow::Continue
     }
 
@@ -981,7 +1029,7 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
             return Err(error);
         }
     };
-    if work.fills.is_empty() && work.merges.is_empty() {
+    if work.fills.is_empty() && work.multis.is_empty() {
         return Ok(vec![bytes]);
     }
     // Frame boundaries (the scanner already accepted these bytes once).
@@ -989,7 +1037,7 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
         .fills
         .iter()
         .map(|(index, _)| index + 1)
-        .chain(work.merges.iter().map(|(index, _)| *index))
+        .chain(work.multis.iter().map(|multi| multi.index + multi.pttls))
         .max()
         .unwrap_or(0);
     let starts = frame_starts(&bytes, last_needed + 1);
@@ -1009,9 +1057,20 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
             _ => l1.store.abandon(ticket),
         }
     }
-    for (index, cached) in work.merges {
-        if let Some(merged) = frame(index).and_then(|reply| merge_mget(&reply, &cached)) {
-            edits.push((index, Some(merged)));
+    for multi in work.multis {
+        let items = frame(multi.index).and_then(|reply| array_items(&reply, multi.asked));
+        for (position, ticket, pttl) in multi.fills {
+            let pttl = frame(multi.index + 1 + pttl);
+            match (items.as_ref().and_then(|items| items.get(position)), pttl) {
+                (Some(item), Some(pttl)) => {
+                    l1.complete_read(ticket, item, &pttl);
+                }
+                _ => l1.store.abandon(ticket),
+            }
+        }
+        edits.extend((1..=multi.pttls).map(|offset| (multi.index + offset, None)));
+        if let (Some(cached), Some(items)) = (&multi.cached, &items) {
+            edits.push((multi.index, Some(merge_items(items, cached))));
         }
     }
     edits.sort_by_key(|(index, _)| *index);
@@ -1050,30 +1109,41 @@ fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
     starts
 }
 
-/// Redis's reply to an MGET of the keys L1 lacked, merged with the cached
-/// values into the reply to the client's MGET. None if Redis's reply is not
-/// the array expected (an error passes through as Redis sent it).
-fn merge_mget(reply: &Bytes, cached: &[Option<Bytes>]) -> Option<Bytes> {
-    let missing = cached.iter().filter(|value| value.is_none()).count();
-    let header = format!("*{missing}\r\n");
-    let body = reply.strip_prefix(header.as_bytes())?;
-    let starts = frame_starts(body, missing);
-    if starts.len() != missing + 1 || starts[missing] != body.len() {
+/// The items of an array reply of `count` items, as slices of it; None for
+/// an error or another shape.
+fn array_items(reply: &Bytes, count: usize) -> Option<Vec<Bytes>> {
+    let line_end = memchr::memchr(b'\n', reply)?;
+    let header = reply.get(..line_end.checked_sub(1)?)?;
+    let announced: usize = std::str::from_utf8(header.strip_prefix(b"*")?).ok()?.parse().ok()?;
+    if announced != count {
         return None;
     }
-    let mut out = BytesMut::with_capacity(reply.len() + cached.iter().flatten().map(Bytes::len).sum::<usize>() + 16);
+    let body = reply.slice(line_end + 1..);
+    let starts = frame_starts(&body, announced);
+    if starts.len() != announced + 1 || starts[announced] != body.len() {
+        return None;
+    }
+    Some(starts.windows(2).map(|pair| body.slice(pair[0]..pair[1])).collect())
+}
+
+/// Redis's items for what L1 lacked merged with the cached ones, in the
+/// client's order, as the reply to the client's MGET/HMGET.
+fn merge_items(items: &[Bytes], cached: &[Option<Bytes>]) -> Bytes {
+    let size = items
+        .iter()
+        .chain(cached.iter().flatten())
+        .map(Bytes::len)
+        .sum::<usize>();
+    let mut out = BytesMut::with_capacity(size + 16);
     out.extend_from_slice(format!("*{}\r\n", cached.len()).as_bytes());
-    let mut next = 0;
+    let mut from_redis = items.iter();
     for value in cached {
         match value {
             Some(value) => out.extend_from_slice(value),
-            None => {
-                out.extend_from_slice(&body[starts[next]..starts[next + 1]]);
-                next += 1;
-            }
+            None => out.extend_from_slice(from_redis.next().map(Bytes::as_ref).unwrap_or(b"")),
         }
     }
-    Some(out.freeze())
+    out.freeze()
 }
 
 /// The shape L1 keeps for this read, if it keeps any: GET and HGETALL of

@@ -26,6 +26,7 @@ impl Pair {
         let direct_server = RedisServer::start();
         let proxied_server = RedisServer::start();
         let proxy = Proxy::start_with(&proxied_server.url(), |config| {
+            config.memory_cache.enabled = false;
             if l1 {
                 common::l1_eager(config);
             }

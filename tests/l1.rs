@@ -364,3 +364,64 @@ async fn hmget_forwards_only_the_missing_fields() {
         "a missing key: nils, from Redis"
     );
 }
+
+/// MGET and HMGET fill L1 with what Redis answers for the items it lacked
+/// (one hidden PTTL per key), so later GETs, HGETs and MGETs are answered
+/// in-process; a nil for a key of another type is never kept as GET's
+/// answer (GET says WRONGTYPE there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_and_hmget_fill_what_they_read() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("MSET x 1 y 2").await, "+OK\r\n");
+    assert_eq!(client.cmd("HSET hh f 1 g 2").await, ":2\r\n");
+    let expected = "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$-1\r\n";
+    assert_eq!(client.cmd("MGET x y hh missing").await, expected);
+    assert_eq!(direct.cmd("MGET x y hh missing").await, expected);
+    let mgets = mgets_seen_by_redis(&mut direct).await;
+    assert_eq!(
+        client.cmd("MGET y missing x").await,
+        "*3\r\n$1\r\n2\r\n$-1\r\n$1\r\n1\r\n"
+    );
+    assert_eq!(client.cmd("GET x").await, "$1\r\n1\r\n");
+    assert_eq!(mgets_seen_by_redis(&mut direct).await, mgets, "all from L1");
+    assert!(client.cmd("GET hh").await.starts_with("-WRONGTYPE"));
+    assert!(
+        client.cmd("GET hh").await.starts_with("-WRONGTYPE"),
+        "still Redis's answer"
+    );
+
+    let hits_before = hits(&proxy);
+    let expected = "*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n";
+    assert_eq!(client.cmd("HMGET hh f g nofield").await, expected);
+    assert_eq!(client.cmd("HMGET hh f g nofield").await, expected);
+    assert_eq!(client.cmd("HGET hh g").await, "$1\r\n2\r\n");
+    assert_eq!(
+        hits(&proxy) - hits_before,
+        4,
+        "the second HMGET and the HGET came from L1"
+    );
+    assert!(client.cmd("HMGET x f").await.starts_with("-WRONGTYPE"));
+
+    // RESP3 nils, and a write between two MGETs of one pipeline.
+    let mut resp3 = proxy.raw().await;
+    assert!(resp3.cmd("HELLO 3").await.starts_with('%'));
+    resp3
+        .send(
+            &[
+                common::encode(&[b"MGET", b"x", b"q"]),
+                common::encode(&[b"SET", b"q", b"5"]),
+                common::encode(&[b"MGET", b"q", b"x"]),
+                common::encode(&[b"HMGET", b"hh", b"g", b"f"]),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(resp3.read_reply().await, b"*2\r\n$1\r\n1\r\n_\r\n");
+    assert_eq!(resp3.read_reply().await, b"+OK\r\n");
+    assert_eq!(resp3.read_reply().await, b"*2\r\n$1\r\n5\r\n$1\r\n1\r\n");
+    assert_eq!(resp3.read_reply().await, b"*2\r\n$1\r\n2\r\n$1\r\n1\r\n");
+    assert_eq!(client.cmd("MGET q x").await, "*2\r\n$1\r\n5\r\n$1\r\n1\r\n");
+}

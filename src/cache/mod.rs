@@ -102,6 +102,12 @@ impl L1 {
         };
         let nil = read.as_ref() == b"$-1\r\n" || read.as_ref() == b"_\r\n";
         let empty = read.as_ref() == b"*0\r\n" || read.as_ref() == b"%0\r\n";
+        // MGET answers nil for a key of another type, where GET answers
+        // WRONGTYPE: a string nil is kept only if the key does not exist.
+        if nil && *ticket.shape() == Shape::String && remaining != Some(-2) {
+            self.store.abandon(ticket);
+            return false;
+        }
         let namespace_ttl = ticket.namespace().rules.ttl;
         let ttl = match remaining {
             _ if nil => self.nil_ttl.min(namespace_ttl),

@@ -260,6 +260,11 @@ pub struct FillTicket {
 }
 
 impl FillTicket {
+    /// The read being filled.
+    pub fn shape(&self) -> &Shape {
+        &self.key.shape
+    }
+
     /// The namespace of the key being filled.
     pub fn namespace(&self) -> &Arc<Namespace> {
         &self.namespace
