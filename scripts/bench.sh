@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Pass-through benchmark: redis-benchmark against Redis directly, through
-# auracache and (when nutcracker is installed) through twemproxy, in the same
-# run, alternating targets round by round. Prints a table of median ops/s,
+# Benchmark: redis-benchmark against Redis directly, through auracache with
+# L1 off (pure pass-through), through auracache as configured by default (L1
+# on) and (when nutcracker is installed) through twemproxy, in the same run,
+# alternating targets round by round. Prints a table of median ops/s,
 # p50 and p99 latency and each proxy's ratio to direct Redis, and writes it
 # to target/bench/latest.md.
 #
@@ -47,12 +48,22 @@ pids+=($!)
 wait_for "$redis_port"
 
 proxy_port="$(free_port)"
-target/release/auracache --listen "127.0.0.1:$proxy_port" --upstream "redis://127.0.0.1:$redis_port" \
-    --log-level warn 2>"$work/auracache.log" &
+MEMORY_CACHE_ENABLED=false target/release/auracache --listen "127.0.0.1:$proxy_port" \
+    --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache.log" &
 pids+=($!)
 wait_for "$proxy_port"
+# The default configuration: L1 on (a key is filled on its second miss).
+l1_port="$(free_port)"
+target/release/auracache --listen "127.0.0.1:$l1_port" --upstream "redis://127.0.0.1:$redis_port" \
+    --log-level warn 2>"$work/auracache-l1.log" &
+pids+=($!)
+wait_for "$l1_port"
+for _ in $(seq 100); do
+    redis-cli -p "$l1_port" info cache | grep -q "l1_ready:1" && break
+    sleep 0.05
+done
 
-targets=("direct:$redis_port" "auracache:$proxy_port")
+targets=("direct:$redis_port" "auracache:$proxy_port" "auracache+L1:$l1_port")
 if command -v nutcracker >/dev/null 2>&1; then
     twem_port="$(free_port)"
     cat >"$work/nutcracker.yml" <<YML
@@ -142,19 +153,10 @@ PY
 }
 
 : >"$out_dir/latest.md"
-render "$results" "$out_dir/latest.md" "pass-through, key space 100,000"
+render "$results" "$out_dir/latest.md" "random keys, key space 100,000 (auracache = L1 off, auracache+L1 = defaults)"
 
 # L1: a hot key set that fits the cache, and a 90/10 read/write mix.
 if [[ " $sections " == *" l1 "* ]]; then
-    l1_port="$(free_port)"
-    MEMORY_CACHE_ENABLED=true target/release/auracache --listen "127.0.0.1:$l1_port" \
-        --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache-l1.log" &
-    pids+=($!)
-    wait_for "$l1_port"
-    for _ in $(seq 100); do
-        redis-cli -p "$l1_port" info cache | grep -q "l1_ready:1" && break
-        sleep 0.05
-    done
     l1_results="$work/l1.csv"
     : >"$l1_results"
     hot=1000
