@@ -20,9 +20,9 @@
 //! in the order it sent them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -159,6 +159,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         pool: None,
         dedicated: None,
         piped: false,
+        read_at: None,
         batch: BytesMut::new(),
         ready: BytesMut::new(),
         batch_first: None,
@@ -219,6 +220,8 @@ struct Session {
     dedicated: Option<UpstreamConnection>,
     /// Replies no longer pair with requests; bytes are piped both ways.
     piped: bool,
+    /// When the requests being handled were read (set with L1 on).
+    read_at: Option<Instant>,
     batch: BytesMut,
     /// Local replies (L1 hits, the proxy's own answers) not yet queued;
     /// only ever non-empty while `batch` is empty, so order is kept.
@@ -298,6 +301,18 @@ impl Session {
         }
     }
 
+    /// Whether L1 may answer this client's reads now: on a pooled
+    /// connection (not in MULTI, WATCH or blocked; not piped, so not with its
+    /// own CLIENT TRACKING), authenticated, and with L1 ready.
+    fn may_use_l1(&self, l1: &L1) -> bool {
+        self.authenticated && !self.piped && self.dedicated.is_none() && l1.ready()
+    }
+
+    /// When the requests being handled were read (for L1 deadlines).
+    fn now(&self) -> Instant {
+        self.read_at.unwrap_or_else(Instant::now)
+    }
+
     /// Blocked and subscribed clients are not idle, as in Redis.
     fn exempt_from_idle_timeout(&self) -> bool {
         self.dedicated.is_some()
@@ -305,7 +320,26 @@ impl Session {
 
     /// Handles every complete request in `buf`, then sends the batch.
     async fn handle_buffered(&mut self, buf: &mut BytesMut) -> Result<Flow, ProtocolError> {
+        let l1 = self.shared.l1.clone();
+        // These requests were read now: L1 may answer them with what was
+        // live now, so one clock read serves the whole pipeline.
+        self.read_at = l1.as_ref().map(|l1| l1.store.now());
         while let Some(frame) = self.scanner.scan(buf)? {
+            // The L1 hit fast path: a GET answered straight from the read
+            // buffer (no request object, no table look-ups).
+            if let (Some(l1), Some(key)) = (&l1, plain_get_key(&frame, buf))
+                && self.may_use_l1(l1)
+                && let Some(hit) = l1.store.hit_at(self.db, key, &Shape::String, self.now())
+            {
+                let reply = hit.for_protocol(self.protocol);
+                if reply.len() < LARGE_LOCAL_REPLY {
+                    self.reply_slice(reply).await;
+                } else {
+                    self.reply_bytes(reply.clone()).await;
+                }
+                buf.advance(frame.len());
+                continue;
+            }
             let bytes = buf.split_to(frame.len()).freeze();
             if let RequestFrame::Empty { .. } = frame {
                 continue;
@@ -365,8 +399,7 @@ impl Session {
                 return Flow::Stop;
             }
             if class == CommandClass::Shared
-                && self.dedicated.is_none()
-                && l1.ready()
+                && self.may_use_l1(l1)
                 && let Some(shape) = cached_shape(&mut command)
             {
                 return self.read_through_l1(l1, command, shape).await;
@@ -376,12 +409,7 @@ impl Session {
                 3.. if command.is("HMGET") => 2,
                 _ => 0,
             };
-            if fixed > 0
-                && class == CommandClass::Shared
-                && self.dedicated.is_none()
-                && l1.ready()
-                && command.decode_args().is_ok()
-            {
+            if fixed > 0 && class == CommandClass::Shared && self.may_use_l1(l1) && command.decode_args().is_ok() {
                 return self.multi_read_through_l1(l1, command, fixed).await;
             }
         }
@@ -709,7 +737,7 @@ impl Session {
         let Some(key) = command.first_arg() else {
             return self.forward(self.pooled_lane(), command).await;
         };
-        if let Some(hit) = l1.store.hit(self.db, key, &shape) {
+        if let Some(hit) = l1.store.hit_at(self.db, key, &shape, self.now()) {
             self.reply_bytes(hit.for_protocol(self.protocol).clone()).await;
             return Flow::Continue;
         }
@@ -755,6 +783,7 @@ impl Session {
     /// reply writer merges the two in the client's order. `fixed` arguments
     /// (the name, and HMGET's key) precede the items.
     async fn multi_read_through_l1(&mut self, l1: &L1, command: Command, fixed: usize) -> Flow {
+        let now = self.now();
         let args = command.args();
         let hash = (fixed == 2).then(|| args[1].clone());
         let shape_of = |item: &Bytes| match hash {
@@ -766,7 +795,7 @@ impl Session {
             .iter()
             .map(|item| {
                 let key = hash.as_ref().unwrap_or(item);
-                let hit = l1.store.hit(self.db, key, &shape_of(item));
+                let hit = l1.store.hit_at(self.db, key, &shape_of(item), now);
                 hit.map(|hit| hit.for_protocol(self.protocol).clone())
             })
             .collect();
@@ -1144,6 +1173,21 @@ fn merge_items(items: &[Bytes], cached: &[Option<Bytes>]) -> Bytes {
         }
     }
     out.freeze()
+}
+
+/// The key of `GET <key>` in multibulk form, read in place.
+fn plain_get_key<'a>(frame: &RequestFrame, buf: &'a [u8]) -> Option<&'a [u8]> {
+    match *frame {
+        RequestFrame::Multibulk {
+            argc: 2,
+            name_at,
+            name_len: 3,
+            arg1_at,
+            arg1_len,
+            ..
+        } if buf[name_at..name_at + 3].eq_ignore_ascii_case(b"GET") => Some(&buf[arg1_at..arg1_at + arg1_len]),
+        _ => None,
+    }
 }
 
 /// The shape L1 keeps for this read, if it keeps any: GET and HGETALL of

@@ -399,9 +399,15 @@ impl L1Store {
     /// The fast path: a live cached reply for (db, key, shape), if any,
     /// counted as a hit. Nothing is counted otherwise; call [`Self::lookup`].
     pub fn hit(&self, db: u32, key: &[u8], shape: &Shape) -> Option<Hit> {
+        self.hit_at(db, key, shape, self.clock.now())
+    }
+
+    /// [`Self::hit`] as of `now`: a request read at `now` may be answered
+    /// with what was live then (one clock read serves a pipeline).
+    pub fn hit_at(&self, db: u32, key: &[u8], shape: &Shape, now: Instant) -> Option<Hit> {
         let Entry(entry) = self.cache.get(&SlotRef { db, key })?;
         let index = entry.shapes.iter().position(|cached| cached.shape == *shape)?;
-        if entry.shapes[index].deadline <= self.clock.now() {
+        if entry.shapes[index].deadline <= now {
             return None;
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -654,6 +660,11 @@ impl L1Store {
         let removed = removed.into_inner();
         self.stats.expirations.fetch_add(removed as u64, Ordering::Relaxed);
         removed
+    }
+
+    /// The store's time.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// The namespaces of the cached keys.
