@@ -425,3 +425,72 @@ async fn mget_and_hmget_fill_what_they_read() {
     assert_eq!(resp3.read_reply().await, b"*2\r\n$1\r\n2\r\n$1\r\n1\r\n");
     assert_eq!(client.cmd("MGET q x").await, "*2\r\n$1\r\n5\r\n$1\r\n1\r\n");
 }
+
+/// A TTL set later (through the proxy or straight on Redis) shortens what
+/// L1 keeps: once Redis has expired the key, the proxy answers nil too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_set_later_is_honoured() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    for (key, setter) in [("via-proxy", 0), ("direct", 1), ("set-ex", 2)] {
+        assert_eq!(client.cmd(&format!("SET {key} v")).await, "+OK\r\n");
+        for _ in 0..2 {
+            assert_eq!(client.cmd(&format!("GET {key}")).await, "$1\r\nv\r\n");
+        }
+        match setter {
+            0 => assert_eq!(client.cmd(&format!("PEXPIRE {key} 100")).await, ":1\r\n"),
+            1 => assert_eq!(direct.cmd(&format!("PEXPIRE {key} 100")).await, ":1\r\n"),
+            _ => assert_eq!(client.cmd(&format!("SET {key} v PX 100")).await, "+OK\r\n"),
+        }
+        // Filled again with the new TTL (or still invalidated).
+        assert_eq!(client.cmd(&format!("GET {key}")).await, "$1\r\nv\r\n");
+        let started = Instant::now();
+        loop {
+            let from_redis = direct.cmd(&format!("GET {key}")).await;
+            let through_proxy = client.cmd(&format!("GET {key}")).await;
+            if from_redis == "$-1\r\n" {
+                assert_eq!(through_proxy, "$-1\r\n", "{key}: L1 outlived the key");
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // PERSIST: the key stays, and so may the cached value.
+    assert_eq!(client.cmd("SET p v PX 200").await, "+OK\r\n");
+    client.cmd("GET p").await;
+    assert_eq!(client.cmd("PERSIST p").await, ":1\r\n");
+    assert_eq!(client.cmd("GET p").await, "$1\r\nv\r\n");
+    assert_eq!(direct.cmd("PTTL p").await, ":-1\r\n");
+}
+
+/// Killing the tracking connection on Redis empties L1; once tracking is
+/// back, direct writes are seen again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_empties_l1() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let l1 = proxy.handle().l1().unwrap().clone();
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("SET k old").await, "+OK\r\n");
+    client.cmd("GET k").await;
+    assert_eq!(l1.store.len(), 1);
+    let list = direct.cmd("CLIENT LIST").await;
+    let id = list
+        .lines()
+        .find(|line| line.contains("name=auracache:tracking"))
+        .and_then(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+        .expect("the tracking connection is in CLIENT LIST")
+        .to_string();
+    assert_eq!(direct.cmd(&format!("CLIENT KILL ID {id}")).await, ":1\r\n");
+    common::poll_until("L1 to be emptied", || l1.store.is_empty());
+    common::poll_until("tracking to come back", || l1.ready());
+    for _ in 0..2 {
+        assert_eq!(client.cmd("GET k").await, "$3\r\nold\r\n");
+    }
+    assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
+    client.cmd_until("GET k", "$3\r\nnew\r\n").await;
+}
