@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -290,8 +290,10 @@ impl Fill {
 pub struct L1Store {
     cache: Cache<Slot, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
     namespaces: Arc<Namespaces>,
-    /// Keys missed once recently (None: every miss fills).
-    doorkeeper: Option<Doorkeeper>,
+    /// How often keys were read lately: decides which misses fill.
+    frequency: Frequency,
+    /// Fill on a key's first miss (when its namespace has room).
+    fill_on_first_miss: bool,
     fills: Mutex<HashMap<CacheKey, Fill>>,
     next_fill: AtomicU64,
     max_entry_weight: u64,
@@ -338,7 +340,8 @@ impl L1Store {
         let shard_share = (cache.shard_capacity() as f64 * SHARD_ENTRY_SHARE) as u64;
         L1Store {
             max_entry_weight: wanted_entry_weight.min(shard_share),
-            doorkeeper: (!limits.fill_on_first_miss).then(|| Doorkeeper::new(limits.estimated_entries)),
+            frequency: Frequency::new(limits.estimated_entries),
+            fill_on_first_miss: limits.fill_on_first_miss,
             namespaces,
             cache,
             fills: Mutex::new(HashMap::new()),
@@ -412,6 +415,7 @@ impl L1Store {
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         entry.member.namespace().stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.frequency.record(self.frequency.hash(db, key));
         Some(Hit { entry, index })
     }
 
@@ -427,6 +431,7 @@ impl L1Store {
                 if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape) {
                     if cached.deadline > self.clock.now() {
                         count(&self.stats, namespace, |stats| &stats.hits);
+                        self.frequency.record(self.frequency.hash(key.db, &key.key));
                         return Lookup::Hit(cached.reply.clone());
                     }
                     count(&self.stats, namespace, |stats| &stats.expirations);
@@ -445,9 +450,7 @@ impl L1Store {
             let done = fill.done.get_or_insert_with(|| tokio::sync::watch::channel(None).0);
             return Lookup::Wait(done.subscribe());
         }
-        if let Some(doorkeeper) = &self.doorkeeper
-            && !doorkeeper.admit(key.db, &key.key)
-        {
+        if !self.admit(key, &namespace) {
             return Lookup::Pass;
         }
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
@@ -458,6 +461,36 @@ impl L1Store {
             id,
             started: self.clock.now(),
         })
+    }
+
+    /// Whether a miss of `key` should fill (TinyLFU's admission): not on a
+    /// key's first miss in the window (unless `fill_on_first_miss`), and,
+    /// when its namespace is at its entry bound, only if the key has been
+    /// read more often lately than the entry that would make room for it
+    /// (which otherwise goes to the back of the line). Keys read once, and
+    /// key spaces far larger than the bound, so cost Redis no fills.
+    fn admit(&self, key: &CacheKey, namespace: &Namespace) -> bool {
+        let hash = self.frequency.hash(key.db, &key.key);
+        let seen = self.frequency.record(hash);
+        if seen == 0 && !self.fill_on_first_miss {
+            return false;
+        }
+        let max_entries = namespace.rules.max_entries;
+        if max_entries == 0 || namespace.entries.load(Ordering::Relaxed) < max_entries {
+            return true;
+        }
+        let mut order = namespace.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some((db, victim)) = order.pop_front() else {
+            return true;
+        };
+        let victim_frequency = self.frequency.estimate(self.frequency.hash(db, &victim));
+        let admitted = seen + 1 > victim_frequency;
+        if admitted {
+            order.push_front((db, victim));
+        } else {
+            order.push_back((db, victim));
+        }
+        admitted
     }
 
     /// Stores what Redis answered for a ticket's key, for at most `ttl`,
@@ -686,38 +719,80 @@ fn count(total: &L1Stats, namespace: &Namespace, counter: impl Fn(&L1Stats) -> &
     counter(&namespace.stats).fetch_add(1, Ordering::Relaxed);
 }
 
-/// Admission: a key is filled on its second miss within a window, so keys
-/// read once (scans, long tails) never cost Redis a hidden PTTL or L1 a
-/// slot. One bit per hashed (database, key); all bits clear when an eighth
-/// are set, which bounds both false admissions and memory.
-struct Doorkeeper {
-    bits: Box<[AtomicU64]>,
-    set: AtomicUsize,
+/// How often keys were read lately, approximately (a count-min sketch of
+/// 4-bit counters, TinyLFU's): four counters per key, the smallest is the
+/// estimate; every counter is halved after `10 x counters` reads, so old
+/// popularity fades. Updates are plain loads and stores: a lost increment
+/// under a race only makes an estimate a little low.
+struct Frequency {
+    counters: Box<[AtomicU8]>,
+    reads: AtomicUsize,
     hasher: DefaultHashBuilder,
 }
 
-impl Doorkeeper {
-    fn new(estimated_entries: usize) -> Doorkeeper {
-        let words = (estimated_entries / 8).next_power_of_two().clamp(1024, 1 << 16);
-        Doorkeeper {
-            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            set: AtomicUsize::new(0),
+const MAX_FREQUENCY: u8 = 15;
+
+impl Frequency {
+    fn new(estimated_entries: usize) -> Frequency {
+        let size = (estimated_entries * 4).next_power_of_two().clamp(4096, 1 << 22);
+        Frequency {
+            counters: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            reads: AtomicUsize::new(0),
             hasher: DefaultHashBuilder::default(),
         }
     }
 
-    /// True when (db, key) missed before in this window; marks it if not.
-    fn admit(&self, db: u32, key: &[u8]) -> bool {
-        let bit = self.hasher.hash_one((db, key)) as usize & (self.bits.len() * 64 - 1);
-        let (word, mask) = (&self.bits[bit / 64], 1u64 << (bit % 64));
-        if word.load(Ordering::Relaxed) & mask != 0 || word.fetch_or(mask, Ordering::Relaxed) & mask != 0 {
-            return true;
+    fn hash(&self, db: u32, key: &[u8]) -> u64 {
+        self.hasher.hash_one((db, key))
+    }
+
+    fn slots(&self, hash: u64) -> [usize; 4] {
+        let mask = self.counters.len() - 1;
+        let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        [
+            hash as usize,
+            (hash >> 32) as usize,
+            mixed as usize,
+            (mixed >> 32) as usize,
+        ]
+        .map(|slot| slot & mask)
+    }
+
+    fn estimate(&self, hash: u64) -> u8 {
+        self.slots(hash)
+            .iter()
+            .map(|&slot| self.counters[slot].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Counts a read of `hash` (conservative update: only the smallest
+    /// counters grow); returns the estimate before it.
+    fn record(&self, hash: u64) -> u8 {
+        let slots = self.slots(hash);
+        let before = slots
+            .iter()
+            .map(|&slot| self.counters[slot].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        if before < MAX_FREQUENCY {
+            for slot in slots {
+                let counter = &self.counters[slot];
+                if counter.load(Ordering::Relaxed) == before {
+                    counter.store(before + 1, Ordering::Relaxed);
+                }
+            }
         }
-        if self.set.fetch_add(1, Ordering::Relaxed) + 1 >= self.bits.len() * 8 {
-            self.bits.iter().for_each(|word| word.store(0, Ordering::Relaxed));
-            self.set.store(0, Ordering::Relaxed);
+        let reads = self.reads.load(Ordering::Relaxed) + 1;
+        if reads >= self.counters.len() * 10 {
+            for counter in self.counters.iter() {
+                counter.store(counter.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+            }
+            self.reads.store(0, Ordering::Relaxed);
+        } else {
+            self.reads.store(reads, Ordering::Relaxed);
         }
-        false
+        before
     }
 }
 
@@ -944,6 +1019,8 @@ mod tests {
         }
     }
 
+    /// (A newcomer read as often as the oldest entry waits for its next
+    /// read: ties keep what is cached.)
     #[test]
     fn each_namespace_keeps_at_most_its_entry_bound_oldest_out_first() {
         let configured = HashMap::from([(Bytes::from_static(b"small"), rules(3, Consistency::Strict))]);
@@ -952,7 +1029,8 @@ mod tests {
             true,
         );
         for i in 0..5 {
-            assert!(fill_key(&store, &format!("small:{i}")));
+            let name = format!("small:{i}");
+            assert!(fill_key(&store, &name) || fill_key(&store, &name), "{name}");
             assert!(fill_key(&store, &format!("big:{i}")));
         }
         let small = store.namespaces().of(b"small:x");
@@ -1004,23 +1082,56 @@ mod tests {
         let store = store_in(Namespaces::uniform(Rules::test_default()), false);
         assert!(
             matches!(store.lookup(&key("once")), Lookup::Pass),
-            "first miss only marks"
+            "the first miss only counts"
         );
-        assert!(fill_key(&store, "once"), "second miss fills");
+        assert!(fill_key(&store, "once"), "the second miss fills");
         assert!(store.hit(0, b"once", &Shape::String).is_some());
-        // Enough distinct keys end the window: marked keys are forgotten.
-        let doorkeeper = store.doorkeeper.as_ref().unwrap();
-        let _ = store.lookup(&key("k0"));
-        let mut i = 1;
-        while doorkeeper.set.load(Ordering::Relaxed) > 0 {
-            assert!(i < doorkeeper.bits.len() * 64, "the window never ended");
-            let _ = store.lookup(&key(&format!("k{i}")));
-            i += 1;
+        // Popularity fades: after enough reads of others, k0 is new again.
+        let touch = |name: &str| {
+            if let Lookup::Miss(ticket) = store.lookup(&key(name)) {
+                store.abandon(ticket);
+            }
+        };
+        touch("k0");
+        touch("other");
+        while store.frequency.reads.load(Ordering::Relaxed) > 0 {
+            touch("other");
         }
-        assert!(
-            matches!(store.lookup(&key("k0")), Lookup::Pass),
-            "forgotten after {i} keys"
-        );
+        assert!(matches!(store.lookup(&key("k0")), Lookup::Pass), "forgotten");
+    }
+
+    /// A namespace at its bound takes a key only if it is read more often
+    /// than the entry that would leave: a hot set stays, a stream of
+    /// one-off keys costs no fills.
+    #[test]
+    fn a_full_namespace_admits_only_keys_more_popular_than_its_oldest() {
+        let configured = HashMap::from([(Bytes::from_static(b"ns"), rules(2, Consistency::Strict))]);
+        let store = store_in(Namespaces::new(b':', 16, Rules::test_default(), configured), false);
+        for hot in ["ns:a", "ns:b"] {
+            let _ = store.lookup(&key(hot));
+            assert!(fill_key(&store, hot));
+            for _ in 0..5 {
+                assert!(store.hit(0, hot.as_bytes(), &Shape::String).is_some());
+            }
+        }
+        for i in 0..100 {
+            let cold = format!("ns:cold{i}");
+            assert!(matches!(store.lookup(&key(&cold)), Lookup::Pass));
+            assert!(
+                matches!(store.lookup(&key(&cold)), Lookup::Pass),
+                "{cold} is less read than a and b"
+            );
+        }
+        assert!(store.hit(0, b"ns:a", &Shape::String).is_some());
+        assert!(store.hit(0, b"ns:b", &Shape::String).is_some());
+        // A key read more than the hot ones gets in.
+        let rising = key("ns:rising");
+        let admitted = (0..15).any(|_| match store.lookup(&rising) {
+            Lookup::Miss(ticket) => store.complete(ticket, bulk(b"v"), Duration::from_secs(60)),
+            _ => false,
+        });
+        assert!(admitted, "a key read often enough is admitted");
+        assert_eq!(store.namespaces().of(b"ns:").entries.load(Ordering::Relaxed), 2);
     }
 
     #[test]
