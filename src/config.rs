@@ -120,8 +120,8 @@ pub struct MemoryCacheConfig {
     /// Namespaces counted and bounded separately; keys of further ones
     /// share one overflow namespace.
     pub max_namespaces: usize,
-    /// Fill a key on its first miss; otherwise on its second miss within
-    /// the admission window, so keys read once never cost a fill.
+    /// Fill a key on its first miss; otherwise on its second read within
+    /// the frequency sketch's window, so keys read once never cost a fill.
     pub fill_on_first_miss: bool,
 }
 
