@@ -20,6 +20,7 @@
 //! in the order it sent them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
 use crate::auth::Authenticator;
-use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, Written};
+use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, WriteGuard, Written};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
@@ -39,7 +40,7 @@ use crate::protocol::{
 };
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
-use crate::upstream::{BatchResult, ConnectOptions, Pool, Pools, UpstreamConnection, UpstreamError, connect};
+use crate::upstream::{BatchResult, ConnectOptions, Hook, Pool, Pools, UpstreamConnection, UpstreamError, connect};
 
 /// Reply slots queued between the two sides; when full, the request side
 /// stops reading, so a client that never reads its replies stops being read.
@@ -76,8 +77,8 @@ enum Slot {
         replies: oneshot::Receiver<BatchResult>,
         count: usize,
         protocol: Protocol,
-        /// L1 work due when the replies arrive (fills, invalidations).
-        l1: Option<Box<BatchL1>>,
+        /// What L1 changes in the replies before the client sees them.
+        edits: Option<Box<ReplyEdits>>,
     },
     /// Fires once every earlier slot has been written.
     Barrier(oneshot::Sender<()>),
@@ -88,13 +89,15 @@ enum Slot {
     Close,
 }
 
-/// What the L1 level must do with a batch's replies, before the client
-/// sees them.
+/// The L1 work a batch carries. When Redis's replies arrive, the store
+/// work runs at once on the upstream connection's reader (see
+/// [`BatchL1::into_parts`]), so a client that does not read its replies
+/// holds up nobody else's fills; the reply edits run in the client's writer.
 #[derive(Default)]
 struct BatchL1 {
-    /// Writes in the batch: invalidated again once Redis has run them, so a
-    /// fill that read the old value meanwhile is voided or removed.
-    invalidations: Vec<(u32, Written)>,
+    /// Writes in the batch: in flight until Redis has answered them (their
+    /// keys are not filled meanwhile), then invalidated again.
+    writes: Vec<WriteGuard>,
     /// GETs sent with a hidden PTTL: the reply at `index` is the GET's, the
     /// next one the PTTL's (not shown to the client).
     fills: Vec<(usize, FillTicket)>,
@@ -120,9 +123,53 @@ struct MultiRead {
     pttls: usize,
 }
 
+/// An MGET/HMGET's fills: (its reply's position, items asked of Redis,
+/// (item position, fill, which hidden PTTL reply)).
+type MultiFills = (usize, usize, Vec<(usize, FillTicket, usize)>);
+
+/// Changes to a batch's replies before the client sees them.
+struct ReplyEdits {
+    /// Replies to leave out (hidden PTTLs), by position.
+    hidden: Vec<usize>,
+    /// (position, items asked of Redis, cached items in the client's order):
+    /// Redis's reply merged with what L1 held.
+    merges: Vec<(usize, usize, Vec<Option<Bytes>>)>,
+}
+
 impl BatchL1 {
     fn is_empty(&self) -> bool {
-        self.invalidations.is_empty() && self.fills.is_empty() && self.multis.is_empty()
+        self.writes.is_empty() && self.fills.is_empty() && self.multis.is_empty()
+    }
+
+    /// The store work (a hook for the upstream reader) and the reply edits.
+    fn into_parts(self, l1: Arc<L1>) -> (Option<Hook>, Option<Box<ReplyEdits>>) {
+        if self.is_empty() {
+            return (None, None);
+        }
+        let mut hidden: Vec<usize> = self.fills.iter().map(|(index, _)| index + 1).collect();
+        let mut merges = Vec::new();
+        let mut multi_fills = Vec::new();
+        for multi in self.multis {
+            hidden.extend((1..=multi.pttls).map(|offset| multi.index + offset));
+            if let Some(cached) = multi.cached {
+                merges.push((multi.index, multi.asked, cached));
+            }
+            if !multi.fills.is_empty() {
+                multi_fills.push((multi.index, multi.asked, multi.fills));
+            }
+        }
+        let edits = (!hidden.is_empty() || !merges.is_empty()).then(|| Box::new(ReplyEdits { hidden, merges }));
+        let (writes, fills) = (self.writes, self.fills);
+        let hook: Hook = Box::new(move |result: &BatchResult| {
+            if let Ok(bytes) = result {
+                complete_fills(&l1, fills, multi_fills, bytes);
+            }
+            // Now that Redis has run them, the batch's writes end (dropping
+            // again what a read racing them may have stored). Tickets not
+            // completed give their fills up as they drop.
+            drop(writes);
+        });
+        (Some(hook), edits)
     }
 }
 
@@ -144,7 +191,8 @@ enum Flow {
 pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shutdown) {
     let (read, write) = stream.into_split();
     let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
-    let writer = tokio::spawn(write_replies(write, slot_receiver, shared.l1.clone()));
+    let answered = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_replies(write, slot_receiver, answered.clone()));
     let db = shared.pools.target().db;
     let authenticated = !shared.auth.required();
     let mut session = Session {
@@ -166,8 +214,12 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         batch_count: 0,
         batch_replies: 0,
         batch_l1: BatchL1::default(),
+        current_writes: Vec::new(),
         queued_writes: Vec::new(),
         in_transaction: false,
+        db_before_transaction: None,
+        sent_batches: 0,
+        answered,
         batch_lane: None,
         last_lane: None,
         lost_own_connection: false,
@@ -232,9 +284,19 @@ struct Session {
     /// Replies the batch will bring: its commands plus hidden ones (PTTL).
     batch_replies: usize,
     batch_l1: BatchL1,
-    /// Writes queued inside MULTI, invalidated when EXEC runs them.
-    queued_writes: Vec<(u32, Written)>,
+    /// Writes of the command being handled, joined to the batch that
+    /// carries it (dropped, so ended, if it is not forwarded).
+    current_writes: Vec<WriteGuard>,
+    /// Writes queued inside MULTI, in flight from EXEC.
+    queued_writes: Vec<WriteGuard>,
     in_transaction: bool,
+    /// The database when MULTI came (DISCARD undoes a queued SELECT).
+    db_before_transaction: Option<u32>,
+    /// Batches sent upstream, and (counted by the reply writer) answered:
+    /// while they differ, this client's earlier commands may not have run,
+    /// so L1 must not answer its reads ahead of them.
+    sent_batches: u64,
+    answered: Arc<AtomicU64>,
     batch_lane: Option<Lane>,
     /// The lane of the last batch sent, to notice a switch.
     last_lane: Option<Lane>,
@@ -308,6 +370,13 @@ impl Session {
         self.authenticated && !self.piped && self.dedicated.is_none() && l1.ready()
     }
 
+    /// Whether Redis has answered everything this client sent before: only
+    /// then may L1 answer its next read (otherwise the read would take
+    /// effect ahead of commands sent before it).
+    fn caught_up(&self) -> bool {
+        self.batch_replies == 0 && self.answered.load(Ordering::Acquire) == self.sent_batches
+    }
+
     /// When the requests being handled were read (for L1 deadlines).
     fn now(&self) -> Instant {
         self.read_at.unwrap_or_else(Instant::now)
@@ -329,6 +398,7 @@ impl Session {
             // buffer (no request object, no table look-ups).
             if let (Some(l1), Some(key)) = (&l1, plain_get_key(&frame, buf))
                 && self.may_use_l1(l1)
+                && self.caught_up()
                 && let Some(hit) = l1.store.hit_at(self.db, key, &Shape::String, self.now())
             {
                 let reply = hit.for_protocol(self.protocol);
@@ -348,7 +418,10 @@ impl Session {
             if needs_arguments(command.name()) {
                 command.decode_args()?;
             }
-            if let Flow::Stop = self.handle(command).await {
+            let flow = self.handle(command).await;
+            // Writes of a command that was not forwarded end here.
+            self.current_writes.clear();
+            if let Flow::Stop = flow {
                 self.flush().await;
                 return Ok(Flow::Stop);
             }
@@ -377,7 +450,7 @@ impl Session {
                 }
                 // No batch to attach it to: the invalidation just made and
                 // Redis's own messages cover a piped client's writes.
-                self.batch_l1.invalidations.clear();
+                self.current_writes.clear();
             }
             return self.forward_piped(command).await;
         }
@@ -478,11 +551,17 @@ impl Session {
     fn track_connection_state(&mut self, local: LocalCommand, command: &Command) {
         match local {
             LocalCommand::Select => {
-                if let Some(db) = command.arg(1).and_then(parse_u32) {
+                // Only a SELECT Redis will accept (a refused one changes
+                // nothing there); one queued in MULTI is undone by DISCARD.
+                let databases = self.shared.databases.load(Ordering::Relaxed);
+                if let Some(db) = command.arg(1).and_then(parse_u32).filter(|db| *db < databases) {
                     self.db = db;
                 }
             }
             LocalCommand::Reset => {
+                self.in_transaction = false;
+                self.queued_writes.clear();
+                self.db_before_transaction = None;
                 self.protocol = Protocol::Resp2;
                 self.db = self.shared.pools.target().db;
                 self.log_out();
@@ -714,6 +793,7 @@ impl Session {
         }
         self.flush_ready().await;
         self.append(command.wire());
+        self.batch_l1.writes.append(&mut self.current_writes);
         self.batch_count += 1;
         Flow::Continue
     }
@@ -737,13 +817,19 @@ impl Session {
         let Some(key) = command.first_arg() else {
             return self.forward(self.pooled_lane(), command).await;
         };
-        if let Some(hit) = l1.store.hit_at(self.db, key, &shape, self.now()) {
+        let caught_up = self.caught_up();
+        if caught_up && let Some(hit) = l1.store.hit_at(self.db, key, &shape, self.now()) {
             self.reply_bytes(hit.for_protocol(self.protocol).clone()).await;
             return Flow::Continue;
         }
         let key = key.clone();
         let cache_key = CacheKey::new(self.db, key.clone(), shape);
-        match l1.store.lookup(&cache_key) {
+        let lookup = if caught_up {
+            l1.store.lookup(&cache_key)
+        } else {
+            l1.store.lookup_to_fill(&cache_key)
+        };
+        match lookup {
             Lookup::Hit(reply) => {
                 self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
                 Flow::Continue
@@ -784,6 +870,7 @@ impl Session {
     /// (the name, and HMGET's key) precede the items.
     async fn multi_read_through_l1(&mut self, l1: &L1, command: Command, fixed: usize) -> Flow {
         let now = self.now();
+        let caught_up = self.caught_up();
         let args = command.args();
         let hash = (fixed == 2).then(|| args[1].clone());
         let shape_of = |item: &Bytes| match hash {
@@ -795,7 +882,9 @@ impl Session {
             .iter()
             .map(|item| {
                 let key = hash.as_ref().unwrap_or(item);
-                let hit = l1.store.hit_at(self.db, key, &shape_of(item), now);
+                let hit = caught_up
+                    .then(|| l1.store.hit_at(self.db, key, &shape_of(item), now))
+                    .flatten();
                 hit.map(|hit| hit.for_protocol(self.protocol).clone())
             })
             .collect();
@@ -818,7 +907,8 @@ impl Session {
         let mut pttl_keys: Vec<Bytes> = Vec::new();
         for (position, item) in missing.iter().enumerate() {
             let key = hash.as_ref().unwrap_or(item);
-            if let Lookup::Miss(ticket) = l1.store.lookup(&CacheKey::new(self.db, key.clone(), shape_of(item))) {
+            let cache_key = CacheKey::new(self.db, key.clone(), shape_of(item));
+            if let Lookup::Miss(ticket) = l1.store.lookup_to_fill(&cache_key) {
                 // An HMGET's fields share their hash's one TTL.
                 if hash.is_none() || pttl_keys.is_empty() {
                     pttl_keys.push(key.clone());
@@ -853,20 +943,29 @@ impl Session {
         Flow::Continue
     }
 
-    /// Invalidates what a write may change, now (so this client's later
-    /// reads miss) and again when Redis has run it (see [`BatchL1`]).
+    /// A write is about to be sent: what it may change is dropped now (so
+    /// this client's later reads miss) and kept from being filled until
+    /// Redis has answered it (see [`BatchL1::writes`]). Writes queued in
+    /// MULTI count from EXEC; DISCARD and RESET drop them.
     fn note_write(&mut self, l1: &L1, command: &mut Command) -> Result<(), ProtocolError> {
         let name = command.name();
         let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
         if is(b"MULTI") {
             self.in_transaction = true;
+            self.db_before_transaction = Some(self.db);
             return Ok(());
         }
-        if is(b"EXEC") || is(b"DISCARD") {
+        if is(b"EXEC") || is(b"DISCARD") || is(b"RESET") {
             self.in_transaction = false;
             let queued = std::mem::take(&mut self.queued_writes);
+            let db_before = self.db_before_transaction.take();
             if is(b"EXEC") {
-                self.batch_l1.invalidations.extend(queued);
+                self.current_writes.extend(queued);
+            } else if is(b"DISCARD")
+                && let Some(db) = db_before
+            {
+                // A SELECT queued in the transaction never ran.
+                self.db = db;
             }
             return Ok(());
         }
@@ -884,11 +983,11 @@ impl Session {
         if written == Written::Nothing {
             return Ok(());
         }
-        l1.invalidate(self.db, &written);
+        let guard = l1.write_started(self.db, written);
         if self.in_transaction {
-            self.queued_writes.push((self.db, written));
+            self.queued_writes.push(guard);
         } else {
-            self.batch_l1.invalidations.push((self.db, written));
+            self.current_writes.push(guard);
         }
         Ok(())
     }
@@ -901,8 +1000,10 @@ impl Session {
         }
         let count = std::mem::take(&mut self.batch_count);
         let replies = std::mem::take(&mut self.batch_replies);
-        let l1_work = std::mem::take(&mut self.batch_l1);
-        let l1_work = (!l1_work.is_empty()).then(|| Box::new(l1_work));
+        let (hook, edits) = match &self.shared.l1 {
+            Some(l1) => std::mem::take(&mut self.batch_l1).into_parts(l1.clone()),
+            None => (None, None),
+        };
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -920,19 +1021,19 @@ impl Session {
         };
         let slot = match connection {
             Ok(connection) => Slot::Pending {
-                replies: connection.send(bytes, replies).await,
+                replies: connection.send_with(bytes, replies, hook).await,
                 count,
                 protocol: self.protocol,
-                l1: l1_work,
+                edits,
             },
             Err(error) => {
                 self.shared.stats.upstream_error();
-                if let (Some(l1), Some(work)) = (&self.shared.l1, l1_work) {
-                    work.fills.into_iter().for_each(|(_, ticket)| l1.store.abandon(ticket));
-                }
+                // Dropped unsent: its fills are given up, its writes end.
+                drop(hook);
                 Slot::Ready(repeat_error(&error, count, self.protocol))
             }
         };
+        self.sent_batches += 1;
         let _ = self.slots.send(slot).await;
         if lane == Lane::Dedicated && self.dedicated.as_ref().is_none_or(|c| c.is_closed()) {
             self.lost_own_connection = true;
@@ -1043,69 +1144,72 @@ async fn idle_timer(idle: Duration, exempt: bool) {
     tokio::time::sleep(idle).await;
 }
 
-/// Does a batch's L1 work as its replies arrive, before the client sees
-/// them: re-invalidates what its writes changed (whether or not the replies
-/// came), completes its fills, and leaves out the hidden PTTL replies.
-/// Returns the client's replies as slices of Redis's (no copy).
-fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, UpstreamError> {
-    for (db, written) in &work.invalidations {
-        l1.invalidate(*db, written);
+/// Completes a batch's fills from Redis's replies (on the upstream reader,
+/// as soon as they arrive): a GET's reply with the PTTL after it, an
+/// MGET/HMGET's items each with its key's PTTL.
+fn complete_fills(l1: &L1, fills: Vec<(usize, FillTicket)>, multi_fills: Vec<MultiFills>, bytes: &Bytes) {
+    if fills.is_empty() && multi_fills.is_empty() {
+        return;
     }
-    let bytes = match result {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            work.fills.into_iter().for_each(|(_, ticket)| l1.store.abandon(ticket));
-            return Err(error);
-        }
-    };
-    if work.fills.is_empty() && work.multis.is_empty() {
-        return Ok(vec![bytes]);
-    }
-    // Frame boundaries (the scanner already accepted these bytes once).
-    let last_needed = work
-        .fills
+    let last_needed = fills
         .iter()
         .map(|(index, _)| index + 1)
-        .chain(work.multis.iter().map(|multi| multi.index + multi.pttls))
+        .chain(
+            multi_fills
+                .iter()
+                .map(|(index, _, fills)| index + 1 + fills.iter().map(|(.., pttl)| *pttl).max().unwrap_or(0)),
+        )
         .max()
         .unwrap_or(0);
-    let starts = frame_starts(&bytes, last_needed + 1);
+    let starts = frame_starts(bytes, last_needed + 1);
     let frame = |index: usize| -> Option<Bytes> {
         let (start, end) = (*starts.get(index)?, *starts.get(index + 1)?);
         (end > start).then(|| bytes.slice(start..end))
     };
-    // What to do with which frame: leave out (hidden PTTL) or replace
-    // (merged MGET), in frame order.
-    let mut edits: Vec<(usize, Option<Bytes>)> = Vec::new();
-    for (index, ticket) in work.fills {
-        match (frame(index), frame(index + 1)) {
-            (Some(read), Some(pttl)) => {
-                l1.complete_read(ticket, &read, &pttl);
-                edits.push((index + 1, None));
-            }
-            _ => l1.store.abandon(ticket),
+    for (index, ticket) in fills {
+        if let (Some(read), Some(pttl)) = (frame(index), frame(index + 1)) {
+            l1.complete_read(ticket, &read, &pttl);
         }
     }
-    for multi in work.multis {
-        let items = frame(multi.index).and_then(|reply| array_items(&reply, multi.asked));
-        for (position, ticket, pttl) in multi.fills {
-            let pttl = frame(multi.index + 1 + pttl);
-            match (items.as_ref().and_then(|items| items.get(position)), pttl) {
-                (Some(item), Some(pttl)) => {
-                    l1.complete_read(ticket, item, &pttl);
-                }
-                _ => l1.store.abandon(ticket),
+    for (index, asked, fills) in multi_fills {
+        let items = frame(index).and_then(|reply| array_items(&reply, asked));
+        for (position, ticket, pttl) in fills {
+            let item = items.as_ref().and_then(|items| items.get(position));
+            if let (Some(item), Some(pttl)) = (item, frame(index + 1 + pttl)) {
+                l1.complete_read(ticket, item, &pttl);
             }
         }
-        edits.extend((1..=multi.pttls).map(|offset| (multi.index + offset, None)));
-        if let (Some(cached), Some(items)) = (&multi.cached, &items) {
-            edits.push((multi.index, Some(merge_items(items, cached))));
+    }
+}
+
+/// The client's replies from Redis's for a batch with L1 edits: hidden
+/// PTTL replies left out, partial MGET/HMGET replies merged with the
+/// cached items; as slices of Redis's bytes where unchanged (no copy).
+fn edit_replies(edits: &ReplyEdits, bytes: Bytes) -> Vec<Bytes> {
+    let last_needed = edits
+        .hidden
+        .iter()
+        .copied()
+        .chain(edits.merges.iter().map(|(index, ..)| *index))
+        .max()
+        .unwrap_or(0);
+    let starts = frame_starts(&bytes, last_needed + 1);
+    if starts.len() < last_needed + 2 {
+        // Fewer replies than expected (cannot happen with a complete
+        // batch): pass them on untouched rather than guess.
+        return vec![bytes];
+    }
+    let mut changes: Vec<(usize, Option<Bytes>)> = edits.hidden.iter().map(|&index| (index, None)).collect();
+    for (index, asked, cached) in &edits.merges {
+        let reply = bytes.slice(starts[*index]..starts[index + 1]);
+        if let Some(items) = array_items(&reply, *asked) {
+            changes.push((*index, Some(merge_items(&items, cached))));
         }
     }
-    edits.sort_by_key(|(index, _)| *index);
-    let mut segments = Vec::with_capacity(edits.len() * 2 + 1);
+    changes.sort_by_key(|(index, _)| *index);
+    let mut segments = Vec::with_capacity(changes.len() * 2 + 1);
     let mut shown_from = 0;
-    for (index, replacement) in edits {
+    for (index, replacement) in changes {
         if starts[index] > shown_from {
             segments.push(bytes.slice(shown_from..starts[index]));
         }
@@ -1115,7 +1219,7 @@ fn apply_l1(l1: &L1, work: BatchL1, result: BatchResult) -> Result<Vec<Bytes>, U
     if shown_from < bytes.len() {
         segments.push(bytes.slice(shown_from..));
     }
-    Ok(segments)
+    segments
 }
 
 /// Offsets where the first `frames` replies in `bytes` start, plus the end
@@ -1240,11 +1344,11 @@ fn parse_u32(bytes: &[u8]) -> Option<u32> {
 
 /// The reply side: writes slots in order until the request side is done
 /// and everything owed is written, or the client goes away.
-async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>, l1: Option<Arc<L1>>) {
+async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>, answered: Arc<AtomicU64>) {
     let mut out = ReplyWriter {
         write: &mut write,
         buffer: Gather::default(),
-        l1,
+        answered,
     };
     let _ = out.run(&mut slots).await;
     let _ = write.shutdown().await;
@@ -1253,7 +1357,8 @@ async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot
 struct ReplyWriter<'a> {
     write: &'a mut OwnedWriteHalf,
     buffer: Gather,
-    l1: Option<Arc<L1>>,
+    /// Batches whose replies have arrived (see `Session::sent_batches`).
+    answered: Arc<AtomicU64>,
 }
 
 impl ReplyWriter<'_> {
@@ -1276,7 +1381,7 @@ impl ReplyWriter<'_> {
                     mut replies,
                     count,
                     protocol,
-                    l1,
+                    edits,
                 } => {
                     let result = match replies.try_recv() {
                         Ok(result) => result,
@@ -1286,19 +1391,15 @@ impl ReplyWriter<'_> {
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(UpstreamError::lost()),
                     };
-                    match (l1, &self.l1) {
-                        (Some(work), Some(level)) => match apply_l1(level, *work, result) {
-                            Ok(segments) => {
-                                for segment in segments {
-                                    self.queue(segment).await?;
-                                }
+                    self.answered.fetch_add(1, Ordering::Release);
+                    match (result, edits) {
+                        (Ok(bytes), Some(edits)) => {
+                            for segment in edit_replies(&edits, bytes) {
+                                self.queue(segment).await?;
                             }
-                            Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
-                        },
-                        _ => match result {
-                            Ok(bytes) => self.queue(bytes).await?,
-                            Err(error) => self.queue(repeat_error(&error, count, protocol)).await?,
-                        },
+                        }
+                        (Ok(bytes), None) => self.queue(bytes).await?,
+                        (Err(error), _) => self.queue(repeat_error(&error, count, protocol)).await?,
                     }
                 }
                 Slot::Barrier(done) => {

@@ -78,14 +78,16 @@ impl L1 {
         }
     }
 
-    /// Drops what `written` may have changed in database `db`.
-    pub fn invalidate(&self, db: u32, written: &Written) {
-        match written {
-            Written::Nothing => {}
-            Written::Keys(keys) => keys.iter().for_each(|key| self.store.invalidate(db, key)),
-            Written::KeysEverywhere(keys) => keys.iter().for_each(|key| self.store.invalidate_everywhere(key)),
-            Written::Database => self.store.flush_db(db),
-            Written::Everything => self.store.flush(),
+    /// A write through the proxy is about to go to Redis: what it may
+    /// change is dropped now, and neither filled nor waited for until the
+    /// returned guard is dropped (when Redis has answered), which drops it
+    /// again.
+    pub fn write_started(&self, db: u32, written: Written) -> WriteGuard {
+        self.store.write_started(db, &written);
+        WriteGuard {
+            store: self.store.clone(),
+            db,
+            written,
         }
     }
 
@@ -128,6 +130,20 @@ impl L1 {
             _ => Duration::ZERO,
         };
         self.store.complete(ticket, reply, ttl)
+    }
+}
+
+/// A write in flight (see [`L1::write_started`]); dropping it ends it.
+#[derive(Debug)]
+pub struct WriteGuard {
+    store: Arc<L1Store>,
+    db: u32,
+    written: Written,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.store.write_done(self.db, &self.written);
     }
 }
 

@@ -22,6 +22,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use std::sync::Mutex;
 
+use super::Written;
 use super::namespaces::{Membership, Namespace, Namespaces};
 use crate::clock::Clock;
 use crate::config::Consistency;
@@ -249,7 +250,8 @@ pub enum Lookup {
 }
 
 /// The right to fill one key, voided if the key is invalidated meanwhile.
-#[derive(Debug)]
+/// Dropped unused (its batch failed, its client went away), it gives the
+/// fill up, so waiters read Redis themselves and the key can fill again.
 pub struct FillTicket {
     key: CacheKey,
     namespace: Arc<Namespace>,
@@ -257,6 +259,116 @@ pub struct FillTicket {
     /// When the miss was seen, before Redis was asked: a TTL Redis reports
     /// counts from a later instant, so counting from here never outlives it.
     started: Instant,
+    fills: Arc<Mutex<Fills>>,
+    settled: bool,
+}
+
+impl std::fmt::Debug for FillTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FillTicket")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Drop for FillTicket {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut fills = lock(&self.fills);
+        if fills.filling.get(&self.key).is_some_and(|fill| fill.id == self.id)
+            && let Some(fill) = fills.filling.remove(&self.key)
+        {
+            drop(fills);
+            fill.void();
+        }
+    }
+}
+
+/// Fills in flight, and writes through the proxy that Redis has not
+/// answered yet, under one lock.
+#[derive(Default)]
+struct Fills {
+    filling: HashMap<CacheKey, Fill>,
+    writing: WritesInFlight,
+}
+
+/// Writes sent to Redis and not yet answered, by what they may change.
+/// While one covers a key, the key is neither filled nor waited for: a
+/// fill could read the value from before the write and outlive it.
+#[derive(Default)]
+struct WritesInFlight {
+    keys: HashMap<u32, HashMap<Bytes, usize>>,
+    everywhere: HashMap<Bytes, usize>,
+    databases: HashMap<u32, usize>,
+    all: usize,
+}
+
+impl WritesInFlight {
+    fn covers(&self, db: u32, key: &[u8]) -> bool {
+        self.all > 0
+            || self.databases.contains_key(&db)
+            || self.everywhere.contains_key(key)
+            || self.keys.get(&db).is_some_and(|keys| keys.contains_key(key))
+    }
+
+    fn add(&mut self, db: u32, written: &Written) {
+        match written {
+            Written::Nothing => {}
+            Written::Keys(keys) => {
+                let in_db = self.keys.entry(db).or_default();
+                for key in keys {
+                    *in_db.entry(key.clone()).or_default() += 1;
+                }
+            }
+            Written::KeysEverywhere(keys) => {
+                for key in keys {
+                    *self.everywhere.entry(key.clone()).or_default() += 1;
+                }
+            }
+            Written::Database => *self.databases.entry(db).or_default() += 1,
+            Written::Everything => self.all += 1,
+        }
+    }
+
+    fn remove(&mut self, db: u32, written: &Written) {
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
+            if let std::collections::hash_map::Entry::Occupied(mut count) = map.entry(key) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+        match written {
+            Written::Nothing => {}
+            Written::Keys(keys) => {
+                if let Some(in_db) = self.keys.get_mut(&db) {
+                    for key in keys {
+                        release(in_db, key.clone());
+                    }
+                    if in_db.is_empty() {
+                        self.keys.remove(&db);
+                    }
+                }
+            }
+            Written::KeysEverywhere(keys) => {
+                for key in keys {
+                    release(&mut self.everywhere, key.clone());
+                }
+            }
+            Written::Database => release(&mut self.databases, db),
+            Written::Everything => self.all = self.all.saturating_sub(1),
+        }
+    }
+}
+
+fn lock(fills: &Mutex<Fills>) -> std::sync::MutexGuard<'_, Fills> {
+    // A panic while holding the lock leaves the maps consistent (every
+    // change is one insert or remove), so a poisoned lock is usable.
+    fills.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl FillTicket {
@@ -294,7 +406,7 @@ pub struct L1Store {
     frequency: Frequency,
     /// Fill on a key's first miss (when its namespace has room).
     fill_on_first_miss: bool,
-    fills: Mutex<HashMap<CacheKey, Fill>>,
+    fills: Arc<Mutex<Fills>>,
     next_fill: AtomicU64,
     max_entry_weight: u64,
     /// Redis's `databases`: invalidations from Redis name keys, not databases.
@@ -344,7 +456,7 @@ impl L1Store {
             fill_on_first_miss: limits.fill_on_first_miss,
             namespaces,
             cache,
-            fills: Mutex::new(HashMap::new()),
+            fills: Arc::new(Mutex::new(Fills::default())),
             next_fill: AtomicU64::new(1),
             databases: AtomicU32::new(16),
             accepting: AtomicBool::new(true),
@@ -364,7 +476,7 @@ impl L1Store {
         let mut fills = self.lock_fills();
         self.accepting.store(accepting, Ordering::Release);
         // Fills issued before this moment read Redis before it: void them.
-        for (_, fill) in fills.drain() {
+        for (_, fill) in fills.filling.drain() {
             fill.void();
         }
         self.cache
@@ -421,10 +533,25 @@ impl L1Store {
 
     /// A cached reply for `key`, or what to do instead.
     pub fn lookup(&self, key: &CacheKey) -> Lookup {
-        let found = self.cache.get(&SlotRef {
-            db: key.db,
-            key: &key.key,
-        });
+        self.lookup_with(key, true)
+    }
+
+    /// A read that must not be answered from L1 (it has to take effect
+    /// after commands still on their way to Redis): `Miss` if it should
+    /// fill, else `Pass`; never `Hit` or `Wait`.
+    pub fn lookup_to_fill(&self, key: &CacheKey) -> Lookup {
+        self.lookup_with(key, false)
+    }
+
+    fn lookup_with(&self, key: &CacheKey, serve: bool) -> Lookup {
+        let found = if serve {
+            self.cache.get(&SlotRef {
+                db: key.db,
+                key: &key.key,
+            })
+        } else {
+            None
+        };
         let namespace = match found {
             Some(entry) => {
                 let namespace = entry.namespace();
@@ -445,7 +572,14 @@ impl L1Store {
             return Lookup::Pass;
         }
         let mut fills = self.lock_fills();
-        if let Some(fill) = fills.get_mut(key) {
+        if fills.writing.covers(key.db, &key.key) {
+            // A write of it is on its way: Redis answers this read.
+            return Lookup::Pass;
+        }
+        if let Some(fill) = fills.filling.get_mut(key) {
+            if !serve {
+                return Lookup::Pass;
+            }
             count(&self.stats, &namespace, |stats| &stats.coalesced_waits);
             let done = fill.done.get_or_insert_with(|| tokio::sync::watch::channel(None).0);
             return Lookup::Wait(done.subscribe());
@@ -454,12 +588,14 @@ impl L1Store {
             return Lookup::Pass;
         }
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
-        fills.insert(key.clone(), Fill { id, done: None });
+        fills.filling.insert(key.clone(), Fill { id, done: None });
         Lookup::Miss(FillTicket {
             key: key.clone(),
             namespace,
             id,
             started: self.clock.now(),
+            fills: self.fills.clone(),
+            settled: false,
         })
     }
 
@@ -497,19 +633,20 @@ impl L1Store {
     /// unless the key was invalidated since the ticket was issued. Waiters
     /// get the reply either way (it is what Redis answered them too).
     /// Returns whether the reply was stored.
-    pub fn complete(&self, ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
+    pub fn complete(&self, mut ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
+        ticket.settled = true;
         let now = self.clock.now();
         let slot = Slot {
             db: ticket.key.db,
             key: ticket.key.key.clone(),
         };
-        let namespace = ticket.namespace;
+        let namespace = ticket.namespace.clone();
         // The insert happens under the lock invalidations take, so an
         // invalidation is either before it (and voided the fill) or after it
         // (and removes the entry).
         let mut fills = self.lock_fills();
-        let fill = match fills.get(&ticket.key) {
-            Some(fill) if fill.id == ticket.id => fills.remove(&ticket.key),
+        let fill = match fills.filling.get(&ticket.key) {
+            Some(fill) if fill.id == ticket.id => fills.filling.remove(&ticket.key),
             _ => None,
         };
         let Some(fill) = fill else {
@@ -593,22 +730,38 @@ impl L1Store {
         }
     }
 
-    fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Fill>> {
-        // A panic while holding the lock leaves the map consistent (every
-        // change is one insert or remove), so a poisoned lock is usable.
-        self.fills.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock_fills(&self) -> std::sync::MutexGuard<'_, Fills> {
+        lock(&self.fills)
     }
 
     /// Gives up a fill (Redis failed): waiters are released to read Redis
-    /// themselves.
+    /// themselves. (Dropping the ticket does the same.)
     pub fn abandon(&self, ticket: FillTicket) {
-        let mut fills = self.lock_fills();
-        if let Some(fill) = fills.get(&ticket.key)
-            && fill.id == ticket.id
-            && let Some(fill) = fills.remove(&ticket.key)
-        {
-            drop(fills);
-            fill.void();
+        drop(ticket);
+    }
+
+    /// A write through the proxy is about to be sent: drops what it may
+    /// change, and keeps the keys from being filled until [`Self::write_done`].
+    pub fn write_started(&self, db: u32, written: &Written) {
+        self.lock_fills().writing.add(db, written);
+        self.invalidate_written(db, written);
+    }
+
+    /// Redis has answered a write (or its connection failed): drops again
+    /// what a read racing it may have stored, and lets the keys fill again.
+    pub fn write_done(&self, db: u32, written: &Written) {
+        self.invalidate_written(db, written);
+        self.lock_fills().writing.remove(db, written);
+    }
+
+    /// Drops what `written` may have changed in database `db`.
+    pub fn invalidate_written(&self, db: u32, written: &Written) {
+        match written {
+            Written::Nothing => {}
+            Written::Keys(keys) => keys.iter().for_each(|key| self.invalidate(db, key)),
+            Written::KeysEverywhere(keys) => keys.iter().for_each(|key| self.invalidate_everywhere(key)),
+            Written::Database => self.flush_db(db),
+            Written::Everything => self.flush(),
         }
     }
 
@@ -627,12 +780,13 @@ impl L1Store {
     fn invalidate_where(&self, key: &Bytes, db: Option<u32>) {
         let mut fills = self.lock_fills();
         let voided: Vec<CacheKey> = fills
+            .filling
             .keys()
             .filter(|cached| cached.key == *key && db.is_none_or(|db| cached.db == db))
             .cloned()
             .collect();
         for cached in &voided {
-            if let Some(fill) = fills.remove(cached) {
+            if let Some(fill) = fills.filling.remove(cached) {
                 fill.void();
             }
         }
@@ -653,7 +807,7 @@ impl L1Store {
     /// Drops everything in `db` (FLUSHDB through the proxy).
     pub fn flush_db(&self, db: u32) {
         let mut fills = self.lock_fills();
-        fills.retain(|cached, _| cached.db != db);
+        fills.filling.retain(|cached, _| cached.db != db);
         self.cache.retain(|slot, _| slot.db != db);
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +817,7 @@ impl L1Store {
     /// fill in flight.
     pub fn flush(&self) {
         let mut fills = self.lock_fills();
-        for (_, fill) in fills.drain() {
+        for (_, fill) in fills.filling.drain() {
             fill.void();
         }
         self.cache.clear();

@@ -60,6 +60,13 @@ const BY_NAME: &[&[u8]] = &[
     b"sort",
     b"georadius",
     b"georadiusbymember",
+    // Flagged read-only, but rewrites the HyperLogLog's cached count.
+    b"pfcount",
+    // A container whose top-level entry has no flags; CREATE ... MKSTREAM
+    // makes the key, the others change the stream's groups.
+    b"xgroup",
+    // Removes the keys it moves (its key may be "" with KEYS at the end).
+    b"migrate",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,11 +190,22 @@ impl WriteTable {
                 };
             }
             b"sort" | b"georadius" | b"georadiusbymember" => {
-                return match stored_to(args) {
+                // Options start after the key (SORT), after key, longitude,
+                // latitude, radius and unit (GEORADIUS), or after key,
+                // member, radius and unit (GEORADIUSBYMEMBER).
+                let options_at = match name.as_slice() {
+                    b"sort" => 2,
+                    b"georadius" => 6,
+                    _ => 5,
+                };
+                return match stored_to(args, options_at) {
                     Some(destination) => Written::Keys(vec![destination]),
                     None => Written::Nothing,
                 };
             }
+            b"pfcount" => return Written::Keys(args.get(1..).unwrap_or_default().to_vec()),
+            b"xgroup" => return Written::Keys(args.get(2).cloned().into_iter().collect()),
+            b"migrate" => return migrated(args),
             _ => {}
         }
         let Some(spec) = self.specs.get(&name) else {
@@ -219,12 +237,54 @@ fn counted_keys(args: &[Bytes], at: usize) -> Written {
     }
 }
 
-/// The destination of `STORE`/`STOREDIST`, if any.
-fn stored_to(args: &[Bytes]) -> Option<Bytes> {
-    args.windows(2)
-        .skip(1)
-        .find(|pair| pair[0].eq_ignore_ascii_case(b"STORE") || pair[0].eq_ignore_ascii_case(b"STOREDIST"))
-        .map(|pair| pair[1].clone())
+/// The destination of `STORE`/`STOREDIST` among the options from
+/// `options_at` on, reading them as Redis does (an option's values are not
+/// options: `BY store`, `GET store`, `LIMIT 0 10`, `COUNT 5 ANY`).
+fn stored_to(args: &[Bytes], options_at: usize) -> Option<Bytes> {
+    let mut index = options_at;
+    let mut destination = None;
+    while index < args.len() {
+        let option = args[index].to_ascii_uppercase();
+        index += match option.as_slice() {
+            b"STORE" | b"STOREDIST" => {
+                destination = args.get(index + 1).cloned();
+                2
+            }
+            b"BY" | b"GET" => 2,
+            b"LIMIT" => 3,
+            b"COUNT"
+                if args
+                    .get(index + 2)
+                    .is_some_and(|next| next.eq_ignore_ascii_case(b"ANY")) =>
+            {
+                3
+            }
+            b"COUNT" => 2,
+            _ => 1,
+        };
+    }
+    destination
+}
+
+/// The keys `MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw]
+/// [AUTH2 user pw] [KEYS key ...]` removes here (none with COPY).
+fn migrated(args: &[Bytes]) -> Written {
+    let mut keys: Vec<Bytes> = args.get(3).filter(|key| !key.is_empty()).cloned().into_iter().collect();
+    let mut index = 6;
+    while index < args.len() {
+        let option = args[index].to_ascii_uppercase();
+        match option.as_slice() {
+            b"COPY" => return Written::Nothing,
+            b"AUTH" => index += 2,
+            b"AUTH2" => index += 3,
+            b"KEYS" => {
+                keys.extend_from_slice(&args[index + 1..]);
+                break;
+            }
+            _ => index += 1,
+        }
+    }
+    Written::Keys(keys)
 }
 
 /// Keys at the fixed positions COMMAND gives (first, last, step; a negative
@@ -342,5 +402,50 @@ mod tests {
         assert_eq!(table.by_name(b"MSET"), ByName::NeedsArguments);
         assert_eq!(table.by_name(b"ZUNIONSTORE"), ByName::NeedsArguments);
         assert_eq!(table.by_name(b"GET"), ByName::Reads);
+    }
+
+    #[test]
+    fn options_values_are_not_options() {
+        let table = table();
+        assert_eq!(
+            table.written(&command("SORT store STORE dst")),
+            Written::Keys(keys(&["dst"]))
+        );
+        assert_eq!(
+            table.written(&command("SORT k BY store GET store LIMIT 0 10 STORE out")),
+            Written::Keys(keys(&["out"]))
+        );
+        assert_eq!(table.written(&command("SORT k BY store")), Written::Nothing);
+        assert_eq!(
+            table.written(&command("GEORADIUSBYMEMBER places store 10 km COUNT 5 ANY STORE near")),
+            Written::Keys(keys(&["near"]))
+        );
+        assert_eq!(
+            table.written(&command("GEORADIUS places 1 2 10 km STOREDIST d")),
+            Written::Keys(keys(&["d"]))
+        );
+    }
+
+    #[test]
+    fn hidden_writes_are_found_by_name() {
+        let table = table();
+        assert_eq!(table.by_name(b"PFCOUNT"), ByName::NeedsArguments);
+        assert_eq!(
+            table.written(&command("PFCOUNT h1 h2")),
+            Written::Keys(keys(&["h1", "h2"]))
+        );
+        assert_eq!(
+            table.written(&command("XGROUP CREATE s g $ MKSTREAM")),
+            Written::Keys(keys(&["s"]))
+        );
+        assert_eq!(
+            table.written(&command("MIGRATE h 1 \"\" 0 5 AUTH pw KEYS a b")),
+            Written::Keys(keys(&["\"\"", "a", "b"]))
+        );
+        assert_eq!(table.written(&command("MIGRATE h 1 k 0 5 COPY")), Written::Nothing);
+        assert_eq!(
+            table.written(&command("MIGRATE h 1 k 0 5 REPLACE")),
+            Written::Keys(keys(&["k"]))
+        );
     }
 }

@@ -27,6 +27,41 @@ use crate::stats::{ConnectionKind, Stats};
 /// The replies to one batch, or why they will never come.
 pub type BatchResult = Result<Bytes, UpstreamError>;
 
+/// Work to do with a batch's replies as soon as they arrive, on the
+/// connection's reader, before they are handed on (so it never waits for
+/// the client that will read them).
+pub type Hook = Box<dyn FnOnce(&BatchResult) + Send>;
+
+/// Answers one batch exactly once: runs its hook, then hands the result
+/// over. Dropped unanswered, it answers "connection lost".
+struct Responder {
+    respond: Option<oneshot::Sender<BatchResult>>,
+    hook: Option<Hook>,
+}
+
+impl Responder {
+    fn answer(mut self, result: BatchResult) {
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: BatchResult) {
+        if let Some(hook) = self.hook.take() {
+            hook(&result);
+        }
+        if let Some(respond) = self.respond.take() {
+            let _ = respond.send(result);
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.respond.is_some() || self.hook.is_some() {
+            self.finish(Err(UpstreamError::lost()));
+        }
+    }
+}
+
 /// Requests queued per connection before senders wait (back-pressure).
 const REQUEST_QUEUE: usize = 1024;
 /// Requests smaller than this wait for the outstanding replies (see
@@ -39,7 +74,7 @@ enum Request {
     Batch {
         bytes: Bytes,
         replies: usize,
-        respond: oneshot::Sender<BatchResult>,
+        respond: Responder,
     },
     /// Bytes whose replies, if any, flow to the pipe sink.
     Raw(Bytes),
@@ -58,10 +93,7 @@ impl Request {
 
 /// What the reader expects next, in request order.
 enum Expect {
-    Replies {
-        count: usize,
-        respond: oneshot::Sender<BatchResult>,
-    },
+    Replies { count: usize, respond: Responder },
     Pipe(mpsc::Sender<Bytes>),
 }
 
@@ -151,14 +183,23 @@ impl UpstreamConnection {
 
     /// Queues a batch of `replies` commands; the receiver yields their replies.
     pub async fn send(&self, bytes: Bytes, replies: usize) -> oneshot::Receiver<BatchResult> {
+        self.send_with(bytes, replies, None).await
+    }
+
+    /// As [`Self::send`], running `hook` on the replies (or the failure) as
+    /// soon as they arrive.
+    pub async fn send_with(&self, bytes: Bytes, replies: usize, hook: Option<Hook>) -> oneshot::Receiver<BatchResult> {
         let (respond, receiver) = oneshot::channel();
         let request = Request::Batch {
             bytes,
             replies,
-            respond,
+            respond: Responder {
+                respond: Some(respond),
+                hook,
+            },
         };
         if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = self.requests.send(request).await {
-            let _ = respond.send(Err(UpstreamError::lost()));
+            respond.answer(Err(UpstreamError::lost()));
         }
         receiver
     }
@@ -239,7 +280,7 @@ async fn write_loop(
                             // The reader is gone (and has failed everything
                             // queued before): write none of this round, so
                             // no command runs that its client is told failed.
-                            let _ = respond.send(Err(UpstreamError::lost()));
+                            respond.answer(Err(UpstreamError::lost()));
                             return;
                         }
                         batches += 1;
@@ -304,7 +345,7 @@ async fn read_loop(
     }
     while let Ok(expect) = expects.try_recv() {
         if let Expect::Replies { respond, .. } = expect {
-            let _ = respond.send(Err(reason.clone()));
+            respond.answer(Err(reason.clone()));
         }
     }
     reason
@@ -314,7 +355,7 @@ async fn read_loop(
 struct ReplyMatcher {
     scanner: ReplyScanner,
     /// The batch whose replies are arriving, and how many it still needs.
-    current: Option<(usize, oneshot::Sender<BatchResult>)>,
+    current: Option<(usize, Responder)>,
     /// Bytes at the front of the buffer that belong to `current`.
     taken: usize,
     /// Replies of `current` copied aside because a push frame came between them.
@@ -405,7 +446,7 @@ impl ReplyMatcher {
                     replies = std::mem::take(&mut self.carried);
                 }
                 if let Some((_, respond)) = self.current.take() {
-                    let _ = respond.send(Ok(replies.freeze()));
+                    respond.answer(Ok(replies.freeze()));
                 }
                 if let Some(outstanding) = &self.outstanding {
                     outstanding.answered_one();
@@ -426,7 +467,7 @@ impl ReplyMatcher {
 
     fn fail(&mut self, reason: UpstreamError) {
         if let Some((_, respond)) = self.current.take() {
-            let _ = respond.send(Err(reason));
+            respond.answer(Err(reason));
         }
     }
 }

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use connection::{BatchResult, UpstreamConnection};
+pub use connection::{BatchResult, Hook, UpstreamConnection};
 pub use pool::{Pool, Pools};
 
 use crate::config::UpstreamUrl;
