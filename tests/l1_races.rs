@@ -424,10 +424,29 @@ async fn a_client_that_resets_does_not_poison_a_key() {
     }
     out.extend(common::encode(&[b"GET", b"k"]));
     stream.write_all(&out).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the fill of k (its hidden PTTL) has reached Redis.
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(direct));
+    common::poll_until_async("the fill of k to reach Redis", || {
+        let direct = shared.clone();
+        async move {
+            direct
+                .lock()
+                .await
+                .cmd("INFO commandstats")
+                .await
+                .contains("cmdstat_pttl:")
+        }
+    })
+    .await;
+    // An abortive close (RST), as a crashed client's.
+    #[allow(deprecated)] // SO_LINGER 0 is the point: the close is an RST.
     stream.set_linger(Some(Duration::ZERO)).unwrap();
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::poll_until_async("the proxy to drop the client", || {
+        let warm = proxy.raw();
+        async move { warm.await.cmd("INFO cache").await.contains("clients_connected:2\r\n") }
+    })
+    .await;
     let mut took = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
