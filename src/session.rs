@@ -818,10 +818,6 @@ impl Session {
             return self.forward(self.pooled_lane(), command).await;
         };
         let caught_up = self.caught_up();
-        if caught_up && let Some(hit) = l1.store.hit_at(self.db, key, &shape, self.now()) {
-            self.reply_bytes(hit.for_protocol(self.protocol).clone()).await;
-            return Flow::Continue;
-        }
         let key = key.clone();
         let cache_key = CacheKey::new(self.db, key.clone(), shape);
         let lookup = if caught_up {

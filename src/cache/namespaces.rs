@@ -95,7 +95,7 @@ pub struct Namespaces {
     defaults: Rules,
     /// Rules of the namespaces configured in `[namespaces.<name>]`.
     configured: HashMap<Bytes, Rules>,
-    known: RwLock<HashMap<Bytes, Arc<Namespace>>>,
+    known: RwLock<HashMap<Bytes, Arc<Namespace>, quick_cache::DefaultHashBuilder>>,
     unnamed: Arc<Namespace>,
     overflow: Arc<Namespace>,
 }
@@ -145,7 +145,7 @@ impl Namespaces {
             )),
             defaults,
             configured,
-            known: RwLock::new(HashMap::new()),
+            known: RwLock::new(HashMap::default()),
         }
     }
 
@@ -188,7 +188,7 @@ impl Namespaces {
         self.read().get(&key[..end]).cloned()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Bytes, Arc<Namespace>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Bytes, Arc<Namespace>, quick_cache::DefaultHashBuilder>> {
         self.known.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

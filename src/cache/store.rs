@@ -291,7 +291,7 @@ impl Drop for FillTicket {
 /// answered yet, under one lock.
 #[derive(Default)]
 struct Fills {
-    filling: HashMap<CacheKey, Fill>,
+    filling: HashMap<CacheKey, Fill, DefaultHashBuilder>,
     writing: WritesInFlight,
 }
 
@@ -300,9 +300,9 @@ struct Fills {
 /// fill could read the value from before the write and outlive it.
 #[derive(Default)]
 struct WritesInFlight {
-    keys: HashMap<u32, HashMap<Bytes, usize>>,
-    everywhere: HashMap<Bytes, usize>,
-    databases: HashMap<u32, usize>,
+    keys: HashMap<u32, HashMap<Bytes, usize, DefaultHashBuilder>, DefaultHashBuilder>,
+    everywhere: HashMap<Bytes, usize, DefaultHashBuilder>,
+    databases: HashMap<u32, usize, DefaultHashBuilder>,
     all: usize,
 }
 
@@ -334,7 +334,7 @@ impl WritesInFlight {
     }
 
     fn remove(&mut self, db: u32, written: &Written) {
-        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize, DefaultHashBuilder>, key: K) {
             if let std::collections::hash_map::Entry::Occupied(mut count) = map.entry(key) {
                 *count.get_mut() -= 1;
                 if *count.get() == 0 {
@@ -620,7 +620,9 @@ impl L1Store {
             return true;
         };
         let victim_frequency = self.frequency.estimate(self.frequency.hash(db, &victim));
-        let admitted = seen + 1 > victim_frequency;
+        // Ties keep what is cached (so a key space read uniformly, every
+        // counter saturated, does not churn).
+        let admitted = (seen + 1).min(MAX_FREQUENCY) > victim_frequency;
         if admitted {
             order.push_front((db, victim));
         } else {
