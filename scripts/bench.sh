@@ -39,24 +39,56 @@ wait_for() {
     exit 1
 }
 
+# Requests per run: a pipelined run answers about ten times as many per
+# second, so it gets more of them; otherwise it lasts a tenth of a second
+# and connection set-up weighs in its figure.
+requests_for() {
+    if [ "$1" -eq 1 ]; then echo $((requests / 2)); else echo $((requests * 5)); fi
+}
+
+# CPU time (clock ticks, user + system) the given processes have used.
+cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+        read -r -a fields <"/proc/$pid/stat"
+        total=$((total + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+# One redis-benchmark run against a target: its CSV line, then the CPU
+# microseconds the target's processes spent per request.
+#   run_benchmark <target name> <requests> <redis-benchmark arguments...>
+run_benchmark() {
+    local name="$1" n="$2" before line
+    shift 2
+    before="$(cpu_ticks ${serving[$name]})"
+    line="$(redis-benchmark "$@" -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+    echo "$line,\"$(python3 -c "print(f'{($(cpu_ticks ${serving[$name]}) - $before) * $tick_us / $n:.3f}')")\""
+}
+
 cargo build --release --locked >&2
 
 redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
     --logfile "$work/redis.log" &
 pids+=($!)
+redis_pid=$!
 wait_for "$redis_port"
 
 proxy_port="$(free_port)"
 MEMORY_CACHE_ENABLED=false target/release/auracache --listen "127.0.0.1:$proxy_port" \
     --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache.log" &
 pids+=($!)
+proxy_pid=$!
 wait_for "$proxy_port"
 # The default configuration: L1 on (a key is filled on its second miss).
 l1_port="$(free_port)"
 target/release/auracache --listen "127.0.0.1:$l1_port" --upstream "redis://127.0.0.1:$redis_port" \
     --log-level warn 2>"$work/auracache-l1.log" &
 pids+=($!)
+l1_pid=$!
 wait_for "$l1_port"
 for _ in $(seq 100); do
     redis-cli -p "$l1_port" info cache | grep -q "l1_ready:1" && break
@@ -64,6 +96,9 @@ for _ in $(seq 100); do
 done
 
 targets=("direct:$redis_port" "auracache:$proxy_port" "auracache+L1:$l1_port")
+# The processes that serve each target: their CPU time per request is the
+# figure that does not move with the machine's speed.
+declare -A serving=([direct]="$redis_pid" [auracache]="$proxy_pid $redis_pid" [auracache+L1]="$l1_pid $redis_pid")
 if command -v nutcracker >/dev/null 2>&1; then
     twem_port="$(free_port)"
     cat >"$work/nutcracker.yml" <<YML
@@ -78,6 +113,7 @@ bench:
 YML
     nutcracker -c "$work/nutcracker.yml" -o "$work/nutcracker.log" &
     pids+=($!)
+    serving[twemproxy]="$! $redis_pid"
     wait_for "$twem_port"
     targets+=("twemproxy:$twem_port")
 else
@@ -106,10 +142,8 @@ for round in $(seq "$rounds"); do
             target="${targets[$(((round + offset) % count))]}"
             name="${target%%:*}"
             port="${target##*:}"
-            n=$requests
-            [ "$pipeline" -eq 1 ] && n=$((requests / 2))
-            line="$(redis-benchmark -p "$port" -t "$test" -c 50 -P "$pipeline" -d "$size" -r 100000 \
-                -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+            n="$(requests_for "$pipeline")"
+            line="$(run_benchmark "$name" "$n" -p "$port" -t "$test" -c 50 -P "$pipeline" -d "$size" -r 100000)"
             echo "$round,$test,$pipeline,$size,$name,$line" >>"$results"
             echo "round $round $test -P $pipeline -d $size $name: $line" >&2
         done
@@ -121,16 +155,17 @@ render() {
 import csv, statistics, sys
 rows = {}
 for rec in csv.reader(open(sys.argv[1])):
-    rnd, test, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx = rec
+    rnd, test, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx, cpu = rec
     key = (test.upper(), int(pipeline), int(size))
-    rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99)))
+    rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99), float(cpu)))
 if not rows:
     sys.exit(0)
 targets = [t for t in ("direct", "auracache", "twemproxy", "auracache+L1") if any(t in v for v in rows.values())]
 med = lambda xs, i: statistics.median(x[i] for x in xs)
 head = "| command | -P | -d | " + " | ".join(f"{t} ops/s" for t in targets)
 head += " | " + " | ".join(f"{t}/direct" for t in targets[1:])
-head += " | p50 ms (" + "/".join(targets) + ") | p99 ms (" + "/".join(targets) + ") |"
+head += " | p50 ms (" + "/".join(targets) + ") | p99 ms (" + "/".join(targets) + ")"
+head += " | server CPU us/req (" + "/".join(targets) + ") |"
 lines = [head, "|" + "---|" * (head.count("|") - 1)]
 order = sorted(rows, key=lambda k: (k[2], k[0] != "SET", k[1]))
 for key in order:
@@ -141,10 +176,11 @@ for key in order:
     cells += [f"{ops[t] / ops['direct']:.2f}x" for t in targets[1:]]
     cells.append("/".join(f"{med(data[t], 1):.3f}" for t in targets))
     cells.append("/".join(f"{med(data[t], 2):.3f}" for t in targets))
+    cells.append("/".join(f"{med(data[t], 3):.2f}" for t in targets))
     lines.append("| " + " | ".join(cells) + " |")
 rounds = max(len(v) for d in rows.values() for v in d.values())
 lines.append("")
-lines.append(f"{sys.argv[3]}; median of {rounds} rounds; redis-benchmark -c 50; targets alternate within each round")
+lines.append(f"{sys.argv[3]}; median of {rounds} rounds; redis-benchmark -c 50; targets alternate within each round; server CPU = user + system time of the serving processes (the proxy and Redis behind it) per request")
 text = "\n".join(lines) + "\n"
 with open(sys.argv[2], "a") as out:
     out.write(text + "\n")
@@ -167,10 +203,8 @@ if [[ " $sections " == *" l1 "* ]]; then
                 for target in "direct:$redis_port" "auracache+L1:$l1_port"; do
                     name="${target%%:*}"
                     port="${target##*:}"
-                    n=$requests
-                    [ "$pipeline" -eq 1 ] && n=$((requests / 2))
-                    line="$(redis-benchmark -p "$port" -t get -c 50 -P "$pipeline" -d "$size" -r "$hot" \
-                        -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+                    n="$(requests_for "$pipeline")"
+                    line="$(run_benchmark "$name" "$n" -p "$port" -t get -c 50 -P "$pipeline" -d "$size" -r "$hot")"
                     echo "$round,get-hot,$pipeline,$size,$name,$line" >>"$l1_results"
                     echo "L1 round $round GET hot -P $pipeline -d $size $name: $line" >&2
                 done
@@ -179,17 +213,20 @@ if [[ " $sections " == *" l1 "* ]]; then
             for target in "direct:$redis_port" "auracache+L1:$l1_port"; do
                 name="${target%%:*}"
                 port="${target##*:}"
+                before="$(cpu_ticks ${serving[$name]})"
                 redis-benchmark -p "$port" -t set -c 5 -d "$size" -r "$hot" -n $((requests / 20)) --csv -q \
                     | grep -v '^"test"' | head -1 >"$work/mix-set.csv" &
                 reads="$(redis-benchmark -p "$port" -t get -c 45 -d "$size" -r "$hot" -n $((requests * 9 / 20)) \
                     --csv -q | grep -v '^"test"' | head -1)"
                 wait $!
-                line="$(python3 - "$reads" "$(cat "$work/mix-set.csv")" <<'PY'
+                ticks=$(($(cpu_ticks ${serving[$name]}) - before))
+                line="$(python3 - "$reads" "$(cat "$work/mix-set.csv")" "$((ticks * tick_us))" "$((requests / 2))" <<'PY'
 import csv, sys
 r = next(csv.reader([sys.argv[1]]))
 w = next(csv.reader([sys.argv[2]]))
 r[1] = f"{float(r[1]) + float(w[1]):.2f}"
 r[0] = "MIX"
+r.append(f"{int(sys.argv[3]) / int(sys.argv[4]):.3f}")
 print(",".join(f'"{x}"' for x in r))
 PY
 )"
