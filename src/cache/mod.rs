@@ -149,11 +149,15 @@ impl Drop for WriteGuard {
 
 /// A read's reply in both protocols, if L1 keeps replies of its kind: a
 /// bulk string, nil, or a flat array/map of bulk strings (HGETALL).
+///
+/// The reply is copied: `reply` is a slice of the upstream read buffer, and
+/// an entry holding a slice would keep that whole buffer (up to a batch of
+/// other clients' replies) alive, so `max_bytes` would not bound memory.
 fn both_protocols(reply: &Bytes) -> Option<CachedReply> {
     match reply.first()? {
         b'$' if reply.as_ref() == b"$-1\r\n" => Some(nil_reply()),
         b'_' => Some(nil_reply()),
-        b'$' => Some(CachedReply::same(reply.clone())),
+        b'$' => Some(CachedReply::same(Bytes::copy_from_slice(reply))),
         kind @ (b'*' | b'%') => {
             let line_end = memchr::memchr(b'\n', reply)?;
             let count: usize = std::str::from_utf8(&reply[1..line_end - 1]).ok()?.parse().ok()?;
@@ -163,9 +167,9 @@ fn both_protocols(reply: &Bytes) -> Option<CachedReply> {
                 if !count.is_multiple_of(2) {
                     return None;
                 }
-                (count / 2, reply.clone(), None)
+                (count / 2, Bytes::copy_from_slice(reply), None)
             } else {
-                (count, Bytes::new(), Some(reply.clone()))
+                (count, Bytes::new(), Some(Bytes::copy_from_slice(reply)))
             };
             let mut other = format!(
                 "{}{}\r\n",
@@ -282,6 +286,26 @@ mod tests {
         assert_eq!(empty.for_protocol(crate::protocol::Protocol::Resp3).as_ref(), b"%0\r\n");
         assert!(both_protocols(&Bytes::from_static(b"*3\r\n:1\r\n:2\r\n:3\r\n")).is_none());
         assert!(both_protocols(&Bytes::from_static(b"-WRONGTYPE x\r\n")).is_none());
+    }
+
+    /// An entry must not pin the read buffer its reply came in: the byte
+    /// bound counts the entry's own bytes only.
+    #[test]
+    fn a_cached_reply_owns_its_bytes() {
+        let buffer = Bytes::from(
+            [b"$1\r\nv\r\n".as_slice(), b"*2\r\n$1\r\na\r\n$1\r\n1\r\n", &[b'x'; 64 * 1024]].concat(),
+        );
+        let inside = |bytes: &Bytes| buffer.as_ptr_range().contains(&bytes.as_ptr());
+        let (l1, _) = l1();
+        let t = ticket(&l1, "k");
+        assert!(l1.complete_read(t, &buffer.slice(0..7), b":-1\r\n"));
+        let reply = hit(&l1, "k").unwrap();
+        assert_eq!(reply.for_protocol(crate::protocol::Protocol::Resp2).as_ref(), b"$1\r\nv\r\n");
+        assert!(!inside(reply.for_protocol(crate::protocol::Protocol::Resp2)));
+        let hash = both_protocols(&buffer.slice(7..29)).unwrap();
+        for protocol in [crate::protocol::Protocol::Resp2, crate::protocol::Protocol::Resp3] {
+            assert!(!inside(hash.for_protocol(protocol)), "{protocol:?} encoding is a slice of the read buffer");
+        }
     }
 
     #[test]

@@ -555,14 +555,15 @@ impl L1Store {
         let namespace = match found {
             Some(entry) => {
                 let namespace = entry.namespace();
+                let now = self.clock.now();
                 if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape) {
-                    if cached.deadline > self.clock.now() {
+                    if cached.deadline > now {
                         count(&self.stats, namespace, |stats| &stats.hits);
                         self.frequency.record(self.frequency.hash(key.db, &key.key));
                         return Lookup::Hit(cached.reply.clone());
                     }
-                    count(&self.stats, namespace, |stats| &stats.expirations);
                 }
+                self.remove_if_expired(key.db, &key.key, &entry, now);
                 namespace.clone()
             }
             None => self.namespaces.of(&key.key),
@@ -851,6 +852,23 @@ impl L1Store {
         removed
     }
 
+    /// Drops `entry` if none of its shapes is live any more (and it is
+    /// still the key's entry), counting its expirations once: later lookups
+    /// find nothing, and the sweep never sees it.
+    fn remove_if_expired(&self, db: u32, key: &[u8], entry: &Entry, now: Instant) {
+        if entry.0.shapes.iter().any(|cached| cached.deadline > now) {
+            return;
+        }
+        let removed = self
+            .cache
+            .remove_if(&SlotRef { db, key }, |current| Arc::ptr_eq(&current.0, &entry.0));
+        if removed.is_some() {
+            let shapes = entry.0.shapes.len() as u64;
+            self.stats.expirations.fetch_add(shapes, Ordering::Relaxed);
+            entry.namespace().stats.expirations.fetch_add(shapes, Ordering::Relaxed);
+        }
+    }
+
     /// The store's time.
     pub fn now(&self) -> Instant {
         self.clock.now()
@@ -1013,8 +1031,26 @@ mod tests {
         };
         store.abandon(ticket);
         assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
-        assert_eq!(store.sweep(), 1);
+        // The lookup that found it expired dropped it: counted once.
         assert!(store.is_empty());
+        let Lookup::Miss(ticket) = store.lookup(&key("k")) else {
+            panic!("expired entries are misses");
+        };
+        store.abandon(ticket);
+        assert_eq!(store.sweep(), 0);
+        assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_sweep_counts_each_expired_entry_once() {
+        let (store, clock) = store(1 << 20, 1024);
+        assert!(fill(&store, "a", b"1", Duration::from_secs(1)));
+        assert!(fill(&store, "b", b"2", Duration::from_secs(60)));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.sweep(), 0);
+        assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
+        assert!(matches!(store.lookup(&key("b")), Lookup::Hit(_)));
     }
 
     #[test]
