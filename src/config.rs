@@ -732,4 +732,31 @@ mod tests {
         let shown = config.to_redacted_toml();
         assert!(Config::from_toml(&shown).is_ok(), "{shown}");
     }
+
+    /// The original system's names, and the defaults the issue fixes:
+    /// L1 on, 1000 entries per namespace, 60 s, nil cached briefly.
+    #[test]
+    fn memory_cache_defaults_and_the_original_environment_names() {
+        let defaults = Config::default().memory_cache;
+        assert!(defaults.enabled);
+        assert_eq!(defaults.size_per_namespace, 1000);
+        assert_eq!(defaults.default_ttl, 60);
+        assert!(defaults.nil_ttl > 0 && defaults.nil_ttl < defaults.default_ttl);
+        let mut config = Config::default();
+        config
+            .apply_environment(env(&[
+                ("MEMORY_CACHE_ENABLED", "false"),
+                ("MEMORY_CACHE_DEFAULT_TTL", "300"),
+                ("MEMORY_CACHE_SIZE_PER_NAMESPACE", "50"),
+            ]))
+            .unwrap();
+        assert!(!config.memory_cache.enabled);
+        assert_eq!(config.memory_cache.default_ttl, 300);
+        assert_eq!(config.memory_cache.size_per_namespace, 50);
+        let error = Config::default()
+            .apply_environment(env(&[("MEMORY_CACHE_ENABLED", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("memory_cache.enabled") && error.contains("maybe"), "{error}");
+    }
 }

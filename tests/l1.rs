@@ -123,13 +123,18 @@ async fn writes_straight_to_redis_are_seen_after_the_invalidation() {
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(direct.cmd("SET k old").await, "+OK\r\n");
     assert_eq!(client.cmd("GET k").await, "$3\r\nold\r\n");
+    let before = hits(&proxy);
     assert_eq!(client.cmd("GET k").await, "$3\r\nold\r\n");
+    assert_eq!(hits(&proxy), before + 1, "the second GET is answered by L1");
     assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
     let written = Instant::now();
     client.cmd_until("GET k", "$3\r\nnew\r\n").await;
     eprintln!("a direct write was visible through L1 after {:?}", written.elapsed());
     // Nil is cached too, and a direct write replaces it.
     assert_eq!(client.cmd("GET fresh").await, "$-1\r\n");
+    let before = hits(&proxy);
+    assert_eq!(client.cmd("GET fresh").await, "$-1\r\n");
+    assert_eq!(hits(&proxy), before + 1, "nil is answered by L1");
     assert_eq!(direct.cmd("SET fresh here").await, "+OK\r\n");
     client.cmd_until("GET fresh", "$4\r\nhere\r\n").await;
 }
@@ -189,11 +194,11 @@ async fn memory_stays_within_max_bytes() {
     let l1 = proxy.handle().l1().unwrap().clone();
     common::poll_until("L1 ready", || l1.ready());
     let mut client = proxy.raw().await;
-    let value = vec![b'v'; 1000];
     // Ten times max_bytes of distinct values.
     for i in 0..2600 {
         let key = format!("key:{i}");
-        client.command(&[b"SET", key.as_bytes(), &value]).await;
+        let value = format!("{i:0>1000}");
+        client.command(&[b"SET", key.as_bytes(), value.as_bytes()]).await;
         assert_eq!(client.command(&[b"GET", key.as_bytes()]).await.len(), 1000 + 9);
         assert!(
             l1.store.bytes() <= l1.store.capacity(),
@@ -308,9 +313,19 @@ async fn mget_forwards_only_the_missing_keys() {
     assert_eq!(client.cmd("GET c").await, "$1\r\n3\r\n");
     assert_eq!(client.cmd("GET nope").await, "$-1\r\n");
     let hits_before = hits(&proxy);
+    assert_eq!(direct.cmd("CONFIG SET slowlog-log-slower-than 0").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SLOWLOG RESET").await, "+OK\r\n");
     let expected = "*5\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$-1\r\n$-1\r\n";
     assert_eq!(client.cmd("MGET a b c d nope").await, expected);
     assert_eq!(hits(&proxy) - hits_before, 3, "a, c and nope came from L1");
+    // What Redis ran: MGET of the two keys L1 lacked, nothing more.
+    let log = direct.cmd("SLOWLOG GET 20").await;
+    assert!(
+        log.contains("*3\r\n$4\r\nMGET\r\n$1\r\nb\r\n$1\r\nd\r\n"),
+        "Redis's slow log shows no `MGET b d`: {log:?}"
+    );
+    assert_eq!(log.matches("MGET").count(), 1, "{log:?}");
+    assert_eq!(direct.cmd("CONFIG SET slowlog-log-slower-than 10000").await, "+OK\r\n");
     assert_eq!(direct.cmd("MGET a b c d nope").await, expected, "the same as Redis");
     // All in L1: Redis is not asked.
     let mgets = mgets_seen_by_redis(&mut direct).await;
@@ -493,4 +508,80 @@ async fn a_killed_tracking_connection_empties_l1() {
     }
     assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
     client.cmd_until("GET k", "$3\r\nnew\r\n").await;
+}
+
+/// A client that WATCHes, or has its own CLIENT TRACKING, reads Redis
+/// itself: L1 would hide from it the state its connection depends on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_and_client_tracking_bypass_l1() {
+    let server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut filler = proxy.raw().await;
+    assert_eq!(filler.cmd("SET k v").await, "+OK\r\n");
+    filler.cmd("GET k").await;
+    let before = hits(&proxy);
+    assert_eq!(filler.cmd("GET k").await, "$1\r\nv\r\n");
+    assert_eq!(hits(&proxy), before + 1, "k is cached");
+
+    let mut watcher = proxy.raw().await;
+    assert_eq!(watcher.cmd("WATCH k").await, "+OK\r\n");
+    let mut tracker = proxy.raw().await;
+    assert!(tracker.cmd("HELLO 3").await.starts_with('%'));
+    assert_eq!(tracker.cmd("CLIENT TRACKING ON").await, "+OK\r\n");
+    let before = hits(&proxy);
+    for _ in 0..3 {
+        assert_eq!(watcher.cmd("GET k").await, "$1\r\nv\r\n");
+        assert_eq!(tracker.cmd("GET k").await, "$1\r\nv\r\n");
+    }
+    assert_eq!(hits(&proxy), before, "no L1 answers after WATCH or CLIENT TRACKING");
+    // The tracking client gets Redis's own invalidation for the key it read.
+    assert_eq!(filler.cmd("SET k w").await, "+OK\r\n");
+    let push = String::from_utf8_lossy(&tracker.read_reply().await).into_owned();
+    assert!(push.starts_with(">2\r\n$10\r\ninvalidate\r\n") && push.contains("$1\r\nk\r\n"), "{push:?}");
+}
+
+/// MEMORY_CACHE_ENABLED=false: no L1 at all, every GET reaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_off_sends_every_read_to_redis() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config
+            .apply_environment([("MEMORY_CACHE_ENABLED".to_string(), "false".to_string())])
+            .unwrap();
+    })
+    .await;
+    assert!(proxy.handle().l1().is_none());
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    assert_eq!(client.cmd("SET k v").await, "+OK\r\n");
+    for _ in 0..5 {
+        assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+    }
+    assert_eq!(gets_seen_by_redis(&mut direct).await, 5);
+    let info = client.cmd("INFO cache").await;
+    assert!(info.contains("l1_enabled:0\r\n") && !info.contains("l1_hits"), "{info}");
+}
+
+/// `nil_ttl = 0`: "no such key" is never cached, values still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nil_caching_can_be_turned_off() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::l1_eager(config);
+        config.memory_cache.nil_ttl = 0;
+    })
+    .await;
+    let l1 = proxy.handle().l1().unwrap().clone();
+    common::poll_until("L1 ready", || l1.ready());
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(client.cmd("GET missing").await, "$-1\r\n");
+    }
+    assert_eq!(gets_seen_by_redis(&mut direct).await, 3, "every miss asked Redis");
+    assert_eq!(client.cmd("SET k v").await, "+OK\r\n");
+    for _ in 0..3 {
+        assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+    }
+    assert_eq!(gets_seen_by_redis(&mut direct).await, 4, "the value is cached");
 }
