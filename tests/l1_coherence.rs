@@ -28,6 +28,7 @@ struct Read {
     key: usize,
     value: Option<String>,
     start: Instant,
+    end: Instant,
 }
 
 /// Read-your-writes across connections, with L1 in the way: `reader` caches
@@ -88,13 +89,14 @@ async fn reader(mut client: RawClient, reads: usize, log: Arc<Mutex<Vec<Read>>>)
         let key = i % KEYS;
         let start = Instant::now();
         let reply = client.command(&[b"GET", format!("key{key}").as_bytes()]).await;
+        let end = Instant::now();
         let text = String::from_utf8(reply).unwrap();
         let value = if text == "$-1\r\n" {
             None
         } else {
             Some(text.split("\r\n").nth(1).unwrap().to_string())
         };
-        log.lock().await.push(Read { key, value, start });
+        log.lock().await.push(Read { key, value, start, end });
     }
 }
 
@@ -148,7 +150,11 @@ async fn reads_are_never_staler_than_the_invalidation_delay() {
                 .expect("a value someone wrote")
         });
         if let Some(source) = source {
-            assert!(source.start <= Instant::now() && source.key == read.key);
+            // No value from the future: its write began before the read ended.
+            assert!(
+                source.start <= read.end && source.key == read.key,
+                "{read:?} returned {source:?}"
+            );
         }
         // Writes to this key that certainly came after the value read (they
         // started after its write ended) and had finished before the read.
