@@ -757,6 +757,9 @@ mod tests {
             .apply_environment(env(&[("MEMORY_CACHE_ENABLED", "maybe")]))
             .unwrap_err()
             .to_string();
-        assert!(error.contains("memory_cache.enabled") && error.contains("maybe"), "{error}");
+        assert!(
+            error.contains("memory_cache.enabled") && error.contains("maybe"),
+            "{error}"
+        );
     }
 }

@@ -534,18 +534,21 @@ fn random_sequences(protocol: u8, l1: bool) -> u64 {
         ..ProptestConfig::default()
     });
     runner
-        .run(&prop::collection::vec(op_strategy(if l1 { 3 } else { 0 }), 1..40), |ops| {
-            runtime.block_on(async {
-                let mut pair = pair.borrow_mut();
-                if l1 {
-                    pair.reconnect_proxied(protocol).await;
-                    run_sequence(&mut pair, &ops, 3, protocol).await;
-                } else {
-                    run_sequence(&mut pair, &ops, ops.len(), protocol).await;
-                }
-            });
-            Ok(())
-        })
+        .run(
+            &prop::collection::vec(op_strategy(if l1 { 3 } else { 0 }), 1..40),
+            |ops| {
+                runtime.block_on(async {
+                    let mut pair = pair.borrow_mut();
+                    if l1 {
+                        pair.reconnect_proxied(protocol).await;
+                        run_sequence(&mut pair, &ops, 3, protocol).await;
+                    } else {
+                        run_sequence(&mut pair, &ops, ops.len(), protocol).await;
+                    }
+                });
+                Ok(())
+            },
+        )
         .expect("random sequences get the same replies through the proxy");
     let pair = pair.borrow();
     pair._proxy

@@ -537,7 +537,10 @@ async fn watch_and_client_tracking_bypass_l1() {
     // The tracking client gets Redis's own invalidation for the key it read.
     assert_eq!(filler.cmd("SET k w").await, "+OK\r\n");
     let push = String::from_utf8_lossy(&tracker.read_reply().await).into_owned();
-    assert!(push.starts_with(">2\r\n$10\r\ninvalidate\r\n") && push.contains("$1\r\nk\r\n"), "{push:?}");
+    assert!(
+        push.starts_with(">2\r\n$10\r\ninvalidate\r\n") && push.contains("$1\r\nk\r\n"),
+        "{push:?}"
+    );
 }
 
 /// MEMORY_CACHE_ENABLED=false: no L1 at all, every GET reaches Redis.

@@ -8,8 +8,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use auracache::cache::L1Stats;
 use auracache::config::{Config, Consistency};
 use common::{Proxy, RawClient, RedisServer};
 
@@ -30,6 +32,40 @@ async fn start_l1(server: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Prox
     let l1 = proxy.handle().l1().expect("L1 enabled").clone();
     common::poll_until("L1 to be ready", || l1.ready());
     proxy
+}
+
+/// One of L1's counters now.
+fn counter(proxy: &Proxy, which: fn(&L1Stats) -> &AtomicU64) -> u64 {
+    which(proxy.handle().l1().expect("L1 enabled").store.stats()).load(Ordering::Relaxed)
+}
+
+/// Waits until an L1 counter has passed `from`: the proxy has handled the
+/// request that moves it (a lookup, an invalidation), even while Redis is
+/// busy and cannot be asked.
+fn until_counter_passes(proxy: &Proxy, what: &str, which: fn(&L1Stats) -> &AtomicU64, from: u64) {
+    common::poll_until(what, || counter(proxy, which) > from);
+}
+
+/// Waits until `count` clients are blocked in Redis (BLPOP, BLMOVE).
+async fn until_blocked(server: &RedisServer, count: usize) {
+    let mut direct = RawClient::connect(server.addr()).await;
+    let line = format!("blocked_clients:{count}\r\n");
+    let started = Instant::now();
+    while !direct.cmd("INFO clients").await.contains(&line) {
+        assert!(started.elapsed() < common::DEADLINE, "timed out waiting for {line:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Redis's count of calls of `command` (lower case).
+async fn calls(server: &RedisServer, command: &str) -> u64 {
+    let mut direct = RawClient::connect(server.addr()).await;
+    let info = direct.cmd("INFO commandstats").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
 }
 
 fn ttl_only(config: &mut Config) {
@@ -115,8 +151,14 @@ async fn a_slow_reader_does_not_stall_other_clients_reads() {
         let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
         out.extend(common::encode(&args));
     }
+    let pttls = calls(&server, "pttl").await;
     slow.send(&out).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow client's fill of k (GET k and its hidden PTTL) has run.
+    common::poll_until_async("the slow client's fill of k to reach Redis", || {
+        let calls = calls(&server, "pttl");
+        async move { calls.await > pttls }
+    })
+    .await;
     let mut other = proxy.raw().await;
     for round in 0..3 {
         let started = Instant::now();
@@ -292,14 +334,19 @@ async fn select_in_a_discarded_multi_keeps_invalidating_the_right_db() {
 // command in front makes the window deterministic: another client fills
 // the old value after the early invalidation, before the write runs.
 // ---------------------------------------------------------------------
-async fn write_behind_a_block(writer: &mut RawClient, reader: &mut RawClient, prelude: &[&str]) -> String {
+async fn write_behind_a_block(
+    server: &RedisServer,
+    writer: &mut RawClient,
+    reader: &mut RawClient,
+    prelude: &[&str],
+) -> String {
     let mut out = Vec::new();
     for line in prelude.iter().chain(["BLPOP nothing 1", "SET k new"].iter()) {
         let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
         out.extend(common::encode(&args));
     }
     writer.send(&out).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_blocked(server, 1).await;
     // Fills the old value while SET waits behind BLPOP.
     assert_eq!(reader.cmd("GET k").await, "$3\r\nold\r\n");
     for _ in 0..prelude.len() + 2 {
@@ -317,7 +364,7 @@ async fn control_write_behind_a_block_is_reinvalidated() {
     writer.cmd("SET k old").await;
     assert_eq!(writer.cmd("CLIENT SETNAME w").await, "+OK\r\n");
     assert_eq!(
-        write_behind_a_block(&mut writer, &mut reader, &[]).await,
+        write_behind_a_block(&server, &mut writer, &mut reader, &[]).await,
         "$3\r\nnew\r\n"
     );
 }
@@ -332,7 +379,7 @@ async fn reset_ends_the_transaction_for_l1_too() {
     assert_eq!(writer.cmd("MULTI").await, "+OK\r\n");
     assert_eq!(writer.cmd("RESET").await, "+RESET\r\n");
     assert_eq!(
-        write_behind_a_block(&mut writer, &mut reader, &[]).await,
+        write_behind_a_block(&server, &mut writer, &mut reader, &[]).await,
         "$3\r\nnew\r\n"
     );
 }
@@ -350,7 +397,7 @@ async fn blocking_write_after_a_pooled_command_is_reinvalidated() {
     out.extend(common::encode(&[b"BLMOVE", b"src", b"dst", b"LEFT", b"LEFT", b"5"]));
     writer.send(&out).await;
     assert_eq!(writer.read_reply().await, b"+PONG\r\n");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_blocked(&server, 1).await;
     assert_eq!(cache(&mut reader, "dst").await, "$-1\r\n");
     direct.cmd("LPUSH src x").await;
     assert_eq!(writer.read_reply().await, b"$1\r\nx\r\n");
@@ -372,17 +419,11 @@ async fn an_mget_behind_pending_commands_is_read_whole_from_redis() {
     writer.cmd("MSET a 1 b 1").await;
     assert_eq!(cache(&mut reader, "a").await, "$1\r\n1\r\n");
     // The reader's pooled connection is busy with a slow script ...
-    reader
-        .send(&common::encode(&[
-            b"EVAL",
-            SLOW_SCRIPT,
-            b"0",
-        ]))
-        .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    reader.send(&common::encode(&[b"EVAL", SLOW_SCRIPT, b"0"])).await;
     // ... the reader asks for a and b (a from L1) ...
+    let misses = counter(&proxy, |stats| &stats.misses);
     reader.send(&common::encode(&[b"MGET", b"a", b"b"])).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_counter_passes(&proxy, "the proxy to look the MGET up", |stats| &stats.misses, misses);
     // ... and another client writes both, atomically, through the proxy.
     let write = tokio::spawn(async move { writer.cmd("MSET a 2 b 2").await });
     assert_eq!(reader.read_reply().await, b":1\r\n");
@@ -404,7 +445,7 @@ async fn control_blocking_write_alone_is_reinvalidated() {
     writer
         .send(&common::encode(&[b"BLMOVE", b"src", b"dst", b"LEFT", b"LEFT", b"5"]))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_blocked(&server, 1).await;
     assert_eq!(cache(&mut reader, "dst").await, "$-1\r\n");
     direct.cmd("LPUSH src x").await;
     assert_eq!(writer.read_reply().await, b"$1\r\nx\r\n");
@@ -554,7 +595,6 @@ async fn differential_pipelines_resp3() {
     differential(true, 0x1234567).await;
 }
 
-
 /// A client's own pipelined write, then its read of the key: the read
 /// waits on another client's fill that was issued after the write was
 /// noted but ran in Redis before the write; the waiter takes that old value.
@@ -567,13 +607,19 @@ async fn a_read_after_its_own_write_never_waits_on_an_older_fill() {
     assert_eq!(me.cmd("SET k old").await, "+OK\r\n");
     // My connection to Redis is busy for a while ...
     me.send(&common::encode(&[b"EVAL", SLOW_SCRIPT, b"0"])).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     // ... I write k (noted now, sent when the script is answered) ...
+    let invalidations = counter(&proxy, |stats| &stats.invalidations);
     me.send(&common::encode(&[b"SET", b"k", b"new"])).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    until_counter_passes(
+        &proxy,
+        "the SET to be noted",
+        |stats| &stats.invalidations,
+        invalidations,
+    );
     // ... another client misses k and starts a fill on its own connection ...
+    let misses = counter(&proxy, |stats| &stats.misses);
     let other_read = tokio::spawn(async move { other.cmd("GET k").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_counter_passes(&proxy, "the other client's miss", |stats| &stats.misses, misses);
     // ... and I read k back.
     me.send(&common::encode(&[b"GET", b"k"])).await;
     assert_eq!(me.read_reply().await, b":1\r\n");
@@ -636,7 +682,8 @@ async fn cross_protocol_hits_match_redis() {
         direct2.cmd("FLUSHALL").await; // also empties L1 (null invalidation)
         direct2.cmd("HSET h a 1 b 2").await;
         direct2.cmd("SET s v").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let l1 = proxy.handle().l1().unwrap().clone();
+        common::poll_until("FLUSHALL to empty L1", || l1.store.is_empty());
         let mut filler = proxy.raw().await;
         let mut reader = proxy.raw().await;
         if filler_resp3 {

@@ -293,18 +293,29 @@ mod tests {
     #[test]
     fn a_cached_reply_owns_its_bytes() {
         let buffer = Bytes::from(
-            [b"$1\r\nv\r\n".as_slice(), b"*2\r\n$1\r\na\r\n$1\r\n1\r\n", &[b'x'; 64 * 1024]].concat(),
+            [
+                b"$1\r\nv\r\n".as_slice(),
+                b"*2\r\n$1\r\na\r\n$1\r\n1\r\n",
+                &[b'x'; 64 * 1024],
+            ]
+            .concat(),
         );
         let inside = |bytes: &Bytes| buffer.as_ptr_range().contains(&bytes.as_ptr());
         let (l1, _) = l1();
         let t = ticket(&l1, "k");
         assert!(l1.complete_read(t, &buffer.slice(0..7), b":-1\r\n"));
         let reply = hit(&l1, "k").unwrap();
-        assert_eq!(reply.for_protocol(crate::protocol::Protocol::Resp2).as_ref(), b"$1\r\nv\r\n");
+        assert_eq!(
+            reply.for_protocol(crate::protocol::Protocol::Resp2).as_ref(),
+            b"$1\r\nv\r\n"
+        );
         assert!(!inside(reply.for_protocol(crate::protocol::Protocol::Resp2)));
         let hash = both_protocols(&buffer.slice(7..29)).unwrap();
         for protocol in [crate::protocol::Protocol::Resp2, crate::protocol::Protocol::Resp3] {
-            assert!(!inside(hash.for_protocol(protocol)), "{protocol:?} encoding is a slice of the read buffer");
+            assert!(
+                !inside(hash.for_protocol(protocol)),
+                "{protocol:?} encoding is a slice of the read buffer"
+            );
         }
     }
 
