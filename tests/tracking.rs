@@ -144,7 +144,24 @@ async fn direct_writes_flushes_and_a_lost_connection_reach_the_store() {
         .expect("the tracking connection is in CLIENT LIST")
         .to_string();
     assert_eq!(direct.cmd(&format!("CLIENT KILL ID {id}")).await, ":1\r\n");
-    wait_for("the store to be emptied", || store.is_empty() && !*active.borrow()).await;
+    // Only the kill can empty it (nothing else writes b); the reconnection
+    // may already be done when this looks, so the two are checked apart.
+    wait_for("the store to be emptied", || store.is_empty()).await;
+    let started = std::time::Instant::now();
+    loop {
+        let list = direct.cmd("CLIENT LIST").await;
+        let back = list.lines().any(|line| {
+            line.contains(&format!("name={TRACKING_CONNECTION_NAME}")) && !line.contains(&format!("id={id} "))
+        });
+        if back {
+            break;
+        }
+        assert!(
+            started.elapsed() < common::DEADLINE,
+            "no new tracking connection: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     wait_for("tracking to come back", || *active.borrow()).await;
     assert!(fill(store, &key(0, "b")));
     assert_eq!(direct.cmd("SELECT 0").await, "+OK\r\n");
