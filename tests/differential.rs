@@ -537,13 +537,14 @@ fn random_sequences(protocol: u8, l1: bool) -> u64 {
         .run(
             &prop::collection::vec(op_strategy(if l1 { 3 } else { 0 }), 1..40),
             |ops| {
+                let mut guard = pair.borrow_mut();
+                let pair: &mut Pair = &mut guard;
                 runtime.block_on(async {
-                    let mut pair = pair.borrow_mut();
                     if l1 {
                         pair.reconnect_proxied(protocol).await;
-                        run_sequence(&mut pair, &ops, 3, protocol).await;
+                        run_sequence(pair, &ops, 3, protocol).await;
                     } else {
-                        run_sequence(&mut pair, &ops, ops.len(), protocol).await;
+                        run_sequence(pair, &ops, ops.len(), protocol).await;
                     }
                 });
                 Ok(())

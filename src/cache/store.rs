@@ -556,12 +556,12 @@ impl L1Store {
             Some(entry) => {
                 let namespace = entry.namespace();
                 let now = self.clock.now();
-                if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape) {
-                    if cached.deadline > now {
-                        count(&self.stats, namespace, |stats| &stats.hits);
-                        self.frequency.record(self.frequency.hash(key.db, &key.key));
-                        return Lookup::Hit(cached.reply.clone());
-                    }
+                if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape)
+                    && cached.deadline > now
+                {
+                    count(&self.stats, namespace, |stats| &stats.hits);
+                    self.frequency.record(self.frequency.hash(key.db, &key.key));
+                    return Lookup::Hit(cached.reply.clone());
                 }
                 self.remove_if_expired(key.db, &key.key, &entry, now);
                 namespace.clone()
