@@ -16,6 +16,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod clock;
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod gather;
