@@ -18,6 +18,7 @@
 //! GET family decode, APPEND/SETRANGE read-modify-write) come next.
 
 pub mod envelope;
+pub mod strings;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

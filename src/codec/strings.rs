@@ -1,0 +1,686 @@
+//! The string commands under compression: what each becomes on its way to
+//! Redis, and what its reply becomes on the way back, so that a client
+//! gets Redis's exact answer for the original value.
+//!
+//! - Writes of whole values (SET and its options, SETNX, SETEX, PSETEX,
+//!   MSET, MSETNX, GETSET) carry encoded values ([`plan`] returns
+//!   [`Plan::Forward`] with new arguments).
+//! - Reads of whole values (GET, MGET, GETDEL, GETEX, GETSET, SET ... GET)
+//!   are forwarded as they are; their replies are decoded
+//!   ([`ReplyDecode::Bulk`], [`ReplyDecode::Items`]).
+//! - Reads of part of a value (STRLEN, GETRANGE/SUBSTR) become one
+//!   read-only script that answers natively for a raw value and hands an
+//!   envelope's header or value to the proxy otherwise; atomic, and still
+//!   pipelined.
+//! - APPEND and SETRANGE become a script that runs the command natively
+//!   on a raw value; on an envelope it returns the stored bytes and the
+//!   proxy finishes with a compare-and-set ([`ReadModifyWrite`]), retried
+//!   while another writer got in between.
+//! - Bit commands and LCS on a compressed value are refused with an error
+//!   that says why ([`GUARD_SCRIPT`]); on a raw value they run natively.
+//!
+//! Scripts use `redis.pcall` and return its error as is, so a client sees
+//! Redis's own error text (WRONGTYPE, "not an integer", ...), without the
+//! script context `redis.call` would add.
+
+use bytes::{Bytes, BytesMut};
+
+use super::envelope::{self, MAGIC};
+
+/// Redis's proto-max-bulk-len default: the longest string APPEND or
+/// SETRANGE may build.
+pub const MAX_STRING_BYTES: u64 = 512 * 1024 * 1024;
+
+/// STRLEN: the length for a raw value, or an envelope's header and stored
+/// length for the proxy to read the original length from.
+pub const STRLEN_SCRIPT: &str = "\
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) == 'table' then return n end
+if n >= 7 then
+  local h = redis.call('GETRANGE', KEYS[1], 0, 15)
+  if string.sub(h, 1, 4) == ARGV[1] then return {h, n} end
+end
+return n";
+
+/// GETRANGE: Redis's range of a raw value, or the whole envelope for the
+/// proxy to take the range of (the native call also checks the indexes).
+pub const GETRANGE_SCRIPT: &str = "\
+local r = redis.pcall('GETRANGE', KEYS[1], ARGV[2], ARGV[3])
+if type(r) == 'table' then return r end
+if redis.call('GETRANGE', KEYS[1], 0, 3) == ARGV[1] then return {redis.call('GET', KEYS[1])} end
+return r";
+
+/// APPEND: native on a raw value whose result cannot begin with the
+/// magic; SET of the encoded value for a new key; otherwise the stored
+/// bytes for a read-modify-write (or an error, inside MULTI).
+/// ARGV: magic, appended bytes, stored form for a new key, mode
+/// ("rmw" | "refuse"), the refusal's text.
+pub const APPEND_SCRIPT: &str = "\
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then return v end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return string.len(ARGV[2])
+end
+if string.sub(v, 1, 4) ~= ARGV[1] and (string.len(v) >= 4 or string.sub(v .. ARGV[2], 1, 4) ~= ARGV[1]) then
+  return redis.pcall('APPEND', KEYS[1], ARGV[2])
+end
+if ARGV[4] == 'refuse' then return redis.error_reply(ARGV[5]) end
+return {v}";
+
+/// SETRANGE: native on a raw value (or a missing key) when the write
+/// leaves the first four bytes alone; otherwise the stored bytes (none for
+/// a missing key) for a read-modify-write, or an error inside MULTI.
+/// ARGV: magic, offset, value, mode, the refusal's text.
+pub const SETRANGE_SCRIPT: &str = "\
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then return v end
+local enveloped = v and string.sub(v, 1, 4) == ARGV[1]
+local offset = tonumber(ARGV[2])
+if not enveloped and (offset == nil or offset >= 4 or string.len(ARGV[3]) == 0) then
+  return redis.pcall('SETRANGE', KEYS[1], ARGV[2], ARGV[3])
+end
+if ARGV[4] == 'refuse' then return redis.error_reply(ARGV[5]) end
+if v then return {v} end
+return {}";
+
+/// The write of a read-modify-write: only if the key still holds what was
+/// read (ARGV[1]; or is still missing, with ARGV[3] = 'missing'); the TTL
+/// is kept. 1 if written, 0 if another writer got in first.
+pub const COMPARE_AND_SET_SCRIPT: &str = "\
+local v = redis.pcall('GET', KEYS[1])
+if ARGV[3] == 'missing' then
+  if v ~= false then return 0 end
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+if v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1";
+
+/// Bit commands and LCS: refused if a key they read holds an envelope,
+/// run natively otherwise (in the client's protocol, for LCS IDX's map).
+/// ARGV: magic, protocol ("2" | "3"), the refusal's text, the command.
+pub const GUARD_SCRIPT: &str = "\
+if ARGV[2] == '3' then redis.setresp(3) end
+for i = 1, #KEYS do
+  if redis.pcall('GETRANGE', KEYS[i], 0, 3) == ARGV[1] then return redis.error_reply(ARGV[3]) end
+end
+return redis.pcall(unpack(ARGV, 4))";
+
+/// What the session does with a command under compression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing to do: forward it as it is.
+    Unchanged,
+    /// Forward `args` instead when given (values encoded, or the command
+    /// turned into a script), and decode its reply when `decode` says how.
+    Forward {
+        args: Option<Vec<Bytes>>,
+        decode: Option<ReplyDecode>,
+    },
+    /// Run it as a read-modify-write, in order with the client's commands.
+    ReadModifyWrite(ReadModifyWrite),
+}
+
+/// APPEND or SETRANGE on what may be an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadModifyWrite {
+    Append { key: Bytes, tail: Bytes },
+    SetRange { key: Bytes, offset: Bytes, patch: Bytes },
+}
+
+/// The plan for `args` (name first). `encode(key, value)` is what to store
+/// for `value` under `key`; `in_transaction` refuses what would need a
+/// read-modify-write (it cannot run inside MULTI); `resp3` is the client's
+/// protocol (for scripts that answer natively).
+pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut dyn FnMut(&[u8], &[u8]) -> Bytes) -> Plan {
+    let Some(name) = args.first() else {
+        return Plan::Unchanged;
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let argc = args.len();
+    let forward = |args: Vec<Bytes>, decode: Option<ReplyDecode>| Plan::Forward {
+        args: Some(args),
+        decode,
+    };
+    let decode_only = |decode| Plan::Forward {
+        args: None,
+        decode: Some(decode),
+    };
+    // Replaces the value at `at` (keyed by the argument before it, or `key_at`).
+    let mut with_values = |positions: &mut dyn Iterator<Item = (usize, usize)>, decode: Option<ReplyDecode>| {
+        let mut out = args.to_vec();
+        for (key_at, value_at) in positions {
+            out[value_at] = encode(&args[key_at], &args[value_at]);
+        }
+        forward(out, decode)
+    };
+    match name.as_str() {
+        "GET" | "GETDEL" | "GETEX" if argc >= 2 => decode_only(ReplyDecode::Bulk),
+        "MGET" if argc >= 2 => decode_only(ReplyDecode::Items),
+        "SET" if argc >= 3 => {
+            let get = args[3..].iter().any(|option| option.eq_ignore_ascii_case(b"GET"));
+            with_values(&mut std::iter::once((1, 2)), get.then_some(ReplyDecode::Bulk))
+        }
+        "SETNX" if argc == 3 => with_values(&mut std::iter::once((1, 2)), None),
+        "GETSET" if argc == 3 => with_values(&mut std::iter::once((1, 2)), Some(ReplyDecode::Bulk)),
+        "SETEX" | "PSETEX" if argc == 4 => with_values(&mut std::iter::once((1, 3)), None),
+        "MSET" | "MSETNX" if argc >= 3 && argc % 2 == 1 => {
+            with_values(&mut (1..argc).step_by(2).map(|key| (key, key + 1)), None)
+        }
+        "STRLEN" if argc == 2 => forward(
+            script("EVAL_RO", STRLEN_SCRIPT, &[args[1].clone()], &[magic()]),
+            Some(ReplyDecode::Strlen),
+        ),
+        "GETRANGE" | "SUBSTR" if argc == 4 => match (parse_i64(&args[2]), parse_i64(&args[3])) {
+            (Some(start), Some(end)) => forward(
+                script(
+                    "EVAL_RO",
+                    GETRANGE_SCRIPT,
+                    &[args[1].clone()],
+                    &[magic(), args[2].clone(), args[3].clone()],
+                ),
+                Some(ReplyDecode::Range { start, end }),
+            ),
+            // Redis refuses the indexes before it reads the key.
+            _ => Plan::Unchanged,
+        },
+        "APPEND" if argc == 3 && in_transaction => {
+            let new_key_form = encode(&args[1], &args[2]);
+            forward(
+                script(
+                    "EVAL",
+                    APPEND_SCRIPT,
+                    &[args[1].clone()],
+                    &[
+                        magic(),
+                        args[2].clone(),
+                        new_key_form,
+                        "refuse".into(),
+                        refusal("APPEND"),
+                    ],
+                ),
+                None,
+            )
+        }
+        "APPEND" if argc == 3 => Plan::ReadModifyWrite(ReadModifyWrite::Append {
+            key: args[1].clone(),
+            tail: args[2].clone(),
+        }),
+        "SETRANGE" if argc == 4 && in_transaction => forward(
+            script(
+                "EVAL",
+                SETRANGE_SCRIPT,
+                &[args[1].clone()],
+                &[
+                    magic(),
+                    args[2].clone(),
+                    args[3].clone(),
+                    "refuse".into(),
+                    refusal("SETRANGE"),
+                ],
+            ),
+            None,
+        ),
+        "SETRANGE" if argc == 4 => Plan::ReadModifyWrite(ReadModifyWrite::SetRange {
+            key: args[1].clone(),
+            offset: args[2].clone(),
+            patch: args[3].clone(),
+        }),
+        _ => match guarded_keys(&name, args) {
+            Some((keys, eval)) => {
+                let mut argv = vec![magic(), if resp3 { "3" } else { "2" }.into(), refusal(&name)];
+                argv.extend(args.iter().cloned());
+                forward(script(eval, GUARD_SCRIPT, &keys, &argv), None)
+            }
+            None => Plan::Unchanged,
+        },
+    }
+}
+
+/// The keys a bit command or LCS reads, and how to run its guard (EVAL
+/// for commands that may write); None for other commands and wrong arity
+/// (Redis's own arity error reads nothing).
+fn guarded_keys(name: &str, args: &[Bytes]) -> Option<(Vec<Bytes>, &'static str)> {
+    let argc = args.len();
+    let first = || vec![args[1].clone()];
+    Some(match name {
+        "GETBIT" if argc == 3 => (first(), "EVAL_RO"),
+        "SETBIT" if argc == 4 => (first(), "EVAL"),
+        "BITCOUNT" if argc >= 2 => (first(), "EVAL_RO"),
+        "BITPOS" if argc >= 3 => (first(), "EVAL_RO"),
+        "BITFIELD" if argc >= 2 => (first(), "EVAL"),
+        "BITFIELD_RO" if argc >= 2 => (first(), "EVAL_RO"),
+        "BITOP" if argc >= 4 => (args[3..].to_vec(), "EVAL"),
+        "LCS" if argc >= 3 => (args[1..3].to_vec(), "EVAL_RO"),
+        _ => return None,
+    })
+}
+
+fn refusal(command: &str) -> Bytes {
+    Bytes::from(format!(
+        "ERR auracache: {command} on a value the proxy stored compressed is not supported \
+         (read it with GET, or turn compression off for its namespace)"
+    ))
+}
+
+/// `<eval> <script> <numkeys> keys... argv...`
+fn script(eval: &str, body: &str, keys: &[Bytes], argv: &[Bytes]) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(3 + keys.len() + argv.len());
+    out.push(Bytes::copy_from_slice(eval.as_bytes()));
+    out.push(Bytes::copy_from_slice(body.as_bytes()));
+    out.push(Bytes::from(keys.len().to_string()));
+    out.extend(keys.iter().cloned());
+    out.extend(argv.iter().cloned());
+    out
+}
+
+fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// One command to Redis and its reply, in order with the client's others.
+pub trait Upstream {
+    fn call(&mut self, args: Vec<Bytes>) -> impl std::future::Future<Output = Result<Bytes, String>> + Send;
+}
+
+/// Reads what Redis holds: `Ok(None)` when it is not an envelope.
+pub type StoredDecoder = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, String> + Send;
+
+/// How often a read-modify-write is retried while other writers change the
+/// key between its read and its write.
+const MAX_ATTEMPTS: usize = 64;
+
+impl ReadModifyWrite {
+    /// Runs it: the reply the client gets, exactly as Redis would answer
+    /// APPEND or SETRANGE on the original value. `encode` is what to store
+    /// for a new value of the key; `decode` reads what Redis holds.
+    pub async fn run(
+        &self,
+        upstream: &mut impl Upstream,
+        encode: &mut (dyn FnMut(&[u8]) -> Bytes + Send),
+        decode: &mut StoredDecoder,
+    ) -> Bytes {
+        let key = match self {
+            ReadModifyWrite::Append { key, .. } | ReadModifyWrite::SetRange { key, .. } => key.clone(),
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let first = match self {
+                ReadModifyWrite::Append { tail, .. } => script(
+                    "EVAL",
+                    APPEND_SCRIPT,
+                    std::slice::from_ref(&key),
+                    &[magic(), tail.clone(), encode(tail), "rmw".into(), Bytes::new()],
+                ),
+                ReadModifyWrite::SetRange { offset, patch, .. } => script(
+                    "EVAL",
+                    SETRANGE_SCRIPT,
+                    std::slice::from_ref(&key),
+                    &[magic(), offset.clone(), patch.clone(), "rmw".into(), Bytes::new()],
+                ),
+            };
+            let reply = match upstream.call(first).await {
+                Ok(reply) => reply,
+                Err(error) => return error_reply(&error),
+            };
+            // Answered natively (or refused by Redis): Redis's own reply.
+            let Some(items) = array(&reply) else {
+                return reply;
+            };
+            let stored: Option<&[u8]> = items.first().and_then(|item| bulk(item));
+            let value = match stored {
+                Some(stored) => match decode(stored) {
+                    Ok(decoded) => Some(decoded.unwrap_or_else(|| stored.to_vec())),
+                    Err(reason) => {
+                        return error_reply(&format!("ERR auracache could not decode the stored value: {reason}"));
+                    }
+                },
+                None => None,
+            };
+            let (new_value, length) = match self {
+                ReadModifyWrite::Append { tail, .. } => match append(value.as_deref().unwrap_or(b""), tail) {
+                    Ok(new_value) => {
+                        let length = new_value.len() as i64;
+                        (Some(new_value), length)
+                    }
+                    Err(error) => return error_reply(&error),
+                },
+                ReadModifyWrite::SetRange { offset, patch, .. } => match set_range(value.as_deref(), offset, patch) {
+                    Ok(result) => result,
+                    Err(error) => return error_reply(&error),
+                },
+            };
+            let Some(new_value) = new_value else {
+                return Bytes::from(format!(":{length}\r\n"));
+            };
+            let (expected, missing) = match stored {
+                Some(stored) => (Bytes::copy_from_slice(stored), Bytes::new()),
+                None => (Bytes::new(), Bytes::from_static(b"missing")),
+            };
+            let write = script(
+                "EVAL",
+                COMPARE_AND_SET_SCRIPT,
+                std::slice::from_ref(&key),
+                &[expected, encode(&new_value), missing],
+            );
+            match upstream.call(write).await {
+                Ok(reply) if reply.as_ref() == b":1\r\n" => return Bytes::from(format!(":{length}\r\n")),
+                Ok(reply) if reply.as_ref() == b":0\r\n" => continue,
+                Ok(reply) => return reply,
+                Err(error) => return error_reply(&error),
+            }
+        }
+        error_reply(&format!(
+            "ERR auracache gave up after {MAX_ATTEMPTS} attempts: the key kept changing under the read-modify-write"
+        ))
+    }
+}
+
+fn error_reply(message: &str) -> Bytes {
+    let line = message.replace(['\r', '\n'], " ");
+    Bytes::from(format!("-{line}\r\n"))
+}
+
+/// How a reply is turned back into what Redis would answer for the
+/// original value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyDecode {
+    /// A bulk string that may be an envelope.
+    Bulk,
+    /// An array whose bulk strings may be envelopes (MGET).
+    Items,
+    /// [`STRLEN_SCRIPT`]'s reply.
+    Strlen,
+    /// [`GETRANGE_SCRIPT`]'s reply, for these indexes.
+    Range { start: i64, end: i64 },
+}
+
+/// A reply could not be decoded: the client gets this error instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeFailure(pub String);
+
+/// Decodes one reply. `Ok(None)`: it is the client's as it is (the common
+/// case: no envelope in it).
+pub fn decode_reply(
+    how: &ReplyDecode,
+    reply: &[u8],
+    decode: &mut StoredDecoder,
+) -> Result<Option<Bytes>, DecodeFailure> {
+    let fail = |reason: String| DecodeFailure(format!("ERR auracache could not decode the stored value: {reason}"));
+    match how {
+        ReplyDecode::Bulk => match bulk(reply) {
+            Some(stored) => Ok(decode(stored).map_err(fail)?.map(|value| encode_bulk(&value))),
+            None => Ok(None),
+        },
+        ReplyDecode::Items => {
+            let Some(items) = array(reply) else {
+                return Ok(None);
+            };
+            let mut changed = false;
+            let mut out = BytesMut::with_capacity(reply.len());
+            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            for item in &items {
+                let value = match bulk(item) {
+                    Some(stored) => decode(stored).map_err(fail)?,
+                    None => None,
+                };
+                match value {
+                    Some(value) => {
+                        changed = true;
+                        out.extend_from_slice(&encode_bulk(&value));
+                    }
+                    None => out.extend_from_slice(item),
+                }
+            }
+            Ok(changed.then(|| out.freeze()))
+        }
+        ReplyDecode::Strlen => {
+            let Some(items) = array(reply) else {
+                return Ok(None);
+            };
+            let [header, stored_len] = items.as_slice() else {
+                return Ok(None);
+            };
+            let length = match bulk(header).and_then(envelope::parse_header) {
+                Some(header) => header.original_len,
+                None => integer(stored_len).unwrap_or(0) as u64,
+            };
+            Ok(Some(Bytes::from(format!(":{length}\r\n"))))
+        }
+        ReplyDecode::Range { start, end } => {
+            let Some(items) = array(reply) else {
+                return Ok(None);
+            };
+            let [whole] = items.as_slice() else {
+                return Ok(None);
+            };
+            let stored = bulk(whole).unwrap_or(b"");
+            let value = decode(stored).map_err(fail)?.unwrap_or_else(|| stored.to_vec());
+            Ok(Some(encode_bulk(range(&value, *start, *end))))
+        }
+    }
+}
+
+/// GETRANGE's answer for `value`, as Redis computes it (t_string.c).
+pub fn range(value: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = value.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return b"";
+    }
+    let mut start = if start < 0 { len + start } else { start };
+    let mut end = if end < 0 { len + end } else { end };
+    start = start.max(0);
+    end = end.max(0);
+    if end >= len {
+        end = len - 1;
+    }
+    if start > end || len == 0 {
+        return b"";
+    }
+    &value[start as usize..=end as usize]
+}
+
+/// SETRANGE applied to `value` (None: the key is missing) as Redis does
+/// it: the new value and the reply, or Redis's error.
+pub fn set_range(value: Option<&[u8]>, offset: &[u8], patch: &[u8]) -> Result<(Option<Vec<u8>>, i64), String> {
+    let offset: i64 = std::str::from_utf8(offset)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or("ERR value is not an integer or out of range")?;
+    if offset < 0 {
+        return Err("ERR offset is out of range".into());
+    }
+    let current = value.unwrap_or(b"");
+    if patch.is_empty() {
+        // Nothing to write: the length, and a missing key stays missing.
+        return Ok((None, current.len() as i64));
+    }
+    if offset as u64 + patch.len() as u64 > MAX_STRING_BYTES {
+        return Err("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into());
+    }
+    let offset = offset as usize;
+    let mut out = current.to_vec();
+    if out.len() < offset + patch.len() {
+        out.resize(offset + patch.len(), 0);
+    }
+    out[offset..offset + patch.len()].copy_from_slice(patch);
+    let len = out.len() as i64;
+    Ok((Some(out), len))
+}
+
+/// APPEND applied to `value` as Redis does it.
+pub fn append(value: &[u8], tail: &[u8]) -> Result<Vec<u8>, String> {
+    if value.len() as u64 + tail.len() as u64 > MAX_STRING_BYTES {
+        return Err("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into());
+    }
+    Ok([value, tail].concat())
+}
+
+/// The payload of a bulk string reply (`$n\r\n...\r\n`); None for nil and
+/// for other kinds.
+pub fn bulk(reply: &[u8]) -> Option<&[u8]> {
+    let rest = reply.strip_prefix(b"$")?;
+    let line = memchr::memchr(b'\r', rest)?;
+    let len: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
+    rest.get(line + 2..line + 2 + len)
+}
+
+fn integer(reply: &[u8]) -> Option<i64> {
+    let text = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// The elements of a flat array reply (each one frame), None otherwise.
+fn array(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    let rest = reply.strip_prefix(b"*")?;
+    let line = memchr::memchr(b'\r', rest)?;
+    let count: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
+    let mut at = line + 2;
+    let mut items = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let item = rest.get(at..)?;
+        let len = simple_frame_len(item)?;
+        items.push(&item[..len]);
+        at += len;
+    }
+    Some(items)
+}
+
+/// The length of a bulk, nil, integer, simple string or error frame.
+fn simple_frame_len(frame: &[u8]) -> Option<usize> {
+    let line = memchr::memchr(b'\n', frame)? + 1;
+    match frame.first()? {
+        b'$' => {
+            let len: i64 = std::str::from_utf8(&frame[1..line - 2]).ok()?.parse().ok()?;
+            if len < 0 {
+                Some(line)
+            } else {
+                let end = line + len as usize + 2;
+                (frame.len() >= end).then_some(end)
+            }
+        }
+        b':' | b'+' | b'-' | b'_' => Some(line),
+        _ => None,
+    }
+}
+
+/// `value` as a bulk string reply (the same in RESP2 and RESP3).
+pub fn encode_bulk(value: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(value.len() + 16);
+    out.extend_from_slice(format!("${}\r\n", value.len()).as_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The magic as a script argument.
+pub fn magic() -> Bytes {
+    Bytes::from_static(&MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_with_envelopes(stored: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        envelope::decode(stored, 1 << 20).map_err(|error| error.to_string())
+    }
+
+    fn decoded(how: ReplyDecode, reply: &[u8]) -> Result<Option<Bytes>, DecodeFailure> {
+        decode_reply(&how, reply, &mut decode_with_envelopes)
+    }
+
+    #[test]
+    fn bulk_replies_are_decoded_and_others_left_alone() {
+        let stored = envelope::escape(b"\xC1AURvalue");
+        let reply = encode_bulk(&stored);
+        assert_eq!(
+            decoded(ReplyDecode::Bulk, &reply).unwrap().as_deref(),
+            Some(&b"$9\r\n\xC1AURvalue\r\n"[..])
+        );
+        for untouched in [&b"$5\r\nplain\r\n"[..], b"$-1\r\n", b"_\r\n", b"+OK\r\n", b"-ERR x\r\n"] {
+            assert_eq!(decoded(ReplyDecode::Bulk, untouched).unwrap(), None);
+        }
+        let damaged = encode_bulk(&envelope::wrap(envelope::Codec::Zstd, 10, b"junk"));
+        let error = decoded(ReplyDecode::Bulk, &damaged).unwrap_err();
+        assert!(error.0.starts_with("ERR auracache could not decode"), "{error:?}");
+    }
+
+    #[test]
+    fn mget_items_are_decoded_in_place() {
+        let stored = envelope::escape(b"x");
+        let reply = [&b"*3\r\n$1\r\na\r\n$-1\r\n"[..], &encode_bulk(&stored)].concat();
+        assert_eq!(
+            decoded(ReplyDecode::Items, &reply).unwrap().as_deref(),
+            Some(&b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nx\r\n"[..])
+        );
+        assert_eq!(decoded(ReplyDecode::Items, b"*1\r\n$1\r\na\r\n").unwrap(), None);
+    }
+
+    #[test]
+    fn strlen_and_getrange_read_the_original() {
+        let stored = envelope::wrap(envelope::Codec::Zstd, 5000, b"payload");
+        let header = &stored[..stored.len().min(16)];
+        let reply = [
+            &b"*2\r\n"[..],
+            &encode_bulk(header),
+            format!(":{}\r\n", stored.len()).as_bytes(),
+        ]
+        .concat();
+        assert_eq!(
+            decoded(ReplyDecode::Strlen, &reply).unwrap().as_deref(),
+            Some(&b":5000\r\n"[..])
+        );
+        assert_eq!(decoded(ReplyDecode::Strlen, b":12\r\n").unwrap(), None);
+        let whole = envelope::escape(b"\xC1AUR hello");
+        let reply = [&b"*1\r\n"[..], &encode_bulk(&whole)].concat();
+        let range_of = |start, end| decoded(ReplyDecode::Range { start, end }, &reply).unwrap().unwrap();
+        assert_eq!(range_of(5, -1).as_ref(), b"$5\r\nhello\r\n");
+        assert_eq!(range_of(-3, -4).as_ref(), b"$0\r\n\r\n");
+        assert_eq!(
+            decoded(ReplyDecode::Range { start: 0, end: 1 }, b"$2\r\nab\r\n").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn ranges_follow_redis() {
+        let value = b"Hello World";
+        for (start, end, expected) in [
+            (0, 4, &b"Hello"[..]),
+            (-3, -1, b"rld"),
+            (0, -1, b"Hello World"),
+            (10, 100, b"d"),
+            (20, 30, b""),
+            (-100, 2, b"Hel"),
+            (5, 3, b""),
+            (-1, -5, b""),
+        ] {
+            assert_eq!(range(value, start, end), expected, "{start} {end}");
+        }
+        assert_eq!(range(b"", 0, -1), b"");
+    }
+
+    #[test]
+    fn setrange_and_append_follow_redis() {
+        assert_eq!(set_range(None, b"3", b"ab"), Ok((Some(b"\0\0\0ab".to_vec()), 5)));
+        assert_eq!(
+            set_range(Some(b"Hello World"), b"6", b"Redis"),
+            Ok((Some(b"Hello Redis".to_vec()), 11))
+        );
+        assert_eq!(set_range(None, b"5", b""), Ok((None, 0)));
+        assert_eq!(set_range(Some(b"abc"), b"9", b""), Ok((None, 3)));
+        assert_eq!(set_range(None, b"-1", b"x").unwrap_err(), "ERR offset is out of range");
+        assert_eq!(
+            set_range(None, b"x", b"x").unwrap_err(),
+            "ERR value is not an integer or out of range"
+        );
+        assert!(
+            set_range(None, b"536870912", b"x")
+                .unwrap_err()
+                .contains("proto-max-bulk-len")
+        );
+        assert_eq!(append(b"ab", b"cd").unwrap(), b"abcd");
+    }
+}

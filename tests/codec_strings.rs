@@ -1,0 +1,405 @@
+//! The string-command rules of compression (`codec::strings`) against real
+//! Redis servers, before the session uses them: one Redis gets the
+//! commands as a client sent them, a twin gets them as the rules rewrite
+//! them (values encoded, scripts, read-modify-writes), and every reply
+//! from the twin, decoded, must be byte-identical to the first's.
+
+mod common;
+
+use std::sync::Arc;
+
+use auracache::codec::strings::{self, Plan, Upstream};
+use auracache::codec::{Policy, envelope};
+use bytes::Bytes;
+use common::{RawClient, RedisServer};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+
+struct Client(RawClient);
+
+impl Upstream for Client {
+    async fn call(&mut self, args: Vec<Bytes>) -> Result<Bytes, String> {
+        let refs: Vec<&[u8]> = args.iter().map(|arg| arg.as_ref()).collect();
+        Ok(Bytes::from(self.0.command(&refs).await))
+    }
+}
+
+fn encoder(policy: &Policy) -> impl FnMut(&[u8]) -> Bytes + Send + '_ {
+    move |value| Bytes::copy_from_slice(&policy.encode(value).0)
+}
+
+fn decode(stored: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    envelope::decode(stored, 1 << 30).map_err(|error| error.to_string())
+}
+
+/// A command through the rules against `coded`: the reply a client would get.
+async fn through_rules(coded: &mut Client, policy: &Policy, args: &[Bytes], in_transaction: bool) -> Vec<u8> {
+    let mut encode_kv = |_: &[u8], value: &[u8]| Bytes::copy_from_slice(&policy.encode(value).0);
+    match strings::plan(args, in_transaction, false, &mut encode_kv) {
+        Plan::Unchanged => coded.call(args.to_vec()).await.unwrap().to_vec(),
+        Plan::Forward {
+            args: rewritten,
+            decode: how,
+        } => {
+            let reply = coded.call(rewritten.unwrap_or_else(|| args.to_vec())).await.unwrap();
+            match how {
+                None => reply.to_vec(),
+                Some(how) => match strings::decode_reply(&how, &reply, &mut decode) {
+                    Ok(Some(decoded)) => decoded.to_vec(),
+                    Ok(None) => reply.to_vec(),
+                    Err(failure) => format!("-{}\r\n", failure.0).into_bytes(),
+                },
+            }
+        }
+        Plan::ReadModifyWrite(rmw) => rmw.run(coded, &mut encoder(policy), &mut decode).await.to_vec(),
+    }
+}
+
+struct Twins {
+    direct: RawClient,
+    coded: Client,
+    raw: RawClient,
+    _servers: (RedisServer, RedisServer),
+}
+
+impl Twins {
+    async fn start() -> Twins {
+        let (a, b) = (RedisServer::start(), RedisServer::start());
+        Twins {
+            direct: RawClient::connect(a.addr()).await,
+            coded: Client(RawClient::connect(b.addr()).await),
+            raw: RawClient::connect(b.addr()).await,
+            _servers: (a, b),
+        }
+    }
+
+    async fn check(&mut self, policy: &Policy, args: &[Bytes]) -> Vec<u8> {
+        let refs: Vec<&[u8]> = args.iter().map(|arg| arg.as_ref()).collect();
+        let expected = self.direct.command(&refs).await;
+        let got = through_rules(&mut self.coded, policy, args, false).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected),
+            "{:?} (left: through the rules, right: Redis)",
+            args.iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        );
+        expected
+    }
+
+    async fn line(&mut self, policy: &Policy, line: &str) -> Vec<u8> {
+        let args: Vec<Bytes> = line
+            .split_whitespace()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        self.check(policy, &args).await
+    }
+}
+
+fn bytes(parts: &[&[u8]]) -> Vec<Bytes> {
+    parts.iter().map(|part| Bytes::copy_from_slice(part)).collect()
+}
+
+fn eager() -> Policy {
+    Policy {
+        threshold: 1,
+        ..Policy::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_commands_answer_as_redis_does_for_the_original() {
+    let mut twins = Twins::start().await;
+    let policy = eager();
+    let text = "the-quick-brown-fox-jumps-over-the-lazy-dog-".repeat(40);
+    for line in [
+        format!("SET k {text}"),
+        "GET k".into(),
+        "STRLEN k".into(),
+        "GETRANGE k 4 8".into(),
+        "GETRANGE k -10 -1".into(),
+        "SUBSTR k 0 2".into(),
+        "GETRANGE k x 2".into(),
+        "APPEND k tail".into(),
+        "GET k".into(),
+        "SETRANGE k 4 QUICK".into(),
+        "SETRANGE k 0 T".into(),
+        "SETRANGE k 3000 far".into(),
+        "SETRANGE k -1 x".into(),
+        "SETRANGE k 10".into(),
+        "GET k".into(),
+        "STRLEN k".into(),
+        "INCR k".into(),
+        "INCRBYFLOAT k 1".into(),
+        format!("SET n {}", "7".repeat(18)),
+        "INCR n".into(),
+        "GETSET k short".into(),
+        "GETBIT k 3".into(),
+        "BITCOUNT k".into(),
+        format!("SET k {text} GET"),
+        format!("SET k {text} XX GET"),
+        "GETDEL k".into(),
+        "STRLEN k".into(),
+        "APPEND fresh abc".into(),
+        "SETRANGE new 2 xyz".into(),
+        "SETRANGE empty 5".into(),
+        "EXISTS empty".into(),
+        format!("MSET a {text} b plain c {text}x"),
+        "MGET a b c missing".into(),
+        format!("MSETNX a {text} z 1"),
+        format!("SETEX e 100 {text}"),
+        "GET e".into(),
+        format!("SETNX a {text}"),
+        "LPUSH list x".into(),
+        "STRLEN list".into(),
+        "GETRANGE list 0 1".into(),
+        "APPEND list x".into(),
+        "SETRANGE list 0 x".into(),
+        "GETBIT list 0".into(),
+        "GET list".into(),
+        "MGET list a".into(),
+    ] {
+        twins.line(&policy, &line).await;
+    }
+    // Redis really holds fewer bytes for the compressible value.
+    let stored = twins.raw.cmd("STRLEN a").await;
+    let direct = twins.direct.cmd("STRLEN a").await;
+    let (stored, direct): (u64, u64) = (stored[1..].trim().parse().unwrap(), direct[1..].trim().parse().unwrap());
+    assert!(stored * 5 < direct, "{stored} bytes stored for {direct}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_commands_and_lcs_on_compressed_values_are_refused() {
+    let mut twins = Twins::start().await;
+    let policy = eager();
+    let text = "abcabcabc".repeat(200);
+    twins.line(&policy, &format!("SET a {text}")).await;
+    twins.line(&policy, "SET raw x").await;
+    for line in [
+        "GETBIT a 1",
+        "SETBIT a 1 1",
+        "BITCOUNT a",
+        "BITPOS a 1",
+        "BITFIELD a GET u8 0",
+        "BITOP AND dest raw a",
+        "LCS a raw",
+    ] {
+        let args: Vec<Bytes> = line
+            .split_whitespace()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        let reply = String::from_utf8(through_rules(&mut twins.coded, &policy, &args, false).await).unwrap();
+        let name = line.split(' ').next().unwrap();
+        assert!(
+            reply.starts_with(&format!(
+                "-ERR auracache: {name} on a value the proxy stored compressed"
+            )),
+            "{line}: {reply:?}"
+        );
+    }
+    // On raw values they are Redis's own.
+    for line in [
+        "GETBIT raw 1",
+        "BITCOUNT raw",
+        "BITOP AND dest raw raw",
+        "LCS raw raw",
+        "BITFIELD raw GET u8 0",
+    ] {
+        twins.line(&policy, line).await;
+    }
+    // The value was not touched by the refused writes.
+    assert_eq!(
+        twins.line(&policy, "GET a").await,
+        twins.direct.cmd("GET a").await.into_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_multi_a_read_modify_write_is_refused_not_wrong() {
+    let mut twins = Twins::start().await;
+    let policy = eager();
+    let text = "xyz".repeat(500);
+    twins.line(&policy, &format!("SET a {text}")).await;
+    twins.line(&policy, "SET raw abcd").await;
+    let reply = through_rules(&mut twins.coded, &policy, &bytes(&[b"APPEND", b"a", b"x"]), true).await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-ERR auracache: APPEND"),
+        "{reply:?}"
+    );
+    let reply = through_rules(
+        &mut twins.coded,
+        &policy,
+        &bytes(&[b"SETRANGE", b"a", b"1", b"x"]),
+        true,
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-ERR auracache: SETRANGE"),
+        "{reply:?}"
+    );
+    // A raw value is appended to natively, as in Redis.
+    let reply = through_rules(&mut twins.coded, &policy, &bytes(&[b"APPEND", b"raw", b"ef"]), true).await;
+    assert_eq!(reply, b":6\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_a_compressed_value_lose_nothing() {
+    let server = RedisServer::start();
+    let policy = Arc::new(eager());
+    let mut setup = Client(RawClient::connect(server.addr()).await);
+    let start = "log-line ".repeat(300);
+    through_rules(&mut setup, &policy, &bytes(&[b"SET", b"log", start.as_bytes()]), false).await;
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let policy = policy.clone();
+        let mut client = Client(RawClient::connect(server.addr()).await);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let entry = format!("[w{writer}-{i:02}]");
+                let reply = through_rules(
+                    &mut client,
+                    &policy,
+                    &bytes(&[b"APPEND", b"log", entry.as_bytes()]),
+                    false,
+                )
+                .await;
+                assert!(reply.starts_with(b":"), "{}", String::from_utf8_lossy(&reply));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let reply = through_rules(&mut setup, &policy, &bytes(&[b"GET", b"log"]), false).await;
+    let value = strings::bulk(&reply).unwrap();
+    let text = String::from_utf8_lossy(value);
+    assert_eq!(value.len(), start.len() + 100 * "[w0-00]".len());
+    for writer in 0..4 {
+        let mut last = None;
+        for i in 0..25 {
+            let at = text
+                .find(&format!("[w{writer}-{i:02}]"))
+                .unwrap_or_else(|| panic!("w{writer}-{i} lost"));
+            assert!(last < Some(at), "w{writer}'s appends out of order");
+            last = Some(at);
+        }
+    }
+    let mut raw = RawClient::connect(server.addr()).await;
+    let stored: usize = raw.cmd("STRLEN log").await[1..].trim().parse().unwrap();
+    assert!(stored < value.len(), "still compressed: {stored} of {}", value.len());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(u8, Vec<u8>, &'static str),
+    Get(u8),
+    Append(u8, Vec<u8>),
+    SetRange(u8, i64, Vec<u8>),
+    GetRange(u8, i64, i64),
+    Strlen(u8),
+    GetSet(u8, Vec<u8>),
+    GetDel(u8),
+    MSet(u8, Vec<u8>, u8, Vec<u8>),
+    MGet(u8, u8),
+}
+
+impl Op {
+    fn args(&self) -> Vec<Bytes> {
+        let key = |k: &u8| Bytes::from(format!("k{k}"));
+        let value = |v: &Vec<u8>| Bytes::copy_from_slice(v);
+        let word = |w: &str| Bytes::copy_from_slice(w.as_bytes());
+        match self {
+            Op::Set(k, v, option) => {
+                let mut args = vec![word("SET"), key(k), value(v)];
+                args.extend(option.split_whitespace().map(word));
+                args
+            }
+            Op::Get(k) => vec![word("GET"), key(k)],
+            Op::Append(k, v) => vec![word("APPEND"), key(k), value(v)],
+            Op::SetRange(k, offset, v) => vec![word("SETRANGE"), key(k), word(&offset.to_string()), value(v)],
+            Op::GetRange(k, start, end) => vec![
+                word("GETRANGE"),
+                key(k),
+                word(&start.to_string()),
+                word(&end.to_string()),
+            ],
+            Op::Strlen(k) => vec![word("STRLEN"), key(k)],
+            Op::GetSet(k, v) => vec![word("GETSET"), key(k), value(v)],
+            Op::GetDel(k) => vec![word("GETDEL"), key(k)],
+            Op::MSet(a, v, b, w) => vec![word("MSET"), key(a), value(v), key(b), value(w)],
+            Op::MGet(a, b) => vec![word("MGET"), key(a), key(b)],
+        }
+    }
+}
+
+fn value_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..12),
+        // Begins with the magic, sometimes a whole valid-looking header.
+        prop::collection::vec(any::<u8>(), 0..8).prop_map(|tail| [&envelope::MAGIC[..], &tail].concat()),
+        Just(b"\xC1AU".to_vec()),
+        Just(b"R\x01\x00\x00".to_vec()),
+        // Compressible, and around the default threshold.
+        (1usize..60).prop_map(|n| b"abcd".repeat(n * 8)),
+        (0u8..255).prop_map(|seed| (0..1100u32).map(|i| (i.wrapping_mul(31) as u8) ^ seed).collect()),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let key = 0u8..3;
+    let option = prop_oneof![
+        Just(""),
+        Just("GET"),
+        Just("NX"),
+        Just("XX GET"),
+        Just("EX 100"),
+        Just("KEEPTTL")
+    ];
+    prop_oneof![
+        (key.clone(), value_strategy(), option).prop_map(|(k, v, o)| Op::Set(k, v, o)),
+        key.clone().prop_map(Op::Get),
+        (key.clone(), value_strategy()).prop_map(|(k, v)| Op::Append(k, v)),
+        (key.clone(), -2i64..40, value_strategy()).prop_map(|(k, o, v)| Op::SetRange(k, o, v)),
+        (key.clone(), -50i64..50, -50i64..50).prop_map(|(k, s, e)| Op::GetRange(k, s, e)),
+        key.clone().prop_map(Op::Strlen),
+        (key.clone(), value_strategy()).prop_map(|(k, v)| Op::GetSet(k, v)),
+        key.clone().prop_map(Op::GetDel),
+        (key.clone(), value_strategy(), key.clone(), value_strategy()).prop_map(|(a, v, b, w)| Op::MSet(a, v, b, w)),
+        (key.clone(), key.clone()).prop_map(|(a, b)| Op::MGet(a, b)),
+    ]
+}
+
+/// Random sequences with random binary values, some beginning with the
+/// magic, with threshold 1 and with the default threshold.
+#[test]
+fn random_string_sequences_match_redis() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for policy in [eager(), Policy::default()] {
+        let twins = std::cell::RefCell::new(runtime.block_on(Twins::start()));
+        let mut runner = TestRunner::new(ProptestConfig {
+            cases: 40,
+            failure_persistence: None,
+            max_shrink_iters: 0,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&prop::collection::vec(op_strategy(), 1..30), |ops| {
+                let mut guard = twins.borrow_mut();
+                let twins: &mut Twins = &mut guard;
+                runtime.block_on(async {
+                    for op in &ops {
+                        twins.check(&policy, &op.args()).await;
+                    }
+                    assert_eq!(twins.direct.cmd("FLUSHALL").await, "+OK\r\n");
+                    assert_eq!(twins.raw.cmd("FLUSHALL").await, "+OK\r\n");
+                });
+                Ok(())
+            })
+            .expect("the rules answer as Redis does");
+    }
+}
