@@ -6,10 +6,11 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::cache::{L1, Namespace};
+use crate::codec::Compression;
 use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
-pub fn info_cache(stats: &Stats, l1: Option<&L1>) -> String {
+pub fn info_cache(stats: &Stats, l1: Option<&L1>, compression: Option<&Compression>) -> String {
     let fields: [(&str, u64); 8] = [
         ("clients_connected", stats.clients() as u64),
         ("clients_total", stats.clients_total()),
@@ -57,6 +58,10 @@ pub fn info_cache(stats: &Stats, l1: Option<&L1>) -> String {
             namespace_line(&mut text, &namespace);
         }
     }
+    let _ = write!(text, "compression_enabled:{}\r\n", u8::from(compression.is_some()));
+    if let Some(compression) = compression {
+        compression_lines(&mut text, compression);
+    }
     text
 }
 
@@ -103,6 +108,59 @@ fn namespace_line(text: &mut String, namespace: &Namespace) {
     );
 }
 
+/// Totals, then one line per (codec, namespace) like Redis's `db0:` lines:
+/// values compressed and left raw (by reason), bytes before and after,
+/// ratio (stored / original), compress and decompress time (total, p99).
+fn compression_lines(text: &mut String, compression: &Compression) {
+    let all = compression.stats.snapshot();
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let sum =
+        |pick: &dyn Fn(&crate::codec::CodecStats) -> u64| all.iter().map(|(_, _, stats)| pick(stats)).sum::<u64>();
+    let compressed = sum(&|stats| count(&stats.compressed));
+    let raw = sum(&|stats| {
+        count(&stats.below_threshold) + count(&stats.poor_savings) + count(&stats.interpreted) + count(&stats.escaped)
+    });
+    let bytes_in = sum(&|stats| count(&stats.bytes_in));
+    let bytes_out = sum(&|stats| count(&stats.bytes_out));
+    let ratio = if bytes_in == 0 {
+        1.0
+    } else {
+        bytes_out as f64 / bytes_in as f64
+    };
+    let _ = write!(text, "compression_values:{compressed}\r\n");
+    let _ = write!(text, "compression_values_raw:{raw}\r\n");
+    let _ = write!(text, "compression_bytes_in:{bytes_in}\r\n");
+    let _ = write!(text, "compression_bytes_out:{bytes_out}\r\n");
+    let _ = write!(text, "compression_ratio:{ratio:.4}\r\n");
+    let _ = write!(text, "compression_decoded:{}\r\n", sum(&|stats| count(&stats.decoded)));
+    let _ = write!(
+        text,
+        "compression_decode_errors:{}\r\n",
+        sum(&|stats| count(&stats.decode_errors))
+    );
+    for (codec, namespace, stats) in all {
+        let _ = write!(
+            text,
+            "compression_{}_{namespace}:compressed={},below_threshold={},poor_savings={},interpreted={},escaped={},bytes_in={},bytes_out={},ratio={:.4},compress_total_us={},compress_p99_us={},decoded={},decompress_total_us={},decompress_p99_us={},decode_errors={}\r\n",
+            codec.name(),
+            count(&stats.compressed),
+            count(&stats.below_threshold),
+            count(&stats.poor_savings),
+            count(&stats.interpreted),
+            count(&stats.escaped),
+            count(&stats.bytes_in),
+            count(&stats.bytes_out),
+            stats.ratio(),
+            stats.compress_ns.sum() / 1000,
+            stats.compress_ns.quantile(0.99) / 1000,
+            count(&stats.decoded),
+            stats.decompress_ns.sum() / 1000,
+            stats.decompress_ns.quantile(0.99) / 1000,
+            count(&stats.decode_errors),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +170,7 @@ mod tests {
     fn info_cache_reads_like_redis_info() {
         let stats = Stats::default();
         stats.connection_opened(ConnectionKind::Pooled);
-        let text = info_cache(&stats, None);
+        let text = info_cache(&stats, None, None);
         assert!(text.starts_with("# Cache\r\n"));
         assert!(text.contains("upstream_connections_pooled:1\r\n"));
         for line in text.split("\r\n").skip(1).filter(|line| !line.is_empty()) {

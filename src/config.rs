@@ -50,6 +50,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub memory_cache: MemoryCacheConfig,
+    pub compression: CompressionConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -93,6 +94,82 @@ pub struct NamespaceConfig {
     /// strict or ttl-only; default memory_cache.consistency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// Compress this namespace's values; default compression.enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_enabled: Option<bool>,
+    /// Default compression.algorithm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_algorithm: Option<CompressionAlgorithm>,
+    /// Default compression.level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// Default compression.threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_threshold: Option<usize>,
+}
+
+/// A compression algorithm for stored values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionAlgorithm {
+    #[default]
+    Zstd,
+    Gzip,
+    Zlib,
+}
+
+impl CompressionAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionAlgorithm::Zstd => "zstd",
+            CompressionAlgorithm::Gzip => "gzip",
+            CompressionAlgorithm::Zlib => "zlib",
+        }
+    }
+
+    /// The levels it accepts (zstd's negative levels are its fastest).
+    pub fn levels(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            CompressionAlgorithm::Zstd => -7..=22,
+            CompressionAlgorithm::Gzip | CompressionAlgorithm::Zlib => 0..=9,
+        }
+    }
+
+    fn parse(name: &str, value: &str) -> Result<CompressionAlgorithm, ConfigError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "zstd" => Ok(CompressionAlgorithm::Zstd),
+            "gzip" => Ok(CompressionAlgorithm::Gzip),
+            "zlib" => Ok(CompressionAlgorithm::Zlib),
+            _ => Err(invalid(name, value, "expected zstd, gzip or zlib")),
+        }
+    }
+}
+
+/// Transparent compression of string values stored in Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Compress values on their way to Redis (and decode them back).
+    pub enabled: bool,
+    /// Values shorter than this (bytes) are stored as they are.
+    pub threshold: usize,
+    pub algorithm: CompressionAlgorithm,
+    /// zstd -7..=22, gzip/zlib 0..=9.
+    pub level: i32,
+    /// Store raw unless compression saves at least this fraction.
+    pub min_savings: f64,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold: 1024,
+            algorithm: CompressionAlgorithm::Zstd,
+            level: 3,
+            min_savings: 0.1,
+        }
+    }
 }
 
 /// The L1 cache level.
@@ -174,6 +251,9 @@ pub struct LimitsConfig {
     pub idle_timeout_secs: u64,
     /// On shutdown, how long in-flight replies may take to drain.
     pub drain_timeout_ms: u64,
+    /// Largest value a compressed envelope may declare: a larger one is a
+    /// decompression bomb, refused with an error.
+    pub max_value_bytes: u64,
 }
 
 /// Client authentication to the proxy. Empty = clients need not authenticate.
@@ -227,6 +307,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
+            compression: CompressionConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -254,6 +335,7 @@ impl Default for LimitsConfig {
             max_query_buffer_bytes: 1024 * 1024 * 1024,
             idle_timeout_secs: 0,
             drain_timeout_ms: 5000,
+            max_value_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -302,6 +384,12 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "AURACACHE_MEMORY_CACHE_FILL_ON_FIRST_MISS",
         "memory_cache.fill_on_first_miss",
     ),
+    ("AURACACHE_MAX_VALUE_BYTES", "limits.max_value_bytes"),
+    ("CACHE_COMPRESSION_ENABLED", "compression.enabled"),
+    ("CACHE_COMPRESSION_THRESHOLD", "compression.threshold"),
+    ("CACHE_COMPRESSION_ALGORITHM", "compression.algorithm"),
+    ("AURACACHE_COMPRESSION_LEVEL", "compression.level"),
+    ("AURACACHE_COMPRESSION_MIN_SAVINGS", "compression.min_savings"),
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
 ];
 
@@ -396,6 +484,22 @@ impl Config {
             "memory_cache.max_entry_bytes" => self.memory_cache.max_entry_bytes = whole(1)?,
             "memory_cache.default_ttl" => self.memory_cache.default_ttl = whole(0)?,
             "memory_cache.nil_ttl" => self.memory_cache.nil_ttl = whole(0)?,
+            "limits.max_value_bytes" => self.limits.max_value_bytes = whole(1)?,
+            "compression.enabled" => self.compression.enabled = boolean()?,
+            "compression.threshold" => self.compression.threshold = whole(1)? as usize,
+            "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
+            "compression.level" => {
+                self.compression.level = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, value, "expected a whole number (zstd -7..=22, gzip/zlib 0..=9)"))?
+            }
+            "compression.min_savings" => {
+                self.compression.min_savings = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, value, "expected a fraction from 0 up to (not including) 1"))?
+            }
             _ => return Err(ConfigError::Unknown(name.to_string())),
         }
         self.check_one(name)
@@ -414,6 +518,8 @@ impl Config {
             "log.format",
             "memory_cache.max_bytes",
             "memory_cache.max_namespaces",
+            "compression.level",
+            "compression.min_savings",
             "namespace_separator",
             "namespaces",
         ] {
@@ -489,6 +595,24 @@ impl Config {
                 ));
             }
             "namespaces" => {
+                for (namespace, overrides) in &self.namespaces {
+                    let algorithm = overrides.compression_algorithm.unwrap_or(self.compression.algorithm);
+                    let level = overrides.compression_level.unwrap_or(self.compression.level);
+                    if !algorithm.levels().contains(&level) {
+                        return Err(invalid(
+                            &format!("namespaces.{namespace}.compression_level"),
+                            &level.to_string(),
+                            &format!("expected {:?} for {}", algorithm.levels(), algorithm.as_str()),
+                        ));
+                    }
+                    if overrides.compression_threshold == Some(0) {
+                        return Err(invalid(
+                            &format!("namespaces.{namespace}.compression_threshold"),
+                            "0",
+                            "expected a whole number >= 1",
+                        ));
+                    }
+                }
                 for namespace in self.namespaces.keys() {
                     if namespace.is_empty() || namespace.contains(self.namespace_separator.as_str()) {
                         return Err(invalid(
@@ -501,6 +625,23 @@ impl Config {
                         ));
                     }
                 }
+            }
+            "compression.level" | "compression.algorithm"
+                if !self.compression.algorithm.levels().contains(&self.compression.level) =>
+            {
+                let algorithm = self.compression.algorithm;
+                return Err(invalid(
+                    "compression.level",
+                    &self.compression.level.to_string(),
+                    &format!("expected {:?} for {}", algorithm.levels(), algorithm.as_str()),
+                ));
+            }
+            "compression.min_savings" if !(0.0..1.0).contains(&self.compression.min_savings) => {
+                return Err(invalid(
+                    name,
+                    &self.compression.min_savings.to_string(),
+                    "expected a fraction from 0 up to (not including) 1",
+                ));
             }
             "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {
                 return Err(invalid(name, &self.log.format, "expected text or json"));

@@ -40,6 +40,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     stats: Arc<Stats>,
     l1: Option<Arc<L1>>,
+    compression: Option<Arc<crate::codec::Compression>>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -99,6 +100,12 @@ impl Server {
             let store = Arc::new(L1Store::new(limits, namespaces, clock));
             Arc::new(L1::new(&config.memory_cache, store))
         });
+        let compression = (config.compression.enabled
+            || config
+                .namespaces
+                .values()
+                .any(|namespace| namespace.compression_enabled == Some(true)))
+        .then(|| Arc::new(crate::codec::Compression::new(&config)));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -108,6 +115,7 @@ impl Server {
             reply_limits,
             databases: AtomicU32::new(16),
             l1: l1.clone(),
+            compression,
         });
         tokio::spawn(learn_databases(shared.clone()));
         let shared_l1 = l1.clone();
@@ -131,11 +139,13 @@ impl Server {
             "listening on {local_addr}, upstream {}",
             shared.config.upstream_redacted()
         );
+        let compression = shared.compression.clone();
         let accept_loop = tokio::spawn(accept_clients(listener, shared, shutdown));
         Ok(ServerHandle {
             local_addr,
             stats,
             l1: shared_l1,
+            compression,
             trigger,
             accept_loop,
         })
@@ -154,6 +164,11 @@ impl ServerHandle {
     /// The L1 level, when enabled.
     pub fn l1(&self) -> Option<&Arc<L1>> {
         self.l1.as_ref()
+    }
+
+    /// The compression stage, when enabled.
+    pub fn compression(&self) -> Option<&Arc<crate::codec::Compression>> {
+        self.compression.as_ref()
     }
 
     /// Stops accepting, lets in-flight replies drain (bounded), and returns.

@@ -32,6 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin;
 use crate::auth::Authenticator;
 use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, WriteGuard, Written};
+use crate::codec::Compression;
+use crate::codec::strings::{self, Plan, ReadModifyWrite, ReplyDecode};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
@@ -66,6 +68,26 @@ pub struct Shared {
     pub databases: std::sync::atomic::AtomicU32,
     /// The L1 cache level, when enabled.
     pub l1: Option<Arc<L1>>,
+    /// The compression stage, when enabled.
+    pub compression: Option<Arc<Compression>>,
+}
+
+/// How one reply is decoded (compression) before anyone sees it.
+#[derive(Debug, Clone)]
+enum Decode {
+    /// A reply to a read of `key` (the namespace its statistics count in).
+    One(ReplyDecode, Bytes),
+    /// EXEC's array: one element per queued command, in order.
+    Transaction(Vec<Option<(ReplyDecode, Bytes)>>),
+}
+
+/// Where a MULTI transaction starts or ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boundary {
+    Multi,
+    Exec,
+    Discard,
+    Reset,
 }
 
 /// One entry in the reply order.
@@ -160,14 +182,15 @@ impl BatchL1 {
         }
         let edits = (!hidden.is_empty() || !merges.is_empty()).then(|| Box::new(ReplyEdits { hidden, merges }));
         let (writes, fills) = (self.writes, self.fills);
-        let hook: Hook = Box::new(move |result: &BatchResult| {
-            if let Ok(bytes) = result {
+        let hook: Hook = Box::new(move |result: BatchResult| {
+            if let Ok(bytes) = &result {
                 complete_fills(&l1, fills, multi_fills, bytes);
             }
             // Now that Redis has run them, the batch's writes end (dropping
             // again what a read racing them may have stored). Tickets not
             // completed give their fills up as they drop.
             drop(writes);
+            result
         });
         (Some(hook), edits)
     }
@@ -216,6 +239,9 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         batch_l1: BatchL1::default(),
         current_writes: Vec::new(),
         queued_writes: Vec::new(),
+        pending_decode: None,
+        batch_decodes: Vec::new(),
+        queued_decodes: Vec::new(),
         in_transaction: false,
         db_before_transaction: None,
         sent_batches: 0,
@@ -289,6 +315,13 @@ struct Session {
     current_writes: Vec<WriteGuard>,
     /// Writes queued inside MULTI, in flight from EXEC.
     queued_writes: Vec<WriteGuard>,
+    /// The decoding of the command being handled, joined to the batch (or
+    /// the transaction) that carries it.
+    pending_decode: Option<Decode>,
+    /// Replies of the batch to decode, by position.
+    batch_decodes: Vec<(usize, Decode)>,
+    /// The decodings of the commands queued in MULTI, in order.
+    queued_decodes: Vec<Option<(ReplyDecode, Bytes)>>,
     in_transaction: bool,
     /// The database when MULTI came (DISCARD undoes a queued SELECT).
     db_before_transaction: Option<u32>,
@@ -419,8 +452,10 @@ impl Session {
                 command.decode_args()?;
             }
             let flow = self.handle(command).await;
-            // Writes of a command that was not forwarded end here.
+            // Writes of a command that was not forwarded end here, and so
+            // does its decoding (an L1 hit needs none).
             self.current_writes.clear();
+            self.pending_decode = None;
             if let Flow::Stop = flow {
                 self.flush().await;
                 return Ok(Flow::Stop);
@@ -442,9 +477,10 @@ impl Session {
     /// The phases one command goes through.
     async fn handle(&mut self, mut command: Command) -> Flow {
         let l1 = self.shared.l1.clone();
+        let boundary = self.note_transaction(&command);
         if self.piped {
             if let Some(l1) = &l1 {
-                if let Err(error) = self.note_write(l1, &mut command) {
+                if let Err(error) = self.note_write(l1, &mut command, boundary) {
                     self.reply(Reply::error(format!("ERR {error}"))).await;
                     return Flow::Stop;
                 }
@@ -466,11 +502,26 @@ impl Session {
             self.reply(Reply::error("NOAUTH Authentication required.")).await;
             return Flow::Continue;
         }
-        if let Some(l1) = &l1 {
-            if let Err(error) = self.note_write(l1, &mut command) {
-                self.reply(Reply::error(format!("ERR {error}"))).await;
-                return Flow::Stop;
+        if let Some(l1) = &l1
+            && let Err(error) = self.note_write(l1, &mut command, boundary)
+        {
+            self.reply(Reply::error(format!("ERR {error}"))).await;
+            return Flow::Stop;
+        }
+        if let Some(compression) = &self.shared.compression
+            && matches!(class, CommandClass::Shared | CommandClass::Stateful)
+        {
+            let compression = compression.clone();
+            match self.plan_compression(&compression, &mut command, boundary) {
+                Ok(Some(rmw)) => return self.read_modify_write(&compression, rmw).await,
+                Ok(None) => {}
+                Err(error) => {
+                    self.reply(Reply::error(format!("ERR {error}"))).await;
+                    return Flow::Stop;
+                }
             }
+        }
+        if let Some(l1) = &l1 {
             if class == CommandClass::Shared
                 && self.may_use_l1(l1)
                 && let Some(shape) = cached_shape(&mut command)
@@ -513,7 +564,11 @@ impl Session {
                 Flow::Stop
             }
             LocalCommand::InfoCache => {
-                let text = admin::info_cache(&self.shared.stats, self.shared.l1.as_deref());
+                let text = admin::info_cache(
+                    &self.shared.stats,
+                    self.shared.l1.as_deref(),
+                    self.shared.compression.as_deref(),
+                );
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
             }
@@ -795,6 +850,17 @@ impl Session {
         self.append(command.wire());
         self.batch_l1.writes.append(&mut self.current_writes);
         self.batch_count += 1;
+        let decode = self.pending_decode.take();
+        // Inside MULTI, Redis answers QUEUED now and the value in EXEC's
+        // array; MULTI and WATCH there run at once and are not in it.
+        if self.in_transaction && !command.is("MULTI") && !command.is("WATCH") {
+            self.queued_decodes.push(match decode {
+                Some(Decode::One(how, key)) => Some((how, key)),
+                _ => None,
+            });
+        } else if let Some(decode) = decode {
+            self.batch_decodes.push((self.batch_replies - 1, decode));
+        }
         Flow::Continue
     }
 
@@ -939,32 +1005,130 @@ impl Session {
         Flow::Continue
     }
 
+    /// Follows MULTI ... EXEC/DISCARD (and RESET) on the client's side:
+    /// queued writes count from EXEC, queued decodings apply to EXEC's
+    /// array, DISCARD undoes a queued SELECT.
+    fn note_transaction(&mut self, command: &Command) -> Option<Boundary> {
+        let name = command.name();
+        let boundary = [
+            (b"MULTI".as_slice(), Boundary::Multi),
+            (b"EXEC", Boundary::Exec),
+            (b"DISCARD", Boundary::Discard),
+            (b"RESET", Boundary::Reset),
+        ]
+        .into_iter()
+        .find(|(word, _)| name.eq_ignore_ascii_case(word))?
+        .1;
+        if boundary == Boundary::Multi {
+            self.in_transaction = true;
+            self.db_before_transaction = Some(self.db);
+            return Some(boundary);
+        }
+        self.in_transaction = false;
+        let db_before = self.db_before_transaction.take();
+        if boundary == Boundary::Discard
+            && let Some(db) = db_before
+        {
+            // A SELECT queued in the transaction never ran.
+            self.db = db;
+        }
+        Some(boundary)
+    }
+
+    /// The compression stage: rewrites the command (values encoded, reads
+    /// of part of a value turned into scripts), notes how its reply is
+    /// decoded, or hands back a read-modify-write to run now.
+    fn plan_compression(
+        &mut self,
+        compression: &Compression,
+        command: &mut Command,
+        boundary: Option<Boundary>,
+    ) -> Result<Option<ReadModifyWrite>, ProtocolError> {
+        if let Some(boundary) = boundary {
+            let queued = std::mem::take(&mut self.queued_decodes);
+            if boundary == Boundary::Exec && queued.iter().any(Option::is_some) {
+                self.pending_decode = Some(Decode::Transaction(queued));
+            }
+            return Ok(None);
+        }
+        if !strings::covers(command.name()) {
+            return Ok(None);
+        }
+        command.decode_args()?;
+        let resp3 = self.protocol == Protocol::Resp3;
+        let mut encode = |key: &[u8], value: &[u8]| compression.encode(key, value);
+        match strings::plan(command.args(), self.in_transaction, resp3, &mut encode) {
+            Plan::Unchanged => {}
+            Plan::Forward { args, decode } => {
+                if let Some(how) = decode {
+                    let key = command.first_arg().cloned().unwrap_or_default();
+                    self.pending_decode = Some(Decode::One(how, key));
+                }
+                if let Some(args) = args {
+                    *command = Command::from_args(args);
+                }
+            }
+            Plan::ReadModifyWrite(rmw) => return Ok(Some(rmw)),
+        }
+        Ok(None)
+    }
+
+    /// APPEND/SETRANGE under compression: after everything the client sent
+    /// before, on the same upstream connection, a script that answers
+    /// natively for a raw value, or a read-modify-write for an envelope.
+    async fn read_modify_write(&mut self, compression: &Arc<Compression>, rmw: ReadModifyWrite) -> Flow {
+        self.flush().await;
+        let lane = if self.dedicated.is_some() {
+            Lane::Dedicated
+        } else {
+            self.pooled_lane()
+        };
+        self.enter_lane(lane).await;
+        let connection = match lane {
+            Lane::Dedicated => match &self.dedicated {
+                Some(connection) if !connection.is_closed() => Ok(connection.clone()),
+                _ => Err(UpstreamError::lost()),
+            },
+            Lane::Pooled { db, protocol } => self.pool(db, protocol).connection(self.id).await,
+        };
+        let mut upstream = match connection {
+            Ok(connection) => OneAtATime(connection),
+            Err(error) => {
+                self.shared.stats.upstream_error();
+                self.reply(Reply::error(error.client_message())).await;
+                return Flow::Continue;
+            }
+        };
+        let key = rmw.key().clone();
+        let reply = rmw
+            .run(
+                &mut upstream,
+                &mut |value: &[u8]| compression.encode(&key, value),
+                &mut |stored: &[u8]| compression.decode(&key, stored),
+            )
+            .await;
+        self.reply_bytes(reply).await;
+        Flow::Continue
+    }
+
     /// A write is about to be sent: what it may change is dropped now (so
     /// this client's later reads miss) and kept from being filled until
     /// Redis has answered it (see [`BatchL1::writes`]). Writes queued in
     /// MULTI count from EXEC; DISCARD and RESET drop them.
-    fn note_write(&mut self, l1: &L1, command: &mut Command) -> Result<(), ProtocolError> {
-        let name = command.name();
-        let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
-        if is(b"MULTI") {
-            self.in_transaction = true;
-            self.db_before_transaction = Some(self.db);
-            return Ok(());
-        }
-        if is(b"EXEC") || is(b"DISCARD") || is(b"RESET") {
-            self.in_transaction = false;
-            let queued = std::mem::take(&mut self.queued_writes);
-            let db_before = self.db_before_transaction.take();
-            if is(b"EXEC") {
+    fn note_write(&mut self, l1: &L1, command: &mut Command, boundary: Option<Boundary>) -> Result<(), ProtocolError> {
+        match boundary {
+            Some(Boundary::Exec) => {
+                let queued = std::mem::take(&mut self.queued_writes);
                 self.current_writes.extend(queued);
-            } else if is(b"DISCARD")
-                && let Some(db) = db_before
-            {
-                // A SELECT queued in the transaction never ran.
-                self.db = db;
+                return Ok(());
             }
-            return Ok(());
+            Some(_) => {
+                self.queued_writes.clear();
+                return Ok(());
+            }
+            None => {}
         }
+        let name = command.name();
         let written = match l1.by_name(name) {
             ByName::Reads => return Ok(()),
             ByName::WritesFirstArgument => match command.first_arg() {
@@ -996,9 +1160,22 @@ impl Session {
         }
         let count = std::mem::take(&mut self.batch_count);
         let replies = std::mem::take(&mut self.batch_replies);
-        let (hook, edits) = match &self.shared.l1 {
+        let (l1_hook, edits) = match &self.shared.l1 {
             Some(l1) => std::mem::take(&mut self.batch_l1).into_parts(l1.clone()),
             None => (None, None),
+        };
+        let decodes = std::mem::take(&mut self.batch_decodes);
+        let hook = match (&self.shared.compression, decodes.is_empty()) {
+            (Some(compression), false) => {
+                let compression = compression.clone();
+                // Decoded first, so L1 fills keep the original values.
+                let decode: Hook = Box::new(move |result| decode_batch(&compression, &decodes, result));
+                Some(match l1_hook {
+                    Some(l1_hook) => Box::new(move |result| l1_hook(decode(result))) as Hook,
+                    None => decode,
+                })
+            }
+            _ => l1_hook,
         };
         let bytes = match self.batch_first.take() {
             Some(only) => only,
@@ -1131,6 +1308,103 @@ impl Session {
             let _ = self.slots.send(Slot::Ready(bytes)).await;
         }
     }
+}
+
+/// One command at a time on a connection: what a read-modify-write sends.
+struct OneAtATime(UpstreamConnection);
+
+impl strings::Upstream for OneAtATime {
+    async fn call(&mut self, args: Vec<Bytes>) -> Result<Bytes, String> {
+        let command = Command::from_args(args);
+        self.0
+            .send(command.wire().clone(), 1)
+            .await
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::lost()))
+            .map_err(|error| error.client_message())
+    }
+}
+
+/// A batch's replies with enveloped values decoded (on the upstream
+/// reader, before L1 fills and before the client's writer sees them).
+/// Replies without the magic anywhere are handed on untouched.
+fn decode_batch(compression: &Compression, decodes: &[(usize, Decode)], result: BatchResult) -> BatchResult {
+    let bytes = result?;
+    if memchr::memmem::find(&bytes, &crate::codec::envelope::MAGIC).is_none() {
+        return Ok(bytes);
+    }
+    let last = decodes.iter().map(|(index, _)| *index).max().unwrap_or(0);
+    let starts = frame_starts(&bytes, last + 1);
+    if starts.len() < last + 2 {
+        return Ok(bytes);
+    }
+    let mut out = BytesMut::with_capacity(bytes.len());
+    let mut copied_to = 0;
+    for (index, decode) in decodes {
+        let frame = &bytes[starts[*index]..starts[index + 1]];
+        let replacement = match decode {
+            Decode::One(how, key) => decode_one(compression, how, key, frame),
+            Decode::Transaction(queued) => decode_transaction(compression, queued, frame),
+        };
+        if let Some(replacement) = replacement {
+            out.extend_from_slice(&bytes[copied_to..starts[*index]]);
+            out.extend_from_slice(&replacement);
+            copied_to = starts[index + 1];
+        }
+    }
+    if copied_to == 0 {
+        return Ok(bytes);
+    }
+    out.extend_from_slice(&bytes[copied_to..]);
+    Ok(out.freeze())
+}
+
+/// One reply decoded: None if it is the client's as it is.
+fn decode_one(compression: &Compression, how: &ReplyDecode, key: &[u8], frame: &[u8]) -> Option<Bytes> {
+    let mut decode = |stored: &[u8]| compression.decode(key, stored);
+    match strings::decode_reply(how, frame, &mut decode) {
+        Ok(replacement) => replacement,
+        Err(failure) => Some(Reply::Error(failure.0).encode(Protocol::Resp2)),
+    }
+}
+
+/// EXEC's array with each queued command's element decoded.
+fn decode_transaction(
+    compression: &Compression,
+    queued: &[Option<(ReplyDecode, Bytes)>],
+    frame: &[u8],
+) -> Option<Bytes> {
+    let line_end = memchr::memchr(b'\n', frame)?;
+    let count: usize = std::str::from_utf8(frame.strip_prefix(b"*")?.get(..line_end - 2)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    if count != queued.len() {
+        return None;
+    }
+    let body = &frame[line_end + 1..];
+    let starts = frame_starts(body, count);
+    if starts.len() != count + 1 {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.extend_from_slice(&frame[..line_end + 1]);
+    let mut changed = false;
+    for (position, decode) in queued.iter().enumerate() {
+        let element = &body[starts[position]..starts[position + 1]];
+        match decode
+            .as_ref()
+            .and_then(|(how, key)| decode_one(compression, how, key, element))
+        {
+            Some(replacement) => {
+                changed = true;
+                out.extend_from_slice(&replacement);
+            }
+            None => out.extend_from_slice(element),
+        }
+    }
+    out.extend_from_slice(&body[starts[count]..]);
+    changed.then(|| out.freeze())
 }
 
 async fn idle_timer(idle: Duration, exempt: bool) {

@@ -207,6 +207,95 @@ fn looks_like_number(value: &[u8]) -> bool {
     }
 }
 
+/// The compression stage as the session uses it: each namespace's policy,
+/// the statistics, and the bomb limit.
+#[derive(Debug)]
+pub struct Compression {
+    default: Policy,
+    namespaces: HashMap<String, Policy>,
+    separator: u8,
+    /// Largest original length an envelope may declare.
+    pub limit: u64,
+    pub stats: CompressionStats,
+}
+
+/// The namespace of keys without a separator.
+pub const NO_NAMESPACE: &str = "(none)";
+
+impl Compression {
+    pub fn new(config: &crate::config::Config) -> Compression {
+        let codec = |algorithm: crate::config::CompressionAlgorithm| match algorithm {
+            crate::config::CompressionAlgorithm::Zstd => Codec::Zstd,
+            crate::config::CompressionAlgorithm::Gzip => Codec::Gzip,
+            crate::config::CompressionAlgorithm::Zlib => Codec::Zlib,
+        };
+        let settings = &config.compression;
+        let default = Policy {
+            enabled: settings.enabled,
+            codec: codec(settings.algorithm),
+            level: settings.level,
+            threshold: settings.threshold,
+            min_savings: settings.min_savings,
+        };
+        let namespaces = config
+            .namespaces
+            .iter()
+            .map(|(name, overrides)| {
+                let policy = Policy {
+                    enabled: overrides.compression_enabled.unwrap_or(default.enabled),
+                    codec: overrides.compression_algorithm.map(codec).unwrap_or(default.codec),
+                    level: overrides.compression_level.unwrap_or(default.level),
+                    threshold: overrides.compression_threshold.unwrap_or(default.threshold),
+                    min_savings: default.min_savings,
+                };
+                (name.clone(), policy)
+            })
+            .collect();
+        Compression {
+            default,
+            namespaces,
+            separator: config.namespace_separator.as_bytes().first().copied().unwrap_or(b':'),
+            limit: config.limits.max_value_bytes,
+            stats: CompressionStats::new(config.memory_cache.max_namespaces),
+        }
+    }
+
+    /// Whether any namespace compresses (otherwise the stage only decodes
+    /// what earlier configurations stored, and escapes).
+    pub fn compresses(&self) -> bool {
+        self.default.enabled || self.namespaces.values().any(|policy| policy.enabled)
+    }
+
+    /// A key's namespace: its part before the separator.
+    pub fn namespace_of<'a>(&self, key: &'a [u8]) -> &'a str {
+        match memchr::memchr(self.separator, key) {
+            Some(at) => std::str::from_utf8(&key[..at]).unwrap_or(OTHER_NAMESPACE),
+            None => NO_NAMESPACE,
+        }
+    }
+
+    fn policy(&self, namespace: &str) -> &Policy {
+        self.namespaces.get(namespace).unwrap_or(&self.default)
+    }
+
+    /// What to store for `value` under `key`, counted in its namespace.
+    pub fn encode(&self, key: &[u8], value: &[u8]) -> bytes::Bytes {
+        let namespace = self.namespace_of(key);
+        match self.stats.encode(self.policy(namespace), namespace, value) {
+            Cow::Borrowed(_) => bytes::Bytes::copy_from_slice(value),
+            Cow::Owned(stored) => bytes::Bytes::from(stored),
+        }
+    }
+
+    /// The value Redis holds for `key` decoded: `Ok(None)` when it is not
+    /// an envelope; the error's text for the client otherwise.
+    pub fn decode(&self, key: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.stats
+            .decode(self.namespace_of(key), stored, self.limit)
+            .map_err(|error| error.to_string())
+    }
+}
+
 /// Counters of one codec in one namespace.
 #[derive(Debug, Default)]
 pub struct CodecStats {

@@ -130,6 +130,42 @@ pub enum ReadModifyWrite {
     SetRange { key: Bytes, offset: Bytes, patch: Bytes },
 }
 
+/// The commands [`plan`] may change: only these need their arguments
+/// decoded when compression is on.
+const COVERED: &[&str] = &[
+    "GET",
+    "GETDEL",
+    "GETEX",
+    "MGET",
+    "SET",
+    "SETNX",
+    "GETSET",
+    "SETEX",
+    "PSETEX",
+    "MSET",
+    "MSETNX",
+    "STRLEN",
+    "GETRANGE",
+    "SUBSTR",
+    "APPEND",
+    "SETRANGE",
+    "GETBIT",
+    "SETBIT",
+    "BITCOUNT",
+    "BITPOS",
+    "BITFIELD",
+    "BITFIELD_RO",
+    "BITOP",
+    "LCS",
+];
+
+/// Whether [`plan`] may change the command named `name`.
+pub fn covers(name: &[u8]) -> bool {
+    COVERED
+        .iter()
+        .any(|covered| name.eq_ignore_ascii_case(covered.as_bytes()))
+}
+
 /// The plan for `args` (name first). `encode(key, value)` is what to store
 /// for `value` under `key`; `in_transaction` refuses what would need a
 /// read-modify-write (it cannot run inside MULTI); `resp3` is the client's
@@ -286,13 +322,20 @@ pub trait Upstream {
 }
 
 /// Reads what Redis holds: `Ok(None)` when it is not an envelope.
-pub type StoredDecoder = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, String> + Send;
+pub type StoredDecoder<'a> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>, String> + Send + 'a;
 
 /// How often a read-modify-write is retried while other writers change the
 /// key between its read and its write.
 const MAX_ATTEMPTS: usize = 64;
 
 impl ReadModifyWrite {
+    /// The key it changes.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            ReadModifyWrite::Append { key, .. } | ReadModifyWrite::SetRange { key, .. } => key,
+        }
+    }
+
     /// Runs it: the reply the client gets, exactly as Redis would answer
     /// APPEND or SETRANGE on the original value. `encode` is what to store
     /// for a new value of the key; `decode` reads what Redis holds.
@@ -300,7 +343,7 @@ impl ReadModifyWrite {
         &self,
         upstream: &mut impl Upstream,
         encode: &mut (dyn FnMut(&[u8]) -> Bytes + Send),
-        decode: &mut StoredDecoder,
+        decode: &mut StoredDecoder<'_>,
     ) -> Bytes {
         let key = match self {
             ReadModifyWrite::Append { key, .. } | ReadModifyWrite::SetRange { key, .. } => key.clone(),
@@ -405,7 +448,7 @@ pub struct DecodeFailure(pub String);
 pub fn decode_reply(
     how: &ReplyDecode,
     reply: &[u8],
-    decode: &mut StoredDecoder,
+    decode: &mut StoredDecoder<'_>,
 ) -> Result<Option<Bytes>, DecodeFailure> {
     let fail = |reason: String| DecodeFailure(format!("ERR auracache could not decode the stored value: {reason}"));
     match how {

@@ -29,8 +29,9 @@ pub type BatchResult = Result<Bytes, UpstreamError>;
 
 /// Work to do with a batch's replies as soon as they arrive, on the
 /// connection's reader, before they are handed on (so it never waits for
-/// the client that will read them).
-pub type Hook = Box<dyn FnOnce(&BatchResult) + Send>;
+/// the client that will read them); what it returns is handed on (reply
+/// decoding replaces enveloped values there).
+pub type Hook = Box<dyn FnOnce(BatchResult) -> BatchResult + Send>;
 
 /// Answers one batch exactly once: runs its hook, then hands the result
 /// over. Dropped unanswered, it answers "connection lost".
@@ -45,9 +46,10 @@ impl Responder {
     }
 
     fn finish(&mut self, result: BatchResult) {
-        if let Some(hook) = self.hook.take() {
-            hook(&result);
-        }
+        let result = match self.hook.take() {
+            Some(hook) => hook(result),
+            None => result,
+        };
         if let Some(respond) = self.respond.take() {
             let _ = respond.send(result);
         }
