@@ -37,7 +37,10 @@ fn decode(stored: &[u8]) -> Result<Option<Vec<u8>>, String> {
 
 /// A command through the rules against `coded`: the reply a client would get.
 async fn through_rules(coded: &mut Client, policy: &Policy, args: &[Bytes], in_transaction: bool) -> Vec<u8> {
-    let mut encode_kv = |_: &[u8], value: &[u8]| Bytes::copy_from_slice(&policy.encode(value).0);
+    let mut encode_kv = |_: &[u8], value: &[u8]| match policy.encode(value).0 {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(stored) => Some(Bytes::from(stored)),
+    };
     match strings::plan(args, in_transaction, false, &mut encode_kv) {
         Plan::Unchanged => coded.call(args.to_vec()).await.unwrap().to_vec(),
         Plan::Forward {

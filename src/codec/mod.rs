@@ -278,12 +278,13 @@ impl Compression {
         self.namespaces.get(namespace).unwrap_or(&self.default)
     }
 
-    /// What to store for `value` under `key`, counted in its namespace.
-    pub fn encode(&self, key: &[u8], value: &[u8]) -> bytes::Bytes {
+    /// What to store for `value` under `key` (None: the value as it is),
+    /// counted in its namespace.
+    pub fn encode(&self, key: &[u8], value: &[u8]) -> Option<bytes::Bytes> {
         let namespace = self.namespace_of(key);
         match self.stats.encode(self.policy(namespace), namespace, value) {
-            Cow::Borrowed(_) => bytes::Bytes::copy_from_slice(value),
-            Cow::Owned(stored) => bytes::Bytes::from(stored),
+            Cow::Borrowed(_) => None,
+            Cow::Owned(stored) => Some(bytes::Bytes::from(stored)),
         }
     }
 
@@ -331,15 +332,15 @@ impl CodecStats {
 /// The namespace that counts everything beyond `max_namespaces`.
 pub const OTHER_NAMESPACE: &str = "(other)";
 
-/// The key of [`CompressionStats`]: a codec in a namespace.
-type CodecNamespace = (Codec, Arc<str>);
-
 /// Compression counters per (codec, namespace), bounded in namespaces.
 #[derive(Debug)]
 pub struct CompressionStats {
     max_namespaces: usize,
-    by: Mutex<HashMap<CodecNamespace, Arc<CodecStats>>>,
+    by: Mutex<HashMap<Codec, ByNamespace>>,
 }
+
+/// One codec's counters, per namespace.
+type ByNamespace = HashMap<Arc<str>, Arc<CodecStats>>;
 
 impl CompressionStats {
     pub fn new(max_namespaces: usize) -> CompressionStats {
@@ -353,19 +354,14 @@ impl CompressionStats {
     /// `max_namespaces` namespaces are counted).
     pub fn of(&self, codec: Codec, namespace: &str) -> Arc<CodecStats> {
         let mut by = self.by.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(stats) = by.get(&(codec, Arc::from(namespace))) {
+        if let Some(stats) = by.get(&codec).and_then(|names| names.get(namespace)) {
             return stats.clone();
         }
-        let namespaces = by
-            .keys()
-            .map(|(_, name)| name)
-            .collect::<std::collections::HashSet<_>>();
-        let name: Arc<str> = if namespaces.len() >= self.max_namespaces && !namespaces.contains(&Arc::from(namespace)) {
-            Arc::from(OTHER_NAMESPACE)
-        } else {
-            Arc::from(namespace)
-        };
-        by.entry((codec, name)).or_default().clone()
+        // A namespace seen first: counted as itself while there is room.
+        let known: std::collections::HashSet<&Arc<str>> = by.values().flat_map(HashMap::keys).collect();
+        let room = known.len() < self.max_namespaces || known.iter().any(|name| name.as_ref() == namespace);
+        let name: Arc<str> = Arc::from(if room { namespace } else { OTHER_NAMESPACE });
+        by.entry(codec).or_default().entry(name).or_default().clone()
     }
 
     /// Every (codec, namespace) counted so far, sorted.
@@ -373,7 +369,7 @@ impl CompressionStats {
         let by = self.by.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut all: Vec<_> = by
             .iter()
-            .map(|((codec, name), stats)| (*codec, name.clone(), stats.clone()))
+            .flat_map(|(codec, names)| names.iter().map(|(name, stats)| (*codec, name.clone(), stats.clone())))
             .collect();
         all.sort_by(|a, b| (a.0.id(), &a.1).cmp(&(b.0.id(), &b.1)));
         all
@@ -381,12 +377,15 @@ impl CompressionStats {
 
     /// Encodes `value` for `namespace` under `policy`, counting what happened.
     pub fn encode<'a>(&self, policy: &Policy, namespace: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
-        let started = Instant::now();
+        // Only what may be compressed is timed (a clock read per value).
+        let started = (value.len() >= policy.threshold).then(Instant::now);
         let (stored, outcome) = policy.encode(value);
         let stats = self.of(policy.codec, namespace);
         let counter = match outcome {
             Outcome::Compressed => {
-                stats.compress_ns.record(started.elapsed().as_nanos() as u64);
+                if let Some(started) = started {
+                    stats.compress_ns.record(started.elapsed().as_nanos() as u64);
+                }
                 stats.bytes_in.fetch_add(value.len() as u64, Ordering::Relaxed);
                 stats.bytes_out.fetch_add(stored.len() as u64, Ordering::Relaxed);
                 &stats.compressed

@@ -166,11 +166,15 @@ pub fn covers(name: &[u8]) -> bool {
         .any(|covered| name.eq_ignore_ascii_case(covered.as_bytes()))
 }
 
+/// What to store for a value under a key (key, value): None for the value
+/// as it is.
+pub type ValueEncoder<'a> = dyn FnMut(&[u8], &[u8]) -> Option<Bytes> + 'a;
+
 /// The plan for `args` (name first). `encode(key, value)` is what to store
-/// for `value` under `key`; `in_transaction` refuses what would need a
+/// for `value` under `key` (None: the value as it is); `in_transaction` refuses what would need a
 /// read-modify-write (it cannot run inside MULTI); `resp3` is the client's
 /// protocol (for scripts that answer natively).
-pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut dyn FnMut(&[u8], &[u8]) -> Bytes) -> Plan {
+pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut ValueEncoder<'_>) -> Plan {
     let Some(name) = args.first() else {
         return Plan::Unchanged;
     };
@@ -184,13 +188,20 @@ pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut dyn 
         args: None,
         decode: Some(decode),
     };
-    // Replaces the value at `at` (keyed by the argument before it, or `key_at`).
+    // The values at (key, value) positions encoded; the command stays its
+    // client's bytes when every value is stored as it is (the common case
+    // for small values).
     let mut with_values = |positions: &mut dyn Iterator<Item = (usize, usize)>, decode: Option<ReplyDecode>| {
-        let mut out = args.to_vec();
+        let mut out: Option<Vec<Bytes>> = None;
         for (key_at, value_at) in positions {
-            out[value_at] = encode(&args[key_at], &args[value_at]);
+            if let Some(stored) = encode(&args[key_at], &args[value_at]) {
+                out.get_or_insert_with(|| args.to_vec())[value_at] = stored;
+            }
         }
-        forward(out, decode)
+        match (out, decode) {
+            (None, None) => Plan::Unchanged,
+            (args, decode) => Plan::Forward { args, decode },
+        }
     };
     match name.as_str() {
         "GET" | "GETDEL" | "GETEX" if argc >= 2 => decode_only(ReplyDecode::Bulk),
@@ -223,7 +234,7 @@ pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut dyn 
             _ => Plan::Unchanged,
         },
         "APPEND" if argc == 3 && in_transaction => {
-            let new_key_form = encode(&args[1], &args[2]);
+            let new_key_form = encode(&args[1], &args[2]).unwrap_or_else(|| args[2].clone());
             forward(
                 script(
                     "EVAL",
