@@ -459,7 +459,8 @@ async fn both(direct: &mut RawClient, proxied: &mut RawClient, ops: &[Op], trans
 }
 
 /// Random sequences through the proxy, in pipelines of up to three and in
-/// transactions, with threshold 1 and the default; every reply is
+/// transactions, with threshold 1 and the default, in RESP2 and RESP3
+/// (threshold 1); every reply is
 /// Redis's own. Inside MULTI, APPEND and SETRANGE are left out: on a
 /// compressed value the proxy refuses them there (tested above).
 #[test]
@@ -469,15 +470,17 @@ fn random_sequences_through_the_proxy_match_redis() {
         .enable_all()
         .build()
         .expect("runtime");
-    for threshold in [1, 1024] {
+    for (threshold, resp3) in [(1, false), (1024, false), (1, true)] {
         let (direct_server, proxied_server) = (RedisServer::start(), RedisServer::start());
         let proxy = runtime.block_on(proxy_with_compression(&proxied_server, threshold));
         let clients = std::cell::RefCell::new(runtime.block_on(async {
-            (
-                RawClient::connect(direct_server.addr()).await,
-                proxy.raw().await,
-                RawClient::connect(proxied_server.addr()).await,
-            )
+            let mut direct = RawClient::connect(direct_server.addr()).await;
+            let mut proxied = proxy.raw().await;
+            if resp3 {
+                assert!(direct.cmd("HELLO 3").await.starts_with('%'));
+                assert!(proxied.cmd("HELLO 3").await.starts_with('%'));
+            }
+            (direct, proxied, RawClient::connect(proxied_server.addr()).await)
         }));
         let mut runner = TestRunner::new(ProptestConfig {
             cases: 32,
@@ -510,7 +513,7 @@ fn random_sequences_through_the_proxy_match_redis() {
             .iter()
             .map(|(_, _, counters)| counters.decoded.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
-        eprintln!("threshold {threshold}: {compressed} values compressed, {decoded} envelopes decoded");
+        eprintln!("threshold {threshold}, resp3 {resp3}: {compressed} values compressed, {decoded} envelopes decoded");
         assert!(compressed > 10 && decoded > 10, "the sequences must exercise envelopes");
     }
 }
@@ -625,4 +628,48 @@ async fn concurrent_appends_through_the_proxy_lose_nothing() {
     let mut direct = RawClient::connect(server.addr()).await;
     let stored: usize = direct.cmd("STRLEN log").await[1..].trim().parse().unwrap();
     assert!(stored < value.len() / 2, "{stored} bytes in Redis for {}", value.len());
+}
+
+/// What other clients wrote straight to Redis: bytes that are not a valid
+/// envelope come back as they are; a damaged envelope or a decompression
+/// bomb is an error naming the cause, never bytes, and the proxy stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_damaged_and_bomb_values_through_the_proxy() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.compression.enabled = true;
+        config.limits.max_value_bytes = 1 << 20;
+    })
+    .await;
+    let mut client = proxy.raw().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    let foreign = b"\xC1AUR\x07not ours".to_vec();
+    direct.command(&[b"SET", b"foreign", &foreign]).await;
+    assert_eq!(
+        client.command(&[b"GET", b"foreign"]).await,
+        direct.command(&[b"GET", b"foreign"]).await
+    );
+    let damaged = envelope::wrap(envelope::Codec::Zstd, 100, b"definitely not zstd");
+    direct.command(&[b"SET", b"damaged", &damaged]).await;
+    let bomb = envelope::wrap(envelope::Codec::Zstd, 1 << 40, b"x");
+    direct.command(&[b"SET", b"bomb", &bomb]).await;
+    for (key, cause) in [
+        ("damaged", "zstd payload is damaged"),
+        ("bomb", "more than limits.max_value_bytes"),
+    ] {
+        let reply = client.cmd(&format!("GET {key}")).await;
+        assert!(
+            reply.starts_with("-ERR auracache could not decode the stored value: ") && reply.contains(cause),
+            "{key}: {reply:?}"
+        );
+    }
+    let reply = client.cmd("MGET foreign bomb").await;
+    assert!(reply.starts_with("-ERR auracache could not decode"), "{reply:?}");
+    assert!(
+        client
+            .cmd("INFO cache")
+            .await
+            .contains("compression_decode_errors:3\r\n")
+    );
+    assert_eq!(client.cmd("PING").await, "+PONG\r\n");
 }
