@@ -158,6 +158,9 @@ pub struct CompressionConfig {
     pub level: i32,
     /// Store raw unless compression saves at least this fraction.
     pub min_savings: f64,
+    /// Compress hash field values too (HSET, HSETNX, HMSET; read back by
+    /// HGET, HMGET, HGETALL, HVALS, HRANDFIELD, HSCAN, HSTRLEN).
+    pub hashes: bool,
 }
 
 impl Default for CompressionConfig {
@@ -168,6 +171,7 @@ impl Default for CompressionConfig {
             algorithm: CompressionAlgorithm::Zstd,
             level: 3,
             min_savings: 0.1,
+            hashes: false,
         }
     }
 }
@@ -390,6 +394,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("CACHE_COMPRESSION_ALGORITHM", "compression.algorithm"),
     ("AURACACHE_COMPRESSION_LEVEL", "compression.level"),
     ("AURACACHE_COMPRESSION_MIN_SAVINGS", "compression.min_savings"),
+    ("AURACACHE_COMPRESSION_HASHES", "compression.hashes"),
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
 ];
 
@@ -486,6 +491,7 @@ impl Config {
             "memory_cache.nil_ttl" => self.memory_cache.nil_ttl = whole(0)?,
             "limits.max_value_bytes" => self.limits.max_value_bytes = whole(1)?,
             "compression.enabled" => self.compression.enabled = boolean()?,
+            "compression.hashes" => self.compression.hashes = boolean()?,
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {

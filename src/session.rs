@@ -1059,9 +1059,13 @@ impl Session {
             return Ok(None);
         }
         command.decode_args()?;
-        let resp3 = self.protocol == Protocol::Resp3;
+        let context = strings::Context {
+            in_transaction: self.in_transaction,
+            resp3: self.protocol == Protocol::Resp3,
+            hashes: compression.hashes,
+        };
         let mut encode = |key: &[u8], value: &[u8]| compression.encode(key, value);
-        match strings::plan(command.args(), self.in_transaction, resp3, &mut encode) {
+        match strings::plan(command.args(), context, &mut encode) {
             Plan::Unchanged => {}
             Plan::Forward { args, decode } => {
                 if let Some(how) = decode {

@@ -216,6 +216,8 @@ pub struct Compression {
     separator: u8,
     /// Largest original length an envelope may declare.
     pub limit: u64,
+    /// Hash field values are compressed too.
+    pub hashes: bool,
     pub stats: CompressionStats,
 }
 
@@ -256,6 +258,7 @@ impl Compression {
             namespaces,
             separator: config.namespace_separator.as_bytes().first().copied().unwrap_or(b':'),
             limit: config.limits.max_value_bytes,
+            hashes: settings.hashes,
             stats: CompressionStats::new(config.memory_cache.max_namespaces),
         }
     }

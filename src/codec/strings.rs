@@ -42,6 +42,14 @@ if n >= 7 then
 end
 return n";
 
+/// HSTRLEN: the length for a raw field value, or an envelope's header and
+/// stored length.
+pub const HSTRLEN_SCRIPT: &str = "\
+local v = redis.pcall('HGET', KEYS[1], ARGV[2])
+if type(v) == 'table' then return v end
+if v and string.sub(v, 1, 4) == ARGV[1] then return {string.sub(v, 1, 16), string.len(v)} end
+return redis.pcall('HSTRLEN', KEYS[1], ARGV[2])";
+
 /// GETRANGE: Redis's range of a raw value, or the whole envelope for the
 /// proxy to take the range of (the native call also checks the indexes).
 pub const GETRANGE_SCRIPT: &str = "\
@@ -133,6 +141,20 @@ pub enum ReadModifyWrite {
 /// The commands [`plan`] may change: only these need their arguments
 /// decoded when compression is on.
 const COVERED: &[&str] = &[
+    "SORT",
+    "SORT_RO",
+    "HSET",
+    "HMSET",
+    "HSETNX",
+    "HGET",
+    "HMGET",
+    "HGETDEL",
+    "HGETEX",
+    "HVALS",
+    "HGETALL",
+    "HRANDFIELD",
+    "HSCAN",
+    "HSTRLEN",
     "GET",
     "GETDEL",
     "GETEX",
@@ -170,11 +192,26 @@ pub fn covers(name: &[u8]) -> bool {
 /// as it is.
 pub type ValueEncoder<'a> = dyn FnMut(&[u8], &[u8]) -> Option<Bytes> + 'a;
 
+/// What [`plan`] needs to know of the client and the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Inside MULTI: what would need a read-modify-write is refused (it
+    /// cannot run there).
+    pub in_transaction: bool,
+    /// The client speaks RESP3 (for scripts that answer natively).
+    pub resp3: bool,
+    /// Hash field values are compressed too (`compression.hashes`).
+    pub hashes: bool,
+}
+
 /// The plan for `args` (name first). `encode(key, value)` is what to store
-/// for `value` under `key` (None: the value as it is); `in_transaction` refuses what would need a
-/// read-modify-write (it cannot run inside MULTI); `resp3` is the client's
-/// protocol (for scripts that answer natively).
-pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut ValueEncoder<'_>) -> Plan {
+/// for `value` under `key` (None: the value as it is).
+pub fn plan(args: &[Bytes], context: Context, encode: &mut ValueEncoder<'_>) -> Plan {
+    let Context {
+        in_transaction,
+        resp3,
+        hashes,
+    } = context;
     let Some(name) = args.first() else {
         return Plan::Unchanged;
     };
@@ -203,8 +240,37 @@ pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut Valu
             (args, decode) => Plan::Forward { args, decode },
         }
     };
+    let decode_unless_novalues = |how| {
+        if args[2..].iter().any(|arg| arg.eq_ignore_ascii_case(b"NOVALUES")) {
+            Plan::Unchanged
+        } else {
+            decode_only(how)
+        }
+    };
     match name.as_str() {
         "GET" | "GETDEL" | "GETEX" if argc >= 2 => decode_only(ReplyDecode::Bulk),
+        "SORT" | "SORT_RO" if argc >= 2 => sort(args, &refusal),
+        "HSET" | "HMSET" if hashes && argc >= 4 && argc.is_multiple_of(2) => {
+            with_values(&mut (3..argc).step_by(2).map(|value| (1, value)), None)
+        }
+        "HSETNX" if hashes && argc == 4 => with_values(&mut std::iter::once((1, 3)), None),
+        "HGET" if hashes && argc == 3 => decode_only(ReplyDecode::Bulk),
+        "HMGET" | "HGETDEL" | "HGETEX" if hashes && argc >= 3 => decode_only(ReplyDecode::Items),
+        "HVALS" if hashes && argc == 2 => decode_only(ReplyDecode::Items),
+        "HGETALL" if hashes && argc == 2 => decode_only(ReplyDecode::Pairs),
+        "HRANDFIELD" if hashes && argc == 4 && args[3].eq_ignore_ascii_case(b"WITHVALUES") => {
+            decode_only(ReplyDecode::Pairs)
+        }
+        "HSCAN" if hashes && argc >= 3 => decode_unless_novalues(ReplyDecode::Scan),
+        "HSTRLEN" if hashes && argc == 3 => forward(
+            script(
+                "EVAL_RO",
+                HSTRLEN_SCRIPT,
+                &[args[1].clone()],
+                &[magic(), args[2].clone()],
+            ),
+            Some(ReplyDecode::Strlen),
+        ),
         "MGET" if argc >= 2 => decode_only(ReplyDecode::Items),
         "SET" if argc >= 3 => {
             let get = args[3..].iter().any(|option| option.eq_ignore_ascii_case(b"GET"));
@@ -255,6 +321,8 @@ pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut Valu
             key: args[1].clone(),
             tail: args[2].clone(),
         }),
+        // Redis refuses a bad offset before it reads the key.
+        "SETRANGE" if argc == 4 && parse_i64(&args[2]).is_none_or(|offset| offset < 0) => Plan::Unchanged,
         "SETRANGE" if argc == 4 && in_transaction => forward(
             script(
                 "EVAL",
@@ -283,6 +351,53 @@ pub fn plan(args: &[Bytes], in_transaction: bool, resp3: bool, encode: &mut Valu
             }
             None => Plan::Unchanged,
         },
+    }
+}
+
+/// SORT and SORT_RO: the values `GET <pattern>` fetches (other than `#`,
+/// the element itself) may be envelopes, so they are decoded; with STORE
+/// they would be stored in a list as they are, so that is refused.
+fn sort(args: &[Bytes], refusal: &dyn Fn(&str) -> Bytes) -> Plan {
+    let mut gets = Vec::new();
+    let mut store = false;
+    let mut index = 2;
+    while index < args.len() {
+        let option = &args[index];
+        let takes = if option.eq_ignore_ascii_case(b"LIMIT") {
+            2
+        } else if option.eq_ignore_ascii_case(b"GET") {
+            if let Some(pattern) = args.get(index + 1) {
+                gets.push(pattern.as_ref() != b"#");
+            }
+            1
+        } else if option.eq_ignore_ascii_case(b"STORE") {
+            store = true;
+            1
+        } else if option.eq_ignore_ascii_case(b"BY") {
+            1
+        } else {
+            0
+        };
+        index += 1 + takes;
+    }
+    if !gets.contains(&true) {
+        return Plan::Unchanged;
+    }
+    if store {
+        let message = String::from_utf8_lossy(&refusal("SORT ... GET ... STORE")).into_owned();
+        return Plan::Forward {
+            args: Some(vec![
+                Bytes::from_static(b"EVAL"),
+                Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
+                Bytes::from_static(b"0"),
+                Bytes::from(message),
+            ]),
+            decode: None,
+        };
+    }
+    Plan::Forward {
+        args: None,
+        decode: Some(ReplyDecode::Sorted { gets }),
     }
 }
 
@@ -442,8 +557,17 @@ fn error_reply(message: &str) -> Bytes {
 pub enum ReplyDecode {
     /// A bulk string that may be an envelope.
     Bulk,
-    /// An array whose bulk strings may be envelopes (MGET).
+    /// An array whose bulk strings may be envelopes (MGET, HMGET, HVALS).
     Items,
+    /// Field/value pairs whose values may be envelopes: a flat array or a
+    /// map (HGETALL, HRANDFIELD ... WITHVALUES in RESP2), or an array of
+    /// two-element arrays (HRANDFIELD ... WITHVALUES in RESP3).
+    Pairs,
+    /// HSCAN's `[cursor, [field, value, ...]]`.
+    Scan,
+    /// SORT with GET patterns: each element is `gets.len()` values, the
+    /// ones whose pattern is not `#` fetched from other keys.
+    Sorted { gets: Vec<bool> },
     /// [`STRLEN_SCRIPT`]'s reply.
     Strlen,
     /// [`GETRANGE_SCRIPT`]'s reply, for these indexes.
@@ -467,28 +591,21 @@ pub fn decode_reply(
             Some(stored) => Ok(decode(stored).map_err(fail)?.map(|value| encode_bulk(&value))),
             None => Ok(None),
         },
-        ReplyDecode::Items => {
-            let Some(items) = array(reply) else {
-                return Ok(None);
-            };
-            let mut changed = false;
-            let mut out = BytesMut::with_capacity(reply.len());
-            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
-            for item in &items {
-                let value = match bulk(item) {
-                    Some(stored) => decode(stored).map_err(fail)?,
-                    None => None,
-                };
-                match value {
-                    Some(value) => {
-                        changed = true;
-                        out.extend_from_slice(&encode_bulk(&value));
-                    }
-                    None => out.extend_from_slice(item),
-                }
+        ReplyDecode::Items => rebuild(reply, &mut |_, item| decode_bulk(item, decode)).map_err(fail),
+        ReplyDecode::Pairs => decode_pairs(reply, decode).map_err(fail),
+        ReplyDecode::Sorted { gets } => rebuild(reply, &mut |position, item| {
+            if gets[position % gets.len()] {
+                decode_bulk(item, decode)
+            } else {
+                Ok(None)
             }
-            Ok(changed.then(|| out.freeze()))
-        }
+        })
+        .map_err(fail),
+        ReplyDecode::Scan => rebuild(reply, &mut |position, item| match position {
+            1 => decode_pairs(item, decode),
+            _ => Ok(None),
+        })
+        .map_err(fail),
         ReplyDecode::Strlen => {
             let Some(items) = array(reply) else {
                 return Ok(None);
@@ -514,6 +631,64 @@ pub fn decode_reply(
             Ok(Some(encode_bulk(range(&value, *start, *end))))
         }
     }
+}
+
+/// A bulk string's value decoded, as a bulk string; None if it is not an
+/// envelope (or not a bulk string).
+fn decode_bulk(item: &[u8], decode: &mut StoredDecoder<'_>) -> Result<Option<Bytes>, String> {
+    match bulk(item) {
+        Some(stored) => Ok(decode(stored)?.map(|value| encode_bulk(&value))),
+        None => Ok(None),
+    }
+}
+
+/// Field/value pairs with their values decoded (see [`ReplyDecode::Pairs`]).
+fn decode_pairs(reply: &[u8], decode: &mut StoredDecoder<'_>) -> Result<Option<Bytes>, String> {
+    rebuild(reply, &mut |position, item| {
+        if item.first() == Some(&b'*') {
+            // RESP3 HRANDFIELD: [field, value]
+            rebuild(item, &mut |inner, value| match inner {
+                1 => decode_bulk(value, decode),
+                _ => Ok(None),
+            })
+        } else if position % 2 == 1 {
+            decode_bulk(item, decode)
+        } else {
+            Ok(None)
+        }
+    })
+}
+
+/// The new bytes of an aggregate's element at a position, or None to keep it.
+type ElementRewrite<'a> = dyn FnMut(usize, &[u8]) -> Result<Option<Bytes>, String> + 'a;
+
+/// An aggregate reply (`*`, `%`, `~`) with some elements replaced:
+/// `replace(position, element)` gives the new bytes of an element or None
+/// to keep it. None overall when nothing changed or it is no aggregate.
+fn rebuild(reply: &[u8], replace: &mut ElementRewrite<'_>) -> Result<Option<Bytes>, String> {
+    let Some((header, elements)) = aggregate(reply) else {
+        return Ok(None);
+    };
+    let mut out: Option<BytesMut> = None;
+    for (position, element) in elements.iter().enumerate() {
+        match replace(position, element)? {
+            Some(new) => {
+                let out = out.get_or_insert_with(|| {
+                    let mut out = BytesMut::with_capacity(reply.len());
+                    out.extend_from_slice(header);
+                    elements[..position].iter().for_each(|kept| out.extend_from_slice(kept));
+                    out
+                });
+                out.extend_from_slice(&new);
+            }
+            None => {
+                if let Some(out) = &mut out {
+                    out.extend_from_slice(element);
+                }
+            }
+        }
+    }
+    Ok(out.map(BytesMut::freeze))
 }
 
 /// GETRANGE's answer for `value`, as Redis computes it (t_string.c).
@@ -585,36 +760,68 @@ fn integer(reply: &[u8]) -> Option<i64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
-/// The elements of a flat array reply (each one frame), None otherwise.
+/// The elements of an array reply, None otherwise.
 fn array(reply: &[u8]) -> Option<Vec<&[u8]>> {
-    let rest = reply.strip_prefix(b"*")?;
-    let line = memchr::memchr(b'\r', rest)?;
-    let count: usize = std::str::from_utf8(&rest[..line]).ok()?.parse().ok()?;
-    let mut at = line + 2;
-    let mut items = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
-        let item = rest.get(at..)?;
-        let len = simple_frame_len(item)?;
-        items.push(&item[..len]);
-        at += len;
+    match aggregate(reply) {
+        Some((header, elements)) if header.first() == Some(&b'*') => Some(elements),
+        _ => None,
     }
-    Some(items)
 }
 
-/// The length of a bulk, nil, integer, simple string or error frame.
-fn simple_frame_len(frame: &[u8]) -> Option<usize> {
+/// The header line and the elements of an aggregate reply (`*`, `%` with
+/// keys and values as elements, `~`), None for anything else.
+fn aggregate(reply: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let per_entry = match reply.first()? {
+        b'*' | b'~' => 1,
+        b'%' => 2,
+        _ => return None,
+    };
+    let line = memchr::memchr(b'\n', reply)? + 1;
+    let count: usize = std::str::from_utf8(reply.get(1..line.checked_sub(2)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut at = line;
+    let mut elements = Vec::with_capacity((count * per_entry).min(1024));
+    for _ in 0..count * per_entry {
+        let len = frame_len(reply.get(at..)?, 0)?;
+        elements.push(&reply[at..at + len]);
+        at += len;
+    }
+    Some((&reply[..line], elements))
+}
+
+/// The length of the frame at the start of `frame` (aggregates nested a
+/// few levels deep at most: what the commands decoded here answer).
+fn frame_len(frame: &[u8], depth: usize) -> Option<usize> {
     let line = memchr::memchr(b'\n', frame)? + 1;
+    let length = || -> Option<i64> {
+        std::str::from_utf8(frame.get(1..line.checked_sub(2)?)?)
+            .ok()?
+            .parse()
+            .ok()
+    };
     match frame.first()? {
-        b'$' => {
-            let len: i64 = std::str::from_utf8(&frame[1..line - 2]).ok()?.parse().ok()?;
-            if len < 0 {
-                Some(line)
-            } else {
+        b'$' | b'=' | b'!' => match length()? {
+            len if len < 0 => Some(line),
+            len => {
                 let end = line + len as usize + 2;
                 (frame.len() >= end).then_some(end)
             }
+        },
+        b':' | b'+' | b'-' | b'_' | b',' | b'#' | b'(' => Some(line),
+        kind @ (b'*' | b'~' | b'%' | b'>') if depth < 4 => {
+            let count = length()?;
+            if count < 0 {
+                return Some(line);
+            }
+            let elements = count as usize * if *kind == b'%' { 2 } else { 1 };
+            let mut at = line;
+            for _ in 0..elements {
+                at += frame_len(frame.get(at..)?, depth + 1)?;
+            }
+            Some(at)
         }
-        b':' | b'+' | b'-' | b'_' => Some(line),
         _ => None,
     }
 }
