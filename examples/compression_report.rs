@@ -41,9 +41,37 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "order", "payment", "shipped", "delayed", "customer", "requested", "refund", "because", "the", "item", "was",
-    "damaged", "on", "arrival", "please", "contact", "support", "with", "your", "reference", "number", "invoice",
-    "pending", "approved", "warehouse", "region", "north", "south", "priority", "standard", "express",
+    "order",
+    "payment",
+    "shipped",
+    "delayed",
+    "customer",
+    "requested",
+    "refund",
+    "because",
+    "the",
+    "item",
+    "was",
+    "damaged",
+    "on",
+    "arrival",
+    "please",
+    "contact",
+    "support",
+    "with",
+    "your",
+    "reference",
+    "number",
+    "invoice",
+    "pending",
+    "approved",
+    "warehouse",
+    "region",
+    "north",
+    "south",
+    "priority",
+    "standard",
+    "express",
 ];
 
 /// `least` to `least + spread - 1` words.
@@ -185,7 +213,9 @@ fn main() {
         .and_then(|client| client.get_connection())
         .expect("Redis answers");
     let sets = data_sets();
-    println!("| data set | values | algorithm | original MB | in Redis MB | ratio | savings | compress MB/s | decompress MB/s |");
+    println!(
+        "| data set | values | algorithm | original MB | in Redis MB | ratio | savings | compress MB/s | decompress MB/s |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for proxy in &args[1..] {
         let (setting, port) = proxy.split_once('=').expect("<algorithm>:<level>=<proxy port>");
@@ -215,7 +245,9 @@ fn main() {
             let compress = started.elapsed().as_secs_f64();
             let started = Instant::now();
             for (value, stored) in values.iter().zip(&encoded) {
-                let decoded = envelope::decode(stored, u64::MAX).expect("decodes").unwrap_or_else(|| stored.clone());
+                let decoded = envelope::decode(stored, u64::MAX)
+                    .expect("decodes")
+                    .unwrap_or_else(|| stored.clone());
                 assert!(&decoded == value);
             }
             let decompress = started.elapsed().as_secs_f64();

@@ -14,7 +14,7 @@ source scripts/lib.sh
 ensure_packages redis-server=redis-server redis-benchmark=redis-tools
 
 rounds="${ROUNDS:-3}"
-sections="${SECTIONS:-passthrough l1}"
+sections="${SECTIONS:-passthrough l1 compression}"
 requests="${REQUESTS:-100000}"
 out_dir="target/bench"
 mkdir -p "$out_dir"
@@ -83,6 +83,13 @@ MEMORY_CACHE_ENABLED=false target/release/auracache --listen "127.0.0.1:$proxy_p
 pids+=($!)
 proxy_pid=$!
 wait_for "$proxy_port"
+# Compression on, L1 off: every GET decompresses.
+zip_port="$(free_port)"
+MEMORY_CACHE_ENABLED=false CACHE_COMPRESSION_ENABLED=true target/release/auracache --listen "127.0.0.1:$zip_port" \
+    --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache-zip.log" &
+pids+=($!)
+zip_pid=$!
+wait_for "$zip_port"
 # The default configuration: L1 on (a key is filled on its second miss).
 l1_port="$(free_port)"
 target/release/auracache --listen "127.0.0.1:$l1_port" --upstream "redis://127.0.0.1:$redis_port" \
@@ -98,7 +105,8 @@ done
 targets=("direct:$redis_port" "auracache:$proxy_port" "auracache+L1:$l1_port")
 # The processes that serve each target: their CPU time per request is the
 # figure that does not move with the machine's speed.
-declare -A serving=([direct]="$redis_pid" [auracache]="$proxy_pid $redis_pid" [auracache+L1]="$l1_pid $redis_pid")
+declare -A serving=([direct]="$redis_pid" [auracache]="$proxy_pid $redis_pid" [auracache+L1]="$l1_pid $redis_pid"
+    [auracache+zstd]="$zip_pid $redis_pid")
 if command -v nutcracker >/dev/null 2>&1; then
     twem_port="$(free_port)"
     cat >"$work/nutcracker.yml" <<YML
@@ -160,7 +168,7 @@ for rec in csv.reader(open(sys.argv[1])):
     rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99), float(cpu)))
 if not rows:
     sys.exit(0)
-targets = [t for t in ("direct", "auracache", "twemproxy", "auracache+L1") if any(t in v for v in rows.values())]
+targets = [t for t in ("direct", "auracache", "twemproxy", "auracache+L1", "auracache+zstd") if any(t in v for v in rows.values())]
 med = lambda xs, i: statistics.median(x[i] for x in xs)
 head = "| command | -P | -d | " + " | ".join(f"{t} ops/s" for t in targets)
 head += " | " + " | ".join(f"{t}/direct" for t in targets[1:])
@@ -236,4 +244,48 @@ PY
         done
     done
     render "$l1_results" "$out_dir/latest.md" "L1: hot set of $hot keys (GET-HOT), and 90/10 GET/SET mix (MIX, -P 1)"
+fi
+
+# Compression: SET and GET of 10 KB and 100 KB values (redis-benchmark's
+# payload, which zstd stores in about three quarters of its size), direct versus
+# through auracache with compression on (L1 off, so every GET decodes), and
+# the bytes Redis received for the SETs and sent for the GETs.
+if [[ " $sections " == *" compression "* ]]; then
+    zip_results="$work/zip.csv"
+    : >"$zip_results"
+    net_bytes() {
+        redis-cli -p "$redis_port" info stats | tr -d '\r' | grep "^$1:" | cut -d: -f2
+    }
+    for size in 10000 100000; do
+        n=$((requests / 5))
+        [ "$size" -eq 100000 ] && n=$((requests / 20))
+        for round in $(seq "$rounds"); do
+            for target in "direct:$redis_port" "auracache+zstd:$zip_port"; do
+                name="${target%%:*}"
+                port="${target##*:}"
+                for test in set get; do
+                    counter=total_net_input_bytes
+                    [ "$test" = get ] && counter=total_net_output_bytes
+                    before="$(net_bytes "$counter")"
+                    line="$(run_benchmark "$name" "$n" -p "$port" -t "$test" -c 50 -d "$size" -r 1000)"
+                    moved=$(($(net_bytes "$counter") - before))
+                    echo "$round,$test,1,$size,$name,$line" >>"$zip_results"
+                    echo "compression round $round $test -d $size $name: $line; Redis moved $((moved / n)) bytes per request" >&2
+                    echo "$test,$size,$name,$((moved / n))" >>"$work/zip-bytes.csv"
+                done
+            done
+        done
+    done
+    render "$zip_results" "$out_dir/latest.md" "compression: -P 1, 1,000 keys; auracache+zstd = compression on (zstd level 3), L1 off"
+    python3 - "$work/zip-bytes.csv" <<'PY' | tee -a "$out_dir/latest.md"
+import csv, statistics, sys
+rows = {}
+for test, size, name, moved in csv.reader(open(sys.argv[1])):
+    rows.setdefault((test.upper(), int(size)), {}).setdefault(name, []).append(int(moved))
+print("| command | -d | bytes Redis moved per request, direct | through auracache+zstd | ratio |")
+print("|---|---|---|---|---|")
+for (test, size), by in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0] != "SET")):
+    direct, zipped = statistics.median(by["direct"]), statistics.median(by["auracache+zstd"])
+    print(f"| {test} | {size} | {direct:,.0f} | {zipped:,.0f} | {zipped / direct:.3f} |")
+PY
 fi

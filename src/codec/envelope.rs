@@ -146,7 +146,7 @@ pub fn decode(stored: &[u8], limit: u64) -> Result<Option<Vec<u8>>, DecodeError>
     let capacity = declared as usize;
     let value = match header.codec {
         Codec::Stored => payload.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(payload, capacity).map_err(|error| damaged(error.to_string()))?,
+        Codec::Zstd => zstd_decompress(payload, capacity).map_err(|error| damaged(error.to_string()))?,
         Codec::Gzip => read_capped(flate2::read::GzDecoder::new(payload), capacity).map_err(damaged)?,
         Codec::Zlib => read_capped(flate2::read::ZlibDecoder::new(payload), capacity).map_err(damaged)?,
     };
@@ -154,6 +154,26 @@ pub fn decode(stored: &[u8], limit: u64) -> Result<Option<Vec<u8>>, DecodeError>
         return Err(mismatch(value.len() as u64));
     }
     Ok(Some(value))
+}
+
+thread_local! {
+    /// One zstd decompression context per thread, kept between values.
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// At most `capacity` bytes out (zstd refuses to write more).
+fn zstd_decompress(payload: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => decompressor.decompress(payload, capacity),
+            None => zstd::bulk::decompress(payload, capacity),
+        }
+    })
 }
 
 /// Reads at most `capacity + 1` bytes (one more shows a payload that

@@ -42,12 +42,35 @@ pub fn compress(codec: Codec, level: i32, value: &[u8]) -> Vec<u8> {
         Codec::Stored => value.to_vec(),
         // Only an invalid level can fail, and configuration validates it;
         // the default level then still gives valid output.
-        Codec::Zstd => zstd::bulk::compress(value, level)
-            .or_else(|_| zstd::bulk::compress(value, zstd::DEFAULT_COMPRESSION_LEVEL))
+        Codec::Zstd => zstd_compress(value, level)
+            .or_else(|_| zstd_compress(value, zstd::DEFAULT_COMPRESSION_LEVEL))
             .unwrap_or_else(|_| value.to_vec()),
         Codec::Gzip => deflate(flate2::write::GzEncoder::new(Vec::new(), flate_level(level)), value),
         Codec::Zlib => deflate(flate2::write::ZlibEncoder::new(Vec::new(), flate_level(level)), value),
     }
+}
+
+thread_local! {
+    /// One zstd compression context per thread, kept between values: a new
+    /// context per value (what `zstd::bulk::compress` does) costs more than
+    /// compressing a 10 KB value.
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn zstd_compress(value: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut() {
+            Some((current, compressor)) if *current == level => compressor.compress(value),
+            _ => {
+                let mut compressor = zstd::bulk::Compressor::new(level)?;
+                let compressed = compressor.compress(value);
+                *slot = Some((level, compressor));
+                compressed
+            }
+        }
+    })
 }
 
 fn flate_level(level: i32) -> flate2::Compression {
