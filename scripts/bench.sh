@@ -20,24 +20,7 @@ out_dir="target/bench"
 mkdir -p "$out_dir"
 work="$(mktemp -d)"
 pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_for() {
-    for _ in $(seq 200); do
-        redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    echo "nothing answers on port $1" >&2
-    exit 1
-}
+trap 'stop_started "$work"' EXIT
 
 # Requests per run: a pipelined run answers about ten times as many per
 # second, so it gets more of them; otherwise it lasts a tenth of a second

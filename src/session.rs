@@ -1092,14 +1092,7 @@ impl Session {
             self.pooled_lane()
         };
         self.enter_lane(lane).await;
-        let connection = match lane {
-            Lane::Dedicated => match &self.dedicated {
-                Some(connection) if !connection.is_closed() => Ok(connection.clone()),
-                _ => Err(UpstreamError::lost()),
-            },
-            Lane::Pooled { db, protocol } => self.pool(db, protocol).connection(self.id).await,
-        };
-        let mut upstream = match connection {
+        let mut upstream = match self.connection_for(lane).await {
             Ok(connection) => OneAtATime(connection),
             Err(error) => {
                 self.shared.stats.upstream_error();
@@ -1197,14 +1190,7 @@ impl Session {
             return;
         };
         self.enter_lane(lane).await;
-        let connection = match lane {
-            Lane::Dedicated => match &self.dedicated {
-                Some(connection) if !connection.is_closed() => Ok(connection.clone()),
-                _ => Err(UpstreamError::lost()),
-            },
-            Lane::Pooled { db, protocol } => self.pool(db, protocol).connection(self.id).await,
-        };
-        let slot = match connection {
+        let slot = match self.connection_for(lane).await {
             Ok(connection) => Slot::Pending {
                 replies: connection.send_with(bytes, replies, hook).await,
                 count,
@@ -1237,6 +1223,17 @@ impl Session {
             }
         }
         self.last_lane = Some(lane);
+    }
+
+    /// The upstream connection of `lane`: the client's own, or its pooled one.
+    async fn connection_for(&mut self, lane: Lane) -> Result<UpstreamConnection, UpstreamError> {
+        match lane {
+            Lane::Dedicated => match &self.dedicated {
+                Some(connection) if !connection.is_closed() => Ok(connection.clone()),
+                _ => Err(UpstreamError::lost()),
+            },
+            Lane::Pooled { db, protocol } => self.pool(db, protocol).connection(self.id).await,
+        }
     }
 
     fn pool(&mut self, db: u32, protocol: Protocol) -> Arc<Pool> {

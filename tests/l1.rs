@@ -40,6 +40,18 @@ async fn read_until_cached(proxy: &Proxy, client: &mut RawClient, key: &str) -> 
     }
 }
 
+/// Waits until Redis's invalidation messages for every write made so far
+/// have been applied: a sentinel key is cached, changed straight on Redis,
+/// and read until the change shows. Redis sends its messages in order on
+/// the one tracking connection, so the earlier ones are applied too (a
+/// late one would otherwise drop a fill a test counts on).
+async fn settle(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient) {
+    assert_eq!(direct.cmd("SET settle:sentinel before").await, "+OK\r\n");
+    read_until_cached(proxy, client, "settle:sentinel").await;
+    assert_eq!(direct.cmd("SET settle:sentinel after").await, "+OK\r\n");
+    client.cmd_until("GET settle:sentinel", "$5\r\nafter\r\n").await;
+}
+
 /// Redis's own count of GETs it executed.
 async fn gets_seen_by_redis(direct: &mut RawClient) -> u64 {
     let info = direct.cmd("INFO commandstats").await;
@@ -284,6 +296,7 @@ async fn hash_reads_are_cached_and_invalidated_together() {
     let mut writer = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(writer.cmd("HSET h a 1 b 2").await, ":2\r\n");
+    settle(&proxy, &mut client, &mut direct).await;
     let all2 = "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
     let all3 = "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
     for _ in 0..3 {
@@ -329,6 +342,7 @@ async fn mget_forwards_only_the_missing_keys() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("MSET a 1 b 2 c 3").await, "+OK\r\n");
+    settle(&proxy, &mut client, &mut direct).await;
     assert_eq!(client.cmd("GET a").await, "$1\r\n1\r\n");
     assert_eq!(client.cmd("GET c").await, "$1\r\n3\r\n");
     assert_eq!(client.cmd("GET nope").await, "$-1\r\n");
@@ -385,6 +399,7 @@ async fn hmget_forwards_only_the_missing_fields() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("HSET h a 1 b 2 c 3").await, ":3\r\n");
+    settle(&proxy, &mut client, &mut direct).await;
     assert_eq!(client.cmd("HGET h a").await, "$1\r\n1\r\n");
     assert_eq!(client.cmd("HGET h zz").await, "$-1\r\n");
     let hits_before = hits(&proxy);
@@ -412,6 +427,7 @@ async fn mget_and_hmget_fill_what_they_read() {
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("MSET x 1 y 2").await, "+OK\r\n");
     assert_eq!(client.cmd("HSET hh f 1 g 2").await, ":2\r\n");
+    settle(&proxy, &mut client, &mut direct).await;
     let expected = "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$-1\r\n";
     assert_eq!(client.cmd("MGET x y hh missing").await, expected);
     assert_eq!(direct.cmd("MGET x y hh missing").await, expected);
