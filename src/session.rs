@@ -477,8 +477,8 @@ impl Session {
     /// The phases one command goes through.
     async fn handle(&mut self, mut command: Command) -> Flow {
         let l1 = self.shared.l1.clone();
-        let boundary = self.note_transaction(&command);
         if self.piped {
+            let boundary = self.note_transaction(&command);
             if let Some(l1) = &l1 {
                 if let Err(error) = self.note_write(l1, &mut command, boundary) {
                     self.reply(Reply::error(format!("ERR {error}"))).await;
@@ -502,6 +502,8 @@ impl Session {
             self.reply(Reply::error("NOAUTH Authentication required.")).await;
             return Flow::Continue;
         }
+        // Only a command Redis will see moves the transaction state.
+        let boundary = self.note_transaction(&command);
         if let Some(l1) = &l1
             && let Err(error) = self.note_write(l1, &mut command, boundary)
         {
@@ -810,6 +812,11 @@ impl Session {
     /// then forwards.
     async fn forward_dedicated(&mut self, command: Command) -> Flow {
         if let Err(error) = self.open_dedicated().await {
+            if command.is("MULTI") {
+                // Redis never saw it: no transaction started.
+                self.in_transaction = false;
+                self.db_before_transaction = None;
+            }
             self.reply(Reply::error(error.client_message())).await;
             return Flow::Continue;
         }
@@ -1024,6 +1031,10 @@ impl Session {
         .find(|(word, _)| name.eq_ignore_ascii_case(word))?
         .1;
         if boundary == Boundary::Multi {
+            if self.in_transaction {
+                // Redis refuses a nested MULTI and goes on queueing.
+                return None;
+            }
             self.in_transaction = true;
             self.db_before_transaction = Some(self.db);
             return Some(boundary);
@@ -1339,7 +1350,11 @@ impl strings::Upstream for OneAtATime {
 /// Replies without the magic anywhere are handed on untouched.
 fn decode_batch(compression: &Compression, decodes: &[(usize, Decode)], result: BatchResult) -> BatchResult {
     let bytes = result?;
-    if memchr::memmem::find(&bytes, &crate::codec::envelope::MAGIC).is_none() {
+    let always = decodes.iter().any(|(_, decode)| match decode {
+        Decode::One(how, _) => !how.needs_magic(),
+        Decode::Transaction(queued) => queued.iter().flatten().any(|(how, _)| !how.needs_magic()),
+    });
+    if !always && memchr::memmem::find(&bytes, &crate::codec::envelope::MAGIC).is_none() {
         return Ok(bytes);
     }
     let last = decodes.iter().map(|(index, _)| *index).max().unwrap_or(0);

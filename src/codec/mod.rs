@@ -307,6 +307,10 @@ impl Compression {
     /// What to store for `value` under `key` (None: the value as it is),
     /// counted in its namespace.
     pub fn encode(&self, key: &[u8], value: &[u8]) -> Option<bytes::Bytes> {
+        if value.len() as u64 > self.limit {
+            // Its envelope would declare more than reads accept: it stays raw.
+            return None;
+        }
         let namespace = self.namespace_of(key);
         match self.stats.encode(self.policy(namespace), namespace, value) {
             Cow::Borrowed(_) => None,

@@ -107,10 +107,11 @@ redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1";
 
 /// Bit commands and LCS: refused if a key they read holds an envelope,
-/// run natively otherwise (in the client's protocol, for LCS IDX's map).
-/// ARGV: magic, protocol ("2" | "3"), the refusal's text, the command.
+/// run natively otherwise. The native reply reaches the client through
+/// Lua's RESP2 conversion, which keeps nulls and order (RESP3's would not);
+/// only LCS IDX's map is then restored ([`ReplyDecode::PairsToMap`]).
+/// ARGV: magic, unused, the refusal's text, the command.
 pub const GUARD_SCRIPT: &str = "\
-if ARGV[2] == '3' then redis.setresp(3) end
 for i = 1, #KEYS do
   if redis.pcall('GETRANGE', KEYS[i], 0, 3) == ARGV[1] then return redis.error_reply(ARGV[3]) end
 end
@@ -240,12 +241,19 @@ pub fn plan(args: &[Bytes], context: Context, encode: &mut ValueEncoder<'_>) -> 
             (args, decode) => Plan::Forward { args, decode },
         }
     };
+    // HSCAN key cursor [MATCH pattern] [COUNT count] [NOVALUES]: only an
+    // option word, not a pattern, says NOVALUES.
     let decode_unless_novalues = |how| {
-        if args[2..].iter().any(|arg| arg.eq_ignore_ascii_case(b"NOVALUES")) {
-            Plan::Unchanged
-        } else {
-            decode_only(how)
+        let mut index = 3;
+        while index < argc {
+            let option = &args[index];
+            if option.eq_ignore_ascii_case(b"NOVALUES") {
+                return Plan::Unchanged;
+            }
+            let takes_value = option.eq_ignore_ascii_case(b"MATCH") || option.eq_ignore_ascii_case(b"COUNT");
+            index += if takes_value { 2 } else { 1 };
         }
+        decode_only(how)
     };
     match name.as_str() {
         "GET" | "GETDEL" | "GETEX" if argc >= 2 => decode_only(ReplyDecode::Bulk),
@@ -345,12 +353,32 @@ pub fn plan(args: &[Bytes], context: Context, encode: &mut ValueEncoder<'_>) -> 
         }),
         _ => match guarded_keys(&name, args) {
             Some((keys, eval)) => {
-                let mut argv = vec![magic(), if resp3 { "3" } else { "2" }.into(), refusal(&name)];
+                let mut argv = vec![magic(), Bytes::new(), refusal(&name)];
                 argv.extend(args.iter().cloned());
-                forward(script(eval, GUARD_SCRIPT, &keys, &argv), None)
+                // RESP3 answers LCS ... IDX with a map; the script's RESP2
+                // conversion gives the same entries as a flat array.
+                let idx = name == "LCS" && args[3..].iter().any(|arg| arg.eq_ignore_ascii_case(b"IDX"));
+                forward(
+                    script(eval, GUARD_SCRIPT, &keys, &argv),
+                    (idx && resp3).then_some(ReplyDecode::PairsToMap),
+                )
             }
             None => Plan::Unchanged,
         },
+    }
+}
+
+/// Answers `message` (an error) from Redis, in order with the client's
+/// other commands.
+fn refuse(message: Bytes) -> Plan {
+    Plan::Forward {
+        args: Some(vec![
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
+            Bytes::from_static(b"0"),
+            message,
+        ]),
+        decode: None,
     }
 }
 
@@ -360,6 +388,7 @@ pub fn plan(args: &[Bytes], context: Context, encode: &mut ValueEncoder<'_>) -> 
 fn sort(args: &[Bytes], refusal: &dyn Fn(&str) -> Bytes) -> Plan {
     let mut gets = Vec::new();
     let mut store = false;
+    let (mut by_pattern, mut alpha) = (false, false);
     let mut index = 2;
     while index < args.len() {
         let option = &args[index];
@@ -374,26 +403,28 @@ fn sort(args: &[Bytes], refusal: &dyn Fn(&str) -> Bytes) -> Plan {
             store = true;
             1
         } else if option.eq_ignore_ascii_case(b"BY") {
+            by_pattern |= args
+                .get(index + 1)
+                .is_some_and(|pattern| !pattern.eq_ignore_ascii_case(b"nosort"));
             1
+        } else if option.eq_ignore_ascii_case(b"ALPHA") {
+            alpha = true;
+            0
         } else {
             0
         };
         index += 1 + takes;
     }
+    if by_pattern && alpha {
+        // The weights would be compared as the bytes Redis holds, which
+        // for a compressed weight are not the original's.
+        return refuse(refusal("SORT ... BY pattern ALPHA"));
+    }
     if !gets.contains(&true) {
         return Plan::Unchanged;
     }
     if store {
-        let message = String::from_utf8_lossy(&refusal("SORT ... GET ... STORE")).into_owned();
-        return Plan::Forward {
-            args: Some(vec![
-                Bytes::from_static(b"EVAL"),
-                Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
-                Bytes::from_static(b"0"),
-                Bytes::from(message),
-            ]),
-            decode: None,
-        };
+        return refuse(refusal("SORT ... GET ... STORE"));
     }
     Plan::Forward {
         args: None,
@@ -438,7 +469,18 @@ fn script(eval: &str, body: &str, keys: &[Bytes], argv: &[Bytes]) -> Vec<Bytes> 
     out
 }
 
+/// An integer as Redis's `string2ll` reads it: optional `-`, no `+`, no
+/// leading zeros (except "0" itself), no spaces.
 fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => bytes.len() == 1,
+        [first, ..] => (b'1'..=b'9').contains(first),
+    };
+    if !canonical || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
@@ -565,6 +607,9 @@ pub enum ReplyDecode {
     Pairs,
     /// HSCAN's `[cursor, [field, value, ...]]`.
     Scan,
+    /// A flat array of key/value entries that RESP3 answers as a map
+    /// (LCS ... IDX run through a script).
+    PairsToMap,
     /// SORT with GET patterns: each element is `gets.len()` values, the
     /// ones whose pattern is not `#` fetched from other keys.
     Sorted { gets: Vec<bool> },
@@ -572,6 +617,14 @@ pub enum ReplyDecode {
     Strlen,
     /// [`GETRANGE_SCRIPT`]'s reply, for these indexes.
     Range { start: i64, end: i64 },
+}
+
+impl ReplyDecode {
+    /// Whether it changes only replies that contain the magic (so a batch
+    /// without it can be handed on untouched).
+    pub fn needs_magic(&self) -> bool {
+        !matches!(self, ReplyDecode::PairsToMap)
+    }
 }
 
 /// A reply could not be decoded: the client gets this error instead.
@@ -593,6 +646,12 @@ pub fn decode_reply(
         },
         ReplyDecode::Items => rebuild(reply, &mut |_, item| decode_bulk(item, decode)).map_err(fail),
         ReplyDecode::Pairs => decode_pairs(reply, decode).map_err(fail),
+        ReplyDecode::PairsToMap => Ok(array(reply).filter(|items| items.len() % 2 == 0).map(|items| {
+            let mut out = BytesMut::with_capacity(reply.len());
+            out.extend_from_slice(format!("%{}\r\n", items.len() / 2).as_bytes());
+            items.iter().for_each(|item| out.extend_from_slice(item));
+            out.freeze()
+        })),
         ReplyDecode::Sorted { gets } => rebuild(reply, &mut |position, item| {
             if gets[position % gets.len()] {
                 decode_bulk(item, decode)
@@ -713,10 +772,7 @@ pub fn range(value: &[u8], start: i64, end: i64) -> &[u8] {
 /// SETRANGE applied to `value` (None: the key is missing) as Redis does
 /// it: the new value and the reply, or Redis's error.
 pub fn set_range(value: Option<&[u8]>, offset: &[u8], patch: &[u8]) -> Result<(Option<Vec<u8>>, i64), String> {
-    let offset: i64 = std::str::from_utf8(offset)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or("ERR value is not an integer or out of range")?;
+    let offset = parse_i64(offset).ok_or("ERR value is not an integer or out of range")?;
     if offset < 0 {
         return Err("ERR offset is out of range".into());
     }
