@@ -352,6 +352,28 @@ async fn inside_multi_a_read_modify_write_is_refused_not_wrong() {
     // A raw value is appended to natively, as in Redis.
     let reply = through_rules(&mut twins.coded, &policy, &bytes(&[b"APPEND", b"raw", b"ef"]), true).await;
     assert_eq!(reply, b":6\r\n");
+    // SETRANGE on a raw value runs natively, near its start too, unless it
+    // would make the value begin with the magic.
+    let reply = through_rules(
+        &mut twins.coded,
+        &policy,
+        &bytes(&[b"SETRANGE", b"raw", b"0", b"J"]),
+        true,
+    )
+    .await;
+    assert_eq!(reply, b":6\r\n");
+    let reply = through_rules(
+        &mut twins.coded,
+        &policy,
+        &bytes(&[b"SETRANGE", b"raw", b"0", b"\xC1AUR"]),
+        true,
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("-ERR auracache: SETRANGE"),
+        "{reply:?}"
+    );
+    assert_eq!(twins.raw.cmd("GET raw").await, "$6\r\nJbcdef\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,6 +895,12 @@ async fn review_corner_cases_answer_as_redis_does() {
         "GETRANGE n1 01 3".into(),
         format!("HSET h NOVALUES {big}"),
         "HSCAN h 0 MATCH NOVALUES".into(),
+        "SET raw hello".into(),
+        "MULTI".into(),
+        "SETRANGE raw 0 J".into(),
+        "SETRANGE missing 1 abc".into(),
+        "EXEC".into(),
+        "GET raw".into(),
         format!("SET huge {huge}"),
         "STRLEN huge".into(),
     ];

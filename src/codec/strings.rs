@@ -76,17 +76,25 @@ end
 if ARGV[4] == 'refuse' then return redis.error_reply(ARGV[5]) end
 return {v}";
 
-/// SETRANGE: native on a raw value (or a missing key) when the write
-/// leaves the first four bytes alone; otherwise the stored bytes (none for
-/// a missing key) for a read-modify-write, or an error inside MULTI.
+/// SETRANGE: native on a raw value (or a missing key) unless the result
+/// would begin with the magic; otherwise the stored bytes (none for a
+/// missing key) for a read-modify-write, or an error inside MULTI.
 /// ARGV: magic, offset, value, mode, the refusal's text.
 pub const SETRANGE_SCRIPT: &str = "\
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' then return v end
 local enveloped = v and string.sub(v, 1, 4) == ARGV[1]
 local offset = tonumber(ARGV[2])
-if not enveloped and (offset == nil or offset >= 4 or string.len(ARGV[3]) == 0) then
-  return redis.pcall('SETRANGE', KEYS[1], ARGV[2], ARGV[3])
+local patch = ARGV[3]
+if not enveloped then
+  local native = offset == nil or offset >= 4 or string.len(patch) == 0
+  if not native then
+    local current = v or ''
+    local before = string.sub(current, 1, offset) .. string.rep('\\0', offset - math.min(offset, string.len(current)))
+    local head = string.sub(before .. patch .. string.sub(current, offset + string.len(patch) + 1), 1, 4)
+    native = head ~= ARGV[1]
+  end
+  if native then return redis.pcall('SETRANGE', KEYS[1], ARGV[2], ARGV[3]) end
 end
 if ARGV[4] == 'refuse' then return redis.error_reply(ARGV[5]) end
 if v then return {v} end
@@ -516,13 +524,18 @@ impl ReadModifyWrite {
         let key = match self {
             ReadModifyWrite::Append { key, .. } | ReadModifyWrite::SetRange { key, .. } => key.clone(),
         };
+        // What a missing key gets: encoded once, whatever the attempts.
+        let new_key_form = match self {
+            ReadModifyWrite::Append { tail, .. } => encode(tail),
+            ReadModifyWrite::SetRange { .. } => Bytes::new(),
+        };
         for _ in 0..MAX_ATTEMPTS {
             let first = match self {
                 ReadModifyWrite::Append { tail, .. } => script(
                     "EVAL",
                     APPEND_SCRIPT,
                     std::slice::from_ref(&key),
-                    &[magic(), tail.clone(), encode(tail), "rmw".into(), Bytes::new()],
+                    &[magic(), tail.clone(), new_key_form.clone(), "rmw".into(), Bytes::new()],
                 ),
                 ReadModifyWrite::SetRange { offset, patch, .. } => script(
                     "EVAL",
