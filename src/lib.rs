@@ -6,6 +6,9 @@
 //! - [`protocol`] finds frames (with limits) and decodes [`protocol::Command`]s;
 //! - [`command`] classifies each command (shared, stateful, streaming, local);
 //! - [`auth`] and [`admin`] answer what the proxy answers itself;
+//! - [`cache`] (L1) answers reads in-process and keeps coherent with Redis;
+//! - [`codec`] compresses values on their way to Redis and decodes them
+//!   back (the stored format is [`codec::envelope`]);
 //! - [`upstream`] carries the rest to Redis over pooled or dedicated
 //!   pipelined connections, and the session writes replies in request order.
 //!
