@@ -547,7 +547,7 @@ fn random_string_sequences_match_redis() {
                 ..ProptestConfig::default()
             },
             // A fixed seed: the same cases on every run (deterministic CI).
-            TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(0x0C0D_EC01)),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &common::seed_bytes(0x0C0D_EC01)),
         );
         runner
             .run(&prop::collection::vec(op_strategy(), 1..30), |ops| {
@@ -647,7 +647,7 @@ fn random_sequences_through_the_proxy_match_redis() {
                 ..ProptestConfig::default()
             },
             // A fixed seed: the same cases on every run (deterministic CI).
-            TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(0x0C0D_EC02)),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &common::seed_bytes(0x0C0D_EC02)),
         );
         runner
             .run(&prop::collection::vec(op_strategy(), 1..30), |ops| {
@@ -843,15 +843,6 @@ async fn foreign_damaged_and_bomb_values_through_the_proxy() {
             .contains("compression_decode_errors:3\r\n")
     );
     assert_eq!(client.cmd("PING").await, "+PONG\r\n");
-}
-
-/// A 32-byte ChaCha seed from a number.
-fn seed_bytes(seed: u64) -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&seed.to_le_bytes());
-    }
-    bytes
 }
 
 /// Corner cases a review found, each against Redis's own answer: nested

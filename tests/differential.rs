@@ -535,7 +535,7 @@ fn random_sequences(protocol: u8, l1: bool) -> u64 {
             ..ProptestConfig::default()
         },
         // A fixed seed: the same cases on every run (deterministic CI).
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes(0xD1FF_0001)),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &common::seed_bytes(0xD1FF_0001)),
     );
     runner
         .run(
@@ -603,13 +603,4 @@ fn random_sequences_match_redis_with_l1() {
         eprintln!("RESP{protocol}: L1 answered {hits} reads");
         assert!(hits >= 20, "RESP{protocol}: L1 answered only {hits} reads");
     }
-}
-
-/// A 32-byte ChaCha seed from a number.
-fn seed_bytes(seed: u64) -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&seed.to_le_bytes());
-    }
-    bytes
 }

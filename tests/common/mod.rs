@@ -399,3 +399,13 @@ where
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_auracache"))
 }
+
+/// A 32-byte seed for proptest's ChaCha generator from a number, so a
+/// random-sequence test runs the same cases every time.
+pub fn seed_bytes(seed: u64) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&seed.to_le_bytes());
+    }
+    bytes
+}
