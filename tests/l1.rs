@@ -52,16 +52,6 @@ async fn settle(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient) {
     client.cmd_until("GET settle:sentinel", "$5\r\nafter\r\n").await;
 }
 
-/// Redis's own count of GETs it executed.
-async fn gets_seen_by_redis(direct: &mut RawClient) -> u64 {
-    let info = direct.cmd("INFO commandstats").await;
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_gets_are_answered_without_redis() {
     let server = RedisServer::start();
@@ -72,12 +62,16 @@ async fn repeated_gets_are_answered_without_redis() {
     // Redis's invalidation of the SET may drop the first fill (it arrives
     // on another connection); from the first hit on, Redis is not asked.
     read_until_cached(&proxy, &mut client, "k").await;
-    let gets = gets_seen_by_redis(&mut direct).await;
+    let gets = common::redis_calls(&mut direct, "get").await;
     let (hits_before, misses) = (hits(&proxy), stats(&proxy).misses.load(Ordering::Relaxed));
     for _ in 0..4 {
         assert_eq!(client.cmd("GET k").await, "$5\r\nhello\r\n");
     }
-    assert_eq!(gets_seen_by_redis(&mut direct).await, gets, "four hits, no read");
+    assert_eq!(
+        common::redis_calls(&mut direct, "get").await,
+        gets,
+        "four hits, no read"
+    );
     assert_eq!(hits(&proxy), hits_before + 4);
     // An operator sees the same through INFO cache.
     let info = client.cmd("INFO cache").await;
@@ -251,7 +245,7 @@ async fn concurrent_misses_share_one_upstream_read() {
     let proxy = proxy_with_l1(&server).await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(direct.cmd("SET hot value").await, "+OK\r\n");
-    let gets_before = gets_seen_by_redis(&mut direct).await;
+    let gets_before = common::redis_calls(&mut direct, "get").await;
     let mut clients = Vec::new();
     for _ in 0..50 {
         clients.push(proxy.raw().await);
@@ -268,7 +262,7 @@ async fn concurrent_misses_share_one_upstream_read() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), "$5\r\nvalue\r\n");
     }
-    let redis_gets = gets_seen_by_redis(&mut direct).await - gets_before;
+    let redis_gets = common::redis_calls(&mut direct, "get").await - gets_before;
     let stats = proxy.handle().l1().unwrap().store.stats().clone();
     let served_locally = stats.hits.load(Ordering::Relaxed) + stats.coalesced_waits.load(Ordering::Relaxed);
     assert!(redis_gets >= 1);
@@ -324,15 +318,6 @@ async fn hash_reads_are_cached_and_invalidated_together() {
     );
 }
 
-async fn mgets_seen_by_redis(direct: &mut RawClient) -> u64 {
-    let info = direct.cmd("INFO commandstats").await;
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 /// MGET with some keys in L1 asks Redis only for the others and merges the
 /// answer in order; with all of them in L1 it does not ask at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,12 +347,12 @@ async fn mget_forwards_only_the_missing_keys() {
     assert_eq!(direct.cmd("CONFIG SET slowlog-log-slower-than 10000").await, "+OK\r\n");
     assert_eq!(direct.cmd("MGET a b c d nope").await, expected, "the same as Redis");
     // All in L1: Redis is not asked.
-    let mgets = mgets_seen_by_redis(&mut direct).await;
+    let mgets = common::redis_calls(&mut direct, "mget").await;
     assert_eq!(
         client.cmd("MGET c a nope a").await,
         "*4\r\n$1\r\n3\r\n$1\r\n1\r\n$-1\r\n$1\r\n1\r\n"
     );
-    assert_eq!(mgets_seen_by_redis(&mut direct).await, mgets);
+    assert_eq!(common::redis_calls(&mut direct, "mget").await, mgets);
     // RESP3, and a pipeline mixing a partial MGET with a GET fill.
     let mut resp3 = proxy.raw().await;
     assert!(resp3.cmd("HELLO 3").await.starts_with('%'));
@@ -431,13 +416,13 @@ async fn mget_and_hmget_fill_what_they_read() {
     let expected = "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$-1\r\n";
     assert_eq!(client.cmd("MGET x y hh missing").await, expected);
     assert_eq!(direct.cmd("MGET x y hh missing").await, expected);
-    let mgets = mgets_seen_by_redis(&mut direct).await;
+    let mgets = common::redis_calls(&mut direct, "mget").await;
     assert_eq!(
         client.cmd("MGET y missing x").await,
         "*3\r\n$1\r\n2\r\n$-1\r\n$1\r\n1\r\n"
     );
     assert_eq!(client.cmd("GET x").await, "$1\r\n1\r\n");
-    assert_eq!(mgets_seen_by_redis(&mut direct).await, mgets, "all from L1");
+    assert_eq!(common::redis_calls(&mut direct, "mget").await, mgets, "all from L1");
     assert!(client.cmd("GET hh").await.starts_with("-WRONGTYPE"));
     assert!(
         client.cmd("GET hh").await.starts_with("-WRONGTYPE"),
@@ -593,7 +578,7 @@ async fn l1_off_sends_every_read_to_redis() {
     for _ in 0..5 {
         assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
     }
-    assert_eq!(gets_seen_by_redis(&mut direct).await, 5);
+    assert_eq!(common::redis_calls(&mut direct, "get").await, 5);
     let info = client.cmd("INFO cache").await;
     assert!(info.contains("l1_enabled:0\r\n") && !info.contains("l1_hits"), "{info}");
 }
@@ -614,10 +599,14 @@ async fn nil_caching_can_be_turned_off() {
     for _ in 0..3 {
         assert_eq!(client.cmd("GET missing").await, "$-1\r\n");
     }
-    assert_eq!(gets_seen_by_redis(&mut direct).await, 3, "every miss asked Redis");
+    assert_eq!(
+        common::redis_calls(&mut direct, "get").await,
+        3,
+        "every miss asked Redis"
+    );
     assert_eq!(client.cmd("SET k v").await, "+OK\r\n");
     for _ in 0..3 {
         assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
     }
-    assert_eq!(gets_seen_by_redis(&mut direct).await, 4, "the value is cached");
+    assert_eq!(common::redis_calls(&mut direct, "get").await, 4, "the value is cached");
 }

@@ -25,16 +25,6 @@ async fn start(server: &RedisServer, clock: &ManualClock, tweak: impl FnOnce(&mu
     proxy
 }
 
-/// Redis's count of calls of `command` (lower case).
-async fn calls(direct: &mut RawClient, command: &str) -> u64 {
-    let info = direct.cmd("INFO commandstats").await;
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The `l1_namespace_<name>` line of INFO cache.
 async fn namespace_line(client: &mut RawClient, name: &str) -> String {
     let info = client.cmd("INFO cache").await;
@@ -62,8 +52,16 @@ async fn a_key_is_filled_on_its_second_miss_and_hit_from_the_third_read() {
     for _ in 0..4 {
         assert_eq!(client.cmd("GET user:1").await, "$5\r\nalice\r\n");
     }
-    assert_eq!(calls(&mut direct, "get").await, 2, "a plain miss, then the fill");
-    assert_eq!(calls(&mut direct, "pttl").await, 1, "only the fill asks for the TTL");
+    assert_eq!(
+        common::redis_calls(&mut direct, "get").await,
+        2,
+        "a plain miss, then the fill"
+    );
+    assert_eq!(
+        common::redis_calls(&mut direct, "pttl").await,
+        1,
+        "only the fill asks for the TTL"
+    );
     let line = namespace_line(&mut client, "user").await;
     assert_eq!(
         (field(&line, "hits"), field(&line, "misses"), field(&line, "entries")),
@@ -74,7 +72,7 @@ async fn a_key_is_filled_on_its_second_miss_and_hit_from_the_third_read() {
     for i in 0..50 {
         client.cmd(&format!("GET once:{i}")).await;
     }
-    assert_eq!(calls(&mut direct, "pttl").await, 1);
+    assert_eq!(common::redis_calls(&mut direct, "pttl").await, 1);
     assert_eq!(field(&namespace_line(&mut client, "once").await, "entries"), "0");
 }
 
@@ -109,15 +107,15 @@ async fn namespaces_have_their_own_ttl_and_entry_bound() {
         client.cmd(&format!("GET {key}")).await;
     }
     clock.advance(Duration::from_millis(1999));
-    let gets = calls(&mut direct, "get").await;
+    let gets = common::redis_calls(&mut direct, "get").await;
     client.cmd("GET short:a").await;
     client.cmd("GET long:a").await;
-    assert_eq!(calls(&mut direct, "get").await, gets, "both still cached");
+    assert_eq!(common::redis_calls(&mut direct, "get").await, gets, "both still cached");
     clock.advance(Duration::from_millis(1));
     client.cmd("GET short:a").await;
     client.cmd("GET long:a").await;
     assert_eq!(
-        calls(&mut direct, "get").await,
+        common::redis_calls(&mut direct, "get").await,
         gets + 1,
         "short:a expired after its 2 s"
     );
@@ -141,11 +139,11 @@ async fn namespaces_have_their_own_ttl_and_entry_bound() {
     );
     assert_eq!(field(&line, "evictions"), "2", "{line}");
     // The newest keys stay; evicted ones are read from Redis, correctly.
-    let gets = calls(&mut direct, "get").await;
+    let gets = common::redis_calls(&mut direct, "get").await;
     assert_eq!(client.cmd("GET small:4").await, "$2\r\nv4\r\n");
-    assert_eq!(calls(&mut direct, "get").await, gets);
+    assert_eq!(common::redis_calls(&mut direct, "get").await, gets);
     assert_eq!(client.cmd("GET small:0").await, "$2\r\nv0\r\n");
-    assert_eq!(calls(&mut direct, "get").await, gets + 1);
+    assert_eq!(common::redis_calls(&mut direct, "get").await, gets + 1);
 }
 
 /// Redis refusing CLIENT TRACKING (an ACL here): strict namespaces are not

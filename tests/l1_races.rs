@@ -57,15 +57,9 @@ async fn until_blocked(server: &RedisServer, count: usize) {
     }
 }
 
-/// Redis's count of calls of `command` (lower case).
+/// Redis's count of calls of `command` (lower case), on a connection of its own.
 async fn calls(server: &RedisServer, command: &str) -> u64 {
-    let mut direct = RawClient::connect(server.addr()).await;
-    let info = direct.cmd("INFO commandstats").await;
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
+    common::redis_calls(&mut RawClient::connect(server.addr()).await, command).await
 }
 
 fn ttl_only(config: &mut Config) {
@@ -472,19 +466,12 @@ async fn a_client_that_resets_does_not_poison_a_key() {
         out.extend(common::encode(&[b"GET", b"big"]));
     }
     out.extend(common::encode(&[b"GET", b"k"]));
+    // The fill of big already ran a PTTL: wait for the one of k's fill.
+    let pttls = calls(&server, "pttl").await;
     stream.write_all(&out).await.unwrap();
-    // Until the fill of k (its hidden PTTL) has reached Redis.
-    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(direct));
     common::poll_until_async("the fill of k to reach Redis", || {
-        let direct = shared.clone();
-        async move {
-            direct
-                .lock()
-                .await
-                .cmd("INFO commandstats")
-                .await
-                .contains("cmdstat_pttl:")
-        }
+        let calls = calls(&server, "pttl");
+        async move { calls.await > pttls }
     })
     .await;
     // An abortive close (RST), as a crashed client's.

@@ -409,3 +409,14 @@ pub fn seed_bytes(seed: u64) -> [u8; 32] {
     }
     bytes
 }
+
+/// How many times Redis has run `command` (lower case), from its own
+/// `INFO commandstats`: what reached Redis, whatever the proxy answered.
+pub async fn redis_calls(direct: &mut RawClient, command: &str) -> u64 {
+    let info = direct.cmd("INFO commandstats").await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
