@@ -36,6 +36,8 @@ pub enum LocalCommand {
     InfoCache,
     /// `CLIENT GETNAME` on a client that has no connection of its own.
     ClientGetName,
+    /// `PROXY ...`: the proxy's own admin commands.
+    Proxy,
 }
 
 /// Commands that block their connection until something happens elsewhere.
@@ -89,6 +91,7 @@ const INSPECTED: &[&str] = &[
     "AUTH",
     "HELLO",
     "SELECT",
+    "PROXY",
 ];
 
 /// True when [`classify`] (or the handling that follows) needs the
@@ -154,6 +157,9 @@ pub fn classify(command: &Command) -> CommandClass {
     }
     if command.is("INFO") && command.args().len() == 2 && arg_is(command, 1, "CACHE") {
         return CommandClass::Local(LocalCommand::InfoCache);
+    }
+    if command.is("PROXY") {
+        return CommandClass::Local(LocalCommand::Proxy);
     }
     if is(&["SYNC", "PSYNC", "REPLCONF"]) {
         return CommandClass::Refused("replication is not proxied; connect replicas to Redis directly");

@@ -51,6 +51,7 @@ pub struct Config {
     pub log: LogConfig,
     pub memory_cache: MemoryCacheConfig,
     pub compression: CompressionConfig,
+    pub versioning: VersioningConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -106,6 +107,39 @@ pub struct NamespaceConfig {
     /// Default compression.threshold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression_threshold: Option<usize>,
+    /// The version this namespace's keys are stored under
+    /// (`versioning.key_pattern`); none = keys pass through unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Older versions a read falls back to, in order (with `version`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_versions: Vec<u32>,
+    /// A key found in a fallback version is copied to the current one
+    /// (default true); false: served from the old version as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate_on_read: Option<bool>,
+    /// A read's migration moves the key rather than copying it (default
+    /// false: the old version stays until the key is written, deleted or
+    /// cleaned up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_old_on_migrate: Option<bool>,
+}
+
+/// Key versioning (issue #6): how a versioned namespace's keys are named in
+/// Redis. Each namespace's versions are in `[namespaces.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VersioningConfig {
+    /// The stored name of a key: `{version}` and `{key}` each once.
+    pub key_pattern: String,
+}
+
+impl Default for VersioningConfig {
+    fn default() -> Self {
+        VersioningConfig {
+            key_pattern: "v{version}:{key}".into(),
+        }
+    }
 }
 
 /// A compression algorithm for stored values.
@@ -312,6 +346,7 @@ impl Default for Config {
             log: LogConfig::default(),
             memory_cache: MemoryCacheConfig::default(),
             compression: CompressionConfig::default(),
+            versioning: VersioningConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -396,6 +431,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_COMPRESSION_MIN_SAVINGS", "compression.min_savings"),
     ("AURACACHE_COMPRESSION_HASHES", "compression.hashes"),
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
+    ("AURACACHE_VERSIONING_KEY_PATTERN", "versioning.key_pattern"),
 ];
 
 impl Config {
@@ -492,6 +528,7 @@ impl Config {
             "limits.max_value_bytes" => self.limits.max_value_bytes = whole(1)?,
             "compression.enabled" => self.compression.enabled = boolean()?,
             "compression.hashes" => self.compression.hashes = boolean()?,
+            "versioning.key_pattern" => self.versioning.key_pattern = value.to_string(),
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {
@@ -526,6 +563,7 @@ impl Config {
             "memory_cache.max_namespaces",
             "compression.level",
             "compression.min_savings",
+            "versioning.key_pattern",
             "namespace_separator",
             "namespaces",
         ] {
@@ -619,6 +657,32 @@ impl Config {
                         ));
                     }
                 }
+                for (namespace, overrides) in &self.namespaces {
+                    let versioned = overrides.version.is_some();
+                    let set_without_version = !overrides.fallback_versions.is_empty()
+                        || overrides.migrate_on_read.is_some()
+                        || overrides.delete_old_on_migrate.is_some();
+                    if !versioned && set_without_version {
+                        return Err(invalid(
+                            &format!("namespaces.{namespace}.version"),
+                            "(none)",
+                            "expected a version when fallback_versions, migrate_on_read or delete_old_on_migrate is set",
+                        ));
+                    }
+                    if let Some(version) = overrides.version {
+                        let mut seen = vec![version];
+                        for fallback in &overrides.fallback_versions {
+                            if seen.contains(fallback) {
+                                return Err(invalid(
+                                    &format!("namespaces.{namespace}.fallback_versions"),
+                                    &format!("{:?}", overrides.fallback_versions),
+                                    "expected versions other than the current one, each once",
+                                ));
+                            }
+                            seen.push(*fallback);
+                        }
+                    }
+                }
                 for namespace in self.namespaces.keys() {
                     if namespace.is_empty() || namespace.contains(self.namespace_separator.as_str()) {
                         return Err(invalid(
@@ -648,6 +712,17 @@ impl Config {
                     &self.compression.min_savings.to_string(),
                     "expected a fraction from 0 up to (not including) 1",
                 ));
+            }
+            "versioning.key_pattern" => {
+                let pattern = &self.versioning.key_pattern;
+                let once = |placeholder: &str| pattern.matches(placeholder).count() == 1;
+                if !once("{version}") || !once("{key}") || pattern == "{version}{key}" || pattern == "{key}{version}" {
+                    return Err(invalid(
+                        name,
+                        pattern,
+                        "expected {version} and {key} once each, with text between or around them, for example v{version}:{key}",
+                    ));
+                }
             }
             "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {
                 return Err(invalid(name, &self.log.format, "expected text or json"));

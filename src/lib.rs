@@ -23,6 +23,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod gather;
+pub mod keys;
 pub mod protocol;
 pub mod server;
 pub mod session;

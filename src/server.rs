@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -17,6 +18,8 @@ use crate::cache::tracking::{self, TrackerConfig};
 use crate::cache::{L1, L1Limits, L1Store, Namespaces, WriteTable};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, UpstreamUrl};
+use crate::keys::table::KeyTable;
+use crate::keys::versions::Versioning;
 use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
 use crate::session::{self, Shared};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
@@ -41,6 +44,7 @@ pub struct ServerHandle {
     stats: Arc<Stats>,
     l1: Option<Arc<L1>>,
     compression: Option<Arc<crate::codec::Compression>>,
+    versions: Option<Arc<Versioning>>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -106,6 +110,7 @@ impl Server {
                 .values()
                 .any(|namespace| namespace.compression_enabled == Some(true)))
         .then(|| Arc::new(crate::codec::Compression::new(&config)));
+        let versions = crate::keys::versions::Versioning::from_config(&config).map(Arc::new);
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -116,6 +121,7 @@ impl Server {
             databases: AtomicU32::new(16),
             l1: l1.clone(),
             compression,
+            versions: versions.clone(),
         });
         tokio::spawn(learn_databases(shared.clone()));
         let shared_l1 = l1.clone();
@@ -125,27 +131,32 @@ impl Server {
             if namespaces.any_strict() {
                 let tracker = TrackerConfig {
                     target: shared.pools.target().clone(),
-                    prefixes: namespaces.tracking_prefixes(),
+                    prefixes: stored_prefixes(namespaces.tracking_prefixes(), versions.as_deref()),
                     connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
                     max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
                     limits: reply_limits,
+                    versions: versions.clone(),
                 };
                 tracking::start(tracker, l1.store.clone(), stats.clone(), shutdown.clone());
             }
-            tokio::spawn(learn_writes(shared.clone(), l1.clone(), shutdown.clone()));
-            tokio::spawn(sweep(l1, shutdown.clone()));
+            tokio::spawn(sweep(l1.clone(), shutdown.clone()));
+        }
+        if shared.l1.is_some() || versions.is_some() {
+            tokio::spawn(learn_commands(shared.clone(), shutdown.clone()));
         }
         tracing::info!(
             "listening on {local_addr}, upstream {}",
             shared.config.upstream_redacted()
         );
         let compression = shared.compression.clone();
+        let versions = shared.versions.clone();
         let accept_loop = tokio::spawn(accept_clients(listener, shared, shutdown));
         Ok(ServerHandle {
             local_addr,
             stats,
             l1: shared_l1,
             compression,
+            versions,
             trigger,
             accept_loop,
         })
@@ -167,6 +178,11 @@ impl ServerHandle {
     }
 
     /// The compression stage, when enabled.
+    /// The key versioning stage, when a namespace is versioned.
+    pub fn versions(&self) -> Option<&Arc<Versioning>> {
+        self.versions.as_ref()
+    }
+
     pub fn compression(&self) -> Option<&Arc<crate::codec::Compression>> {
         self.compression.as_ref()
     }
@@ -270,15 +286,43 @@ async fn learn_databases(shared: Arc<Shared>) {
     }
 }
 
-/// Learns Redis's command table for L1 invalidation (retrying until Redis
-/// answers); L1 answers nothing until then.
-async fn learn_writes(shared: Arc<Shared>, l1: Arc<L1>, mut shutdown: Shutdown) {
+/// With key versioning, a versioned namespace's tracking prefix (`user:`)
+/// becomes the prefixes of its stored keys in each version it serves.
+fn stored_prefixes(prefixes: Vec<Bytes>, versions: Option<&Versioning>) -> Vec<Bytes> {
+    let Some(versions) = versions else {
+        return prefixes;
+    };
+    let mut stored: Vec<Bytes> = prefixes
+        .into_iter()
+        .flat_map(|prefix| versions.tracking_prefixes(&prefix).unwrap_or_else(|| vec![prefix]))
+        .collect();
+    stored.sort();
+    stored.dedup();
+    stored
+}
+
+/// Learns Redis's command table (retrying until Redis answers): which keys
+/// each command writes, for L1 invalidation (L1 answers nothing until
+/// then), and where each command's keys are, for key versioning (which
+/// uses the built-in Redis 7.0 table until then).
+async fn learn_commands(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let pool = shared.pools.get(shared.pools.target().db, Protocol::Resp2);
     let command = Command::from_args(vec!["COMMAND".into()]);
     loop {
         if let Ok(connection) = pool.connection(0).await
             && let Ok(Ok(reply)) = connection.send(command.wire().clone(), 1).await.await
         {
+            if let Some(versions) = &shared.versions {
+                match KeyTable::from_command_reply(&reply) {
+                    Ok(table) => versions.set_table(table),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read Redis's key specifications; key versioning keeps the built-in table")
+                    }
+                }
+            }
+            let Some(l1) = &shared.l1 else {
+                return;
+            };
             match WriteTable::from_command_reply(&reply) {
                 Ok(table) => {
                     l1.set_writes(table);

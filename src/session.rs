@@ -37,6 +37,7 @@ use crate::codec::strings::{self, Plan, ReadModifyWrite, ReplyDecode};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
+use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, ReplyScanner, RequestFrame, RequestLimits, RequestScanner,
 };
@@ -70,6 +71,26 @@ pub struct Shared {
     pub l1: Option<Arc<L1>>,
     /// The compression stage, when enabled.
     pub compression: Option<Arc<Compression>>,
+    /// Key versioning, when a namespace is versioned.
+    pub versions: Option<Arc<Versioning>>,
+}
+
+/// What a batch's replies need from key versioning.
+enum VersionWork {
+    /// A hidden migration's reply: counted, not shown.
+    Migrated(Migration),
+    /// A reply that names keys, mapped back.
+    Map(KeyReply),
+    /// EXEC's array: one entry per queued command, hidden migrations included.
+    Transaction(Vec<Queued>),
+}
+
+/// A command queued in MULTI, as key versioning sees its place in EXEC's array.
+enum Queued {
+    /// A migration the proxy queued before a command: left out.
+    Hidden(Migration),
+    /// The client's command, and how its element is mapped back.
+    Shown(Option<KeyReply>),
 }
 
 /// How one reply is decoded (compression) before anyone sees it.
@@ -106,7 +127,7 @@ enum Slot {
     Barrier(oneshot::Sender<()>),
     /// From here on, copy everything Redis sends on the client's own
     /// connection (pub/sub, MONITOR, CLIENT REPLY OFF).
-    Pipe(mpsc::Receiver<Bytes>),
+    Pipe(mpsc::Receiver<Bytes>, Option<versions::PipeMapper>),
     /// Close the client after everything before it.
     Close,
 }
@@ -242,6 +263,11 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         pending_decode: None,
         batch_decodes: Vec::new(),
         queued_decodes: Vec::new(),
+        batch_hidden: Vec::new(),
+        batch_versions: Vec::new(),
+        queued_versions: Vec::new(),
+        pending_versions: None,
+        subscriptions: Arc::default(),
         in_transaction: false,
         db_before_transaction: None,
         sent_batches: 0,
@@ -322,6 +348,16 @@ struct Session {
     batch_decodes: Vec<(usize, Decode)>,
     /// The decodings of the commands queued in MULTI, in order.
     queued_decodes: Vec<Option<(ReplyDecode, Bytes)>>,
+    /// Replies of the batch the client does not see (migrations), by position.
+    batch_hidden: Vec<usize>,
+    /// Key versioning's work on the batch's replies, by position.
+    batch_versions: Vec<(usize, VersionWork)>,
+    /// Key versioning's view of the commands queued in MULTI, in order.
+    queued_versions: Vec<Queued>,
+    /// At EXEC: the queued commands' entries, joined to EXEC's reply.
+    pending_versions: Option<Vec<Queued>>,
+    /// Keyspace channels a piped client subscribed to, as rewritten.
+    subscriptions: Arc<versions::Subscriptions>,
     in_transaction: bool,
     /// The database when MULTI came (DISCARD undoes a queued SELECT).
     db_before_transaction: Option<u32>,
@@ -456,6 +492,7 @@ impl Session {
             // does its decoding (an L1 hit needs none).
             self.current_writes.clear();
             self.pending_decode = None;
+            self.pending_versions = None;
             if let Flow::Stop = flow {
                 self.flush().await;
                 return Ok(Flow::Stop);
@@ -504,6 +541,14 @@ impl Session {
         }
         // Only a command Redis will see moves the transaction state.
         let boundary = self.note_transaction(&command);
+        if self.shared.versions.is_some()
+            && let Some(boundary) = boundary
+        {
+            let queued = std::mem::take(&mut self.queued_versions);
+            if boundary == Boundary::Exec {
+                self.pending_versions = Some(queued);
+            }
+        }
         if let Some(l1) = &l1
             && let Err(error) = self.note_write(l1, &mut command, boundary)
         {
@@ -522,6 +567,15 @@ impl Session {
                     return Flow::Stop;
                 }
             }
+        }
+        if let Some(versions) = &self.shared.versions
+            && class == CommandClass::Shared
+            && !self.in_transaction
+            && command.argc() == 1
+            && command.is("RANDOMKEY")
+        {
+            let versions = versions.clone();
+            return self.random_key(&versions).await;
         }
         if let Some(l1) = &l1 {
             if class == CommandClass::Shared
@@ -574,6 +628,7 @@ impl Session {
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
             }
+            LocalCommand::Proxy => self.proxy(command).await,
             // On its own connection, Redis keeps this state and answers.
             LocalCommand::Select | LocalCommand::Reset | LocalCommand::ClientGetName if dedicated => {
                 self.track_connection_state(local, &command);
@@ -601,6 +656,88 @@ impl Session {
                 self.reply(reply).await;
                 Flow::Continue
             }
+        }
+    }
+
+    /// `PROXY VERSION STATUS [namespace]`, `PROXY VERSION CLEANUP namespace
+    /// [KEEP n]`, `PROXY HELP`. CLEANUP changes data: with proxy
+    /// authentication it needs the admin role.
+    async fn proxy(&mut self, command: Command) -> Flow {
+        let args: Vec<String> = command
+            .args()
+            .iter()
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let upper: Vec<String> = args.iter().map(|arg| arg.to_ascii_uppercase()).collect();
+        let words: Vec<&str> = upper.iter().map(String::as_str).collect();
+        let reply = match words.as_slice() {
+            [_, "HELP"] => Reply::Verbatim(Bytes::from_static(PROXY_HELP.as_bytes())),
+            [_, "VERSION", "STATUS", rest @ ..] if rest.len() <= 1 => {
+                let only = args.get(3).map(String::as_str);
+                match self.shared.versions.clone() {
+                    None => Reply::error("ERR key versioning is off: no namespace has a version"),
+                    Some(versions) => match self.version_admin(&versions, only, None).await {
+                        Ok(text) => Reply::Verbatim(Bytes::from(text)),
+                        Err(error) => Reply::error(error),
+                    },
+                }
+            }
+            [_, "VERSION", "CLEANUP", _, rest @ ..] => {
+                let keep = match rest {
+                    [] => Some(2),
+                    ["KEEP", n] => n.parse::<usize>().ok().filter(|n| *n >= 1),
+                    _ => None,
+                };
+                match (keep, self.shared.versions.clone()) {
+                    (None, _) => Reply::error("ERR syntax: PROXY VERSION CLEANUP namespace [KEEP n], n >= 1"),
+                    (_, None) => Reply::error("ERR key versioning is off: no namespace has a version"),
+                    (Some(_), Some(_)) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
+                        Reply::error("NOPERM PROXY VERSION CLEANUP needs the admin role")
+                    }
+                    (Some(keep), Some(versions)) => {
+                        match self.version_admin(&versions, Some(&args[3]), Some(keep)).await {
+                            Ok(text) => Reply::Bulk(Bytes::from(text)),
+                            Err(error) => Reply::error(error),
+                        }
+                    }
+                }
+            }
+            _ => Reply::error(format!(
+                "ERR unknown PROXY subcommand or wrong arguments: '{}'; try PROXY HELP",
+                args[1..].join(" ")
+            )),
+        };
+        self.reply(reply).await;
+        Flow::Continue
+    }
+
+    /// Runs STATUS (`keep` None) or CLEANUP on the client's pooled
+    /// connection, after its earlier commands.
+    async fn version_admin(
+        &mut self,
+        versions: &Versioning,
+        namespace: Option<&str>,
+        keep: Option<usize>,
+    ) -> Result<String, String> {
+        let lane = Lane::Pooled {
+            db: self.db,
+            protocol: Protocol::Resp2,
+        };
+        self.flush().await;
+        self.enter_lane(lane).await;
+        let connection = self
+            .connection_for(lane)
+            .await
+            .map_err(|error| error.client_message())?;
+        let mut upstream = OneAtATime {
+            connection,
+            versions: None,
+        };
+        match (keep, namespace) {
+            (Some(keep), Some(namespace)) => {
+                crate::keys::admin::cleanup(versions, namespace, keep, &mut upstream).await
+            }
+            _ => crate::keys::admin::status(versions, namespace, &mut upstream).await,
         }
     }
 
@@ -801,6 +938,23 @@ impl Session {
             .unwrap_or_else(|_| Err(UpstreamError::lost()))
     }
 
+    /// The name Redis stores the client's `key` under now.
+    fn stored_name(&self, key: &Bytes) -> Bytes {
+        match &self.shared.versions {
+            Some(versions) => versions.stored(key),
+            None => key.clone(),
+        }
+    }
+
+    /// Whether a read of `key` may go to an old version without migrating
+    /// it (then L1 does not fill from it: its TTL is another name's).
+    fn reads_unmigrated(&self, key: &[u8]) -> bool {
+        self.shared
+            .versions
+            .as_ref()
+            .is_some_and(|versions| versions.reads_unmigrated(key))
+    }
+
     fn pooled_lane(&self) -> Lane {
         Lane::Pooled {
             db: self.db,
@@ -848,26 +1002,150 @@ impl Session {
 
     /// Adds a command to the batch for `lane`, sending the previous batch
     /// first if it was for another lane.
-    async fn forward(&mut self, lane: Lane, command: Command) -> Flow {
+    async fn forward(&mut self, lane: Lane, mut command: Command) -> Flow {
+        let mut migration = None;
+        let mut key_reply = None;
+        if let Some(versions) = self.shared.versions.clone() {
+            match self.rewrite_keys(&versions, lane, &mut command).await {
+                Ok((found, reply)) => (migration, key_reply) = (found, reply),
+                Err(refusal) => {
+                    self.reply_bytes(refusal).await;
+                    return Flow::Continue;
+                }
+            }
+        }
         if self.batch_lane != Some(lane) {
             self.flush().await;
             self.batch_lane = Some(lane);
         }
         self.flush_ready().await;
+        // Inside MULTI, Redis answers QUEUED now and the value in EXEC's
+        // array; MULTI and WATCH there run at once and are not in it.
+        let queued = self.in_transaction && !command.is("MULTI") && !command.is("WATCH");
+        if let Some(migration) = migration {
+            // Runs just before the command, in the same order everywhere
+            // (queued with it inside MULTI); its reply is not the client's.
+            self.append(&migration.request(MIGRATE_SCRIPT));
+            self.batch_hidden.push(self.batch_replies - 1);
+            if queued {
+                self.queued_decodes.push(None);
+                self.queued_versions.push(Queued::Hidden(migration));
+            } else {
+                self.batch_versions
+                    .push((self.batch_replies - 1, VersionWork::Migrated(migration)));
+            }
+        }
         self.append(command.wire());
         self.batch_l1.writes.append(&mut self.current_writes);
         self.batch_count += 1;
+        let index = self.batch_replies - 1;
         let decode = self.pending_decode.take();
-        // Inside MULTI, Redis answers QUEUED now and the value in EXEC's
-        // array; MULTI and WATCH there run at once and are not in it.
-        if self.in_transaction && !command.is("MULTI") && !command.is("WATCH") {
+        if queued {
             self.queued_decodes.push(match decode {
                 Some(Decode::One(how, key)) => Some((how, key)),
                 _ => None,
             });
-        } else if let Some(decode) = decode {
-            self.batch_decodes.push((self.batch_replies - 1, decode));
+            if self.shared.versions.is_some() {
+                self.queued_versions.push(Queued::Shown(key_reply));
+            }
+        } else {
+            if let Some(decode) = decode {
+                self.batch_decodes.push((index, decode));
+            }
+            if let Some(how) = key_reply {
+                self.batch_versions.push((index, VersionWork::Map(how)));
+            }
         }
+        if let Some(transaction) = self.pending_versions.take()
+            && transaction.iter().any(|queued| !matches!(queued, Queued::Shown(None)))
+        {
+            self.batch_versions.push((index, VersionWork::Transaction(transaction)));
+        }
+        Flow::Continue
+    }
+
+    /// Key versioning: the command's keys rewritten to their stored names
+    /// (reads of namespaces that do not migrate pointed at the version
+    /// that has the key, which costs a round trip), the migration to run
+    /// before it, and how its reply names keys. Err: the reply refusing it.
+    async fn rewrite_keys(
+        &mut self,
+        versions: &Versioning,
+        lane: Lane,
+        command: &mut Command,
+    ) -> Result<(Option<Migration>, Option<KeyReply>), Bytes> {
+        if let Err(error) = command.decode_args() {
+            return Err(Reply::error(format!("ERR {error}")).encode(self.protocol));
+        }
+        let watch_in_transaction = self.in_transaction && command.is("WATCH");
+        let mut rewritten = versions
+            .rewrite(command.args(), self.in_transaction)
+            .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
+        if let Some(positions) = rewritten.resolve.take() {
+            let mut args = rewritten.args.take().unwrap_or_else(|| command.args().to_vec());
+            let found = match self
+                .call_now(lane, rewritten.migration.request(versions::FIND_SCRIPT))
+                .await
+            {
+                Ok(reply) => versions::integers(&reply),
+                Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
+            };
+            rewritten.migration.apply_found(&found, &mut args, &positions);
+            rewritten.args = Some(args);
+        }
+        if let Some(args) = rewritten.args {
+            *command = Command::from_args(args);
+        }
+        // Redis refuses WATCH inside MULTI; nothing of it is queued.
+        let migration = (!rewritten.migration.is_empty() && !watch_in_transaction).then_some(rewritten.migration);
+        Ok((migration, rewritten.reply))
+    }
+
+    /// Sends one request on `lane` after everything before it and waits
+    /// for its reply.
+    async fn call_now(&mut self, lane: Lane, request: Bytes) -> Result<Bytes, UpstreamError> {
+        self.flush().await;
+        self.enter_lane(lane).await;
+        let connection = self.connection_for(lane).await?;
+        connection
+            .send(request, 1)
+            .await
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::lost()))
+    }
+
+    /// RANDOMKEY under key versioning: Redis's random key, mapped back;
+    /// drawn again (a bounded number of times) while it is one no client
+    /// key reaches.
+    async fn random_key(&mut self, versions: &Versioning) -> Flow {
+        let lane = if self.dedicated.is_some() {
+            Lane::Dedicated
+        } else {
+            self.pooled_lane()
+        };
+        let request = Command::from_args(vec![Bytes::from_static(b"RANDOMKEY")])
+            .wire()
+            .clone();
+        for _ in 0..64 {
+            let reply = match self.call_now(lane, request.clone()).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    self.reply(Reply::error(error.client_message())).await;
+                    return Flow::Continue;
+                }
+            };
+            let Some(stored) = versions::bulk(&reply) else {
+                // Nil (no keys) or an error: Redis's answer as it is.
+                self.reply_bytes(reply).await;
+                return Flow::Continue;
+            };
+            if let versions::Mapped::Visible(key) = versions.client_key(stored) {
+                let key = Bytes::copy_from_slice(key);
+                self.reply(Reply::Bulk(key)).await;
+                return Flow::Continue;
+            }
+        }
+        self.reply(Reply::Nil).await;
         Flow::Continue
     }
 
@@ -892,6 +1170,9 @@ impl Session {
         };
         let caught_up = self.caught_up();
         let key = key.clone();
+        if self.reads_unmigrated(&key) {
+            return self.forward(self.pooled_lane(), command).await;
+        }
         let cache_key = CacheKey::new(self.db, key.clone(), shape);
         let lookup = if caught_up {
             l1.store.lookup(&cache_key)
@@ -926,7 +1207,8 @@ impl Session {
                 let lane = self.pooled_lane();
                 self.forward(lane, command).await;
                 let index = self.batch_replies - 1;
-                self.append(&pttl_request(&key));
+                let stored = self.stored_name(&key);
+                self.append(&pttl_request(&stored));
                 self.batch_l1.fills.push((index, ticket));
                 Flow::Continue
             }
@@ -947,6 +1229,9 @@ impl Session {
             Some(_) => Shape::HashField(item.clone()),
         };
         let items = &args[fixed..];
+        if items.iter().chain(&hash).any(|key| self.reads_unmigrated(key)) {
+            return self.forward(self.pooled_lane(), command).await;
+        }
         let cached: Vec<Option<Bytes>> = items
             .iter()
             .map(|item| {
@@ -998,7 +1283,8 @@ impl Session {
         }
         let index = self.batch_replies - 1;
         for key in &pttl_keys {
-            self.append(&pttl_request(key));
+            let stored = self.stored_name(key);
+            self.append(&pttl_request(&stored));
         }
         if !all_missing || !fills.is_empty() {
             self.batch_l1.multis.push(MultiRead {
@@ -1104,7 +1390,10 @@ impl Session {
         };
         self.enter_lane(lane).await;
         let mut upstream = match self.connection_for(lane).await {
-            Ok(connection) => OneAtATime(connection),
+            Ok(connection) => OneAtATime {
+                connection,
+                versions: self.shared.versions.clone(),
+            },
             Err(error) => {
                 self.shared.stats.upstream_error();
                 self.reply(Reply::error(error.client_message())).await;
@@ -1176,22 +1465,47 @@ impl Session {
         }
         let count = std::mem::take(&mut self.batch_count);
         let replies = std::mem::take(&mut self.batch_replies);
-        let (l1_hook, edits) = match &self.shared.l1 {
+        let (l1_hook, mut edits) = match &self.shared.l1 {
             Some(l1) => std::mem::take(&mut self.batch_l1).into_parts(l1.clone()),
             None => (None, None),
         };
-        let decodes = std::mem::take(&mut self.batch_decodes);
-        let hook = match (&self.shared.compression, decodes.is_empty()) {
-            (Some(compression), false) => {
-                let compression = compression.clone();
-                // Decoded first, so L1 fills keep the original values.
-                let decode: Hook = Box::new(move |result| decode_batch(&compression, &decodes, result));
-                Some(match l1_hook {
-                    Some(l1_hook) => Box::new(move |result| l1_hook(decode(result))) as Hook,
-                    None => decode,
+        let hidden = std::mem::take(&mut self.batch_hidden);
+        if !hidden.is_empty() {
+            edits
+                .get_or_insert_with(|| {
+                    Box::new(ReplyEdits {
+                        hidden: Vec::new(),
+                        merges: Vec::new(),
+                    })
                 })
-            }
-            _ => l1_hook,
+                .hidden
+                .extend(hidden);
+        }
+        // The stages a batch's replies pass on the upstream reader, in
+        // order: values decoded (so L1 fills keep the originals), key names
+        // mapped back, then L1's store work.
+        let mut stages: Vec<Hook> = Vec::new();
+        let decodes = std::mem::take(&mut self.batch_decodes);
+        if let Some(compression) = &self.shared.compression
+            && !decodes.is_empty()
+        {
+            let compression = compression.clone();
+            stages.push(Box::new(move |result| decode_batch(&compression, &decodes, result)));
+        }
+        let work = std::mem::take(&mut self.batch_versions);
+        if let Some(versions) = &self.shared.versions
+            && !work.is_empty()
+        {
+            let versions = versions.clone();
+            stages.push(Box::new(move |result| map_batch(&versions, work, result)));
+        }
+        stages.extend(l1_hook);
+        let hook: Option<Hook> = match stages.len() {
+            0 => None,
+            1 => stages.pop(),
+            _ => Some(Box::new(move |result| {
+                stages.into_iter().fold(result, |result, stage| stage(result))
+            })),
         };
         let bytes = match self.batch_first.take() {
             Some(only) => only,
@@ -1273,7 +1587,12 @@ impl Session {
         let Some(connection) = &self.dedicated else {
             return Flow::Stop;
         };
-        if connection.pipe_to(sink).await.is_err() || self.slots.send(Slot::Pipe(piped)).await.is_err() {
+        let mapper = self
+            .shared
+            .versions
+            .clone()
+            .map(|versions| versions::PipeMapper::new(versions, self.subscriptions.clone()));
+        if connection.pipe_to(sink).await.is_err() || self.slots.send(Slot::Pipe(piped, mapper)).await.is_err() {
             self.reply(Reply::error(UpstreamError::lost().client_message())).await;
             return Flow::Stop;
         }
@@ -1281,7 +1600,13 @@ impl Session {
         self.forward_piped(command).await
     }
 
-    async fn forward_piped(&mut self, command: Command) -> Flow {
+    async fn forward_piped(&mut self, mut command: Command) -> Flow {
+        if let Some(versions) = self.shared.versions.clone()
+            && let Err(refusal) = self.rewrite_piped(&versions, &mut command).await
+        {
+            self.reply_bytes(refusal).await;
+            return Flow::Continue;
+        }
         let Some(connection) = &self.dedicated else {
             return Flow::Stop;
         };
@@ -1289,6 +1614,56 @@ impl Session {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Stop,
         }
+    }
+
+    /// Key versioning for a piped client: keyspace channels and patterns
+    /// rewritten (and remembered, so their confirmations map back), other
+    /// commands' keys rewritten, migrations run first on a pooled
+    /// connection (their replies could not be told apart on the pipe).
+    async fn rewrite_piped(&mut self, versions: &Versioning, command: &mut Command) -> Result<(), Bytes> {
+        if let Err(error) = command.decode_args() {
+            return Err(Reply::error(format!("ERR {error}")).encode(self.protocol));
+        }
+        let patterns = command.is("PSUBSCRIBE") || command.is("PUNSUBSCRIBE");
+        if patterns || command.is("SUBSCRIBE") || command.is("UNSUBSCRIBE") {
+            let mut args = command.args().to_vec();
+            let mut changed = false;
+            for arg in args.iter_mut().skip(1) {
+                if let Some(stored) = versions.keyspace_channel(arg, patterns) {
+                    self.subscriptions.remember(stored.clone(), arg.clone());
+                    *arg = stored;
+                    changed = true;
+                }
+            }
+            if changed {
+                *command = Command::from_args(args);
+            }
+            return Ok(());
+        }
+        let rewritten = versions
+            .rewrite(command.args(), true)
+            .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
+        if !rewritten.migration.is_empty() {
+            let lane = Lane::Pooled {
+                db: self.db,
+                protocol: Protocol::Resp2,
+            };
+            let connection = self
+                .connection_for(lane)
+                .await
+                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+            let reply = connection
+                .send(rewritten.migration.request(MIGRATE_SCRIPT), 1)
+                .await
+                .await
+                .unwrap_or_else(|_| Err(UpstreamError::lost()))
+                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+            rewritten.migration.count(&reply);
+        }
+        if let Some(args) = rewritten.args {
+            *command = Command::from_args(args);
+        }
+        Ok(())
     }
 
     /// Queues a reply the proxy produced, after everything before it.
@@ -1330,18 +1705,44 @@ impl Session {
     }
 }
 
-/// One command at a time on a connection: what a read-modify-write sends.
-struct OneAtATime(UpstreamConnection);
+/// `PROXY HELP`.
+const PROXY_HELP: &str = "PROXY <subcommand> [<arg> ...]. Subcommands are:\r\n\
+VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\
+VERSION CLEANUP <namespace> [KEEP <n>]\r\n    Remove the namespace's keys in versions older than its newest n (default 2), by SCAN and UNLINK in small batches.\r\n\
+HELP\r\n    This text.\r\n";
 
-impl strings::Upstream for OneAtATime {
-    async fn call(&mut self, args: Vec<Bytes>) -> Result<Bytes, String> {
-        let command = Command::from_args(args);
-        self.0
-            .send(command.wire().clone(), 1)
+/// One command at a time on a connection: what a read-modify-write sends
+/// (its keys rewritten and migrated first, under key versioning).
+struct OneAtATime {
+    connection: UpstreamConnection,
+    versions: Option<Arc<Versioning>>,
+}
+
+impl OneAtATime {
+    async fn send(&self, request: Bytes) -> Result<Bytes, String> {
+        self.connection
+            .send(request, 1)
             .await
             .await
             .unwrap_or_else(|_| Err(UpstreamError::lost()))
             .map_err(|error| error.client_message())
+    }
+}
+
+impl strings::Upstream for OneAtATime {
+    async fn call(&mut self, args: Vec<Bytes>) -> Result<Bytes, String> {
+        let args = match &self.versions {
+            Some(versions) => {
+                let rewritten = versions.rewrite(&args, true).map_err(|refusal| refusal.0)?;
+                if !rewritten.migration.is_empty() {
+                    let reply = self.send(rewritten.migration.request(MIGRATE_SCRIPT)).await?;
+                    rewritten.migration.count(&reply);
+                }
+                rewritten.args.unwrap_or(args)
+            }
+            None => args,
+        };
+        self.send(Command::from_args(args).wire().clone()).await
     }
 }
 
@@ -1362,25 +1763,82 @@ fn decode_batch(compression: &Compression, decodes: &[(usize, Decode)], result: 
     if starts.len() < last + 2 {
         return Ok(bytes);
     }
-    let mut out = BytesMut::with_capacity(bytes.len());
-    let mut copied_to = 0;
-    for (index, decode) in decodes {
+    let replacements = decodes.iter().filter_map(|(index, decode)| {
         let frame = &bytes[starts[*index]..starts[index + 1]];
         let replacement = match decode {
             Decode::One(how, key) => decode_one(compression, how, key, frame),
             Decode::Transaction(queued) => decode_transaction(compression, queued, frame),
         };
-        if let Some(replacement) = replacement {
-            out.extend_from_slice(&bytes[copied_to..starts[*index]]);
-            out.extend_from_slice(&replacement);
-            copied_to = starts[index + 1];
-        }
+        replacement.map(|replacement| (*index, replacement))
+    });
+    Ok(replace_frames(&bytes, &starts, replacements))
+}
+
+/// `bytes` with the frames at the given positions (ascending) replaced;
+/// `bytes` itself when there are none.
+fn replace_frames(bytes: &Bytes, starts: &[usize], replacements: impl Iterator<Item = (usize, Bytes)>) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut copied_to = 0;
+    for (index, replacement) in replacements {
+        out.extend_from_slice(&bytes[copied_to..starts[index]]);
+        out.extend_from_slice(&replacement);
+        copied_to = starts[index + 1];
     }
     if copied_to == 0 {
-        return Ok(bytes);
+        return bytes.clone();
     }
     out.extend_from_slice(&bytes[copied_to..]);
-    Ok(out.freeze())
+    out.freeze()
+}
+
+/// A batch's replies after key versioning's work (on the upstream reader):
+/// hidden migrations counted, key names mapped back, EXEC's array rid of
+/// the migrations queued in it.
+fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: BatchResult) -> BatchResult {
+    let bytes = result?;
+    let last = work.iter().map(|(index, _)| *index).max().unwrap_or(0);
+    let starts = frame_starts(&bytes, last + 1);
+    if starts.len() < last + 2 {
+        return Ok(bytes);
+    }
+    let replacements = work.into_iter().filter_map(|(index, work)| {
+        let frame = &bytes[starts[index]..starts[index + 1]];
+        let replacement = match work {
+            VersionWork::Migrated(migration) => {
+                migration.count(frame);
+                None
+            }
+            VersionWork::Map(how) => versions.map_reply(&how, frame),
+            VersionWork::Transaction(queued) => map_transaction(versions, &queued, frame),
+        };
+        replacement.map(|replacement| (index, replacement))
+    });
+    let replaced = replace_frames(&bytes, &starts, replacements.collect::<Vec<_>>().into_iter());
+    Ok(replaced)
+}
+
+/// EXEC's array with the migrations queued in the transaction counted and
+/// left out, and the other elements mapped back.
+fn map_transaction(versions: &Versioning, queued: &[Queued], frame: &[u8]) -> Option<Bytes> {
+    let (kind, children, _) = versions::aggregate(frame)?;
+    if kind != b'*' || children.len() != queued.len() {
+        return None;
+    }
+    let shown = queued.iter().filter(|entry| matches!(entry, Queued::Shown(_))).count();
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.extend_from_slice(format!("*{shown}\r\n").as_bytes());
+    for (entry, (start, end)) in queued.iter().zip(children) {
+        let element = &frame[start..end];
+        match entry {
+            Queued::Hidden(migration) => migration.count(element),
+            Queued::Shown(Some(how)) => match versions.map_reply(how, element) {
+                Some(mapped) => out.extend_from_slice(&mapped),
+                None => out.extend_from_slice(element),
+            },
+            Queued::Shown(None) => out.extend_from_slice(element),
+        }
+    }
+    Some(out.freeze())
 }
 
 /// One reply decoded: None if it is the client's as it is.
@@ -1699,7 +2157,7 @@ impl ReplyWriter<'_> {
                 Slot::Barrier(done) => {
                     let _ = done.send(());
                 }
-                Slot::Pipe(piped) => return self.pipe(piped, slots).await,
+                Slot::Pipe(piped, mapper) => return self.pipe(piped, mapper, slots).await,
                 Slot::Close => return self.flush().await,
             }
         }
@@ -1710,19 +2168,25 @@ impl ReplyWriter<'_> {
     async fn pipe(
         &mut self,
         mut piped: mpsc::Receiver<Bytes>,
+        mut mapper: Option<versions::PipeMapper>,
         slots: &mut mpsc::Receiver<Slot>,
     ) -> std::io::Result<()> {
         self.flush().await?;
         loop {
             tokio::select! {
-                data = piped.recv() => match data {
-                    Some(bytes) => self.write.write_all(&bytes).await?,
-                    None => return Ok(()),
+                data = piped.recv() => match (data, &mut mapper) {
+                    (Some(bytes), None) => self.write.write_all(&bytes).await?,
+                    (Some(bytes), Some(mapper)) => {
+                        for frame in mapper.feed(&bytes) {
+                            self.write.write_all(&frame).await?;
+                        }
+                    }
+                    (None, _) => return Ok(()),
                 },
                 slot = slots.recv() => match slot {
                     Some(Slot::Ready(bytes)) => self.write.write_all(&bytes).await?,
                     Some(Slot::Barrier(done)) => { let _ = done.send(()); }
-                    Some(Slot::Pending { .. } | Slot::Pipe(_)) => {}
+                    Some(Slot::Pending { .. } | Slot::Pipe(..)) => {}
                     Some(Slot::Close) | None => return Ok(()),
                 },
             }

@@ -86,6 +86,7 @@ fn start_tracker_with(server: &RedisServer, prefixes: Vec<Bytes>) -> Tracked {
             max_nesting_depth: 64,
             max_bulk_bytes: 1 << 20,
         },
+        versions: None,
     };
     let active = tracking::start(config, store.clone(), Arc::new(Stats::default()), shutdown);
     Tracked {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::L1Store;
 use crate::config::UpstreamUrl;
+use crate::keys::versions::{Mapped, Versioning};
 use crate::protocol::{Command, Protocol, ReplyLimits, ReplyScanner};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
@@ -34,6 +35,9 @@ pub struct TrackerConfig {
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
     pub limits: ReplyLimits,
+    /// Invalidations name stored keys; with key versioning they are mapped
+    /// back to the client's keys that L1 holds.
+    pub versions: Option<Arc<Versioning>>,
 }
 
 /// Starts the tracker; the receiver reports whether invalidations are
@@ -121,7 +125,7 @@ async fn track(
                 continue;
             }
             if frame.push {
-                apply(store, &frame_bytes);
+                apply(store, config.versions.as_deref(), &frame_bytes);
             }
         }
     }
@@ -129,7 +133,7 @@ async fn track(
 }
 
 /// Applies one push frame: `invalidate` with keys, or null (flush).
-fn apply(store: &L1Store, frame: &Bytes) {
+fn apply(store: &L1Store, versions: Option<&Versioning>, frame: &Bytes) {
     let decoded = match redis_protocol::resp3::decode::complete::decode_bytes(frame) {
         Ok(Some((frame, _))) => frame,
         _ => {
@@ -151,7 +155,12 @@ fn apply(store: &L1Store, frame: &Bytes) {
             for key in keys {
                 match key {
                     Resp3Frame::BlobString { data, .. } | Resp3Frame::SimpleString { data, .. } => {
-                        store.invalidate_everywhere(&data);
+                        match versions.map(|versions| versions.client_key(&data)) {
+                            None => store.invalidate_everywhere(&data),
+                            Some(Mapped::Visible(key)) => store.invalidate_everywhere(&Bytes::copy_from_slice(key)),
+                            // No client key names it: L1 holds nothing of it.
+                            Some(Mapped::Hidden) => {}
+                        }
                     }
                     _ => store.flush(),
                 }
@@ -208,14 +217,14 @@ mod tests {
         let store = store_with(&["a", "b", "c"]);
         let frame = Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$1\r\nc\r\n");
         assert_eq!(frame_len(&frame), frame.len());
-        apply(&store, &frame);
+        apply(&store, None, &frame);
         assert_eq!(store.len(), 1);
     }
 
     #[test]
     fn a_null_invalidation_flushes_everything() {
         let store = store_with(&["a", "b"]);
-        apply(&store, &Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+        apply(&store, None, &Bytes::from_static(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
         assert!(store.is_empty());
     }
 
@@ -224,6 +233,7 @@ mod tests {
         let store = store_with(&["a"]);
         apply(
             &store,
+            None,
             &Bytes::from_static(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\na\r\n"),
         );
         assert_eq!(store.len(), 1);

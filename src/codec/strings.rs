@@ -479,7 +479,7 @@ fn script(eval: &str, body: &str, keys: &[Bytes], argv: &[Bytes]) -> Vec<Bytes> 
 
 /// An integer as Redis's `string2ll` reads it: optional `-`, no `+`, no
 /// leading zeros (except "0" itself), no spaces.
-fn parse_i64(bytes: &[u8]) -> Option<i64> {
+pub(crate) fn parse_i64(bytes: &[u8]) -> Option<i64> {
     let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
     let canonical = match digits {
         [] => false,

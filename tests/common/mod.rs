@@ -300,6 +300,15 @@ impl RawClient {
         String::from_utf8_lossy(&self.command(&args).await).into_owned()
     }
 
+    /// Like [`RawClient::cmd`], but None if the connection fails or closes
+    /// before the reply.
+    pub async fn try_cmd(&mut self, line: &str) -> Option<String> {
+        let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+        self.stream.write_all(&encode(&args)).await.ok()?;
+        let reply = self.next_reply().await?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    }
+
     /// Repeats `line` until the reply is `expected`, failing after [`DEADLINE`].
     pub async fn cmd_until(&mut self, line: &str, expected: &str) {
         let start = Instant::now();

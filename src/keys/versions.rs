@@ -1,0 +1,1218 @@
+//! Key versioning (issue #6): a versioned namespace's keys are stored
+//! under their namespace's current version (`v2:user:1` for the client's
+//! `user:1`, by `versioning.key_pattern`), reads fall back to older
+//! versions and migrate what they find, and replies that name keys are
+//! mapped back, so the client never sees a version.
+//!
+//! Rules that hold everywhere:
+//!
+//! - Every key argument is rewritten, at the positions [`KeyTable`] gives;
+//!   a command whose keys cannot be placed is refused, never forwarded
+//!   with a client key.
+//! - Before a command touches a versioned key, one script (see
+//!   [`MIGRATE_SCRIPT`]) makes the current version hold the key's value:
+//!   if it is missing there, the first fallback version that has it is
+//!   copied (a read) or moved (a write, or a read with
+//!   `delete_old_on_migrate`), with its TTL and type; a write also unlinks
+//!   every other fallback version. So a key written or deleted through the
+//!   proxy can never come back from an older version.
+//! - A stored key maps back to a client key only if it is in a version the
+//!   namespace serves (current or fallback); anything else is hidden.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+
+use super::glob;
+use super::table::{KeyArg, KeyKind, KeyTable, KeyUse, Keys};
+use crate::config::Config;
+
+/// Makes each key's current version hold its value. KEYS: per key, its
+/// current stored name then its fallbacks; ARGV: per key, a mode letter
+/// (`r` copy, `d` move, `w` move and unlink the other fallbacks) and the
+/// number of names. Answers, per key, 0 (nothing to do), 1 (copied) or 2
+/// (moved).
+pub const MIGRATE_SCRIPT: &str = "\
+local at, done = 1, {}
+for group = 1, #ARGV do
+  local mode, size = string.sub(ARGV[group], 1, 1), tonumber(string.sub(ARGV[group], 2))
+  local current, result = KEYS[at], 0
+  if redis.call('EXISTS', current) == 0 then
+    for i = at + 1, at + size - 1 do
+      if redis.call('EXISTS', KEYS[i]) == 1 then
+        if mode == 'r' then redis.call('COPY', KEYS[i], current) result = 1
+        else redis.call('RENAME', KEYS[i], current) result = 2 end
+        break
+      end
+    end
+  end
+  if mode == 'w' and size > 1 then
+    redis.call('UNLINK', unpack(KEYS, at + 1, at + size - 1))
+  end
+  done[group] = result
+  at = at + size
+end
+return done";
+
+/// Which version of each key exists, without changing anything (reads of
+/// namespaces with `migrate_on_read = false`). Same KEYS and ARGV as
+/// [`MIGRATE_SCRIPT`]; answers, per key, the position of the first name
+/// that exists (0 also when none does).
+pub const FIND_SCRIPT: &str = "\
+local at, found = 1, {}
+for group = 1, #ARGV do
+  local size = tonumber(string.sub(ARGV[group], 2))
+  found[group] = 0
+  for i = at, at + size - 1 do
+    if redis.call('EXISTS', KEYS[i]) == 1 then found[group] = i - at break end
+  end
+  at = at + size
+end
+return found";
+
+/// The stored form of a key: `versioning.key_pattern` split around its
+/// placeholders.
+#[derive(Debug, Clone)]
+pub struct KeyPattern {
+    /// Text before the first placeholder, between them, after the last.
+    before: Vec<u8>,
+    between: Vec<u8>,
+    after: Vec<u8>,
+    /// `{version}` comes before `{key}`.
+    version_first: bool,
+    source: String,
+}
+
+impl KeyPattern {
+    /// From a validated pattern (`{version}` and `{key}` once each).
+    pub fn parse(pattern: &str) -> KeyPattern {
+        let version_at = pattern.find("{version}").unwrap_or(0);
+        let key_at = pattern.find("{key}").unwrap_or(0);
+        let (first_end, second_at, second_len) = if version_at < key_at {
+            (version_at + "{version}".len(), key_at, "{key}".len())
+        } else {
+            (key_at + "{key}".len(), version_at, "{version}".len())
+        };
+        KeyPattern {
+            before: pattern.as_bytes()[..version_at.min(key_at)].to_vec(),
+            between: pattern.as_bytes()[first_end..second_at].to_vec(),
+            after: pattern.as_bytes()[second_at + second_len..].to_vec(),
+            version_first: version_at < key_at,
+            source: pattern.to_string(),
+        }
+    }
+
+    /// The pattern as configured.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// `key` stored under `version`.
+    pub fn stored(&self, version: u32, key: &[u8]) -> Bytes {
+        let version = version.to_string();
+        let mut out =
+            BytesMut::with_capacity(self.before.len() + self.between.len() + self.after.len() + 10 + key.len());
+        out.extend_from_slice(&self.before);
+        if self.version_first {
+            out.extend_from_slice(version.as_bytes());
+            out.extend_from_slice(&self.between);
+            out.extend_from_slice(key);
+        } else {
+            out.extend_from_slice(key);
+            out.extend_from_slice(&self.between);
+            out.extend_from_slice(version.as_bytes());
+        }
+        out.extend_from_slice(&self.after);
+        out.freeze()
+    }
+
+    /// The version and client key of a stored name in this pattern's form.
+    pub fn parse_stored<'a>(&self, stored: &'a [u8]) -> Option<(u32, &'a [u8])> {
+        let inner = stored.strip_prefix(self.before.as_slice())?;
+        let inner = inner.strip_suffix(self.after.as_slice())?;
+        if self.version_first {
+            let digits = inner.iter().take_while(|byte| byte.is_ascii_digit()).count();
+            let version = canonical_u32(&inner[..digits])?;
+            let key = inner[digits..].strip_prefix(self.between.as_slice())?;
+            Some((version, key))
+        } else {
+            let digits = inner.iter().rev().take_while(|byte| byte.is_ascii_digit()).count();
+            let version = canonical_u32(&inner[inner.len() - digits..])?;
+            let key = inner[..inner.len() - digits].strip_suffix(self.between.as_slice())?;
+            Some((version, key))
+        }
+    }
+
+    /// A glob matching the stored names, in every version, of the keys the
+    /// client's `pattern` matches.
+    fn glob_all_versions(&self, pattern: &[u8]) -> Vec<u8> {
+        let mut out = glob::escape(&self.before);
+        if self.version_first {
+            out.push(b'*');
+            out.extend(glob::escape(&self.between));
+            out.extend_from_slice(pattern);
+        } else {
+            out.extend_from_slice(pattern);
+            out.extend(glob::escape(&self.between));
+            out.push(b'*');
+        }
+        out.extend(glob::escape(&self.after));
+        out
+    }
+
+    /// Every stored name of the keys of `namespace` (`user:`), any version.
+    pub fn glob_namespace(&self, namespace_prefix: &[u8]) -> Vec<u8> {
+        let mut pattern = glob::escape(namespace_prefix);
+        pattern.push(b'*');
+        self.glob_all_versions(&pattern)
+    }
+
+    /// The prefix every stored key of `namespace_prefix` in `version` starts with.
+    pub fn stored_prefix(&self, version: u32, namespace_prefix: &[u8]) -> Vec<u8> {
+        let mut out = self.before.clone();
+        if self.version_first {
+            out.extend_from_slice(version.to_string().as_bytes());
+            out.extend_from_slice(&self.between);
+        }
+        out.extend_from_slice(namespace_prefix);
+        out
+    }
+}
+
+/// A version number as written by [`KeyPattern::stored`]: digits, no
+/// leading zero.
+fn canonical_u32(digits: &[u8]) -> Option<u32> {
+    match digits {
+        [] => None,
+        [b'0', _, ..] => None,
+        _ => std::str::from_utf8(digits).ok()?.parse().ok(),
+    }
+}
+
+/// One versioned namespace: its versions and counters.
+#[derive(Debug)]
+pub struct NamespaceVersions {
+    pub name: String,
+    pub current: u32,
+    /// Older versions, in the order reads try them.
+    pub fallbacks: Vec<u32>,
+    pub migrate_on_read: bool,
+    pub delete_old_on_migrate: bool,
+    /// Keys copied or moved to the current version.
+    pub migrated: AtomicU64,
+    /// Reads that found their key only in a fallback version.
+    pub fallback_hits: AtomicU64,
+    /// Migration scripts Redis refused (OOM, ...).
+    pub migration_errors: AtomicU64,
+}
+
+impl NamespaceVersions {
+    fn serves(&self, version: u32) -> bool {
+        version == self.current || self.fallbacks.contains(&version)
+    }
+}
+
+/// What a stored key is to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped<'a> {
+    /// It is the client's key of this name.
+    Visible(&'a [u8]),
+    /// No client key reaches it (another version, or an unversioned name
+    /// in a versioned namespace).
+    Hidden,
+}
+
+/// How a reply that names keys is mapped back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyReply {
+    /// KEYS: an array of names, kept if visible and matching the client's
+    /// pattern, each once.
+    Keys(Bytes),
+    /// SCAN: `[cursor, names]`, names kept as for KEYS (`None`: no MATCH).
+    Scan(Option<Bytes>),
+    /// RANDOMKEY: one name (a hidden one becomes nil).
+    Random,
+    /// BLPOP, BZPOPMIN, LMPOP, ...: the array's first element is a key.
+    First,
+    /// XREAD/XREADGROUP: per stream, its name first (RESP2 arrays of pairs,
+    /// RESP3 a map).
+    Streams,
+}
+
+/// The keys of one command to migrate before it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Migration {
+    keys: Vec<Bytes>,
+    groups: Vec<Bytes>,
+    /// Per group: its namespace, and whether a read asked.
+    owners: Vec<(Arc<NamespaceVersions>, KeyUse)>,
+}
+
+impl Migration {
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The script call (EVAL, so no script cache is relied upon).
+    pub fn request(&self, script: &str) -> Bytes {
+        let mut args: Vec<Bytes> = Vec::with_capacity(3 + self.keys.len() + self.groups.len());
+        args.push(Bytes::from_static(b"EVAL"));
+        args.push(Bytes::copy_from_slice(script.as_bytes()));
+        args.push(Bytes::from(self.keys.len().to_string()));
+        args.extend(self.keys.iter().cloned());
+        args.extend(self.groups.iter().cloned());
+        crate::protocol::Command::from_args(args).wire().clone()
+    }
+
+    /// Counts what the script's reply says it did.
+    pub fn count(&self, reply: &[u8]) {
+        if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
+            for (owner, _) in &self.owners {
+                owner.migration_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(reply = %String::from_utf8_lossy(reply).trim_end(), "version migration failed");
+            return;
+        }
+        for ((owner, usage), result) in self.owners.iter().zip(integers(reply)) {
+            if result != 0 {
+                owner.migrated.fetch_add(1, Ordering::Relaxed);
+                if *usage == KeyUse::Read {
+                    owner.fallback_hits.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// After [`FIND_SCRIPT`] answered `found` (per group, which name
+    /// exists): each read of a namespace that does not migrate on read is
+    /// pointed at the version that has the key (`args[positions[group]]`),
+    /// and only the other groups are left to migrate.
+    pub fn apply_found(&mut self, found: &[i64], args: &mut [Bytes], positions: &[usize]) {
+        let mut kept = Migration::default();
+        let mut at = 0;
+        for (group, (owner, usage)) in self.owners.iter().enumerate() {
+            let size = 1 + owner.fallbacks.len();
+            let names = &self.keys[at..at + size];
+            at += size;
+            if *usage == KeyUse::Read && !owner.migrate_on_read {
+                let which = found.get(group).copied().unwrap_or(0).clamp(0, size as i64 - 1) as usize;
+                if which > 0 {
+                    owner.fallback_hits.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(&position) = positions.get(group)
+                    && let Some(arg) = args.get_mut(position)
+                {
+                    *arg = names[which].clone();
+                }
+                continue;
+            }
+            kept.keys.extend_from_slice(names);
+            kept.groups.push(self.groups[group].clone());
+            kept.owners.push((owner.clone(), *usage));
+        }
+        *self = kept;
+    }
+
+    /// Groups of reads whose namespace serves old versions without
+    /// migrating, for [`FIND_SCRIPT`].
+    fn unmigrated_reads(&self) -> bool {
+        self.owners
+            .iter()
+            .any(|(owner, usage)| *usage == KeyUse::Read && !owner.migrate_on_read)
+    }
+}
+
+/// A command with its keys rewritten.
+#[derive(Debug, Default)]
+pub struct Rewritten {
+    /// The new arguments, if any changed.
+    pub args: Option<Vec<Bytes>>,
+    /// What to migrate first.
+    pub migration: Migration,
+    /// How its reply is mapped back.
+    pub reply: Option<KeyReply>,
+    /// Reads to resolve before sending (`migrate_on_read = false`): the
+    /// argument positions of each group, in order.
+    pub resolve: Option<Vec<usize>>,
+}
+
+/// The versioning stage: the pattern, each versioned namespace, and the
+/// key table learned from Redis.
+#[derive(Debug)]
+pub struct Versioning {
+    pattern: KeyPattern,
+    separator: u8,
+    namespaces: HashMap<Vec<u8>, Arc<NamespaceVersions>>,
+    table: RwLock<Arc<KeyTable>>,
+    /// The table came from this Redis (not the built-in copy).
+    learned: std::sync::atomic::AtomicBool,
+    /// Cleanups run so far, by namespace.
+    pub cleanups: std::sync::Mutex<HashMap<String, Arc<Cleanup>>>,
+}
+
+/// Progress of one `PROXY VERSION CLEANUP`.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub below: AtomicU64,
+    pub scanned: AtomicU64,
+    pub removed: AtomicU64,
+    pub done: std::sync::atomic::AtomicBool,
+    pub error: std::sync::Mutex<Option<String>>,
+}
+
+impl Cleanup {
+    pub fn error(&self) -> Option<String> {
+        self.error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_error(&self, error: String) {
+        *self.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+    }
+}
+
+/// The refusal of a command whose keys cannot be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+impl Versioning {
+    /// The stage, if any namespace is versioned.
+    pub fn from_config(config: &Config) -> Option<Versioning> {
+        let namespaces: HashMap<Vec<u8>, Arc<NamespaceVersions>> = config
+            .namespaces
+            .iter()
+            .filter_map(|(name, overrides)| {
+                let current = overrides.version?;
+                Some((
+                    name.as_bytes().to_vec(),
+                    Arc::new(NamespaceVersions {
+                        name: name.clone(),
+                        current,
+                        fallbacks: overrides.fallback_versions.clone(),
+                        migrate_on_read: overrides.migrate_on_read.unwrap_or(true),
+                        delete_old_on_migrate: overrides.delete_old_on_migrate.unwrap_or(false),
+                        migrated: AtomicU64::new(0),
+                        fallback_hits: AtomicU64::new(0),
+                        migration_errors: AtomicU64::new(0),
+                    }),
+                ))
+            })
+            .collect();
+        if namespaces.is_empty() {
+            return None;
+        }
+        Some(Versioning {
+            pattern: KeyPattern::parse(&config.versioning.key_pattern),
+            separator: config.namespace_separator.as_bytes().first().copied().unwrap_or(b':'),
+            namespaces,
+            table: RwLock::new(Arc::new(KeyTable::builtin())),
+            learned: std::sync::atomic::AtomicBool::new(false),
+            cleanups: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Installs the key table read from the upstream's `COMMAND`.
+    pub fn set_table(&self, table: KeyTable) {
+        *self.table.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+        self.learned.store(true, Ordering::Release);
+    }
+
+    /// Whether the key table is the upstream's own (else the built-in one).
+    pub fn table_learned(&self) -> bool {
+        self.learned.load(Ordering::Acquire)
+    }
+
+    pub fn pattern(&self) -> &KeyPattern {
+        &self.pattern
+    }
+
+    /// The versioned namespaces, sorted by name.
+    pub fn namespaces(&self) -> Vec<Arc<NamespaceVersions>> {
+        let mut all: Vec<_> = self.namespaces.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<Arc<NamespaceVersions>> {
+        self.namespaces.get(name.as_bytes()).cloned()
+    }
+
+    pub fn separator(&self) -> u8 {
+        self.separator
+    }
+
+    /// The latest cleanup of a namespace, running or done.
+    pub fn cleanup_of(&self, name: &str) -> Option<Arc<Cleanup>> {
+        self.cleanups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Registers a cleanup; refused while another of the namespace runs.
+    pub fn start_cleanup(&self, name: &str, progress: Arc<Cleanup>) -> Result<(), String> {
+        let mut cleanups = self.cleanups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cleanups
+            .get(name)
+            .is_some_and(|running| !running.done.load(Ordering::Acquire))
+        {
+            return Err(format!("ERR a cleanup of namespace '{name}' is already running"));
+        }
+        cleanups.insert(name.to_string(), progress);
+        Ok(())
+    }
+
+    /// The version of a stored name of `namespace`'s keys.
+    pub fn version_in(&self, namespace: &NamespaceVersions, stored: &[u8]) -> Option<u32> {
+        let (version, key) = self.pattern.parse_stored(stored)?;
+        let versioned = self.namespace_of(key)?;
+        (versioned.name == namespace.name).then_some(version)
+    }
+
+    /// The versioned namespace and version of a stored name.
+    pub fn namespace_and_version(&self, stored: &[u8]) -> Option<(String, u32)> {
+        let (version, key) = self.pattern.parse_stored(stored)?;
+        Some((self.namespace_of(key)?.name.clone(), version))
+    }
+
+    /// The versioned namespace `key` belongs to.
+    fn namespace_of(&self, key: &[u8]) -> Option<&Arc<NamespaceVersions>> {
+        let end = memchr::memchr(self.separator, key)?;
+        self.namespaces.get(&key[..end])
+    }
+
+    /// Whether reads of `key` may be served from an old version without
+    /// migrating it (`migrate_on_read = false` with fallbacks).
+    pub fn reads_unmigrated(&self, key: &[u8]) -> bool {
+        self.namespace_of(key)
+            .is_some_and(|namespace| !namespace.migrate_on_read && !namespace.fallbacks.is_empty())
+    }
+
+    /// The name Redis stores the client's `key` under now.
+    pub fn stored(&self, key: &[u8]) -> Bytes {
+        match self.namespace_of(key) {
+            Some(namespace) => self.pattern.stored(namespace.current, key),
+            None => Bytes::copy_from_slice(key),
+        }
+    }
+
+    /// What a stored key is to the client.
+    pub fn client_key<'a>(&self, stored: &'a [u8]) -> Mapped<'a> {
+        if let Some((version, key)) = self.pattern.parse_stored(stored)
+            && let Some(namespace) = self.namespace_of(key)
+        {
+            return if namespace.serves(version) {
+                Mapped::Visible(key)
+            } else {
+                Mapped::Hidden
+            };
+        }
+        if self.namespace_of(stored).is_some() {
+            Mapped::Hidden
+        } else {
+            Mapped::Visible(stored)
+        }
+    }
+
+    /// Stored-name prefixes for CLIENT TRACKING's PREFIX option, in place
+    /// of a versioned namespace's own prefix (`user:`).
+    pub fn tracking_prefixes(&self, prefix: &[u8]) -> Option<Vec<Bytes>> {
+        let name = prefix.strip_suffix(&[self.separator])?;
+        let namespace = self.namespaces.get(name)?;
+        let versions = std::iter::once(namespace.current).chain(namespace.fallbacks.iter().copied());
+        let mut prefixes: Vec<Bytes> = versions
+            .map(|version| Bytes::from(self.pattern.stored_prefix(version, prefix)))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        Some(prefixes)
+    }
+
+    /// Rewrites a command's keys (arguments decoded); `in_transaction`
+    /// because a resolve cannot wait inside MULTI.
+    pub fn rewrite(&self, args: &[Bytes], in_transaction: bool) -> Result<Rewritten, Refusal> {
+        let Some(name) = args.first() else {
+            return Ok(Rewritten::default());
+        };
+        let mut out = Rewritten {
+            reply: reply_of(name, args),
+            ..Rewritten::default()
+        };
+        if let Some(KeyReply::Keys(_) | KeyReply::Scan(_)) = &out.reply {
+            out.args = self.rewrite_match(name, args);
+            return Ok(out);
+        }
+        if let Some(nested_at) = guarded_command(args) {
+            return self.rewrite_guarded(args, nested_at, in_transaction);
+        }
+        let table = self
+            .table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let positions = match table.keys(args) {
+            Keys::At(positions) => positions,
+            // Redis refuses it before it touches a key.
+            Keys::Malformed => return Ok(out),
+            Keys::Unknown if self.table_learned() => return Ok(out),
+            Keys::Unknown | Keys::Unplaceable => {
+                return Err(Refusal(format!(
+                    "ERR auracache: {} has keys whose positions are unknown; it is refused while key versioning is on",
+                    String::from_utf8_lossy(name).to_uppercase()
+                )));
+            }
+        };
+        let mut rewritten: Option<Vec<Bytes>> = None;
+        let mut resolve = Vec::new();
+        for KeyArg { index, usage, kind } in positions {
+            let Some(key) = args.get(index) else { continue };
+            let stored = match kind {
+                KeyKind::Name => {
+                    let Some(namespace) = self.namespace_of(key) else {
+                        continue;
+                    };
+                    if !namespace.fallbacks.is_empty() {
+                        let mode = match usage {
+                            KeyUse::Read if !namespace.migrate_on_read => 'r',
+                            KeyUse::Read if namespace.delete_old_on_migrate => 'd',
+                            KeyUse::Read => 'r',
+                            KeyUse::Write => 'w',
+                        };
+                        out.migration.keys.push(self.pattern.stored(namespace.current, key));
+                        for fallback in &namespace.fallbacks {
+                            out.migration.keys.push(self.pattern.stored(*fallback, key));
+                        }
+                        out.migration
+                            .groups
+                            .push(Bytes::from(format!("{mode}{}", 1 + namespace.fallbacks.len())));
+                        out.migration.owners.push((namespace.clone(), usage));
+                        resolve.push(index);
+                    }
+                    self.pattern.stored(namespace.current, key)
+                }
+                KeyKind::Pattern => match self.rewrite_sort_pattern(key)? {
+                    Some(stored) => stored,
+                    None => continue,
+                },
+            };
+            rewritten.get_or_insert_with(|| args.to_vec())[index] = stored;
+        }
+        if out.migration.unmigrated_reads() && !in_transaction {
+            out.resolve = Some(resolve);
+        }
+        out.args = rewritten;
+        Ok(out)
+    }
+
+    /// Compression's guard script runs the client's command from its ARGV
+    /// (`nested_at` on): that command's keys are rewritten (and migrated)
+    /// as its own, the script's KEYS with them.
+    fn rewrite_guarded(&self, args: &[Bytes], nested_at: usize, in_transaction: bool) -> Result<Rewritten, Refusal> {
+        let mut out = self.rewrite(&args[nested_at..], in_transaction)?;
+        let nested = out.args.take().unwrap_or_else(|| args[nested_at..].to_vec());
+        let mut all = args[..3].to_vec();
+        for (position, arg) in args[..nested_at].iter().enumerate().skip(3) {
+            let is_key = position < 3 + key_count(args).unwrap_or(0);
+            all.push(if is_key { self.stored(arg) } else { arg.clone() });
+        }
+        all.extend(nested);
+        out.args = Some(all);
+        out.resolve = None;
+        Ok(out)
+    }
+
+    /// A SORT BY/GET pattern's key part (before `->`) in the current
+    /// version of its namespace; refused when the namespace depends on the
+    /// element (a `*` before the first separator).
+    fn rewrite_sort_pattern(&self, pattern: &[u8]) -> Result<Option<Bytes>, Refusal> {
+        let star = memchr::memchr(b'*', pattern).unwrap_or(pattern.len());
+        let key_end = memchr::memmem::find(&pattern[star..], b"->").map_or(pattern.len(), |at| star + at);
+        let (key_part, field) = pattern.split_at(key_end);
+        match memchr::memchr(self.separator, key_part) {
+            Some(end) if end < star => match self.namespaces.get(&key_part[..end]) {
+                Some(namespace) => {
+                    let mut stored = self.pattern.stored(namespace.current, key_part).to_vec();
+                    stored.extend_from_slice(field);
+                    Ok(Some(Bytes::from(stored)))
+                }
+                None => Ok(None),
+            },
+            _ => Err(Refusal(format!(
+                "ERR auracache: the SORT pattern '{}' names keys of any namespace; with key versioning on, a BY/GET pattern must start with its namespace",
+                String::from_utf8_lossy(pattern)
+            ))),
+        }
+    }
+
+    /// KEYS/SCAN: the pattern Redis matches, a superset of the stored names
+    /// of the keys the client's pattern matches (the reply is filtered by
+    /// the client's own pattern afterwards).
+    fn rewrite_match(&self, name: &[u8], args: &[Bytes]) -> Option<Vec<Bytes>> {
+        let at = if name.eq_ignore_ascii_case(b"KEYS") {
+            1
+        } else {
+            match_position(args)?
+        };
+        let pattern = args.get(at)?;
+        let server = self.server_pattern(pattern);
+        if server == pattern.as_ref() {
+            return None;
+        }
+        let mut args = args.to_vec();
+        args[at] = Bytes::from(server);
+        Some(args)
+    }
+
+    fn server_pattern(&self, pattern: &[u8]) -> Vec<u8> {
+        let (prefix, _) = glob::literal_prefix(pattern);
+        match memchr::memchr(self.separator, &prefix) {
+            Some(end) => match self.namespaces.get(&prefix[..end]) {
+                Some(_) => self.pattern.glob_all_versions(pattern),
+                None => pattern.to_vec(),
+            },
+            // The namespace is not fixed: any versioned one may match
+            // unless the literal prefix rules them all out.
+            None if self.namespaces.keys().any(|name| name.starts_with(&prefix)) => b"*".to_vec(),
+            None => pattern.to_vec(),
+        }
+    }
+
+    /// A reply mapped back for the client; None if it is unchanged.
+    pub fn map_reply(&self, how: &KeyReply, frame: &[u8]) -> Option<Bytes> {
+        match how {
+            KeyReply::Keys(pattern) => self.map_names(frame, Some(pattern), true),
+            KeyReply::Scan(pattern) => {
+                let (kind, children, header) = aggregate(frame)?;
+                if kind != b'*' || children.len() != 2 {
+                    return None;
+                }
+                let (start, end) = children[1];
+                let names = self.map_names(&frame[start..end], pattern.as_ref(), false)?;
+                let mut out = BytesMut::with_capacity(frame.len());
+                out.extend_from_slice(&frame[..header]);
+                out.extend_from_slice(&frame[children[0].0..children[0].1]);
+                out.extend_from_slice(&names);
+                Some(out.freeze())
+            }
+            KeyReply::Random => {
+                let stored = bulk(frame)?;
+                match self.client_key(stored) {
+                    Mapped::Visible(key) if key.len() == stored.len() => None,
+                    Mapped::Visible(key) => Some(encode_bulk(key)),
+                    Mapped::Hidden => Some(Bytes::from_static(b"$-1\r\n")),
+                }
+            }
+            KeyReply::First => {
+                let (kind, children, _) = aggregate(frame)?;
+                if !matches!(kind, b'*' | b'>') || children.is_empty() {
+                    return None;
+                }
+                self.replace_children(frame, &children, &[0])
+            }
+            KeyReply::Streams => {
+                let (kind, children, _) = aggregate(frame)?;
+                match kind {
+                    b'%' => {
+                        let keys: Vec<usize> = (0..children.len()).step_by(2).collect();
+                        self.replace_children(frame, &children, &keys)
+                    }
+                    b'*' => {
+                        let mut out = BytesMut::with_capacity(frame.len());
+                        out.extend_from_slice(&frame[..children.first()?.0]);
+                        let mut changed = false;
+                        for &(start, end) in &children {
+                            let pair = &frame[start..end];
+                            match aggregate(pair).and_then(|(_, inner, _)| self.replace_children(pair, &inner, &[0])) {
+                                Some(mapped) => {
+                                    changed = true;
+                                    out.extend_from_slice(&mapped);
+                                }
+                                None => out.extend_from_slice(pair),
+                            }
+                        }
+                        changed.then(|| out.freeze())
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// An array of names with hidden ones left out, the rest mapped back
+    /// (and matched against the client's pattern; each once if `dedupe`).
+    fn map_names(&self, frame: &[u8], pattern: Option<&Bytes>, dedupe: bool) -> Option<Bytes> {
+        let (kind, children, _) = aggregate(frame)?;
+        if kind != b'*' {
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(children.len());
+        for (start, end) in children {
+            let stored = bulk(&frame[start..end])?;
+            let Mapped::Visible(key) = self.client_key(stored) else {
+                continue;
+            };
+            if pattern.is_some_and(|pattern| !glob::matches(pattern, key)) {
+                continue;
+            }
+            if dedupe && !seen.insert(key) {
+                continue;
+            }
+            kept.push(key);
+        }
+        let mut out = BytesMut::with_capacity(frame.len());
+        out.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
+        for key in kept {
+            out.extend_from_slice(&encode_bulk(key));
+        }
+        Some(out.freeze())
+    }
+
+    /// `frame` with the bulk children at `which` mapped back.
+    fn replace_children(&self, frame: &[u8], children: &[(usize, usize)], which: &[usize]) -> Option<Bytes> {
+        let mut out = BytesMut::with_capacity(frame.len());
+        let mut copied = 0;
+        for &index in which {
+            let (start, end) = *children.get(index)?;
+            let Some(stored) = bulk(&frame[start..end]) else {
+                continue;
+            };
+            let Mapped::Visible(key) = self.client_key(stored) else {
+                continue;
+            };
+            if key.len() == stored.len() {
+                continue;
+            }
+            out.extend_from_slice(&frame[copied..start]);
+            out.extend_from_slice(&encode_bulk(key));
+            copied = end;
+        }
+        if copied == 0 {
+            return None;
+        }
+        out.extend_from_slice(&frame[copied..]);
+        Some(out.freeze())
+    }
+
+    /// A keyspace-notification channel (`__keyspace@0__:<stored>`) or
+    /// pattern for the client's key (or pattern) in it; None if the
+    /// channel is not a keyspace one.
+    pub fn keyspace_channel(&self, channel: &[u8], is_pattern: bool) -> Option<Bytes> {
+        let (prefix, key) = split_keyspace(channel)?;
+        let rewritten = if is_pattern {
+            self.server_pattern(key)
+        } else {
+            self.stored(key).to_vec()
+        };
+        let mut out = prefix.to_vec();
+        out.extend_from_slice(&rewritten);
+        Some(Bytes::from(out))
+    }
+}
+
+/// A piped client's keyspace subscriptions: each stored channel or
+/// pattern, and the client's own it was rewritten from.
+#[derive(Debug, Default)]
+pub struct Subscriptions(std::sync::Mutex<HashMap<Bytes, Bytes>>);
+
+impl Subscriptions {
+    pub fn remember(&self, stored: Bytes, client: Bytes) {
+        self.lock().insert(stored, client);
+    }
+
+    fn client(&self, stored: &[u8]) -> Option<Bytes> {
+        self.lock().get(stored).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Bytes>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Maps back, frame by frame, what Redis sends a piped client: pub/sub
+/// messages and confirmations on keyspace channels, keyevent payloads,
+/// RESP3 invalidation pushes. Messages about keys no client key reaches
+/// (another version, a migration's source) are left out.
+pub struct PipeMapper {
+    versions: Arc<Versioning>,
+    subscriptions: Arc<Subscriptions>,
+    pending: BytesMut,
+    scanner: crate::protocol::ReplyScanner,
+}
+
+impl PipeMapper {
+    pub fn new(versions: Arc<Versioning>, subscriptions: Arc<Subscriptions>) -> PipeMapper {
+        PipeMapper {
+            versions,
+            subscriptions,
+            pending: BytesMut::new(),
+            scanner: crate::protocol::ReplyScanner::new(crate::protocol::ReplyLimits {
+                max_nesting_depth: usize::MAX,
+                max_bulk_bytes: usize::MAX,
+            }),
+        }
+    }
+
+    /// The complete frames in what has arrived so far, mapped back.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<Bytes> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            let length = match self.scanner.scan(&self.pending) {
+                Ok(Some(frame)) => frame.len,
+                Ok(None) => return out,
+                // Not RESP: pass everything on as it is.
+                Err(_) => {
+                    out.push(self.pending.split().freeze());
+                    return out;
+                }
+            };
+            let frame = self.pending.split_to(length).freeze();
+            match self.map_frame(&frame) {
+                None => out.push(frame),
+                Some(Some(mapped)) => out.push(mapped),
+                Some(None) => {}
+            }
+        }
+    }
+
+    /// None: unchanged; Some(None): left out; Some(Some(..)): replaced.
+    fn map_frame(&self, frame: &[u8]) -> Option<Option<Bytes>> {
+        let (kind, children, header) = aggregate(frame)?;
+        if !matches!(kind, b'*' | b'>') || children.len() < 2 {
+            return None;
+        }
+        let part =
+            |index: usize| -> Option<&[u8]> { children.get(index).and_then(|&(start, end)| bulk(&frame[start..end])) };
+        let word = part(0)?.to_ascii_lowercase();
+        let versions = &self.versions;
+        let mut replacements: Vec<(usize, Bytes)> = Vec::new();
+        match (word.as_slice(), children.len()) {
+            (b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe", 3) => {
+                replacements.push((1, encode_bulk(&self.subscriptions.client(part(1)?)?)));
+            }
+            (b"message", 3) | (b"pmessage", 4) => {
+                let channel_at = children.len() - 2;
+                if word == b"pmessage"
+                    && let Some(pattern) = self.subscriptions.client(part(1)?)
+                {
+                    replacements.push((1, encode_bulk(&pattern)));
+                }
+                let channel = part(channel_at)?;
+                if let Some((prefix, stored)) = split_keyspace(channel) {
+                    match versions.client_key(stored) {
+                        Mapped::Visible(key) if key.len() == stored.len() => {}
+                        Mapped::Visible(key) => replacements.push((channel_at, encode_bulk(&[prefix, key].concat()))),
+                        Mapped::Hidden => return Some(None),
+                    }
+                } else if channel.starts_with(b"__keyevent@") {
+                    let stored = part(channel_at + 1)?;
+                    match versions.client_key(stored) {
+                        Mapped::Visible(key) if key.len() == stored.len() => {}
+                        Mapped::Visible(key) => replacements.push((channel_at + 1, encode_bulk(key))),
+                        Mapped::Hidden => return Some(None),
+                    }
+                }
+            }
+            (b"invalidate", 2) => {
+                let (start, end) = children[1];
+                let keys = &frame[start..end];
+                let (_, items, _) = aggregate(keys)?;
+                let mut kept: Vec<Bytes> = Vec::with_capacity(items.len());
+                for (item_start, item_end) in &items {
+                    match versions.client_key(bulk(&keys[*item_start..*item_end])?) {
+                        Mapped::Visible(key) => kept.push(encode_bulk(key)),
+                        Mapped::Hidden => {}
+                    }
+                }
+                if kept.is_empty() {
+                    return Some(None);
+                }
+                let mut array = BytesMut::new();
+                array.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
+                kept.iter().for_each(|key| array.extend_from_slice(key));
+                replacements.push((1, array.freeze()));
+            }
+            _ => return None,
+        }
+        if replacements.is_empty() {
+            return None;
+        }
+        replacements.sort_by_key(|(index, _)| *index);
+        let mut out = BytesMut::with_capacity(frame.len());
+        out.extend_from_slice(&frame[..header]);
+        let mut replacements = replacements.into_iter().peekable();
+        for (index, (start, end)) in children.iter().enumerate() {
+            match replacements.next_if(|(at, _)| *at == index) {
+                Some((_, replacement)) => out.extend_from_slice(&replacement),
+                None => out.extend_from_slice(&frame[*start..*end]),
+            }
+        }
+        Some(Some(out.freeze()))
+    }
+}
+
+/// `__keyspace@<db>__:` and the key after it.
+pub fn split_keyspace(channel: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !channel.starts_with(b"__keyspace@") {
+        return None;
+    }
+    let end = memchr::memmem::find(channel, b"__:")? + 3;
+    Some(channel.split_at(end))
+}
+
+/// Where the client's command starts in a call of compression's guard
+/// script (`EVAL[_RO] <guard> numkeys keys... magic name error command...`).
+fn guarded_command(args: &[Bytes]) -> Option<usize> {
+    let name = args.first()?;
+    if !(name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVAL_RO")) {
+        return None;
+    }
+    if args.get(1)?.as_ref() != crate::codec::strings::GUARD_SCRIPT.as_bytes() {
+        return None;
+    }
+    let at = 3 + key_count(args)? + 3;
+    (at < args.len()).then_some(at)
+}
+
+/// An EVAL's numkeys.
+fn key_count(args: &[Bytes]) -> Option<usize> {
+    std::str::from_utf8(args.get(2)?).ok()?.parse().ok()
+}
+
+/// How a command's reply names keys, by its name.
+fn reply_of(name: &[u8], args: &[Bytes]) -> Option<KeyReply> {
+    let is = |candidate: &str| name.eq_ignore_ascii_case(candidate.as_bytes());
+    if is("KEYS") {
+        return Some(KeyReply::Keys(args.get(1)?.clone()));
+    }
+    if is("SCAN") {
+        return Some(KeyReply::Scan(
+            match_position(args).and_then(|at| args.get(at)).cloned(),
+        ));
+    }
+    if is("RANDOMKEY") {
+        return Some(KeyReply::Random);
+    }
+    if [
+        "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP", "LMPOP", "ZMPOP",
+    ]
+    .iter()
+    .any(|candidate| is(candidate))
+    {
+        return Some(KeyReply::First);
+    }
+    if is("XREAD") || is("XREADGROUP") {
+        return Some(KeyReply::Streams);
+    }
+    None
+}
+
+/// Where SCAN's MATCH pattern is (options after the cursor, in pairs).
+fn match_position(args: &[Bytes]) -> Option<usize> {
+    let mut index = 2;
+    while index + 1 < args.len() {
+        if args[index].eq_ignore_ascii_case(b"MATCH") {
+            return Some(index + 1);
+        }
+        index += 2;
+    }
+    None
+}
+
+/// The integers of an array reply (`*2\r\n:0\r\n:1\r\n`).
+pub fn integers(reply: &[u8]) -> Vec<i64> {
+    reply
+        .split(|byte| *byte == b'\n')
+        .filter_map(|line| line.strip_prefix(b":"))
+        .filter_map(|line| {
+            std::str::from_utf8(line.strip_suffix(b"\r").unwrap_or(line))
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// See [`aggregate`].
+pub type Aggregate = (u8, Vec<(usize, usize)>, usize);
+
+/// An aggregate reply's kind (`*`, `%`, `>`, `~`), its children's
+/// (start, end) in `frame` (a map's keys and values alternate), and where
+/// its header ends.
+pub fn aggregate(frame: &[u8]) -> Option<Aggregate> {
+    let kind = *frame.first()?;
+    if !matches!(kind, b'*' | b'%' | b'>' | b'~') {
+        return None;
+    }
+    let line_end = memchr::memchr(b'\n', frame)?;
+    let count: i64 = std::str::from_utf8(frame.get(1..line_end.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    if count < 0 {
+        return None;
+    }
+    let children = if kind == b'%' {
+        count as usize * 2
+    } else {
+        count as usize
+    };
+    let header = line_end + 1;
+    let mut scanner = crate::protocol::ReplyScanner::new(crate::protocol::ReplyLimits {
+        max_nesting_depth: usize::MAX,
+        max_bulk_bytes: usize::MAX,
+    });
+    let mut out = Vec::with_capacity(children);
+    let mut offset = header;
+    for _ in 0..children {
+        let frame_len = match scanner.scan(frame.get(offset..)?) {
+            Ok(Some(found)) => found.len,
+            _ => return None,
+        };
+        out.push((offset, offset + frame_len));
+        offset += frame_len;
+    }
+    Some((kind, out, header))
+}
+
+/// A bulk or simple string's content.
+pub fn bulk(frame: &[u8]) -> Option<&[u8]> {
+    let line_end = memchr::memchr(b'\n', frame)?;
+    match frame.first()? {
+        b'$' => {
+            let length: usize = std::str::from_utf8(frame.get(1..line_end - 1)?).ok()?.parse().ok()?;
+            frame.get(line_end + 1..line_end + 1 + length)
+        }
+        b'+' => frame.get(1..line_end - 1),
+        _ => None,
+    }
+}
+
+pub fn encode_bulk(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 16);
+    out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versioning(pattern: &str) -> Versioning {
+        let mut config = Config::default();
+        config.versioning.key_pattern = pattern.into();
+        let user = config.namespaces.entry("user".into()).or_default();
+        user.version = Some(2);
+        user.fallback_versions = vec![1];
+        Versioning::from_config(&config).unwrap()
+    }
+
+    fn args(words: &str) -> Vec<Bytes> {
+        words
+            .split_whitespace()
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn stored_names_round_trip_in_either_order() {
+        for (pattern, stored) in [("v{version}:{key}", "v2:user:1"), ("{key}@v{version}", "user:1@v2")] {
+            let versions = versioning(pattern);
+            assert_eq!(versions.stored(b"user:1"), Bytes::from(stored));
+            assert_eq!(versions.client_key(stored.as_bytes()), Mapped::Visible(b"user:1"));
+            assert_eq!(versions.stored(b"session:1"), Bytes::from_static(b"session:1"));
+        }
+        let versions = versioning("v{version}:{key}");
+        assert_eq!(versions.client_key(b"v1:user:1"), Mapped::Visible(b"user:1"));
+        assert_eq!(versions.client_key(b"v3:user:1"), Mapped::Hidden, "another version");
+        assert_eq!(
+            versions.client_key(b"v02:user:1"),
+            Mapped::Hidden,
+            "not a version we write"
+        );
+        assert_eq!(versions.client_key(b"user:1"), Mapped::Hidden, "unreachable");
+        assert_eq!(versions.client_key(b"v2:session:1"), Mapped::Visible(b"v2:session:1"));
+        assert_eq!(versions.client_key(b"plain"), Mapped::Visible(b"plain"));
+    }
+
+    #[test]
+    fn keys_and_scan_patterns_cover_every_version() {
+        let versions = versioning("v{version}:{key}");
+        assert_eq!(versions.server_pattern(b"user:*"), b"v*:user:*".to_vec());
+        assert_eq!(versions.server_pattern(b"session:*"), b"session:*".to_vec());
+        assert_eq!(versions.server_pattern(b"u*"), b"*".to_vec());
+        assert_eq!(versions.server_pattern(b"x*"), b"x*".to_vec());
+        let scan = versions.rewrite(&args("SCAN 0 COUNT 10 MATCH user:1*"), false).unwrap();
+        assert_eq!(scan.args.unwrap()[5], Bytes::from_static(b"v*:user:1*"));
+    }
+
+    #[test]
+    fn replies_are_mapped_back_and_filtered() {
+        let versions = versioning("v{version}:{key}");
+        let keys =
+            b"*5\r\n$9\r\nv2:user:1\r\n$9\r\nv1:user:1\r\n$9\r\nv3:user:2\r\n$9\r\nsession:1\r\n$6\r\nuser:9\r\n";
+        let mapped = versions
+            .map_reply(&KeyReply::Keys(Bytes::from_static(b"*")), keys)
+            .unwrap();
+        assert_eq!(&mapped[..], b"*2\r\n$6\r\nuser:1\r\n$9\r\nsession:1\r\n");
+        let mapped = versions
+            .map_reply(&KeyReply::Keys(Bytes::from_static(b"s*")), keys)
+            .unwrap();
+        assert_eq!(&mapped[..], b"*1\r\n$9\r\nsession:1\r\n");
+        let scan = b"*2\r\n$2\r\n17\r\n*1\r\n$9\r\nv2:user:1\r\n";
+        let mapped = versions.map_reply(&KeyReply::Scan(None), scan).unwrap();
+        assert_eq!(&mapped[..], b"*2\r\n$2\r\n17\r\n*1\r\n$6\r\nuser:1\r\n");
+        let popped = b"*2\r\n$9\r\nv2:user:1\r\n$1\r\nx\r\n";
+        assert_eq!(
+            &versions.map_reply(&KeyReply::First, popped).unwrap()[..],
+            b"*2\r\n$6\r\nuser:1\r\n$1\r\nx\r\n"
+        );
+        assert_eq!(versions.map_reply(&KeyReply::First, b"*-1\r\n"), None);
+        let streams = b"%1\r\n$9\r\nv2:user:s\r\n*0\r\n";
+        assert_eq!(
+            &versions.map_reply(&KeyReply::Streams, streams).unwrap()[..],
+            b"%1\r\n$6\r\nuser:s\r\n*0\r\n"
+        );
+        let streams = b"*1\r\n*2\r\n$9\r\nv2:user:s\r\n*0\r\n";
+        assert_eq!(
+            &versions.map_reply(&KeyReply::Streams, streams).unwrap()[..],
+            b"*1\r\n*2\r\n$6\r\nuser:s\r\n*0\r\n"
+        );
+        assert_eq!(
+            &versions.map_reply(&KeyReply::Random, b"$9\r\nv3:user:1\r\n").unwrap()[..],
+            b"$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn writes_migrate_every_fallback_and_reads_copy() {
+        let versions = versioning("v{version}:{key}");
+        let set = versions.rewrite(&args("SET user:1 x"), false).unwrap();
+        assert_eq!(set.args.unwrap(), args("SET v2:user:1 x"));
+        assert_eq!(set.migration.keys, args("v2:user:1 v1:user:1"));
+        assert_eq!(set.migration.groups, args("w2"));
+        let get = versions.rewrite(&args("GET user:1"), false).unwrap();
+        assert_eq!(get.migration.groups, args("r2"));
+        let plain = versions.rewrite(&args("GET session:1"), false).unwrap();
+        assert!(plain.args.is_none() && plain.migration.is_empty());
+    }
+
+    #[test]
+    fn sort_patterns_need_their_namespace() {
+        let versions = versioning("v{version}:{key}");
+        assert_eq!(
+            versions.rewrite_sort_pattern(b"user:*->name").unwrap(),
+            Some(Bytes::from_static(b"v2:user:*->name"))
+        );
+        assert_eq!(versions.rewrite_sort_pattern(b"other:*").unwrap(), None);
+        assert!(versions.rewrite_sort_pattern(b"*:weight").is_err());
+    }
+}
