@@ -1028,7 +1028,9 @@ impl Session {
             self.append(&migration.request(MIGRATE_SCRIPT));
             self.batch_hidden.push(self.batch_replies - 1);
             if queued {
-                self.queued_decodes.push(None);
+                if self.shared.compression.is_some() {
+                    self.queued_decodes.push(None);
+                }
                 self.queued_versions.push(Queued::Hidden(migration));
             } else {
                 self.batch_versions
@@ -1041,10 +1043,13 @@ impl Session {
         let index = self.batch_replies - 1;
         let decode = self.pending_decode.take();
         if queued {
-            self.queued_decodes.push(match decode {
-                Some(Decode::One(how, key)) => Some((how, key)),
-                _ => None,
-            });
+            // (Kept only where compression will use them at EXEC.)
+            if self.shared.compression.is_some() {
+                self.queued_decodes.push(match decode {
+                    Some(Decode::One(how, key)) => Some((how, key)),
+                    _ => None,
+                });
+            }
             if self.shared.versions.is_some() {
                 self.queued_versions.push(Queued::Shown(key_reply));
             }
@@ -1484,29 +1489,23 @@ impl Session {
         // The stages a batch's replies pass on the upstream reader, in
         // order: values decoded (so L1 fills keep the originals), key names
         // mapped back, then L1's store work.
-        let mut stages: Vec<Hook> = Vec::new();
         let decodes = std::mem::take(&mut self.batch_decodes);
-        if let Some(compression) = &self.shared.compression
-            && !decodes.is_empty()
-        {
-            let compression = compression.clone();
-            stages.push(Box::new(move |result| decode_batch(&compression, &decodes, result)));
-        }
-        let work = std::mem::take(&mut self.batch_versions);
-        if let Some(versions) = &self.shared.versions
-            && !work.is_empty()
-        {
-            let versions = versions.clone();
-            stages.push(Box::new(move |result| map_batch(&versions, work, result)));
-        }
-        stages.extend(l1_hook);
-        let hook: Option<Hook> = match stages.len() {
-            0 => None,
-            1 => stages.pop(),
-            _ => Some(Box::new(move |result| {
-                stages.into_iter().fold(result, |result, stage| stage(result))
-            })),
+        let decode: Option<Hook> = match &self.shared.compression {
+            Some(compression) if !decodes.is_empty() => {
+                let compression = compression.clone();
+                Some(Box::new(move |result| decode_batch(&compression, &decodes, result)))
+            }
+            _ => None,
         };
+        let work = std::mem::take(&mut self.batch_versions);
+        let map_back: Option<Hook> = match &self.shared.versions {
+            Some(versions) if !work.is_empty() => {
+                let versions = versions.clone();
+                Some(Box::new(move |result| map_batch(&versions, work, result)))
+            }
+            _ => None,
+        };
+        let hook = then(then(decode, map_back), l1_hook);
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -1774,6 +1773,15 @@ fn decode_batch(compression: &Compression, decodes: &[(usize, Decode)], result: 
     Ok(replace_frames(&bytes, &starts, replacements))
 }
 
+/// One hook after the other.
+fn then(first: Option<Hook>, second: Option<Hook>) -> Option<Hook> {
+    match (first, second) {
+        (Some(first), Some(second)) => Some(Box::new(move |result| second(first(result)))),
+        (first, None) => first,
+        (None, second) => second,
+    }
+}
+
 /// `bytes` with the frames at the given positions (ascending) replaced;
 /// `bytes` itself when there are none.
 fn replace_frames(bytes: &Bytes, starts: &[usize], replacements: impl Iterator<Item = (usize, Bytes)>) -> Bytes {
@@ -1813,8 +1821,7 @@ fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: Bat
         };
         replacement.map(|replacement| (index, replacement))
     });
-    let replaced = replace_frames(&bytes, &starts, replacements.collect::<Vec<_>>().into_iter());
-    Ok(replaced)
+    Ok(replace_frames(&bytes, &starts, replacements))
 }
 
 /// EXEC's array with the migrations queued in the transaction counted and

@@ -639,3 +639,87 @@ async fn a_version_bump_under_load_loses_no_write_and_resurrects_no_key() {
     let status = new.raw().await.cmd("PROXY VERSION STATUS app").await;
     assert!(!status.contains("keys_migrated:0\r\n"), "keys were migrated: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_an_old_key_migrate_it_once() {
+    let pair = Pair::new(2, |config| config.pool.size = 4).await;
+    let mut direct = RawClient::connect(pair.servers.1.addr()).await;
+    for round in 0..5 {
+        let key = format!("app:hot{round}");
+        assert_eq!(direct.cmd(&format!("HSET v1:{key} f v g w")).await, ":2\r\n");
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            let (addr, key) = (pair.proxy.addr(), key.clone());
+            readers.push(tokio::spawn(async move {
+                let mut client = RawClient::connect(addr).await;
+                client.cmd(&format!("HGETALL {key}")).await
+            }));
+        }
+        for reader in readers {
+            assert_eq!(
+                reader.await.unwrap(),
+                "*4\r\n$1\r\nf\r\n$1\r\nv\r\n$1\r\ng\r\n$1\r\nw\r\n"
+            );
+        }
+        assert_eq!(direct.cmd(&format!("HLEN v2:{key}")).await, ":2\r\n");
+    }
+    let status = pair.proxy.raw().await.cmd("PROXY VERSION STATUS app").await;
+    assert!(
+        status.contains("keys_migrated:5\r\n"),
+        "one migration per key: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_estimates_large_databases_by_sampling() {
+    let pair = Pair::new(2, |_| {}).await;
+    let mut direct = RawClient::connect(pair.servers.1.addr()).await;
+    // 6,000 old keys among 18,000: a third of what RANDOMKEY draws.
+    for chunk in 0..18 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in 0..1000 {
+            let key = match chunk % 3 {
+                0 => format!("v1:app:k{chunk}-{i}"),
+                _ => format!("plain:k{chunk}-{i}"),
+            };
+            args.push(key.into_bytes());
+            args.push(b"x".to_vec());
+        }
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        assert_eq!(direct.command(&args).await, b"+OK\r\n");
+    }
+    let status = pair.proxy.raw().await.cmd("PROXY VERSION STATUS app").await;
+    assert!(
+        status.contains("keys_counted:estimated from 400 samples of 18000 keys"),
+        "{status}"
+    );
+    let estimate: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("keys_v1:"))
+        .and_then(|count| count.parse().ok())
+        .expect("keys_v1 in STATUS");
+    // Binomial(400, 1/3): 3,000..9,000 is beyond six standard deviations.
+    assert!((3_000..=9_000).contains(&estimate), "{estimate} in {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_resp3_client_reads_and_is_told_with_client_keys() {
+    let pair = Pair::new(3, |_| {}).await;
+    let mut direct = RawClient::connect(pair.servers.1.addr()).await;
+    assert_eq!(direct.cmd("CONFIG SET notify-keyspace-events KEA").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:old value").await, "+OK\r\n");
+    let mut client = pair.proxied;
+    let confirmed = client.cmd("SUBSCRIBE __keyspace@0__:app:new").await;
+    assert_eq!(
+        confirmed,
+        ">3\r\n$9\r\nsubscribe\r\n$22\r\n__keyspace@0__:app:new\r\n:1\r\n"
+    );
+    // Piped now: its GET is rewritten, the old version migrated first.
+    assert_eq!(client.cmd("GET app:old").await, "$5\r\nvalue\r\n");
+    assert_eq!(direct.cmd("EXISTS v2:app:old").await, ":1\r\n");
+    assert_eq!(direct.cmd("SET v2:app:new 1").await, "+OK\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&client.read_reply().await),
+        ">3\r\n$7\r\nmessage\r\n$22\r\n__keyspace@0__:app:new\r\n$3\r\nset\r\n"
+    );
+}

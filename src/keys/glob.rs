@@ -4,9 +4,10 @@
 //! `v2:user:1`), so it filters KEYS and SCAN MATCH results by the client's
 //! own pattern itself. A pattern must then select exactly the keys Redis
 //! would have selected, quirks included. This mirrors `stringmatchlen` in
-//! Redis's `util.c` (7.0 with the CVE-2022-36021 and CVE-2024-31228 fixes,
-//! as in 7.2 and later), and the differential test in `tests/glob.rs`
-//! checks it against a real `redis-server`:
+//! Redis's `util.c` as patched for CVE-2022-36021 and CVE-2024-31228
+//! (Redis 7.2.6, 7.4.1 and later, and Debian's 7.0.15), and the
+//! differential test in `tests/glob.rs` checks it against a real
+//! `redis-server`:
 //!
 //! - `*` is any run of bytes and `?` any one byte; `\x` is `x` literally,
 //!   and a lone `\` at the end of the pattern is a literal backslash.
@@ -26,10 +27,11 @@
 //!   (`EOF`) into its unsigned value, so with signed `char`s `[\x01-\xfe]`
 //!   (-2 to 1, folded to 254 down to 1) matches nothing. (A musl build of
 //!   Redis, as in Alpine images, keeps negative values; this follows glibc.)
-//! - The empty string matches only the empty pattern: `**` does not match
-//!   it. A lone `*` does, because KEYS and SCAN treat it as "everything"
-//!   before matching, and [`matches`] serves them. (PSUBSCRIBE has no such
-//!   shortcut, so there a lone `*` misses the empty channel name.)
+//! - The empty string matches the empty pattern and a lone `*`, nothing
+//!   else (not even `**`). The lone `*` only because KEYS and SCAN take it
+//!   to mean "everything" before matching, and [`matches()`] serves them.
+//!   (PSUBSCRIBE has no such shortcut: there a lone `*` misses the empty
+//!   channel name.)
 //! - A pattern whose 1001st `*` is reached with text still to match fails
 //!   (Redis's bound on its recursion). A `*` at the very end still matches.
 //!
@@ -43,6 +45,9 @@ use std::ffi::c_char;
 
 /// Whether `string` matches Redis glob `pattern` (as KEYS, SCAN MATCH,
 /// PSUBSCRIBE do).
+///
+/// A lone `*` matches everything, the empty string too, as in KEYS and
+/// SCAN (see the module docs for every quirk mirrored).
 pub fn matches(pattern: &[u8], string: &[u8]) -> bool {
     match_glob(pattern, string, Case::Exact)
 }
@@ -56,7 +61,7 @@ pub fn matches_nocase(pattern: &[u8], string: &[u8]) -> bool {
 /// characters before its first special one (`*`, `?`, `[`), with `\x` read as `x`.
 /// `exact` is true when the whole pattern is literal (it matches only that string).
 ///
-/// Both hold for [`matches`]; under [`matches_nocase`] they hold up to
+/// Both hold for [`matches()`]; under [`matches_nocase`] they hold up to
 /// ASCII case.
 pub fn literal_prefix(pattern: &[u8]) -> (Vec<u8>, bool) {
     let mut prefix = Vec::with_capacity(pattern.len());
@@ -96,8 +101,8 @@ pub fn escape(literal: &[u8]) -> Vec<u8> {
 /// against stack exhaustion by long patterns (CVE-2024-31228).
 const MAX_STARS: usize = 1000;
 
-/// Whether the C `char` Redis compares range ends as is signed (x86-64,
-/// Apple ARM) or not (Linux on ARM).
+/// Whether a C `char` is signed on this platform (x86-64, Apple ARM) or
+/// not (Linux on ARM): Redis compares range ends as `char`s.
 const CHAR_IS_SIGNED: bool = c_char::MIN != 0;
 
 /// C's `EOF`, which `tolower` returns as it is.

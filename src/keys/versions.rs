@@ -1133,11 +1133,8 @@ mod tests {
         let versions = versioning("v{version}:{key}");
         assert_eq!(versions.client_key(b"v1:user:1"), Mapped::Visible(b"user:1"));
         assert_eq!(versions.client_key(b"v3:user:1"), Mapped::Hidden, "another version");
-        assert_eq!(
-            versions.client_key(b"v02:user:1"),
-            Mapped::Hidden,
-            "not a version we write"
-        );
+        // Not a version number as written: a key of the unversioned "v02".
+        assert_eq!(versions.client_key(b"v02:user:1"), Mapped::Visible(b"v02:user:1"));
         assert_eq!(versions.client_key(b"user:1"), Mapped::Hidden, "unreachable");
         assert_eq!(versions.client_key(b"v2:session:1"), Mapped::Visible(b"v2:session:1"));
         assert_eq!(versions.client_key(b"plain"), Mapped::Visible(b"plain"));
@@ -1203,6 +1200,37 @@ mod tests {
         assert_eq!(get.migration.groups, args("r2"));
         let plain = versions.rewrite(&args("GET session:1"), false).unwrap();
         assert!(plain.args.is_none() && plain.migration.is_empty());
+    }
+
+    #[test]
+    fn keys_the_table_cannot_place_are_refused() {
+        let versions = versioning("v{version}:{key}");
+        // A Redis-6-style entry: movable keys, no key specifications, and
+        // no built-in entry of that name.
+        let reply = b"*1\r\n*6\r\n$9\r\nmodule.mv\r\n:-2\r\n*2\r\n+write\r\n+movablekeys\r\n:0\r\n:0\r\n:0\r\n";
+        versions.set_table(KeyTable::from_command_reply(reply).unwrap());
+        let refused = versions.rewrite(&args("MODULE.MV user:1"), false).unwrap_err();
+        assert!(
+            refused.0.contains("MODULE.MV has keys whose positions are unknown"),
+            "{refused:?}"
+        );
+        // Not in the upstream's table at all: Redis answers it (unknown command).
+        assert!(versions.rewrite(&args("NOSUCH user:1"), false).unwrap().args.is_none());
+    }
+
+    #[test]
+    fn tracking_prefixes_name_every_served_version() {
+        let versions = versioning("v{version}:{key}");
+        assert_eq!(
+            versions.tracking_prefixes(b"user:").unwrap(),
+            vec![Bytes::from_static(b"v1:user:"), Bytes::from_static(b"v2:user:")]
+        );
+        assert_eq!(versions.tracking_prefixes(b"session:"), None);
+        let suffixed = versioning("{key}@v{version}");
+        assert_eq!(
+            suffixed.tracking_prefixes(b"user:").unwrap(),
+            vec![Bytes::from_static(b"user:")]
+        );
     }
 
     #[test]
