@@ -1,8 +1,8 @@
 //! The command table: what the proxy must know about a command before it
 //! forwards it. Today that is where its effect lives (any connection, the
 //! client's own connection, or a reply stream that is no longer one reply per
-//! request) and whether the proxy answers it itself. Key positions for
-//! versioning will live here too.
+//! request) and whether the proxy answers it itself. Key positions (for
+//! versioning) come from Redis's own table: `keys::table`.
 
 use crate::protocol::Command;
 

@@ -716,11 +716,14 @@ impl Config {
             "versioning.key_pattern" => {
                 let pattern = &self.versioning.key_pattern;
                 let once = |placeholder: &str| pattern.matches(placeholder).count() == 1;
-                if !once("{version}") || !once("{key}") || pattern == "{version}{key}" || pattern == "{key}{version}" {
+                // Text between the placeholders tells a version's digits
+                // from the key when a stored name is read back.
+                let adjacent = pattern.contains("{version}{key}") || pattern.contains("{key}{version}");
+                if !once("{version}") || !once("{key}") || adjacent {
                     return Err(invalid(
                         name,
                         pattern,
-                        "expected {version} and {key} once each, with text between or around them, for example v{version}:{key}",
+                        "expected {version} and {key} once each, with text between them, for example v{version}:{key}",
                     ));
                 }
             }
@@ -983,5 +986,39 @@ mod tests {
             error.contains("memory_cache.enabled") && error.contains("maybe"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn versioning_settings_are_checked() {
+        let config = Config::from_toml(
+            "[versioning]\nkey_pattern = \"{key}@v{version}\"\n[namespaces.user]\nversion = 2\nfallback_versions = [1, 0]\nmigrate_on_read = false\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let user = &config.namespaces["user"];
+        assert_eq!((user.version, user.fallback_versions.clone()), (Some(2), vec![1, 0]));
+        for (toml, message) in [
+            (
+                "[versioning]\nkey_pattern = \"v{version}{key}\"\n",
+                "with text between them",
+            ),
+            ("[versioning]\nkey_pattern = \"{key}\"\n", "once each"),
+            (
+                "[namespaces.user]\nfallback_versions = [1]\n",
+                "expected a version when",
+            ),
+            (
+                "[namespaces.user]\nversion = 2\nfallback_versions = [1, 2]\n",
+                "other than the current one",
+            ),
+        ] {
+            let error = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(error.contains(message), "{toml}: {error}");
+        }
+        let mut config = Config::default();
+        config
+            .apply_environment(env(&[("AURACACHE_VERSIONING_KEY_PATTERN", "{key}:ver{version}")]))
+            .unwrap();
+        assert_eq!(config.versioning.key_pattern, "{key}:ver{version}");
     }
 }

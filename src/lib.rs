@@ -9,6 +9,8 @@
 //! - [`cache`] (L1) answers reads in-process and keeps coherent with Redis;
 //! - [`codec`] compresses values on their way to Redis and decodes them
 //!   back (the stored format is [`codec::envelope`]);
+//! - [`keys`] rewrites key names into their namespace's version (and
+//!   replies back), migrating keys from older versions;
 //! - [`upstream`] carries the rest to Redis over pooled or dedicated
 //!   pipelined connections, and the session writes replies in request order.
 //!

@@ -4,8 +4,8 @@
 //! the order of replies; the stages decide. Two tasks share the work:
 //!
 //! - the **request side** ([`Session`]) reads frames, decodes commands, runs
-//!   them through the phases (authentication, admin intercept, routing; key
-//!   rewrite, L1 lookup and value encoding plug in here) and forwards them,
+//!   them through the phases (authentication, admin intercept, L1 lookup,
+//!   value encoding, routing, key rewrite as each is forwarded) and forwards them,
 //!   batching consecutive commands for the same upstream connection into one
 //!   write. It never waits for a reply before reading the next request.
 //! - the **reply side** ([`write_replies`]) takes one [`Slot`] per local reply
@@ -1636,6 +1636,35 @@ impl Session {
             }
             if changed {
                 *command = Command::from_args(args);
+            }
+            return Ok(());
+        }
+        if command.is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"TRACKING")) {
+            // BCAST prefixes of a versioned namespace name its stored keys.
+            let args = command.args();
+            let mut kept = args[..2].to_vec();
+            let mut changed = false;
+            let mut index = 2;
+            while index < args.len() {
+                let prefix = args
+                    .get(index + 1)
+                    .filter(|_| args[index].eq_ignore_ascii_case(b"PREFIX"));
+                match prefix.and_then(|prefix| versions.tracking_prefixes(prefix)) {
+                    Some(stored) => {
+                        for prefix in stored {
+                            kept.extend([args[index].clone(), prefix]);
+                        }
+                        changed = true;
+                        index += 2;
+                    }
+                    None => {
+                        kept.push(args[index].clone());
+                        index += 1;
+                    }
+                }
+            }
+            if changed {
+                *command = Command::from_args(kept);
             }
             return Ok(());
         }

@@ -210,6 +210,19 @@ async fn families(pair: &mut Pair) {
         "EXPIRE app:e 100 GT",
     ])
     .await;
+    // Long enough to be stored compressed when compression is on: APPEND
+    // and SETRANGE then read, patch and write back under versioning too.
+    let long = "abcdefgh".repeat(300);
+    pair.check(&[b"SET", b"app:big", long.as_bytes()]).await;
+    pair.lines(&[
+        "APPEND app:big tail",
+        "SETRANGE app:big 3 XY",
+        "STRLEN app:big",
+        "GETRANGE app:big 0 9",
+        "GETRANGE app:big -6 -1",
+    ])
+    .await;
+    pair.check(&[b"GET", b"app:big"]).await;
     for script in [
         &b"return redis.call('GET', KEYS[1])"[..],
         b"return redis.call('INCRBY', KEYS[2], 5)",
@@ -722,4 +735,50 @@ async fn a_piped_resp3_client_reads_and_is_told_with_client_keys() {
         String::from_utf8_lossy(&client.read_reply().await),
         ">3\r\n$7\r\nmessage\r\n$22\r\n__keyspace@0__:app:new\r\n$3\r\nset\r\n"
     );
+    // Its own tracking of the namespace's prefix covers the stored names of
+    // every served version, and names the client's keys.
+    let mut tracked = pair.proxy.raw().await;
+    assert!(tracked.cmd("HELLO 3").await.starts_with('%'));
+    assert_eq!(tracked.cmd("CLIENT TRACKING ON BCAST PREFIX app:").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:moved x").await, "+OK\r\n");
+    let mut writer = pair.proxy.raw().await;
+    assert_eq!(writer.cmd("SET app:moved y").await, "+OK\r\n");
+    let push = String::from_utf8_lossy(&tracked.read_reply().await).into_owned();
+    assert_eq!(push, ">2\r\n$10\r\ninvalidate\r\n*1\r\n$9\r\napp:moved\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_values_of_an_old_version_migrate_and_stay_transparent() {
+    let server = RedisServer::start();
+    let compressed = |config: &mut Config| {
+        config.compression.enabled = true;
+        config.compression.threshold = 64;
+    };
+    let old = Proxy::start_with(&server.url(), |config| {
+        compressed(config);
+        versioned(config, 1, &[]);
+    })
+    .await;
+    wait_for_table(&old);
+    let long = "abcdefghij".repeat(100);
+    let mut client = old.raw().await;
+    assert_eq!(client.command(&[b"SET", b"app:doc", long.as_bytes()]).await, b"+OK\r\n");
+    old.shutdown().await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    let stored = direct.command(&[b"GET", b"v1:app:doc"]).await;
+    assert!(stored.len() < 200, "stored compressed under v1: {} bytes", stored.len());
+    let new = Proxy::start_with(&server.url(), |config| {
+        compressed(config);
+        versioned(config, 2, &[1]);
+    })
+    .await;
+    wait_for_table(&new);
+    let mut client = new.raw().await;
+    assert_eq!(client.cmd("STRLEN app:doc").await, ":1000\r\n");
+    assert_eq!(client.cmd("APPEND app:doc !").await, ":1001\r\n");
+    let expected = format!("$1001\r\n{long}!\r\n");
+    assert_eq!(client.cmd("GET app:doc").await, expected);
+    assert_eq!(direct.cmd("EXISTS v1:app:doc").await, ":0\r\n", "the write moved it");
+    let stored = direct.command(&[b"GET", b"v2:app:doc"]).await;
+    assert!(stored.len() < 200, "stored compressed under v2: {} bytes", stored.len());
 }
