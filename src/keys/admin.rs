@@ -143,20 +143,8 @@ async fn remove_below(
     progress: &Cleanup,
     upstream: &mut impl Upstream,
 ) -> Result<(), String> {
-    let pattern = namespace_glob(versions, namespace);
-    let mut cursor = Bytes::from_static(b"0");
-    loop {
-        let reply = upstream
-            .call(vec![
-                Bytes::from_static(b"SCAN"),
-                cursor.clone(),
-                Bytes::from_static(b"MATCH"),
-                pattern.clone(),
-                Bytes::from_static(b"COUNT"),
-                Bytes::from_static(SCAN_COUNT.as_bytes()),
-            ])
-            .await?;
-        let (next, keys) = scan_page(&reply)?;
+    let mut scan = NamespaceScan::new(versions, namespace);
+    while let Some(keys) = scan.next_page(upstream).await? {
         progress.scanned.fetch_add(keys.len() as u64, Ordering::Relaxed);
         let old: Vec<Bytes> = keys
             .into_iter()
@@ -172,12 +160,9 @@ async fn remove_below(
             let removed = integer(&upstream.call(args).await?)?;
             progress.removed.fetch_add(removed.max(0) as u64, Ordering::Relaxed);
         }
-        if next.as_ref() == b"0" {
-            return Ok(());
-        }
-        cursor = next;
         tokio::task::yield_now().await;
     }
+    Ok(())
 }
 
 /// Exact counts per version of one namespace (one SCAN over its names).
@@ -186,30 +171,53 @@ async fn count_exactly(
     namespace: &NamespaceVersions,
     upstream: &mut impl Upstream,
 ) -> Result<BTreeMap<u32, u64>, String> {
-    let pattern = namespace_glob(versions, namespace);
     let mut counts = BTreeMap::new();
-    let mut cursor = Bytes::from_static(b"0");
-    loop {
-        let reply = upstream
-            .call(vec![
-                Bytes::from_static(b"SCAN"),
-                cursor.clone(),
-                Bytes::from_static(b"MATCH"),
-                pattern.clone(),
-                Bytes::from_static(b"COUNT"),
-                Bytes::from_static(SCAN_COUNT.as_bytes()),
-            ])
-            .await?;
-        let (next, keys) = scan_page(&reply)?;
+    let mut scan = NamespaceScan::new(versions, namespace);
+    while let Some(keys) = scan.next_page(upstream).await? {
         for stored in keys {
             if let Some(version) = versions.version_in(namespace, &stored) {
                 *counts.entry(version).or_insert(0) += 1;
             }
         }
-        if next.as_ref() == b"0" {
-            return Ok(counts);
+    }
+    Ok(counts)
+}
+
+/// The stored names of one namespace's keys (any version), a SCAN page at
+/// a time.
+struct NamespaceScan {
+    pattern: Bytes,
+    /// None once SCAN answered cursor 0.
+    cursor: Option<Bytes>,
+}
+
+impl NamespaceScan {
+    fn new(versions: &Versioning, namespace: &NamespaceVersions) -> NamespaceScan {
+        let mut prefix = namespace.name.as_bytes().to_vec();
+        prefix.push(versions.separator());
+        NamespaceScan {
+            pattern: Bytes::from(versions.pattern().glob_namespace(&prefix)),
+            cursor: Some(Bytes::from_static(b"0")),
         }
-        cursor = next;
+    }
+
+    async fn next_page(&mut self, upstream: &mut impl Upstream) -> Result<Option<Vec<Bytes>>, String> {
+        let Some(cursor) = self.cursor.take() else {
+            return Ok(None);
+        };
+        let reply = upstream
+            .call(vec![
+                Bytes::from_static(b"SCAN"),
+                cursor,
+                Bytes::from_static(b"MATCH"),
+                self.pattern.clone(),
+                Bytes::from_static(b"COUNT"),
+                Bytes::from_static(SCAN_COUNT.as_bytes()),
+            ])
+            .await?;
+        let (next, keys) = scan_page(&reply)?;
+        self.cursor = (next.as_ref() != b"0").then_some(next);
+        Ok(Some(keys))
     }
 }
 
@@ -231,12 +239,6 @@ async fn sample(
         }
     }
     Ok((drawn, tallies))
-}
-
-fn namespace_glob(versions: &Versioning, namespace: &NamespaceVersions) -> Bytes {
-    let mut prefix = namespace.name.as_bytes().to_vec();
-    prefix.push(versions.separator());
-    Bytes::from(versions.pattern().glob_namespace(&prefix))
 }
 
 /// A SCAN reply's next cursor and names.
