@@ -289,16 +289,10 @@ async fn learn_databases(shared: Arc<Shared>) {
 /// With key versioning, a versioned namespace's tracking prefix (`user:`)
 /// becomes the prefixes of its stored keys in each version it serves.
 fn stored_prefixes(prefixes: Vec<Bytes>, versions: Option<&Versioning>) -> Vec<Bytes> {
-    let Some(versions) = versions else {
-        return prefixes;
-    };
-    let mut stored: Vec<Bytes> = prefixes
-        .into_iter()
-        .flat_map(|prefix| versions.tracking_prefixes(&prefix).unwrap_or_else(|| vec![prefix]))
-        .collect();
-    stored.sort();
-    stored.dedup();
-    stored
+    match versions {
+        Some(versions) => versions.stored_tracking_prefixes(&prefixes),
+        None => prefixes,
+    }
 }
 
 /// Learns Redis's command table (retrying until Redis answers): which keys

@@ -77,20 +77,25 @@ pub struct Shared {
 
 /// What a batch's replies need from key versioning.
 enum VersionWork {
-    /// A hidden migration's reply: counted, not shown.
-    Migrated(Migration),
+    /// A hidden migration's reply: counted, not shown; if it failed, the
+    /// reply of the read-only command at the position given is its error.
+    Migrated(Migration, usize),
     /// A reply that names keys, mapped back.
     Map(KeyReply),
-    /// EXEC's array: one entry per queued command, hidden migrations included.
-    Transaction(Vec<Queued>),
+    /// EXEC's array: how each queued command's element is mapped back.
+    Transaction(Vec<Option<KeyReply>>),
+    /// A command refused by the proxy inside MULTI: Redis was sent a command
+    /// it refuses (so EXEC aborts, as after any command that fails to
+    /// queue), and the client gets this error instead of Redis's.
+    Refused(Bytes),
 }
 
-/// A command queued in MULTI, as key versioning sees its place in EXEC's array.
-enum Queued {
-    /// A migration the proxy queued before a command: left out.
-    Hidden(Migration),
-    /// The client's command, and how its element is mapped back.
-    Shown(Option<KeyReply>),
+/// What key versioning made of a command.
+enum Rewrite {
+    /// Forward it (after this migration), its reply mapped back so.
+    Forward(Option<Migration>, Option<KeyReply>),
+    /// Already answered (a read served from an old version in place).
+    Answered(Bytes),
 }
 
 /// How one reply is decoded (compression) before anyone sees it.
@@ -352,10 +357,10 @@ struct Session {
     batch_hidden: Vec<usize>,
     /// Key versioning's work on the batch's replies, by position.
     batch_versions: Vec<(usize, VersionWork)>,
-    /// Key versioning's view of the commands queued in MULTI, in order.
-    queued_versions: Vec<Queued>,
+    /// How the replies of the commands queued in MULTI name keys, in order.
+    queued_versions: Vec<Option<KeyReply>>,
     /// At EXEC: the queued commands' entries, joined to EXEC's reply.
-    pending_versions: Option<Vec<Queued>>,
+    pending_versions: Option<Vec<Option<KeyReply>>>,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
     in_transaction: bool,
@@ -732,6 +737,7 @@ impl Session {
         let mut upstream = OneAtATime {
             connection,
             versions: None,
+            db: self.db,
         };
         match (keep, namespace) {
             (Some(keep), Some(namespace)) => {
@@ -1005,13 +1011,37 @@ impl Session {
     async fn forward(&mut self, lane: Lane, mut command: Command) -> Flow {
         let mut migration = None;
         let mut key_reply = None;
+        let mut refused = None;
         if let Some(versions) = self.shared.versions.clone() {
             match self.rewrite_keys(&versions, lane, &mut command).await {
-                Ok((found, reply)) => (migration, key_reply) = (found, reply),
+                Ok(Rewrite::Forward(found, reply)) => (migration, key_reply) = (found, reply),
+                Ok(Rewrite::Answered(mut reply)) => {
+                    if let (Some(compression), Some(decode)) = (&self.shared.compression, self.pending_decode.take()) {
+                        let decoded = decode_batch(compression, &[(0, decode)], Ok(reply.clone()));
+                        reply = decoded.unwrap_or(reply);
+                    }
+                    self.reply_bytes(reply).await;
+                    return Flow::Continue;
+                }
+                Err(refusal) if self.in_transaction => {
+                    // Redis must refuse something too, or EXEC would run the
+                    // rest of the transaction.
+                    command = Command::from_args(vec![Bytes::from_static(b"AURACACHE.REFUSED")]);
+                    refused = Some(refusal);
+                }
                 Err(refusal) => {
                     self.reply_bytes(refusal).await;
                     return Flow::Continue;
                 }
+            }
+        }
+        if let Some(found) = migration.take_if(|_| lane == Lane::Dedicated) {
+            // The client's own connection may be in MULTI, blocked next, or
+            // authenticated as a user without scripts: its migrations run
+            // first on a pooled connection, and a failed one stops the command.
+            if let Err(failure) = self.migrate_now(&found).await {
+                self.reply_bytes(failure).await;
+                return Flow::Continue;
             }
         }
         if self.batch_lane != Some(lane) {
@@ -1021,23 +1051,20 @@ impl Session {
         self.flush_ready().await;
         // Inside MULTI, Redis answers QUEUED now and the value in EXEC's
         // array; MULTI and WATCH there run at once and are not in it.
-        let queued = self.in_transaction && !command.is("MULTI") && !command.is("WATCH");
+        let queued = self.in_transaction && !command.is("MULTI") && !command.is("WATCH") && refused.is_none();
         if let Some(migration) = migration {
-            // Runs just before the command, in the same order everywhere
-            // (queued with it inside MULTI); its reply is not the client's.
+            // Runs just before the command, on the same connection; its
+            // reply is not the client's.
             self.append(&migration.request(MIGRATE_SCRIPT));
-            self.batch_hidden.push(self.batch_replies - 1);
-            if queued {
-                if self.shared.compression.is_some() {
-                    self.queued_decodes.push(None);
-                }
-                self.queued_versions.push(Queued::Hidden(migration));
-            } else {
-                self.batch_versions
-                    .push((self.batch_replies - 1, VersionWork::Migrated(migration)));
-            }
+            let at = self.batch_replies - 1;
+            self.batch_hidden.push(at);
+            self.batch_versions.push((at, VersionWork::Migrated(migration, at + 1)));
         }
         self.append(command.wire());
+        if let Some(refusal) = refused {
+            self.batch_versions
+                .push((self.batch_replies - 1, VersionWork::Refused(refusal)));
+        }
         self.batch_l1.writes.append(&mut self.current_writes);
         self.batch_count += 1;
         let index = self.batch_replies - 1;
@@ -1051,7 +1078,7 @@ impl Session {
                 });
             }
             if self.shared.versions.is_some() {
-                self.queued_versions.push(Queued::Shown(key_reply));
+                self.queued_versions.push(key_reply);
             }
         } else {
             if let Some(decode) = decode {
@@ -1062,7 +1089,7 @@ impl Session {
             }
         }
         if let Some(transaction) = self.pending_versions.take()
-            && transaction.iter().any(|queued| !matches!(queued, Queued::Shown(None)))
+            && transaction.iter().any(Option::is_some)
         {
             self.batch_versions.push((index, VersionWork::Transaction(transaction)));
         }
@@ -1078,42 +1105,136 @@ impl Session {
         versions: &Versioning,
         lane: Lane,
         command: &mut Command,
-    ) -> Result<(Option<Migration>, Option<KeyReply>), Bytes> {
+    ) -> Result<Rewrite, Bytes> {
         if let Err(error) = command.decode_args() {
             return Err(Reply::error(format!("ERR {error}")).encode(self.protocol));
         }
         let watch_in_transaction = self.in_transaction && command.is("WATCH");
         let mut rewritten = versions
-            .rewrite(command.args(), self.in_transaction)
+            .rewrite(command.args(), self.in_transaction, self.db)
             .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
-        if let Some(positions) = rewritten.resolve.take() {
-            let mut args = rewritten.args.take().unwrap_or_else(|| command.args().to_vec());
-            let found = match self
-                .call_now(lane, rewritten.migration.request(versions::FIND_SCRIPT))
-                .await
-            {
-                Ok(reply) => versions::integers(&reply),
-                Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
+        if rewritten.unknown {
+            // Redis may know it now (a module loaded since start-up): learn
+            // where its keys are, or forward it for Redis to refuse.
+            let info = Command::from_args(vec![
+                Bytes::from_static(b"COMMAND"),
+                Bytes::from_static(b"INFO"),
+                command.args()[0].clone(),
+            ]);
+            // Asked on a pooled connection: the client's own may be in MULTI
+            // (EXEC included), where it would be queued.
+            let ask = Lane::Pooled {
+                db: self.db,
+                protocol: Protocol::Resp2,
             };
-            rewritten.migration.apply_found(&found, &mut args, &positions);
-            rewritten.args = Some(args);
+            let reply = self
+                .call_now(ask, info.wire().clone(), 1)
+                .await
+                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+            if let Ok(table) = crate::keys::table::KeyTable::from_command_reply(&reply) {
+                versions.learn(table);
+                rewritten = versions
+                    .rewrite(command.args(), self.in_transaction, self.db)
+                    .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
+                if rewritten.unknown {
+                    return Err(Reply::error(format!(
+                        "ERR auracache: {} has keys whose positions are unknown; it is refused while key versioning is on",
+                        String::from_utf8_lossy(&command.args()[0]).to_uppercase()
+                    ))
+                    .encode(self.protocol));
+                }
+            }
+        }
+        if let Some(positions) = rewritten.resolve.take() {
+            let args = rewritten.args.take().unwrap_or_else(|| command.args().to_vec());
+            // A write may move the key between the look-up and the read:
+            // the read stands only if the old names still exist after it.
+            for _ in 0..8 {
+                let found = match self
+                    .call_now(lane, rewritten.migration.request(versions::FIND_SCRIPT), 1)
+                    .await
+                {
+                    Ok(reply) => versions::integers(&reply),
+                    Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
+                };
+                let (mut pointed, mut migration) = (args.clone(), rewritten.migration.clone());
+                let old_names = migration.apply_found(&found, &mut pointed, &positions);
+                if old_names.is_empty() {
+                    rewritten.migration = migration;
+                    rewritten.args = Some(pointed);
+                    break;
+                }
+                let mut request = BytesMut::from(Command::from_args(pointed).wire().as_ref());
+                let mut exists = vec![Bytes::from_static(b"EXISTS")];
+                exists.extend(old_names.iter().map(|(name, _)| name.clone()));
+                request.extend_from_slice(Command::from_args(exists).wire());
+                let replies = match self.call_now(lane, request.freeze(), 2).await {
+                    Ok(replies) => replies,
+                    Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
+                };
+                let starts = frame_starts(&replies, 2);
+                if starts.len() < 3 {
+                    return Err(Reply::error(UpstreamError::lost().client_message()).encode(self.protocol));
+                }
+                let still = versions::integers(&replies[starts[1]..starts[2]]);
+                if still.first().is_some_and(|count| *count == old_names.len() as i64) {
+                    for (_, namespace) in &old_names {
+                        namespace.fallback_hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let reply = replies.slice(starts[0]..starts[1]);
+                    let mapped = rewritten.reply.as_ref().and_then(|how| versions.map_reply(how, &reply));
+                    return Ok(Rewrite::Answered(mapped.unwrap_or(reply)));
+                }
+            }
+            // Still racing writers after a few tries: migrate like a plain read.
+            if rewritten.args.is_none() {
+                rewritten.args = Some(args);
+            }
         }
         if let Some(args) = rewritten.args {
             *command = Command::from_args(args);
         }
         // Redis refuses WATCH inside MULTI; nothing of it is queued.
         let migration = (!rewritten.migration.is_empty() && !watch_in_transaction).then_some(rewritten.migration);
-        Ok((migration, rewritten.reply))
+        Ok(Rewrite::Forward(migration, rewritten.reply))
+    }
+
+    /// Runs a migration now on a pooled connection (the proxy's own
+    /// credentials); Err: the client's error if Redis refused it.
+    async fn migrate_now(&mut self, migration: &Migration) -> Result<(), Bytes> {
+        let lane = Lane::Pooled {
+            db: self.db,
+            protocol: Protocol::Resp2,
+        };
+        let protocol = self.protocol;
+        let failed = |message: String| {
+            Reply::error(format!("ERR auracache: version migration failed: {message}")).encode(protocol)
+        };
+        let connection = self
+            .connection_for(lane)
+            .await
+            .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+        let reply = connection
+            .send(migration.request(MIGRATE_SCRIPT), 1)
+            .await
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::lost()))
+            .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+        if migration.count(&reply) {
+            Ok(())
+        } else {
+            Err(failed(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()))
+        }
     }
 
     /// Sends one request on `lane` after everything before it and waits
     /// for its reply.
-    async fn call_now(&mut self, lane: Lane, request: Bytes) -> Result<Bytes, UpstreamError> {
+    async fn call_now(&mut self, lane: Lane, request: Bytes, replies: usize) -> Result<Bytes, UpstreamError> {
         self.flush().await;
         self.enter_lane(lane).await;
         let connection = self.connection_for(lane).await?;
         connection
-            .send(request, 1)
+            .send(request, replies)
             .await
             .await
             .unwrap_or_else(|_| Err(UpstreamError::lost()))
@@ -1132,7 +1253,7 @@ impl Session {
             .wire()
             .clone();
         for _ in 0..64 {
-            let reply = match self.call_now(lane, request.clone()).await {
+            let reply = match self.call_now(lane, request.clone(), 1).await {
                 Ok(reply) => reply,
                 Err(error) => {
                     self.reply(Reply::error(error.client_message())).await;
@@ -1150,8 +1271,41 @@ impl Session {
                 return Flow::Continue;
             }
         }
-        self.reply(Reply::Nil).await;
-        Flow::Continue
+        // Nearly every key is hidden (an old version before its cleanup):
+        // the first visible key a SCAN finds, nil only if there is none.
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let request = Command::from_args(vec![
+                Bytes::from_static(b"SCAN"),
+                cursor.clone(),
+                Bytes::from_static(b"COUNT"),
+                Bytes::from_static(b"1000"),
+            ]);
+            let reply = match self.call_now(lane, request.wire().clone(), 1).await {
+                Ok(reply) => reply,
+                Err(error) => {
+                    self.reply(Reply::error(error.client_message())).await;
+                    return Flow::Continue;
+                }
+            };
+            let Some((next, keys)) = versions::scan_page(&reply) else {
+                self.reply_bytes(reply).await;
+                return Flow::Continue;
+            };
+            let visible = keys.iter().find_map(|stored| match versions.client_key(stored) {
+                versions::Mapped::Visible(key) => Some(Bytes::copy_from_slice(key)),
+                versions::Mapped::Hidden => None,
+            });
+            if let Some(key) = visible {
+                self.reply(Reply::Bulk(key)).await;
+                return Flow::Continue;
+            }
+            if next.as_ref() == b"0" {
+                self.reply(Reply::Nil).await;
+                return Flow::Continue;
+            }
+            cursor = next;
+        }
     }
 
     /// Adds bytes to the batch; a batch of one command stays its own bytes.
@@ -1398,6 +1552,7 @@ impl Session {
             Ok(connection) => OneAtATime {
                 connection,
                 versions: self.shared.versions.clone(),
+                db: self.db,
             },
             Err(error) => {
                 self.shared.stats.upstream_error();
@@ -1586,11 +1741,9 @@ impl Session {
         let Some(connection) = &self.dedicated else {
             return Flow::Stop;
         };
-        let mapper = self
-            .shared
-            .versions
-            .clone()
-            .map(|versions| versions::PipeMapper::new(versions, self.subscriptions.clone()));
+        let mapper = self.shared.versions.clone().map(|versions| {
+            versions::PipeMapper::new(versions, self.subscriptions.clone(), self.protocol == Protocol::Resp3)
+        });
         if connection.pipe_to(sink).await.is_err() || self.slots.send(Slot::Pipe(piped, mapper)).await.is_err() {
             self.reply(Reply::error(UpstreamError::lost().client_message())).await;
             return Flow::Stop;
@@ -1640,53 +1793,45 @@ impl Session {
             return Ok(());
         }
         if command.is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"TRACKING")) {
-            // BCAST prefixes of a versioned namespace name its stored keys.
+            // BCAST prefixes of a versioned namespace name its stored keys;
+            // the invalidations are limited to the client's own prefixes.
             let args = command.args();
-            let mut kept = args[..2].to_vec();
-            let mut changed = false;
-            let mut index = 2;
+            let mut kept = Vec::with_capacity(args.len());
+            let mut prefixes = Vec::new();
+            let mut index = 0;
             while index < args.len() {
-                let prefix = args
-                    .get(index + 1)
-                    .filter(|_| args[index].eq_ignore_ascii_case(b"PREFIX"));
-                match prefix.and_then(|prefix| versions.tracking_prefixes(prefix)) {
-                    Some(stored) => {
-                        for prefix in stored {
-                            kept.extend([args[index].clone(), prefix]);
-                        }
-                        changed = true;
-                        index += 2;
-                    }
-                    None => {
-                        kept.push(args[index].clone());
-                        index += 1;
-                    }
+                if index >= 2 && args[index].eq_ignore_ascii_case(b"PREFIX") && index + 1 < args.len() {
+                    prefixes.push(args[index + 1].clone());
+                    index += 2;
+                } else {
+                    kept.push(args[index].clone());
+                    index += 1;
                 }
             }
-            if changed {
+            let stored = versions.stored_tracking_prefixes(&prefixes);
+            if stored != prefixes {
+                for prefix in stored {
+                    kept.extend([Bytes::from_static(b"PREFIX"), prefix]);
+                }
                 *command = Command::from_args(kept);
             }
+            self.subscriptions.track_prefixes(prefixes);
+            self.subscriptions.expect_reply(None);
             return Ok(());
         }
         let rewritten = versions
-            .rewrite(command.args(), true)
+            .rewrite(command.args(), true, self.db)
             .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
         if !rewritten.migration.is_empty() {
-            let lane = Lane::Pooled {
-                db: self.db,
-                protocol: Protocol::Resp2,
-            };
-            let connection = self
-                .connection_for(lane)
-                .await
-                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
-            let reply = connection
-                .send(rewritten.migration.request(MIGRATE_SCRIPT), 1)
-                .await
-                .await
-                .unwrap_or_else(|_| Err(UpstreamError::lost()))
-                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
-            rewritten.migration.count(&reply);
+            self.migrate_now(&rewritten.migration).await?;
+        }
+        if command.is("MONITOR")
+            || (command.is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"REPLY")))
+        {
+            // Replies stop pairing with commands: none is mapped from here on.
+            self.subscriptions.stop_pairing();
+        } else if !command.is("SSUBSCRIBE") && !command.is("SUNSUBSCRIBE") {
+            self.subscriptions.expect_reply(rewritten.reply);
         }
         if let Some(args) = rewritten.args {
             *command = Command::from_args(args);
@@ -1744,6 +1889,8 @@ HELP\r\n    This text.\r\n";
 struct OneAtATime {
     connection: UpstreamConnection,
     versions: Option<Arc<Versioning>>,
+    /// The client's database (where a migration runs).
+    db: u32,
 }
 
 impl OneAtATime {
@@ -1761,10 +1908,13 @@ impl strings::Upstream for OneAtATime {
     async fn call(&mut self, args: Vec<Bytes>) -> Result<Bytes, String> {
         let args = match &self.versions {
             Some(versions) => {
-                let rewritten = versions.rewrite(&args, true).map_err(|refusal| refusal.0)?;
+                let rewritten = versions.rewrite(&args, true, self.db).map_err(|refusal| refusal.0)?;
                 if !rewritten.migration.is_empty() {
                     let reply = self.send(rewritten.migration.request(MIGRATE_SCRIPT)).await?;
-                    rewritten.migration.count(&reply);
+                    if !rewritten.migration.count(&reply) {
+                        let message = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+                        return Err(format!("ERR auracache: version migration failed: {message}"));
+                    }
                 }
                 rewritten.args.unwrap_or(args)
             }
@@ -1833,45 +1983,56 @@ fn replace_frames(bytes: &Bytes, starts: &[usize], replacements: impl Iterator<I
 /// the migrations queued in it.
 fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: BatchResult) -> BatchResult {
     let bytes = result?;
-    let last = work.iter().map(|(index, _)| *index).max().unwrap_or(0);
+    let last = work
+        .iter()
+        .map(|(index, work)| match work {
+            VersionWork::Migrated(_, command) => *command,
+            _ => *index,
+        })
+        .max()
+        .unwrap_or(0);
     let starts = frame_starts(&bytes, last + 1);
     if starts.len() < last + 2 {
         return Ok(bytes);
     }
-    let replacements = work.into_iter().filter_map(|(index, work)| {
+    let mut replacements = std::collections::BTreeMap::new();
+    for (index, work) in work {
         let frame = &bytes[starts[index]..starts[index + 1]];
         let replacement = match work {
-            VersionWork::Migrated(migration) => {
-                migration.count(frame);
-                None
+            VersionWork::Migrated(migration, command) => {
+                if !migration.count(frame) && migration.read_only() {
+                    // A read of a key whose old version could not be brought
+                    // over would answer "absent": the client gets why.
+                    let message = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
+                    let error = format!("-ERR auracache: version migration failed: {message}\r\n");
+                    replacements.insert(command, Bytes::from(error));
+                }
+                continue;
             }
             VersionWork::Map(how) => versions.map_reply(&how, frame),
             VersionWork::Transaction(queued) => map_transaction(versions, &queued, frame),
+            VersionWork::Refused(refusal) => Some(refusal),
         };
-        replacement.map(|replacement| (index, replacement))
-    });
-    Ok(replace_frames(&bytes, &starts, replacements))
+        if let Some(replacement) = replacement {
+            replacements.entry(index).or_insert(replacement);
+        }
+    }
+    Ok(replace_frames(&bytes, &starts, replacements.into_iter()))
 }
 
-/// EXEC's array with the migrations queued in the transaction counted and
-/// left out, and the other elements mapped back.
-fn map_transaction(versions: &Versioning, queued: &[Queued], frame: &[u8]) -> Option<Bytes> {
-    let (kind, children, _) = versions::aggregate(frame)?;
+/// EXEC's array with each queued command's element mapped back.
+fn map_transaction(versions: &Versioning, queued: &[Option<KeyReply>], frame: &[u8]) -> Option<Bytes> {
+    let (kind, children, header) = versions::aggregate(frame)?;
     if kind != b'*' || children.len() != queued.len() {
         return None;
     }
-    let shown = queued.iter().filter(|entry| matches!(entry, Queued::Shown(_))).count();
     let mut out = BytesMut::with_capacity(frame.len());
-    out.extend_from_slice(format!("*{shown}\r\n").as_bytes());
-    for (entry, (start, end)) in queued.iter().zip(children) {
+    out.extend_from_slice(&frame[..header]);
+    for (how, (start, end)) in queued.iter().zip(children) {
         let element = &frame[start..end];
-        match entry {
-            Queued::Hidden(migration) => migration.count(element),
-            Queued::Shown(Some(how)) => match versions.map_reply(how, element) {
-                Some(mapped) => out.extend_from_slice(&mapped),
-                None => out.extend_from_slice(element),
-            },
-            Queued::Shown(None) => out.extend_from_slice(element),
+        match how.as_ref().and_then(|how| versions.map_reply(how, element)) {
+            Some(mapped) => out.extend_from_slice(&mapped),
+            None => out.extend_from_slice(element),
         }
     }
     Some(out.freeze())

@@ -782,3 +782,26 @@ async fn compressed_values_of_an_old_version_migrate_and_stay_transparent() {
     let stored = direct.command(&[b"GET", b"v2:app:doc"]).await;
     assert!(stored.len() < 200, "stored compressed under v2: {} bytes", stored.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_table_lacks_is_looked_up_before_it_is_forwarded() {
+    let pair = Pair::new(2, |_| {}).await;
+    let versions = pair.proxy.handle().versions().unwrap().clone();
+    // As if GET and MULTI-queued HSET came with a module loaded after the
+    // table was read: the table knows only PING.
+    let only_ping = b"*1\r\n*6\r\n$4\r\nping\r\n:-1\r\n*1\r\n+fast\r\n:0\r\n:0\r\n:0\r\n";
+    versions.set_table(auracache::keys::table::KeyTable::from_command_reply(only_ping).unwrap());
+    let (mut proxied, mut direct) = (pair.proxied, RawClient::connect(pair.servers.1.addr()).await);
+    assert_eq!(proxied.cmd("SET app:k v").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("HSET app:h f v").await, "+QUEUED\r\n");
+    assert_eq!(proxied.cmd("EXEC").await, "*1\r\n:1\r\n");
+    assert_eq!(direct.cmd("EXISTS v2:app:k v2:app:h app:k app:h").await, ":2\r\n");
+    // Unknown to Redis too: Redis's own error.
+    assert!(
+        proxied
+            .cmd("NOSUCH app:k")
+            .await
+            .starts_with("-ERR unknown command 'NOSUCH'")
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::versions::{Cleanup, NamespaceVersions, Versioning, aggregate, bulk};
+use super::versions::{Cleanup, NamespaceVersions, Versioning, bulk, scan_page};
 use crate::codec::strings::Upstream;
 
 /// Up to this many keys in the database, STATUS counts them exactly (one
@@ -119,7 +119,8 @@ pub async fn cleanup(
         .collect();
     known.sort_unstable_by(|a, b| b.cmp(a));
     known.dedup();
-    let below = known[keep.clamp(1, known.len()) - 1];
+    // Never the current version, even when a fallback is newer (a rollback).
+    let below = known[keep.clamp(1, known.len()) - 1].min(namespace.current);
     let progress = Arc::new(Cleanup::default());
     progress.below.store(u64::from(below), Ordering::Relaxed);
     versions.start_cleanup(name, progress.clone())?;
@@ -215,7 +216,8 @@ impl NamespaceScan {
                 Bytes::from_static(SCAN_COUNT.as_bytes()),
             ])
             .await?;
-        let (next, keys) = scan_page(&reply)?;
+        let (next, keys) = scan_page(&reply)
+            .ok_or_else(|| format!("unexpected SCAN reply: {}", String::from_utf8_lossy(&reply).trim_end()))?;
         self.cursor = (next.as_ref() != b"0").then_some(next);
         Ok(Some(keys))
     }
@@ -239,23 +241,6 @@ async fn sample(
         }
     }
     Ok((drawn, tallies))
-}
-
-/// A SCAN reply's next cursor and names.
-fn scan_page(reply: &[u8]) -> Result<(Bytes, Vec<Bytes>), String> {
-    let unreadable = || format!("unexpected SCAN reply: {}", String::from_utf8_lossy(reply).trim_end());
-    let (_, parts, _) = aggregate(reply).ok_or_else(unreadable)?;
-    let [(cursor_start, cursor_end), (keys_start, keys_end)] = parts[..] else {
-        return Err(unreadable());
-    };
-    let cursor = bulk(&reply[cursor_start..cursor_end]).ok_or_else(unreadable)?;
-    let keys_frame = &reply[keys_start..keys_end];
-    let (_, items, _) = aggregate(keys_frame).ok_or_else(unreadable)?;
-    let keys = items
-        .iter()
-        .filter_map(|&(start, end)| bulk(&keys_frame[start..end]).map(Bytes::copy_from_slice))
-        .collect();
-    Ok((Bytes::copy_from_slice(cursor), keys))
 }
 
 fn integer(reply: &[u8]) -> Result<i64, String> {

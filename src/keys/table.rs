@@ -184,6 +184,21 @@ struct Span {
 }
 
 impl KeyTable {
+    /// Adds (or replaces) the commands `other` knows, such as one a module
+    /// loaded after start-up brought (from `COMMAND INFO <name>`).
+    pub fn merge(&mut self, other: KeyTable) {
+        for (name, placement) in other.commands {
+            let weight = |placement: &Placement| match placement {
+                Placement::Container(subcommands) => 1 + subcommands.len(),
+                _ => 1,
+            };
+            self.len += weight(&placement);
+            if let Some(replaced) = self.commands.insert(name, placement) {
+                self.len -= weight(&replaced);
+            }
+        }
+    }
+
     /// Redis 7.0.15's table, embedded (decoded once per process, then
     /// copied).
     pub fn builtin() -> KeyTable {

@@ -31,26 +31,34 @@ use crate::config::Config;
 
 /// Makes each key's current version hold its value. KEYS: per key, its
 /// current stored name then its fallbacks; ARGV: per key, a mode letter
-/// (`r` copy, `d` move, `w` move and unlink the other fallbacks) and the
-/// number of names. Answers, per key, 0 (nothing to do), 1 (copied) or 2
-/// (moved).
+/// (`r` copy, `d` move, `w` move and unlink the other fallbacks), the
+/// number of names, and for a key of another database `@<db>:<home>`. Fallbacks older than the one brought over are
+/// unlinked (they are shadowed, and must not come back when it expires).
+/// A copy Redis refuses (memory) becomes a move. Answers, per key, 0
+/// (nothing to do), 1 (copied) or 2 (moved).
 pub const MIGRATE_SCRIPT: &str = "\
 local at, done = 1, {}
 for group = 1, #ARGV do
-  local mode, size = string.sub(ARGV[group], 1, 1), tonumber(string.sub(ARGV[group], 2))
-  local current, result = KEYS[at], 0
+  local mode, size, db, home = string.match(ARGV[group], '^(%a)(%d+)@?(%d*):?(%d*)$')
+  size = tonumber(size)
+  if db ~= '' then redis.call('SELECT', db) end
+  local current, result, found = KEYS[at], 0, at + size
   if redis.call('EXISTS', current) == 0 then
     for i = at + 1, at + size - 1 do
       if redis.call('EXISTS', KEYS[i]) == 1 then
-        if mode == 'r' then redis.call('COPY', KEYS[i], current) result = 1
+        found = i
+        if mode == 'r' and type(redis.pcall('COPY', KEYS[i], current)) ~= 'table' then result = 1
         else redis.call('RENAME', KEYS[i], current) result = 2 end
         break
       end
     end
   end
-  if mode == 'w' and size > 1 then
-    redis.call('UNLINK', unpack(KEYS, at + 1, at + size - 1))
+  local from = found + 1
+  if mode == 'w' then from = at + 1 end
+  if from <= at + size - 1 then
+    redis.call('UNLINK', unpack(KEYS, from, at + size - 1))
   end
+  if db ~= '' then redis.call('SELECT', home) end
   done[group] = result
   at = at + size
 end
@@ -63,7 +71,7 @@ return done";
 pub const FIND_SCRIPT: &str = "\
 local at, found = 1, {}
 for group = 1, #ARGV do
-  local size = tonumber(string.sub(ARGV[group], 2))
+  local size = tonumber(string.match(ARGV[group], '^%a(%d+)'))
   found[group] = 0
   for i = at, at + size - 1 do
     if redis.call('EXISTS', KEYS[i]) == 1 then found[group] = i - at break end
@@ -239,6 +247,11 @@ pub enum KeyReply {
     /// XREAD/XREADGROUP: per stream, its name first (RESP2 arrays of pairs,
     /// RESP3 a map).
     Streams,
+    /// PUBSUB CHANNELS: channel names, keyspace ones mapped back (hidden
+    /// ones left out) and matched against the client's pattern.
+    Channels(Option<Bytes>),
+    /// PUBSUB NUMSUB: (channel, count) pairs, keyspace channels mapped back.
+    NumSub,
 }
 
 /// The keys of one command to migrate before it runs.
@@ -266,14 +279,20 @@ impl Migration {
         crate::protocol::Command::from_args(args).wire().clone()
     }
 
-    /// Counts what the script's reply says it did.
-    pub fn count(&self, reply: &[u8]) {
+    /// Whether every key is only read (a failed migration may then turn
+    /// the command's reply into its error).
+    pub fn read_only(&self) -> bool {
+        self.owners.iter().all(|(_, usage)| *usage == KeyUse::Read)
+    }
+
+    /// Counts what the script's reply says it did; false if Redis refused it.
+    pub fn count(&self, reply: &[u8]) -> bool {
         if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
             for (owner, _) in &self.owners {
                 owner.migration_errors.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::warn!(reply = %String::from_utf8_lossy(reply).trim_end(), "version migration failed");
-            return;
+            tracing::debug!(reply = %String::from_utf8_lossy(reply).trim_end(), "version migration failed");
+            return false;
         }
         for ((owner, usage), result) in self.owners.iter().zip(integers(reply)) {
             if result != 0 {
@@ -283,14 +302,18 @@ impl Migration {
                 }
             }
         }
+        true
     }
 
     /// After [`FIND_SCRIPT`] answered `found` (per group, which name
     /// exists): each read of a namespace that does not migrate on read is
     /// pointed at the version that has the key (`args[positions[group]]`),
-    /// and only the other groups are left to migrate.
-    pub fn apply_found(&mut self, found: &[i64], args: &mut [Bytes], positions: &[usize]) {
+    /// and only the other groups are left to migrate. Answers the fallback
+    /// names the command now reads (fallback hits are counted by the caller
+    /// once the read stands).
+    pub fn apply_found(&mut self, found: &[i64], args: &mut [Bytes], positions: &[usize]) -> Vec<OldName> {
         let mut kept = Migration::default();
+        let mut old_names = Vec::new();
         let mut at = 0;
         for (group, (owner, usage)) in self.owners.iter().enumerate() {
             let size = 1 + owner.fallbacks.len();
@@ -299,7 +322,7 @@ impl Migration {
             if *usage == KeyUse::Read && !owner.migrate_on_read {
                 let which = found.get(group).copied().unwrap_or(0).clamp(0, size as i64 - 1) as usize;
                 if which > 0 {
-                    owner.fallback_hits.fetch_add(1, Ordering::Relaxed);
+                    old_names.push((names[which].clone(), owner.clone()));
                 }
                 if let Some(&position) = positions.get(group)
                     && let Some(arg) = args.get_mut(position)
@@ -313,6 +336,7 @@ impl Migration {
             kept.owners.push((owner.clone(), *usage));
         }
         *self = kept;
+        old_names
     }
 
     /// Groups of reads whose namespace serves old versions without
@@ -323,6 +347,9 @@ impl Migration {
             .any(|(owner, usage)| *usage == KeyUse::Read && !owner.migrate_on_read)
     }
 }
+
+/// A fallback version's name a read is pointed at, and its namespace.
+pub type OldName = (Bytes, Arc<NamespaceVersions>);
 
 /// A command with its keys rewritten.
 #[derive(Debug, Default)]
@@ -336,6 +363,9 @@ pub struct Rewritten {
     /// Reads to resolve before sending (`migrate_on_read = false`): the
     /// argument positions of each group, in order.
     pub resolve: Option<Vec<usize>>,
+    /// The upstream's table does not know the command: perhaps a module
+    /// loaded since; ask Redis (`COMMAND INFO`) before forwarding it.
+    pub unknown: bool,
 }
 
 /// The versioning stage: the pattern, each versioned namespace, and the
@@ -421,6 +451,14 @@ impl Versioning {
         self.learned.store(true, Ordering::Release);
     }
 
+    /// Adds what `COMMAND INFO` told of commands the table lacked.
+    pub fn learn(&self, more: KeyTable) {
+        let mut table = self.table.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut merged = (**table).clone();
+        merged.merge(more);
+        *table = Arc::new(merged);
+    }
+
     /// Whether the key table is the upstream's own (else the built-in one).
     pub fn table_learned(&self) -> bool {
         self.learned.load(Ordering::Acquire)
@@ -501,6 +539,25 @@ impl Versioning {
         }
     }
 
+    /// Whether a stored name is in its namespace's current version (or is
+    /// not versioned at all).
+    pub fn is_current(&self, stored: &[u8]) -> bool {
+        match self.pattern.parse_stored(stored) {
+            Some((version, key)) => self
+                .namespace_of(key)
+                .is_none_or(|namespace| namespace.current == version),
+            None => true,
+        }
+    }
+
+    /// Whether an unversioned client key reads as a stored name of a
+    /// versioned namespace (so that, kept as it is, it would be that key).
+    fn looks_stored(&self, key: &[u8]) -> bool {
+        self.pattern
+            .parse_stored(key)
+            .is_some_and(|(_, inner)| self.namespace_of(inner).is_some())
+    }
+
     /// What a stored key is to the client.
     pub fn client_key<'a>(&self, stored: &'a [u8]) -> Mapped<'a> {
         if let Some((version, key)) = self.pattern.parse_stored(stored)
@@ -519,23 +576,56 @@ impl Versioning {
         }
     }
 
-    /// Stored-name prefixes for CLIENT TRACKING's PREFIX option, in place
-    /// of a versioned namespace's own prefix (`user:`).
+    /// Stored-name prefixes for CLIENT TRACKING's PREFIX option covering a
+    /// client's `prefix` (`user:`, `user:42:`, or `us` which may begin a
+    /// versioned namespace's name); None if it stays as it is.
     pub fn tracking_prefixes(&self, prefix: &[u8]) -> Option<Vec<Bytes>> {
-        let name = prefix.strip_suffix(&[self.separator])?;
-        let namespace = self.namespaces.get(name)?;
-        let versions = std::iter::once(namespace.current).chain(namespace.fallbacks.iter().copied());
-        let mut prefixes: Vec<Bytes> = versions
-            .map(|version| Bytes::from(self.pattern.stored_prefix(version, prefix)))
-            .collect();
-        prefixes.sort();
-        prefixes.dedup();
-        Some(prefixes)
+        let served = |namespace: &NamespaceVersions| {
+            std::iter::once(namespace.current)
+                .chain(namespace.fallbacks.iter().copied())
+                .collect::<Vec<u32>>()
+        };
+        let mut prefixes: Vec<Bytes> = Vec::new();
+        match memchr::memchr(self.separator, prefix) {
+            Some(end) => {
+                let namespace = self.namespaces.get(&prefix[..end])?;
+                for version in served(namespace) {
+                    prefixes.push(Bytes::from(self.pattern.stored_prefix(version, prefix)));
+                }
+            }
+            None => {
+                prefixes.push(Bytes::copy_from_slice(prefix));
+                for (name, namespace) in &self.namespaces {
+                    if !name.starts_with(prefix) {
+                        continue;
+                    }
+                    let mut namespace_prefix = name.clone();
+                    namespace_prefix.push(self.separator);
+                    for version in served(namespace) {
+                        prefixes.push(Bytes::from(self.pattern.stored_prefix(version, &namespace_prefix)));
+                    }
+                }
+                if prefixes.len() == 1 {
+                    return None;
+                }
+            }
+        }
+        Some(without_overlaps(prefixes))
     }
 
-    /// Rewrites a command's keys (arguments decoded); `in_transaction`
-    /// because a resolve cannot wait inside MULTI.
-    pub fn rewrite(&self, args: &[Bytes], in_transaction: bool) -> Result<Rewritten, Refusal> {
+    /// Every stored prefix for a list of client prefixes, none a prefix of
+    /// another (Redis refuses overlapping prefixes).
+    pub fn stored_tracking_prefixes(&self, prefixes: &[Bytes]) -> Vec<Bytes> {
+        let stored = prefixes
+            .iter()
+            .flat_map(|prefix| self.tracking_prefixes(prefix).unwrap_or_else(|| vec![prefix.clone()]))
+            .collect();
+        without_overlaps(stored)
+    }
+
+    /// Rewrites a command's keys (arguments decoded), sent in database
+    /// `db`; `in_transaction` because a resolve cannot wait inside MULTI.
+    pub fn rewrite(&self, args: &[Bytes], in_transaction: bool, db: u32) -> Result<Rewritten, Refusal> {
         let Some(name) = args.first() else {
             return Ok(Rewritten::default());
         };
@@ -547,8 +637,19 @@ impl Versioning {
             out.args = self.rewrite_match(name, args);
             return Ok(out);
         }
+        if let Some(KeyReply::Channels(_) | KeyReply::NumSub) = &out.reply {
+            let patterns = matches!(out.reply, Some(KeyReply::Channels(_)));
+            let mut rewritten = args.to_vec();
+            for arg in rewritten.iter_mut().skip(2) {
+                if let Some(stored) = self.keyspace_channel(arg, patterns) {
+                    *arg = stored;
+                }
+            }
+            out.args = Some(rewritten);
+            return Ok(out);
+        }
         if let Some(nested_at) = guarded_command(args) {
-            return self.rewrite_guarded(args, nested_at, in_transaction);
+            return self.rewrite_guarded(args, nested_at, in_transaction, db);
         }
         let table = self
             .table
@@ -559,7 +660,10 @@ impl Versioning {
             Keys::At(positions) => positions,
             // Redis refuses it before it touches a key.
             Keys::Malformed => return Ok(out),
-            Keys::Unknown if self.table_learned() => return Ok(out),
+            Keys::Unknown if self.table_learned() => {
+                out.unknown = true;
+                return Ok(out);
+            }
             Keys::Unknown | Keys::Unplaceable => {
                 return Err(Refusal(format!(
                     "ERR auracache: {} has keys whose positions are unknown; it is refused while key versioning is on",
@@ -574,6 +678,12 @@ impl Versioning {
             let stored = match kind {
                 KeyKind::Name => {
                     let Some(namespace) = self.namespace_of(key) else {
+                        if self.looks_stored(key) {
+                            return Err(Refusal(format!(
+                                "ERR auracache: the key '{}' has the form of a versioned stored name; with key versioning on it would alias a versioned key",
+                                String::from_utf8_lossy(key)
+                            )));
+                        }
                         continue;
                     };
                     if !namespace.fallbacks.is_empty() {
@@ -602,18 +712,64 @@ impl Versioning {
             };
             rewritten.get_or_insert_with(|| args.to_vec())[index] = stored;
         }
-        if out.migration.unmigrated_reads() && !in_transaction {
+        self.migrate_in_other_database(args, db, &mut out.migration);
+        // A command that also writes moves its keys to the current version
+        // first; pointing its reads at an old name would read a moved key.
+        if out.migration.unmigrated_reads() && out.migration.read_only() && !in_transaction {
             out.resolve = Some(resolve);
         }
         out.args = rewritten;
         Ok(out)
     }
 
+    /// MOVE key db and COPY ... DB db reach a key in another database: it
+    /// is migrated there too (so MOVE/COPY see it as Redis would).
+    fn migrate_in_other_database(&self, args: &[Bytes], home: u32, migration: &mut Migration) {
+        let name = &args[0];
+        let (key, target) = if name.eq_ignore_ascii_case(b"MOVE") && args.len() == 3 {
+            (&args[1], &args[2])
+        } else if name.eq_ignore_ascii_case(b"COPY") && args.len() >= 5 {
+            let Some(at) = args[3..].iter().position(|arg| arg.eq_ignore_ascii_case(b"DB")) else {
+                return;
+            };
+            let Some(target) = args.get(3 + at + 1) else {
+                return;
+            };
+            (&args[2], target)
+        } else {
+            return;
+        };
+        let Some(target) = std::str::from_utf8(target).ok().and_then(|db| db.parse::<u32>().ok()) else {
+            return;
+        };
+        let Some(namespace) = self.namespace_of(key) else {
+            return;
+        };
+        if namespace.fallbacks.is_empty() || target == home {
+            return;
+        }
+        migration.keys.push(self.pattern.stored(namespace.current, key));
+        for fallback in &namespace.fallbacks {
+            migration.keys.push(self.pattern.stored(*fallback, key));
+        }
+        migration.groups.push(Bytes::from(format!(
+            "w{}@{target}:{home}",
+            1 + namespace.fallbacks.len()
+        )));
+        migration.owners.push((namespace.clone(), KeyUse::Write));
+    }
+
     /// Compression's guard script runs the client's command from its ARGV
     /// (`nested_at` on): that command's keys are rewritten (and migrated)
     /// as its own, the script's KEYS with them.
-    fn rewrite_guarded(&self, args: &[Bytes], nested_at: usize, in_transaction: bool) -> Result<Rewritten, Refusal> {
-        let mut out = self.rewrite(&args[nested_at..], in_transaction)?;
+    fn rewrite_guarded(
+        &self,
+        args: &[Bytes],
+        nested_at: usize,
+        in_transaction: bool,
+        db: u32,
+    ) -> Result<Rewritten, Refusal> {
+        let mut out = self.rewrite(&args[nested_at..], in_transaction, db)?;
         let nested = out.args.take().unwrap_or_else(|| args[nested_at..].to_vec());
         let mut all = args[..3].to_vec();
         for (position, arg) in args[..nested_at].iter().enumerate().skip(3) {
@@ -669,6 +825,11 @@ impl Versioning {
     }
 
     fn server_pattern(&self, pattern: &[u8]) -> Vec<u8> {
+        if !closed(pattern) {
+            // Text after it would change its meaning: match everything, and
+            // filter by the client's pattern on the way back.
+            return b"*".to_vec();
+        }
         let (prefix, _) = glob::literal_prefix(pattern);
         match memchr::memchr(self.separator, &prefix) {
             Some(end) => match self.namespaces.get(&prefix[..end]) {
@@ -713,6 +874,44 @@ impl Versioning {
                     return None;
                 }
                 self.replace_children(frame, &children, &[0])
+            }
+            KeyReply::Channels(pattern) => {
+                let (kind, children, _) = aggregate(frame)?;
+                if kind != b'*' {
+                    return None;
+                }
+                let mut kept = Vec::with_capacity(children.len());
+                for (start, end) in children {
+                    let channel = self.client_channel(bulk(&frame[start..end])?)?;
+                    if let Some(channel) =
+                        channel.filter(|channel| pattern.as_ref().is_none_or(|p| glob::matches(p, channel)))
+                    {
+                        kept.push(encode_bulk(&channel));
+                    }
+                }
+                let mut out = BytesMut::with_capacity(frame.len());
+                out.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
+                kept.iter().for_each(|channel| out.extend_from_slice(channel));
+                Some(out.freeze())
+            }
+            KeyReply::NumSub => {
+                // RESP2 a flat array, RESP3 a map: channels at even places.
+                let (_, children, _) = aggregate(frame)?;
+                let mut out = BytesMut::with_capacity(frame.len());
+                out.extend_from_slice(&frame[..children.first()?.0]);
+                for (position, (start, end)) in children.into_iter().enumerate() {
+                    let element = &frame[start..end];
+                    let mapped = if position % 2 == 0 {
+                        bulk(element).and_then(|channel| self.client_channel(channel)).flatten()
+                    } else {
+                        None
+                    };
+                    match mapped {
+                        Some(channel) => out.extend_from_slice(&encode_bulk(&channel)),
+                        None => out.extend_from_slice(element),
+                    }
+                }
+                Some(out.freeze())
             }
             KeyReply::Streams => {
                 let (kind, children, _) = aggregate(frame)?;
@@ -799,6 +998,18 @@ impl Versioning {
         Some(out.freeze())
     }
 
+    /// A channel name as the client knows it: a keyspace channel mapped
+    /// back (Some(None) if no client key reaches it), others as they are.
+    fn client_channel(&self, channel: &[u8]) -> Option<Option<Bytes>> {
+        let Some((prefix, stored)) = split_keyspace(channel) else {
+            return Some(Some(Bytes::copy_from_slice(channel)));
+        };
+        Some(match self.client_key(stored) {
+            Mapped::Visible(key) => Some(Bytes::from([prefix, key].concat())),
+            Mapped::Hidden => None,
+        })
+    }
+
     /// A keyspace-notification channel (`__keyspace@0__:<stored>`) or
     /// pattern for the client's key (or pattern) in it; None if the
     /// channel is not a keyspace one.
@@ -815,38 +1026,95 @@ impl Versioning {
     }
 }
 
-/// A piped client's keyspace subscriptions: each stored channel or
-/// pattern, and the client's own it was rewritten from.
+/// A piped client's keyspace subscriptions (each stored channel or
+/// pattern, and the client's own it was rewritten from) and its own
+/// CLIENT TRACKING prefixes.
 #[derive(Debug, Default)]
-pub struct Subscriptions(std::sync::Mutex<HashMap<Bytes, Bytes>>);
+pub struct Subscriptions {
+    channels: std::sync::Mutex<HashMap<Bytes, Bytes>>,
+    tracking_prefixes: std::sync::Mutex<Vec<Bytes>>,
+    /// How each reply still owed names keys, in order (commands other
+    /// than (un)subscriptions get one reply each on a pipe).
+    replies: std::sync::Mutex<std::collections::VecDeque<Option<KeyReply>>>,
+    /// MONITOR or CLIENT REPLY: replies no longer pair with commands.
+    unpaired: std::sync::atomic::AtomicBool,
+}
 
 impl Subscriptions {
     pub fn remember(&self, stored: Bytes, client: Bytes) {
-        self.lock().insert(stored, client);
+        lock(&self.channels).insert(stored, client);
+    }
+
+    /// The client's BCAST prefixes: its invalidations name only keys with one.
+    pub fn track_prefixes(&self, prefixes: Vec<Bytes>) {
+        *lock(&self.tracking_prefixes) = prefixes;
+    }
+
+    /// A command was piped: its reply, when it comes, is mapped so.
+    pub fn expect_reply(&self, how: Option<KeyReply>) {
+        if !self.unpaired.load(Ordering::Acquire) {
+            lock(&self.replies).push_back(how);
+        }
+    }
+
+    pub fn stop_pairing(&self) {
+        self.unpaired.store(true, Ordering::Release);
+        lock(&self.replies).clear();
+    }
+
+    /// How the next reply names keys (None once replies stopped pairing).
+    fn next_reply(&self) -> Option<KeyReply> {
+        if self.unpaired.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.replies).pop_front().flatten()
     }
 
     fn client(&self, stored: &[u8]) -> Option<Bytes> {
-        self.lock().get(stored).cloned()
+        lock(&self.channels).get(stored).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, Bytes>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn tracked(&self, key: &[u8]) -> bool {
+        let prefixes = lock(&self.tracking_prefixes);
+        prefixes.is_empty() || prefixes.iter().any(|prefix| key.starts_with(prefix))
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Maps back, frame by frame, what Redis sends a piped client: pub/sub
 /// messages and confirmations on keyspace channels, keyevent payloads,
-/// RESP3 invalidation pushes. Messages about keys no client key reaches
-/// (another version, a migration's source) are left out.
+/// invalidations (RESP3 pushes, or RESP2 `__redis__:invalidate` messages).
+/// Only pushes, and in RESP2 the frames of a subscribed connection, are
+/// looked at, never replies. Messages about names no client key reaches
+/// are left out, and so are keyspace events of fallback versions (a
+/// migration's RENAME/UNLINK of the old name, and the `rename_to` that
+/// follows it).
 pub struct PipeMapper {
     versions: Arc<Versioning>,
     subscriptions: Arc<Subscriptions>,
     pending: BytesMut,
     scanner: crate::protocol::ReplyScanner,
+    /// A RESP2 connection in subscribed mode (messages arrive as arrays).
+    subscribed: bool,
+    /// The client speaks RESP3 (messages arrive as pushes).
+    resp3: bool,
+    /// The client key of a `rename_from` left out, per channel kind
+    /// (keyspace, keyevent): the `rename_to` after it is a migration's too.
+    renamed: [Option<Bytes>; 2],
+}
+
+/// What becomes of one frame.
+enum Fate {
+    Unchanged,
+    Dropped,
+    Replaced(Bytes),
 }
 
 impl PipeMapper {
-    pub fn new(versions: Arc<Versioning>, subscriptions: Arc<Subscriptions>) -> PipeMapper {
+    pub fn new(versions: Arc<Versioning>, subscriptions: Arc<Subscriptions>, resp3: bool) -> PipeMapper {
         PipeMapper {
             versions,
             subscriptions,
@@ -855,6 +1123,9 @@ impl PipeMapper {
                 max_nesting_depth: usize::MAX,
                 max_bulk_bytes: usize::MAX,
             }),
+            subscribed: false,
+            resp3,
+            renamed: [None, None],
         }
     }
 
@@ -874,74 +1145,74 @@ impl PipeMapper {
             };
             let frame = self.pending.split_to(length).freeze();
             match self.map_frame(&frame) {
-                None => out.push(frame),
-                Some(Some(mapped)) => out.push(mapped),
-                Some(None) => {}
+                Fate::Unchanged => out.push(frame),
+                Fate::Replaced(mapped) => out.push(mapped),
+                Fate::Dropped => {}
             }
         }
     }
 
-    /// None: unchanged; Some(None): left out; Some(Some(..)): replaced.
-    fn map_frame(&self, frame: &[u8]) -> Option<Option<Bytes>> {
-        let (kind, children, header) = aggregate(frame)?;
+    fn map_frame(&mut self, frame: &[u8]) -> Fate {
+        if self.is_reply(frame) {
+            return match self.subscriptions.next_reply() {
+                Some(how) => match self.versions.map_reply(&how, frame) {
+                    Some(mapped) => Fate::Replaced(mapped),
+                    None => Fate::Unchanged,
+                },
+                None => Fate::Unchanged,
+            };
+        }
+        let Some((kind, children, header)) = aggregate(frame) else {
+            return Fate::Unchanged;
+        };
         if !matches!(kind, b'*' | b'>') || children.len() < 2 {
-            return None;
+            return Fate::Unchanged;
         }
         let part =
             |index: usize| -> Option<&[u8]> { children.get(index).and_then(|&(start, end)| bulk(&frame[start..end])) };
-        let word = part(0)?.to_ascii_lowercase();
-        let versions = &self.versions;
+        let Some(word) = part(0).map(<[u8]>::to_ascii_lowercase) else {
+            return Fate::Unchanged;
+        };
+        let confirmation = matches!(
+            word.as_slice(),
+            b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" | b"ssubscribe" | b"sunsubscribe"
+        ) && children.len() == 3;
+        if kind == b'*' && confirmation {
+            // RESP2: subscribed while the count Redis gives is not zero.
+            let (start, end) = children[2];
+            self.subscribed = !matches!(&frame[start..end], b":0\r\n");
+        } else if kind == b'*' && !self.subscribed {
+            return Fate::Unchanged;
+        }
         let mut replacements: Vec<(usize, Bytes)> = Vec::new();
-        match (word.as_slice(), children.len()) {
-            (b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe", 3) => {
-                replacements.push((1, encode_bulk(&self.subscriptions.client(part(1)?)?)));
-            }
-            (b"message", 3) | (b"pmessage", 4) => {
-                let channel_at = children.len() - 2;
-                if word == b"pmessage"
-                    && let Some(pattern) = self.subscriptions.client(part(1)?)
-                {
-                    replacements.push((1, encode_bulk(&pattern)));
+        let fate = match word.as_slice() {
+            _ if confirmation => {
+                if let Some(client) = part(1).and_then(|stored| self.subscriptions.client(stored)) {
+                    replacements.push((1, encode_bulk(&client)));
                 }
-                let channel = part(channel_at)?;
-                if let Some((prefix, stored)) = split_keyspace(channel) {
-                    match versions.client_key(stored) {
-                        Mapped::Visible(key) if key.len() == stored.len() => {}
-                        Mapped::Visible(key) => replacements.push((channel_at, encode_bulk(&[prefix, key].concat()))),
-                        Mapped::Hidden => return Some(None),
-                    }
-                } else if channel.starts_with(b"__keyevent@") {
-                    let stored = part(channel_at + 1)?;
-                    match versions.client_key(stored) {
-                        Mapped::Visible(key) if key.len() == stored.len() => {}
-                        Mapped::Visible(key) => replacements.push((channel_at + 1, encode_bulk(key))),
-                        Mapped::Hidden => return Some(None),
-                    }
-                }
+                None
             }
-            (b"invalidate", 2) => {
+            b"message" | b"pmessage" if children.len() == 3 + usize::from(word == b"pmessage") => {
+                self.map_message(frame, &children, &mut replacements)
+            }
+            b"invalidate" if kind == b'>' && children.len() == 2 => {
                 let (start, end) = children[1];
-                let keys = &frame[start..end];
-                let (_, items, _) = aggregate(keys)?;
-                let mut kept: Vec<Bytes> = Vec::with_capacity(items.len());
-                for (item_start, item_end) in &items {
-                    match versions.client_key(bulk(&keys[*item_start..*item_end])?) {
-                        Mapped::Visible(key) => kept.push(encode_bulk(key)),
-                        Mapped::Hidden => {}
+                match self.map_keys(&frame[start..end]) {
+                    Some(Some(keys)) => {
+                        replacements.push((1, keys));
+                        None
                     }
+                    Some(None) => Some(Fate::Dropped),
+                    None => None,
                 }
-                if kept.is_empty() {
-                    return Some(None);
-                }
-                let mut array = BytesMut::new();
-                array.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
-                kept.iter().for_each(|key| array.extend_from_slice(key));
-                replacements.push((1, array.freeze()));
             }
-            _ => return None,
+            _ => None,
+        };
+        if let Some(fate) = fate {
+            return fate;
         }
         if replacements.is_empty() {
-            return None;
+            return Fate::Unchanged;
         }
         replacements.sort_by_key(|(index, _)| *index);
         let mut out = BytesMut::with_capacity(frame.len());
@@ -953,8 +1224,155 @@ impl PipeMapper {
                 None => out.extend_from_slice(&frame[*start..*end]),
             }
         }
-        Some(Some(out.freeze()))
+        Fate::Replaced(out.freeze())
     }
+
+    /// Whether a frame answers a command (rather than being a push, or a
+    /// RESP2 subscribed connection's message or confirmation).
+    fn is_reply(&self, frame: &[u8]) -> bool {
+        match frame.first() {
+            Some(b'>') => false,
+            Some(b'*') if !self.resp3 => {
+                let Some((_, children, _)) = aggregate(frame) else {
+                    return true;
+                };
+                let part = |index: usize| children.get(index).map(|&(start, end)| &frame[start..end]);
+                let word = part(0).and_then(bulk).map(<[u8]>::to_ascii_lowercase);
+                let confirmation = children.len() == 3
+                    && part(2).is_some_and(|count| count.starts_with(b":"))
+                    && matches!(
+                        word.as_deref(),
+                        Some(
+                            b"subscribe"
+                                | b"unsubscribe"
+                                | b"psubscribe"
+                                | b"punsubscribe"
+                                | b"ssubscribe"
+                                | b"sunsubscribe"
+                        )
+                    );
+                let message =
+                    self.subscribed && matches!(word.as_deref(), Some(b"message" | b"pmessage" | b"smessage"));
+                !(confirmation || message)
+            }
+            _ => true,
+        }
+    }
+
+    /// A message's channel (and pattern, and payload) mapped back;
+    /// Some(Dropped) if the client must not see it.
+    fn map_message(
+        &mut self,
+        frame: &[u8],
+        children: &[(usize, usize)],
+        replacements: &mut Vec<(usize, Bytes)>,
+    ) -> Option<Fate> {
+        let part =
+            |index: usize| -> Option<&[u8]> { children.get(index).and_then(|&(start, end)| bulk(&frame[start..end])) };
+        let pmessage = children.len() == 4;
+        let channel_at = children.len() - 2;
+        let channel = part(channel_at)?;
+        let client_pattern = if pmessage {
+            part(1).and_then(|pattern| self.subscriptions.client(pattern))
+        } else {
+            None
+        };
+        if let Some(pattern) = &client_pattern {
+            replacements.push((1, encode_bulk(pattern)));
+        }
+        let mut shown_channel = Bytes::copy_from_slice(channel);
+        if channel == b"__redis__:invalidate" {
+            // RESP2 tracking, redirected here: the payload lists the keys.
+            let (start, end) = children[channel_at + 1];
+            match self.map_keys(&frame[start..end]) {
+                Some(Some(keys)) => replacements.push((channel_at + 1, keys)),
+                Some(None) => return Some(Fate::Dropped),
+                None => {}
+            }
+        } else if let Some((prefix, stored)) = split_keyspace(channel) {
+            let event = part(channel_at + 1).unwrap_or_default();
+            let Some(key) = self.event_key(0, stored, event) else {
+                return Some(Fate::Dropped);
+            };
+            if key.len() != stored.len() {
+                shown_channel = Bytes::from([prefix, &key[..]].concat());
+                replacements.push((channel_at, encode_bulk(&shown_channel)));
+            }
+        } else if channel.starts_with(b"__keyevent@") {
+            let stored = part(channel_at + 1)?;
+            let event = channel.rsplit(|byte| *byte == b':').next().unwrap_or_default();
+            let Some(key) = self.event_key(1, stored, event) else {
+                return Some(Fate::Dropped);
+            };
+            if key.len() != stored.len() {
+                replacements.push((channel_at + 1, encode_bulk(&key)));
+            }
+        }
+        if let Some(pattern) = client_pattern
+            && !glob::matches(&pattern, &shown_channel)
+        {
+            // The pattern Redis matched was wider than the client's.
+            return Some(Fate::Dropped);
+        }
+        None
+    }
+
+    /// The client key a keyspace event names, or None when the client must
+    /// not hear of it: a name no client key reaches, a fallback version's
+    /// name, or the `rename_to` of a migration whose `rename_from` was left out.
+    fn event_key(&mut self, kind: usize, stored: &[u8], event: &[u8]) -> Option<Bytes> {
+        let versions = &self.versions;
+        let (key, current) = match versions.client_key(stored) {
+            Mapped::Hidden => return None,
+            Mapped::Visible(key) => (Bytes::copy_from_slice(key), versions.is_current(stored)),
+        };
+        let renamed = self.renamed[kind].take();
+        if !current {
+            if event == b"rename_from" {
+                self.renamed[kind] = Some(key);
+            }
+            return None;
+        }
+        if event == b"rename_to" && renamed.as_ref() == Some(&key) {
+            return None;
+        }
+        Some(key)
+    }
+
+    /// An invalidation's array of stored keys mapped back (and limited to
+    /// the client's BCAST prefixes): None if it is not an array of names,
+    /// Some(None) if no key is left.
+    fn map_keys(&self, keys: &[u8]) -> Option<Option<Bytes>> {
+        let (_, items, _) = aggregate(keys)?;
+        let mut kept: Vec<Bytes> = Vec::with_capacity(items.len());
+        for (start, end) in &items {
+            match self.versions.client_key(bulk(&keys[*start..*end])?) {
+                Mapped::Visible(key) if self.subscriptions.tracked(key) => kept.push(encode_bulk(key)),
+                _ => {}
+            }
+        }
+        if kept.is_empty() {
+            return Some(None);
+        }
+        let mut array = BytesMut::new();
+        array.extend_from_slice(format!("*{}\r\n", kept.len()).as_bytes());
+        kept.iter().for_each(|key| array.extend_from_slice(key));
+        Some(Some(array.freeze()))
+    }
+}
+
+/// Sorted, each once, and none that a shorter one in the list covers.
+fn without_overlaps(mut prefixes: Vec<Bytes>) -> Vec<Bytes> {
+    prefixes.sort();
+    prefixes.dedup();
+    let mut kept: Vec<Bytes> = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        // Sorted, so a covering prefix comes just before what it covers.
+        if kept.last().is_none_or(|shorter| !prefix.starts_with(shorter)) {
+            kept.push(prefix);
+        }
+    }
+    kept
 }
 
 /// `__keyspace@<db>__:` and the key after it.
@@ -1010,19 +1428,48 @@ fn reply_of(name: &[u8], args: &[Bytes]) -> Option<KeyReply> {
     if is("XREAD") || is("XREADGROUP") {
         return Some(KeyReply::Streams);
     }
+    if is("PUBSUB") {
+        let sub = args.get(1)?;
+        if sub.eq_ignore_ascii_case(b"CHANNELS") {
+            return Some(KeyReply::Channels(args.get(2).cloned()));
+        }
+        if sub.eq_ignore_ascii_case(b"NUMSUB") {
+            return Some(KeyReply::NumSub);
+        }
+    }
     None
 }
 
-/// Where SCAN's MATCH pattern is (options after the cursor, in pairs).
+/// Where SCAN's MATCH pattern is (options after the cursor, in pairs; the
+/// last MATCH wins, as in Redis).
 fn match_position(args: &[Bytes]) -> Option<usize> {
     let mut index = 2;
+    let mut found = None;
     while index + 1 < args.len() {
         if args[index].eq_ignore_ascii_case(b"MATCH") {
-            return Some(index + 1);
+            found = Some(index + 1);
         }
         index += 2;
     }
-    None
+    found
+}
+
+/// Whether text appended after `pattern` is read as text: no class left
+/// open, no escape left dangling.
+fn closed(pattern: &[u8]) -> bool {
+    let mut index = 0;
+    let mut in_class = false;
+    while index < pattern.len() {
+        match pattern[index] {
+            b'\\' if index + 1 == pattern.len() => return false,
+            b'\\' => index += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            _ => {}
+        }
+        index += 1;
+    }
+    !in_class
 }
 
 /// The integers of an array reply (`*2\r\n:0\r\n:1\r\n`).
@@ -1079,6 +1526,22 @@ pub fn aggregate(frame: &[u8]) -> Option<Aggregate> {
         offset += frame_len;
     }
     Some((kind, out, header))
+}
+
+/// A SCAN reply's next cursor and names; None if it is not one.
+pub fn scan_page(reply: &[u8]) -> Option<(Bytes, Vec<Bytes>)> {
+    let (_, parts, _) = aggregate(reply)?;
+    let [(cursor_start, cursor_end), (keys_start, keys_end)] = parts[..] else {
+        return None;
+    };
+    let cursor = bulk(&reply[cursor_start..cursor_end])?;
+    let keys_frame = &reply[keys_start..keys_end];
+    let (_, items, _) = aggregate(keys_frame)?;
+    let keys = items
+        .iter()
+        .map(|&(start, end)| bulk(&keys_frame[start..end]).map(Bytes::copy_from_slice))
+        .collect::<Option<Vec<Bytes>>>()?;
+    Some((Bytes::copy_from_slice(cursor), keys))
 }
 
 /// A bulk or simple string's content.
@@ -1147,7 +1610,9 @@ mod tests {
         assert_eq!(versions.server_pattern(b"session:*"), b"session:*".to_vec());
         assert_eq!(versions.server_pattern(b"u*"), b"*".to_vec());
         assert_eq!(versions.server_pattern(b"x*"), b"x*".to_vec());
-        let scan = versions.rewrite(&args("SCAN 0 COUNT 10 MATCH user:1*"), false).unwrap();
+        let scan = versions
+            .rewrite(&args("SCAN 0 COUNT 10 MATCH user:1*"), false, 0)
+            .unwrap();
         assert_eq!(scan.args.unwrap()[5], Bytes::from_static(b"v*:user:1*"));
     }
 
@@ -1192,13 +1657,13 @@ mod tests {
     #[test]
     fn writes_migrate_every_fallback_and_reads_copy() {
         let versions = versioning("v{version}:{key}");
-        let set = versions.rewrite(&args("SET user:1 x"), false).unwrap();
+        let set = versions.rewrite(&args("SET user:1 x"), false, 0).unwrap();
         assert_eq!(set.args.unwrap(), args("SET v2:user:1 x"));
         assert_eq!(set.migration.keys, args("v2:user:1 v1:user:1"));
         assert_eq!(set.migration.groups, args("w2"));
-        let get = versions.rewrite(&args("GET user:1"), false).unwrap();
+        let get = versions.rewrite(&args("GET user:1"), false, 0).unwrap();
         assert_eq!(get.migration.groups, args("r2"));
-        let plain = versions.rewrite(&args("GET session:1"), false).unwrap();
+        let plain = versions.rewrite(&args("GET session:1"), false, 0).unwrap();
         assert!(plain.args.is_none() && plain.migration.is_empty());
     }
 
@@ -1209,13 +1674,19 @@ mod tests {
         // no built-in entry of that name.
         let reply = b"*1\r\n*6\r\n$9\r\nmodule.mv\r\n:-2\r\n*2\r\n+write\r\n+movablekeys\r\n:0\r\n:0\r\n:0\r\n";
         versions.set_table(KeyTable::from_command_reply(reply).unwrap());
-        let refused = versions.rewrite(&args("MODULE.MV user:1"), false).unwrap_err();
+        let refused = versions.rewrite(&args("MODULE.MV user:1"), false, 0).unwrap_err();
         assert!(
             refused.0.contains("MODULE.MV has keys whose positions are unknown"),
             "{refused:?}"
         );
         // Not in the upstream's table at all: Redis answers it (unknown command).
-        assert!(versions.rewrite(&args("NOSUCH user:1"), false).unwrap().args.is_none());
+        assert!(
+            versions
+                .rewrite(&args("NOSUCH user:1"), false, 0)
+                .unwrap()
+                .args
+                .is_none()
+        );
     }
 
     #[test]
