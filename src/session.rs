@@ -273,6 +273,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         queued_versions: Vec::new(),
         pending_versions: None,
         subscriptions: Arc::default(),
+        forwarded: 0,
         in_transaction: false,
         db_before_transaction: None,
         sent_batches: 0,
@@ -363,6 +364,9 @@ struct Session {
     pending_versions: Option<Vec<Option<KeyReply>>>,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
+    /// Commands `forward` put in a batch, ever (so a caller can tell
+    /// whether it answered one itself instead).
+    forwarded: u64,
     in_transaction: bool,
     /// The database when MULTI came (DISCARD undoes a queued SELECT).
     db_before_transaction: Option<u32>,
@@ -1040,8 +1044,12 @@ impl Session {
             // authenticated as a user without scripts: its migrations run
             // first on a pooled connection, and a failed one stops the command.
             if let Err(failure) = self.migrate_now(&found).await {
-                self.reply_bytes(failure).await;
-                return Flow::Continue;
+                if !self.in_transaction {
+                    self.reply_bytes(failure).await;
+                    return Flow::Continue;
+                }
+                command = Command::from_args(vec![Bytes::from_static(b"AURACACHE.REFUSED")]);
+                refused = Some(failure);
             }
         }
         if self.batch_lane != Some(lane) {
@@ -1061,6 +1069,7 @@ impl Session {
             self.batch_versions.push((at, VersionWork::Migrated(migration, at + 1)));
         }
         self.append(command.wire());
+        self.forwarded += 1;
         if let Some(refusal) = refused {
             self.batch_versions
                 .push((self.batch_replies - 1, VersionWork::Refused(refusal)));
@@ -1114,49 +1123,29 @@ impl Session {
             .rewrite(command.args(), self.in_transaction, self.db)
             .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
         if rewritten.unknown {
-            // Redis may know it now (a module loaded since start-up): learn
-            // where its keys are, or forward it for Redis to refuse.
-            let info = Command::from_args(vec![
-                Bytes::from_static(b"COMMAND"),
-                Bytes::from_static(b"INFO"),
-                command.args()[0].clone(),
-            ]);
-            // Asked on a pooled connection: the client's own may be in MULTI
-            // (EXEC included), where it would be queued.
-            let ask = Lane::Pooled {
-                db: self.db,
-                protocol: Protocol::Resp2,
-            };
-            let reply = self
-                .call_now(ask, info.wire().clone(), 1)
-                .await
-                .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
-            if let Ok(table) = crate::keys::table::KeyTable::from_command_reply(&reply) {
-                versions.learn(table);
-                rewritten = versions
-                    .rewrite(command.args(), self.in_transaction, self.db)
-                    .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
-                if rewritten.unknown {
-                    return Err(Reply::error(format!(
-                        "ERR auracache: {} has keys whose positions are unknown; it is refused while key versioning is on",
-                        String::from_utf8_lossy(&command.args()[0]).to_uppercase()
-                    ))
-                    .encode(self.protocol));
-                }
-            }
+            // Redis may know it now (a module loaded since start-up).
+            rewritten = self.learn_command(versions, command).await?;
         }
         if let Some(positions) = rewritten.resolve.take() {
             let args = rewritten.args.take().unwrap_or_else(|| command.args().to_vec());
             // A write may move the key between the look-up and the read:
             // the read stands only if the old names still exist after it.
+            let pooled = Lane::Pooled {
+                db: self.db,
+                protocol: Protocol::Resp2,
+            };
+            let upstream_error = |error: UpstreamError, protocol| Reply::error(error.client_message()).encode(protocol);
             for _ in 0..8 {
-                let found = match self
-                    .call_now(lane, rewritten.migration.request(versions::FIND_SCRIPT), 1)
+                // Asked with the proxy's credentials (the client's own may not
+                // run scripts).
+                let reply = self
+                    .call_now(pooled, rewritten.migration.request(versions::FIND_SCRIPT), 1)
                     .await
-                {
-                    Ok(reply) => versions::integers(&reply),
-                    Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
-                };
+                    .map_err(|error| upstream_error(error, self.protocol))?;
+                if reply.first() == Some(&b'-') {
+                    return Err(reply);
+                }
+                let found = versions::integers(&reply);
                 let (mut pointed, mut migration) = (args.clone(), rewritten.migration.clone());
                 let old_names = migration.apply_found(&found, &mut pointed, &positions);
                 if old_names.is_empty() {
@@ -1164,24 +1153,41 @@ impl Session {
                     rewritten.args = Some(pointed);
                     break;
                 }
-                let mut request = BytesMut::from(Command::from_args(pointed).wire().as_ref());
+                // Any other keys of the command migrate first, as usual.
+                let mut request = BytesMut::new();
+                let migrates = !migration.is_empty();
+                if migrates {
+                    request.extend_from_slice(&migration.request(MIGRATE_SCRIPT));
+                }
+                request.extend_from_slice(Command::from_args(pointed).wire());
                 let mut exists = vec![Bytes::from_static(b"EXISTS")];
                 exists.extend(old_names.iter().map(|(name, _)| name.clone()));
                 request.extend_from_slice(Command::from_args(exists).wire());
-                let replies = match self.call_now(lane, request.freeze(), 2).await {
-                    Ok(replies) => replies,
-                    Err(error) => return Err(Reply::error(error.client_message()).encode(self.protocol)),
-                };
-                let starts = frame_starts(&replies, 2);
-                if starts.len() < 3 {
-                    return Err(Reply::error(UpstreamError::lost().client_message()).encode(self.protocol));
+                let count = 2 + usize::from(migrates);
+                let replies = self
+                    .call_now(lane, request.freeze(), count)
+                    .await
+                    .map_err(|error| upstream_error(error, self.protocol))?;
+                let starts = frame_starts(&replies, count);
+                if starts.len() < count + 1 {
+                    return Err(upstream_error(UpstreamError::lost(), self.protocol));
                 }
-                let still = versions::integers(&replies[starts[1]..starts[2]]);
+                let first = usize::from(migrates);
+                if migrates && !migration.count(&replies[starts[0]..starts[1]]) {
+                    let message = String::from_utf8_lossy(&replies[starts[0] + 1..starts[1]])
+                        .trim_end()
+                        .to_string();
+                    return Err(
+                        Reply::error(format!("ERR auracache: version migration failed: {message}"))
+                            .encode(self.protocol),
+                    );
+                }
+                let still = versions::integers(&replies[starts[first + 1]..starts[first + 2]]);
                 if still.first().is_some_and(|count| *count == old_names.len() as i64) {
                     for (_, namespace) in &old_names {
                         namespace.fallback_hits.fetch_add(1, Ordering::Relaxed);
                     }
-                    let reply = replies.slice(starts[0]..starts[1]);
+                    let reply = replies.slice(starts[first]..starts[first + 1]);
                     let mapped = rewritten.reply.as_ref().and_then(|how| versions.map_reply(how, &reply));
                     return Ok(Rewrite::Answered(mapped.unwrap_or(reply)));
                 }
@@ -1202,6 +1208,9 @@ impl Session {
     /// Runs a migration now on a pooled connection (the proxy's own
     /// credentials); Err: the client's error if Redis refused it.
     async fn migrate_now(&mut self, migration: &Migration) -> Result<(), Bytes> {
+        // After the client's earlier commands (a SWAPDB or FLUSHDB before it
+        // changes what there is to migrate).
+        self.settle().await;
         let lane = Lane::Pooled {
             db: self.db,
             protocol: Protocol::Resp2,
@@ -1224,6 +1233,18 @@ impl Session {
             Ok(())
         } else {
             Err(failed(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()))
+        }
+    }
+
+    /// Sends what is batched and waits until Redis has answered everything
+    /// this client sent.
+    async fn settle(&mut self) {
+        self.flush().await;
+        if self.answered.load(Ordering::Acquire) != self.sent_batches {
+            let (done, wait) = oneshot::channel();
+            if self.slots.send(Slot::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
         }
     }
 
@@ -1364,7 +1385,12 @@ impl Session {
             Lookup::Pass => self.forward(self.pooled_lane(), command).await,
             Lookup::Miss(ticket) => {
                 let lane = self.pooled_lane();
+                let before = self.forwarded;
                 self.forward(lane, command).await;
+                if self.forwarded == before {
+                    // Answered without Redis (refused): nothing to fill.
+                    return Flow::Continue;
+                }
                 let index = self.batch_replies - 1;
                 let stored = self.stored_name(&key);
                 self.append(&pttl_request(&stored));
@@ -1432,6 +1458,7 @@ impl Session {
         let missing_count = missing.len();
         let all_missing = missing_count == items.len();
         let lane = self.pooled_lane();
+        let before = self.forwarded;
         if all_missing {
             self.forward(lane, command).await;
         } else {
@@ -1439,6 +1466,10 @@ impl Session {
             forwarded.extend_from_slice(&args[..fixed]);
             forwarded.extend(missing);
             self.forward(lane, Command::from_args(forwarded)).await;
+        }
+        if self.forwarded == before {
+            // Answered without Redis (refused): nothing to merge or fill.
+            return Flow::Continue;
         }
         let index = self.batch_replies - 1;
         for key in &pttl_keys {
@@ -1756,8 +1787,11 @@ impl Session {
         if let Some(versions) = self.shared.versions.clone()
             && let Err(refusal) = self.rewrite_piped(&versions, &mut command).await
         {
-            self.reply_bytes(refusal).await;
-            return Flow::Continue;
+            // Sent through Redis, which refuses it too: its error keeps its
+            // place among the piped replies (the proxy's text replaces
+            // Redis's), and inside MULTI it makes EXEC abort.
+            command = Command::from_args(vec![Bytes::from_static(b"AURACACHE.REFUSED")]);
+            self.subscriptions.expect_reply(Some(KeyReply::Refused(refusal)));
         }
         let Some(connection) = &self.dedicated else {
             return Flow::Stop;
@@ -1769,20 +1803,48 @@ impl Session {
     }
 
     /// Key versioning for a piped client: keyspace channels and patterns
-    /// rewritten (and remembered, so their confirmations map back), other
-    /// commands' keys rewritten, migrations run first on a pooled
-    /// connection (their replies could not be told apart on the pipe).
+    /// rewritten (and remembered, so their confirmations map back), BCAST
+    /// prefixes rewritten, other commands' keys rewritten, migrations run
+    /// first on a pooled connection (their replies could not be told apart
+    /// on the pipe), and each reply the command will get noted in order
+    /// for `PipeMapper`. Err: the refusal to answer in its place.
     async fn rewrite_piped(&mut self, versions: &Versioning, command: &mut Command) -> Result<(), Bytes> {
         if let Err(error) = command.decode_args() {
             return Err(Reply::error(format!("ERR {error}")).encode(self.protocol));
         }
-        let patterns = command.is("PSUBSCRIBE") || command.is("PUNSUBSCRIBE");
-        if patterns || command.is("SUBSCRIBE") || command.is("UNSUBSCRIBE") {
+        let subscriptions = self.subscriptions.clone();
+        let is = |name: &str| command.is(name);
+        if is("RESET") {
+            self.protocol = Protocol::Resp2;
+            subscriptions.reset();
+            subscriptions.expect_reply(None);
+            return Ok(());
+        }
+        if is("HELLO")
+            && let Some(version) = command.arg(1).and_then(parse_i64)
+        {
+            // Taken as accepted: a refused HELLO changes nothing, and its
+            // error reply is mapped like any other.
+            if version == 2 || version == 3 {
+                self.protocol = if version == 3 { Protocol::Resp3 } else { Protocol::Resp2 };
+                subscriptions.set_resp3(version == 3);
+            }
+        }
+        let patterns = is("PSUBSCRIBE") || is("PUNSUBSCRIBE");
+        if patterns || is("SUBSCRIBE") || is("UNSUBSCRIBE") || is("SSUBSCRIBE") || is("SUNSUBSCRIBE") {
+            if command.argc() == 1 && !is("UNSUBSCRIBE") && !is("PUNSUBSCRIBE") && !is("SUNSUBSCRIBE") {
+                // Refused by Redis for its arity: that is a reply.
+                subscriptions.expect_reply(None);
+                return Ok(());
+            }
+            if is("SSUBSCRIBE") || is("SUNSUBSCRIBE") {
+                return Ok(());
+            }
             let mut args = command.args().to_vec();
             let mut changed = false;
             for arg in args.iter_mut().skip(1) {
                 if let Some(stored) = versions.keyspace_channel(arg, patterns) {
-                    self.subscriptions.remember(stored.clone(), arg.clone());
+                    subscriptions.remember(stored.clone(), arg.clone());
                     *arg = stored;
                     changed = true;
                 }
@@ -1792,51 +1854,124 @@ impl Session {
             }
             return Ok(());
         }
-        if command.is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"TRACKING")) {
-            // BCAST prefixes of a versioned namespace name its stored keys;
-            // the invalidations are limited to the client's own prefixes.
-            let args = command.args();
-            let mut kept = Vec::with_capacity(args.len());
-            let mut prefixes = Vec::new();
-            let mut index = 0;
-            while index < args.len() {
-                if index >= 2 && args[index].eq_ignore_ascii_case(b"PREFIX") && index + 1 < args.len() {
-                    prefixes.push(args[index + 1].clone());
-                    index += 2;
-                } else {
-                    kept.push(args[index].clone());
-                    index += 1;
-                }
-            }
-            let stored = versions.stored_tracking_prefixes(&prefixes);
-            if stored != prefixes {
-                for prefix in stored {
-                    kept.extend([Bytes::from_static(b"PREFIX"), prefix]);
-                }
-                *command = Command::from_args(kept);
-            }
-            self.subscriptions.track_prefixes(prefixes);
-            self.subscriptions.expect_reply(None);
+        if is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"TRACKING")) {
+            self.rewrite_tracking(versions, command);
+            subscriptions.expect_reply(None);
             return Ok(());
         }
-        let rewritten = versions
+        let mut rewritten = versions
             .rewrite(command.args(), true, self.db)
             .map_err(|refusal| Reply::Error(refusal.0).encode(self.protocol))?;
+        if rewritten.unknown {
+            rewritten = self.learn_command(versions, command).await?;
+        }
         if !rewritten.migration.is_empty() {
             self.migrate_now(&rewritten.migration).await?;
         }
-        if command.is("MONITOR")
-            || (command.is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"REPLY")))
-        {
+        let unpairs =
+            is("MONITOR") || (is("CLIENT") && command.arg(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"REPLY")));
+        if unpairs {
             // Replies stop pairing with commands: none is mapped from here on.
-            self.subscriptions.stop_pairing();
-        } else if !command.is("SSUBSCRIBE") && !command.is("SUNSUBSCRIBE") {
-            self.subscriptions.expect_reply(rewritten.reply);
+            subscriptions.stop_pairing();
+        } else if is("EXEC") {
+            let queued = std::mem::take(&mut self.queued_versions);
+            subscriptions.expect_reply(Some(KeyReply::Exec(queued)));
+        } else if is("MULTI") || is("DISCARD") {
+            self.queued_versions.clear();
+            subscriptions.expect_reply(None);
+        } else if self.in_transaction && !is("WATCH") {
+            // QUEUED now; its element of EXEC's array is mapped at EXEC.
+            self.queued_versions.push(rewritten.reply);
+            subscriptions.expect_reply(None);
+        } else {
+            subscriptions.expect_reply(rewritten.reply);
         }
         if let Some(args) = rewritten.args {
             *command = Command::from_args(args);
         }
         Ok(())
+    }
+
+    /// CLIENT TRACKING: BCAST prefixes of a versioned namespace name its
+    /// stored keys; the client's invalidations are limited to its own
+    /// prefixes. Prefixes that overlap each other are left for Redis to
+    /// refuse.
+    fn rewrite_tracking(&mut self, versions: &Versioning, command: &mut Command) {
+        let args = command.args();
+        if args.iter().skip(2).any(|arg| arg.eq_ignore_ascii_case(b"OFF"))
+            || args.get(2).is_some_and(|arg| arg.eq_ignore_ascii_case(b"OFF"))
+        {
+            self.subscriptions.track_prefixes(Vec::new(), true);
+            return;
+        }
+        let mut kept = Vec::with_capacity(args.len());
+        let mut prefixes = Vec::new();
+        let mut index = 0;
+        while index < args.len() {
+            if index >= 2 && args[index].eq_ignore_ascii_case(b"PREFIX") && index + 1 < args.len() {
+                prefixes.push(args[index + 1].clone());
+                index += 2;
+            } else {
+                kept.push(args[index].clone());
+                index += 1;
+            }
+        }
+        let overlapping = prefixes
+            .iter()
+            .enumerate()
+            .any(|(i, a)| prefixes.iter().enumerate().any(|(j, b)| i != j && a.starts_with(b)));
+        if prefixes.is_empty() || overlapping {
+            return;
+        }
+        let stored = versions.stored_tracking_prefixes(&prefixes);
+        if stored != prefixes {
+            for prefix in stored {
+                kept.extend([Bytes::from_static(b"PREFIX"), prefix]);
+            }
+            *command = Command::from_args(kept);
+        }
+        self.subscriptions.track_prefixes(prefixes, false);
+    }
+
+    /// A command the upstream's table lacks: asked of Redis (`COMMAND
+    /// INFO`, on a pooled connection: the client's own may be in MULTI),
+    /// learned, and rewritten again; refused if its keys still cannot be
+    /// placed, forwarded as it is if Redis does not know it either.
+    async fn learn_command(&mut self, versions: &Versioning, command: &Command) -> Result<versions::Rewritten, Bytes> {
+        let name = command.args()[0].clone();
+        let info = Command::from_args(vec![
+            Bytes::from_static(b"COMMAND"),
+            Bytes::from_static(b"INFO"),
+            name.clone(),
+        ]);
+        let pooled = Lane::Pooled {
+            db: self.db,
+            protocol: Protocol::Resp2,
+        };
+        let reply = self
+            .call_now(pooled, info.wire().clone(), 1)
+            .await
+            .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
+        let refuse = |refusal: versions::Refusal, protocol| Reply::Error(refusal.0).encode(protocol);
+        let Ok(table) = crate::keys::table::KeyTable::from_command_reply(&reply) else {
+            let mut unknown = versions
+                .rewrite(command.args(), self.in_transaction, self.db)
+                .map_err(|refusal| refuse(refusal, self.protocol))?;
+            unknown.unknown = false;
+            return Ok(unknown);
+        };
+        versions.learn(table);
+        let rewritten = versions
+            .rewrite(command.args(), self.in_transaction, self.db)
+            .map_err(|refusal| refuse(refusal, self.protocol))?;
+        if rewritten.unknown {
+            return Err(Reply::error(format!(
+                "ERR auracache: {} has keys whose positions are unknown; it is refused while key versioning is on",
+                String::from_utf8_lossy(&name).to_uppercase()
+            ))
+            .encode(self.protocol));
+        }
+        Ok(rewritten)
     }
 
     /// Queues a reply the proxy produced, after everything before it.
@@ -2010,7 +2145,7 @@ fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: Bat
                 continue;
             }
             VersionWork::Map(how) => versions.map_reply(&how, frame),
-            VersionWork::Transaction(queued) => map_transaction(versions, &queued, frame),
+            VersionWork::Transaction(queued) => versions.map_reply(&KeyReply::Exec(queued), frame),
             VersionWork::Refused(refusal) => Some(refusal),
         };
         if let Some(replacement) = replacement {
@@ -2018,24 +2153,6 @@ fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: Bat
         }
     }
     Ok(replace_frames(&bytes, &starts, replacements.into_iter()))
-}
-
-/// EXEC's array with each queued command's element mapped back.
-fn map_transaction(versions: &Versioning, queued: &[Option<KeyReply>], frame: &[u8]) -> Option<Bytes> {
-    let (kind, children, header) = versions::aggregate(frame)?;
-    if kind != b'*' || children.len() != queued.len() {
-        return None;
-    }
-    let mut out = BytesMut::with_capacity(frame.len());
-    out.extend_from_slice(&frame[..header]);
-    for (how, (start, end)) in queued.iter().zip(children) {
-        let element = &frame[start..end];
-        match how.as_ref().and_then(|how| versions.map_reply(how, element)) {
-            Some(mapped) => out.extend_from_slice(&mapped),
-            None => out.extend_from_slice(element),
-        }
-    }
-    Some(out.freeze())
 }
 
 /// One reply decoded: None if it is the client's as it is.

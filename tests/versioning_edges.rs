@@ -487,7 +487,13 @@ async fn was_an_expired_key_comes_back_from_an_older_shadowed_fallback() {
     assert_eq!(direct.cmd("SET v1:app:x new PX 300").await, "+OK\r\n");
     let mut client = proxy.raw().await;
     assert_eq!(client.cmd("GET app:x").await, "$3\r\nnew\r\n");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Expired in Redis (both the copy and v1 carry v1's expiry).
+    direct.cmd_until("EXISTS v1:app:x v2:app:x", ":0\r\n").await;
+    assert_eq!(
+        direct.cmd("EXISTS v0:app:x").await,
+        ":0\r\n",
+        "the shadowed v0 went at the copy"
+    );
     assert_eq!(client.cmd("GET app:x").await, "$-1\r\n");
 }
 
@@ -799,4 +805,437 @@ async fn check_pipeline_order_with_resolves_and_refusals() {
     assert_eq!(client.read_reply().await, b"$2\r\nva\r\n");
     assert!(client.read_reply().await.starts_with(b"-ERR auracache"));
     assert_eq!(client.read_reply().await, b"$1\r\n3\r\n");
+}
+
+// The second review's findings, on the fixes for the first.
+
+fn no_migrate(config: &mut Config) {
+    config.namespaces.get_mut("app").unwrap().migrate_on_read = Some(false);
+}
+
+// Was (second review): L1 miss path after a refusal: read_through_l1 computes batch_replies - 1
+// after forward() answered the command itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_get_on_the_l1_path_answers_and_keeps_the_client() {
+    let (_server, proxy, _direct) = start(common::l1_eager).await;
+    let mut client = proxy.raw().await;
+    let first = client.try_cmd("GET v2:app:x").await;
+    assert!(
+        first
+            .as_deref()
+            .is_some_and(|reply| reply.starts_with("-ERR auracache: the key 'v2:app:x'")),
+        "{first:?}"
+    );
+    let second = client.try_cmd("GET v2:app:x").await;
+    let third = client.try_cmd("PING").await;
+    assert_eq!(
+        third.as_deref(),
+        Some("+PONG\r\n"),
+        "client dropped: {first:?} {second:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_mget_on_the_l1_path_answers_and_keeps_the_client() {
+    let (_server, proxy, _direct) = start(common::l1_eager).await;
+    let mut client = proxy.raw().await;
+    let first = client.try_cmd("MGET v2:app:x plain").await;
+    let third = client.try_cmd("PING").await;
+    assert_eq!(third.as_deref(), Some("+PONG\r\n"), "client dropped: {first:?}");
+}
+
+// Was (second review): A failed migration inside MULTI: the command is answered with an
+// error but never queued, so EXEC runs the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_inside_multi_aborts_exec() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v1:app:k old").await, "+OK\r\n");
+    let mut redis = RawClient::connect(_server.addr()).await;
+    let r: Vec<String> = vec![
+        redis.cmd("MULTI").await,
+        redis.cmd("SET plain:a 1").await,
+        redis.cmd("MOVE plain:k 99").await,
+        redis.cmd("EXEC").await,
+    ];
+    let mut client = proxy.raw().await;
+    let p: Vec<String> = vec![
+        client.cmd("MULTI").await,
+        client.cmd("SET plain:b 1").await,
+        client.cmd("MOVE app:k 99").await,
+        client.cmd("EXEC").await,
+    ];
+    // Now as in Redis: MOVE is queued, and fails alone inside EXEC.
+    assert_eq!(p, r);
+}
+
+// Was (second review): WATCH with migrate_on_read = false watches the v1 name; a write in the
+// transaction migrates (RENAME v1 -> v2), which touches the watched key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_without_migrate_on_read_keeps_the_transaction() {
+    let (_server, proxy, mut direct) = start(no_migrate).await;
+    assert_eq!(direct.cmd("SET v1:app:k old").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    let p = [
+        client.cmd("WATCH app:k").await,
+        client.cmd("MULTI").await,
+        client.cmd("SET app:k new").await,
+        client.cmd("EXEC").await,
+        client.cmd("GET app:k").await,
+    ];
+    assert_eq!(p[3], "*1\r\n+OK\r\n");
+}
+
+// Was (second review): XREAD BLOCK with migrate_on_read = false blocks on the v1 name; an XADD
+// through the proxy moves the stream to v2, the reader never wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xread_block_without_migrate_on_read_sees_new_entries() {
+    let (_server, proxy, mut direct) = start(no_migrate).await;
+    assert!(direct.cmd("XADD v1:app:s 1-1 f v").await.contains("1-1"));
+    let mut reader = proxy.raw().await;
+    reader
+        .send_command(&[b"XREAD", b"BLOCK", b"1500", b"STREAMS", b"app:s", b"$"])
+        .await;
+    common::poll_until_async("XREAD to block in Redis", || {
+        let addr = _server.addr();
+        async move {
+            let mut probe = RawClient::connect(addr).await;
+            probe.cmd("INFO clients").await.contains("blocked_clients:1")
+        }
+    })
+    .await;
+    let mut writer = proxy.raw().await;
+    assert_eq!(writer.cmd("XADD app:s 2-1 f w").await, "$3\r\n2-1\r\n");
+    let got = reply_within(&mut reader, Duration::from_secs(8)).await;
+    assert!(got.as_deref().is_some_and(|r| r.contains("2-1")), "{got:?}");
+}
+
+// Was (second review): MGET across a no-migrate namespace (key in v1) and a migrating one
+// (key in v1): the answered read drops the other namespace's migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_mixing_namespaces_keeps_the_migrating_one() {
+    let (_server, proxy, mut direct) = start(|config| {
+        no_migrate(config);
+        let other = config.namespaces.entry("other".into()).or_default();
+        other.version = Some(2);
+        other.fallback_versions = vec![1];
+    })
+    .await;
+    assert_eq!(direct.cmd("SET v1:app:a A").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:other:b B").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    let got = client.cmd("MGET app:a other:b").await;
+    assert_eq!(got, "*2\r\n$1\r\nA\r\n$1\r\nB\r\n");
+}
+
+// Was (second review): migrate_on_read = false: FIND runs on the client's own connection; a
+// client with its own AUTH (no scripting) reads the empty current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_runs_with_the_proxys_credentials() {
+    let (_server, proxy, mut direct) = start(no_migrate).await;
+    assert_eq!(
+        direct.cmd("ACL SETUSER alice on >pw +@all -@scripting ~*").await,
+        "+OK\r\n"
+    );
+    assert_eq!(direct.cmd("SET v1:app:x old").await, "+OK\r\n");
+    let mut alice = proxy.raw().await;
+    assert_eq!(alice.cmd("AUTH alice pw").await, "+OK\r\n");
+    let got = alice.cmd("GET app:x").await;
+    assert_eq!(got, "$3\r\nold\r\n");
+}
+
+/// A RESP3 client made piped by SUBSCRIBE to a plain channel.
+async fn piped_resp3(proxy: &Proxy) -> RawClient {
+    let mut client = proxy.raw().await;
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    let sub = client.cmd("SUBSCRIBE plain:chan").await;
+    assert!(sub.starts_with(">3"), "{sub}");
+    client
+}
+
+// Was (second review): A SUBSCRIBE without channels in pipe mode: Redis answers an error (a
+// reply), but no reply was expected for it, so the next command's mapping
+// is consumed by it and KEYS comes back unmapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_subscribe_arity_error_keeps_replies_in_step() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v2:app:k 1").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:old 1").await, "+OK\r\n");
+    let mut client = piped_resp3(&proxy).await;
+    client.send_command(&[b"SUBSCRIBE"]).await;
+    client.send_command(&[b"KEYS", b"app:*"]).await;
+    let a = reply_within(&mut client, Duration::from_secs(3)).await;
+    let b = reply_within(&mut client, Duration::from_secs(3)).await;
+    assert!(
+        a.as_deref().is_some_and(|reply| reply.starts_with("-ERR wrong number")),
+        "{a:?}"
+    );
+    // KEYS's own reply, mapped: app:k, and app:old (still in v1).
+    let keys = b.unwrap_or_default();
+    assert!(
+        keys.starts_with("*2\r\n") && keys.contains("$5\r\napp:k\r\n") && keys.contains("$7\r\napp:old\r\n"),
+        "{keys}"
+    );
+}
+
+// Was (second review): RESET in pipe mode: the mapper still thinks RESP3, so RESP2
+// confirmations/messages after it are taken for replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_reset_then_keyspace_subscribe_names_client_keys() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("CONFIG SET notify-keyspace-events KA").await, "+OK\r\n");
+    let mut client = piped_resp3(&proxy).await;
+    assert_eq!(client.cmd("RESET").await, "+RESET\r\n");
+    let sub = client.cmd("SUBSCRIBE __keyspace@0__:app:k").await;
+    assert!(sub.contains("__keyspace@0__:app:k"), "{sub}");
+    let mut writer = proxy.raw().await;
+    assert_eq!(writer.cmd("SET app:k 1").await, "+OK\r\n");
+    let message = reply_within(&mut client, Duration::from_secs(3)).await;
+    assert!(!sub.contains("v2:") && !message.unwrap_or_default().contains("v2:"));
+}
+
+// Was (second review): HELLO 2 in RESP3 pipe mode (still subscribed): RESP2 messages are
+// taken for replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_hello2_then_keyspace_messages_name_client_keys() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("CONFIG SET notify-keyspace-events KA").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    let sub = client.cmd("SUBSCRIBE __keyspace@0__:app:k").await;
+    assert!(sub.contains("__keyspace@0__:app:k"), "{sub}");
+    assert!(client.cmd("HELLO 2").await.starts_with('*'));
+    let mut writer = proxy.raw().await;
+    assert_eq!(writer.cmd("SET app:k 1").await, "+OK\r\n");
+    let message = reply_within(&mut client, Duration::from_secs(3)).await;
+    assert!(!message.unwrap_or_default().contains("v2:"));
+}
+
+// Was (second review): RESP2: the count in a SUNSUBSCRIBE confirmation is the shard count;
+// the mapper takes 0 for "not subscribed" while the client still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_shard_counts_do_not_end_subscribed_mode() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("CONFIG SET notify-keyspace-events KA").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    assert!(client.cmd("SSUBSCRIBE plain:shard").await.ends_with(":1\r\n"));
+    assert!(client.cmd("SUBSCRIBE __keyspace@0__:app:k").await.ends_with(":1\r\n"));
+    assert!(client.cmd("SUNSUBSCRIBE plain:shard").await.ends_with(":0\r\n"));
+    let mut writer = proxy.raw().await;
+    assert_eq!(writer.cmd("SET app:k 1").await, "+OK\r\n");
+    let message = reply_within(&mut client, Duration::from_secs(3)).await;
+    assert_eq!(
+        message.as_deref(),
+        Some("*3\r\n$7\r\nmessage\r\n$20\r\n__keyspace@0__:app:k\r\n$3\r\nset\r\n")
+    );
+}
+
+// Was (second review): A refusal in pipe mode is written at once, ahead of replies still owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_refusal_keeps_its_place() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET plain:big x").await, "+OK\r\n");
+    let mut client = piped_resp3(&proxy).await;
+    // A slow-ish command first.
+    client
+        .send_command(&[
+            b"EVAL",
+            b"local i = 0 while i < 20000000 do i = i + 1 end return 'slow'",
+            b"0",
+        ])
+        .await;
+    client.send_command(&[b"GET", b"v2:app:x"]).await;
+    let a = reply_within(&mut client, Duration::from_secs(5)).await;
+    let b = reply_within(&mut client, Duration::from_secs(5)).await;
+    assert!(a.unwrap_or_default().contains("slow"), "replies out of order");
+    assert!(b.is_some_and(|reply| reply.starts_with("-ERR auracache: the key 'v2:app:x'")));
+}
+
+// Was (second review): MULTI in pipe mode: EXEC's array is not mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_exec_array_names_client_keys() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v2:app:k 1").await, "+OK\r\n");
+    let mut client = piped_resp3(&proxy).await;
+    let p = [
+        client.cmd("MULTI").await,
+        client.cmd("KEYS app:*").await,
+        client.cmd("EXEC").await,
+    ];
+    assert!(!p[2].contains("v2:"));
+}
+
+// Was (second review): A refusal in pipe mode inside MULTI: Redis never sees it; EXEC runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piped_refusal_inside_multi_aborts_exec() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    let mut client = piped_resp3(&proxy).await;
+    let p = vec![
+        client.cmd("MULTI").await,
+        client.cmd("SET app:a 1").await,
+        client.cmd("SORT app:l BY *:w").await,
+        client.cmd("EXEC").await,
+    ];
+    assert!(p[3].starts_with("-EXECABORT"), "{p:?}");
+    assert_eq!(direct.cmd("EXISTS v2:app:a").await, ":0\r\n");
+}
+
+// Was (second review): An unknown command: Redis answers "unknown command"; the proxy?
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_command_error_text() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    let mut client = proxy.raw().await;
+    let r = direct.cmd("NOSUCHCMD app:x").await;
+    let p = client.cmd("NOSUCHCMD app:x").await;
+    let calls = common::redis_calls(&mut direct, "command|info").await;
+    for _ in 0..5 {
+        client.cmd("NOSUCHCMD app:x").await;
+    }
+    let after = common::redis_calls(&mut direct, "command|info").await;
+    assert_eq!(p, r);
+    // The cost of not knowing it: one COMMAND INFO each time.
+    assert_eq!(after - calls, 5);
+}
+
+// Was (second review): Overlapping BCAST prefixes: Redis refuses them, the proxy drops one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_bcast_prefixes_are_refused_by_redis() {
+    let (_server, proxy, _direct) = start(|_| {}).await;
+    let mut redis = RawClient::connect(_server.addr()).await;
+    assert!(redis.cmd("HELLO 3").await.starts_with('%'));
+    let r = redis.cmd("CLIENT TRACKING ON BCAST PREFIX plain: PREFIX plain:1").await;
+    let mut client = proxy.raw().await;
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    let p = client.cmd("CLIENT TRACKING ON BCAST PREFIX app: PREFIX app:1").await;
+    assert!(r.starts_with("-ERR Prefix 'plain:"), "{r}");
+    assert!(p.starts_with("-ERR Prefix 'app:"), "Redis's own refusal: {p}");
+}
+
+// Was (second review): migrate_on_read = false + compression: the answered read is decoded?
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_read_of_compressed_value() {
+    let (_server, proxy, mut direct) = start(|config| {
+        no_migrate(config);
+        config.compression.enabled = true;
+        config.compression.threshold = 8;
+    })
+    .await;
+    let value = "a".repeat(200);
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd(&format!("SET app:z {value}")).await, "+OK\r\n");
+    assert_eq!(client.cmd(&format!("SET app:y {value}")).await, "+OK\r\n");
+    assert_eq!(direct.cmd("RENAME v2:app:z v1:app:z").await, "+OK\r\n");
+    assert_eq!(direct.cmd("RENAME v2:app:y v1:app:y").await, "+OK\r\n");
+    let expected = format!("${}\r\n{value}\r\n", value.len());
+    assert_eq!(client.cmd("GET app:z").await, expected);
+    let mget = client.cmd("MGET app:z app:y").await;
+    assert_eq!(mget, format!("*2\r\n{expected}{expected}"));
+    let strlen = client.cmd("STRLEN app:z").await;
+    let range = client.cmd("GETRANGE app:z 0 3").await;
+    assert_eq!((strlen, range), (":200\r\n".to_string(), "$4\r\naaaa\r\n".to_string()));
+}
+
+// Was (second review): A second CLIENT TRACKING ON BCAST adds prefixes in Redis; the proxy
+// replaces the client's list and drops the first prefix's invalidations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bcast_adds_its_prefixes() {
+    let (server, proxy, _direct) = start(|_| {}).await;
+    let mut redis = RawClient::connect(server.addr()).await;
+    assert!(redis.cmd("HELLO 3").await.starts_with('%'));
+    let r1 = redis.cmd("CLIENT TRACKING ON BCAST PREFIX plain:a").await;
+    let r2 = redis.cmd("CLIENT TRACKING ON BCAST PREFIX plain:b").await;
+    let mut w = RawClient::connect(server.addr()).await;
+    w.cmd("SET plain:a1 1").await;
+    let redis_push = reply_within(&mut redis, Duration::from_secs(2)).await;
+
+    let mut client = proxy.raw().await;
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    let p1 = client.cmd("CLIENT TRACKING ON BCAST PREFIX app:a").await;
+    let p2 = client.cmd("CLIENT TRACKING ON BCAST PREFIX app:b").await;
+    let mut writer = proxy.raw().await;
+    writer.cmd("SET app:a1 1").await;
+    let push = reply_within(&mut client, Duration::from_secs(2)).await;
+    for reply in [&r1, &r2, &p1, &p2] {
+        assert_eq!(reply, "+OK\r\n");
+    }
+    assert!(redis_push.is_some_and(|push| push.contains("plain:a1")));
+    assert!(
+        push.is_some_and(|push| push.contains("app:a1")),
+        "no invalidation for app:a1"
+    );
+}
+
+// Was (second review): RANDOMKEY with almost only hidden keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomkey_scan_fallback() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    for i in 0..300 {
+        direct.cmd(&format!("SET v3:app:h{i} x")).await;
+    }
+    direct.cmd("SET v2:app:seen 1").await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("RANDOMKEY").await, "$8\r\napp:seen\r\n");
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    assert_eq!(client.cmd("RANDOMKEY").await, "$8\r\napp:seen\r\n");
+    direct.cmd("DEL v2:app:seen").await;
+    let nil = client.cmd("RANDOMKEY").await;
+    assert_eq!(nil, "_\r\n");
+}
+
+// Was (second review): PUBSUB mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_channels_and_numsub() {
+    let (_server, proxy, _direct) = start(|_| {}).await;
+    let mut sub = proxy.raw().await;
+    assert!(sub.cmd("SUBSCRIBE __keyspace@0__:app:k").await.contains("subscribe"));
+    let mut client = proxy.raw().await;
+    let c = client.cmd("PUBSUB CHANNELS").await;
+    let c2 = client.cmd("PUBSUB CHANNELS __keyspace@0__:app:*").await;
+    let n = client.cmd("PUBSUB NUMSUB __keyspace@0__:app:k").await;
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    let n3 = client.cmd("PUBSUB NUMSUB __keyspace@0__:app:k plain").await;
+    assert!(!c.contains("v2:") && !c2.contains("v2:") && !n.contains("v2:") && !n3.contains("v2:"));
+}
+
+// Was (second review): A dedicated client's migration runs before its own earlier (still
+// unsent) commands: SWAPDB then GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_migration_runs_after_an_earlier_swapdb() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    direct.cmd("SELECT 1").await;
+    assert_eq!(direct.cmd("SET v1:app:k one").await, "+OK\r\n");
+    direct.cmd("SELECT 0").await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("CLIENT SETNAME me").await, "+OK\r\n");
+    client.send_command(&[b"SWAPDB", b"0", b"1"]).await;
+    client.send_command(&[b"GET", b"app:k"]).await;
+    let a = client.read_reply().await;
+    let b = client.read_reply().await;
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&a).to_string(),
+            String::from_utf8_lossy(&b).to_string()
+        ),
+        ("+OK\r\n".to_string(), "$3\r\none\r\n".to_string())
+    );
+}
+
+// Was (second review): Same, pooled earlier command then the first dedicated one (BLPOP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_dedicated_migration_runs_after_an_earlier_pooled_swapdb() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    direct.cmd("SELECT 1").await;
+    assert_eq!(direct.cmd("RPUSH v1:app:l one").await, ":1\r\n");
+    direct.cmd("SELECT 0").await;
+    let mut client = proxy.raw().await;
+    client.send_command(&[b"SWAPDB", b"0", b"1"]).await;
+    client.send_command(&[b"BLPOP", b"app:l", b"1"]).await;
+    let a = client.read_reply().await;
+    let b = client.read_reply().await;
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&a).to_string(),
+            String::from_utf8_lossy(&b).to_string()
+        ),
+        ("+OK\r\n".to_string(), "*2\r\n$5\r\napp:l\r\n$3\r\none\r\n".to_string())
+    );
 }

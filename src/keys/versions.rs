@@ -41,24 +41,28 @@ local at, done = 1, {}
 for group = 1, #ARGV do
   local mode, size, db, home = string.match(ARGV[group], '^(%a)(%d+)@?(%d*):?(%d*)$')
   size = tonumber(size)
-  if db ~= '' then redis.call('SELECT', db) end
-  local current, result, found = KEYS[at], 0, at + size
-  if redis.call('EXISTS', current) == 0 then
-    for i = at + 1, at + size - 1 do
-      if redis.call('EXISTS', KEYS[i]) == 1 then
-        found = i
-        if mode == 'r' and type(redis.pcall('COPY', KEYS[i], current)) ~= 'table' then result = 1
-        else redis.call('RENAME', KEYS[i], current) result = 2 end
-        break
+  local elsewhere, result = db ~= '', 0
+  -- No such database: nothing to do there; the command fails as Redis says.
+  local skip = elsewhere and redis.pcall('SELECT', db).err ~= nil
+  if not skip then
+    local current, found = KEYS[at], at + size
+    if redis.call('EXISTS', current) == 0 then
+      for i = at + 1, at + size - 1 do
+        if redis.call('EXISTS', KEYS[i]) == 1 then
+          found = i
+          if mode == 'r' and type(redis.pcall('COPY', KEYS[i], current)) ~= 'table' then result = 1
+          else redis.call('RENAME', KEYS[i], current) result = 2 end
+          break
+        end
       end
     end
+    local from = found + 1
+    if mode == 'w' then from = at + 1 end
+    if from <= at + size - 1 then
+      redis.call('UNLINK', unpack(KEYS, from, at + size - 1))
+    end
+    if elsewhere then redis.call('SELECT', home) end
   end
-  local from = found + 1
-  if mode == 'w' then from = at + 1 end
-  if from <= at + size - 1 then
-    redis.call('UNLINK', unpack(KEYS, from, at + size - 1))
-  end
-  if db ~= '' then redis.call('SELECT', home) end
   done[group] = result
   at = at + size
 end
@@ -252,6 +256,11 @@ pub enum KeyReply {
     Channels(Option<Bytes>),
     /// PUBSUB NUMSUB: (channel, count) pairs, keyspace channels mapped back.
     NumSub,
+    /// EXEC's array: how each queued command's element is mapped back.
+    Exec(Vec<Option<KeyReply>>),
+    /// A command the proxy refused, sent to Redis as one Redis refuses
+    /// too (so it keeps its place, and EXEC aborts): the client gets this.
+    Refused(Bytes),
 }
 
 /// The keys of one command to migrate before it runs.
@@ -715,7 +724,12 @@ impl Versioning {
         self.migrate_in_other_database(args, db, &mut out.migration);
         // A command that also writes moves its keys to the current version
         // first; pointing its reads at an old name would read a moved key.
-        if out.migration.unmigrated_reads() && out.migration.read_only() && !in_transaction {
+        // WATCH must watch the name later writes use, and a blocking read
+        // must wait on it: both migrate.
+        let waits = [&b"WATCH"[..], b"XREAD", b"XREADGROUP"]
+            .iter()
+            .any(|candidate| name.eq_ignore_ascii_case(candidate));
+        if out.migration.unmigrated_reads() && out.migration.read_only() && !in_transaction && !waits {
             out.resolve = Some(resolve);
         }
         out.args = rewritten;
@@ -796,6 +810,10 @@ impl Versioning {
                     stored.extend_from_slice(field);
                     Ok(Some(Bytes::from(stored)))
                 }
+                None if self.looks_stored(key_part) => Err(Refusal(format!(
+                    "ERR auracache: the SORT pattern '{}' has the form of a versioned stored name",
+                    String::from_utf8_lossy(pattern)
+                ))),
                 None => Ok(None),
             },
             _ => Err(Refusal(format!(
@@ -874,6 +892,23 @@ impl Versioning {
                     return None;
                 }
                 self.replace_children(frame, &children, &[0])
+            }
+            KeyReply::Refused(refusal) => Some(refusal.clone()),
+            KeyReply::Exec(queued) => {
+                let (kind, children, header) = aggregate(frame)?;
+                if kind != b'*' || children.len() != queued.len() {
+                    return None;
+                }
+                let mut out = BytesMut::with_capacity(frame.len());
+                out.extend_from_slice(&frame[..header]);
+                for (how, (start, end)) in queued.iter().zip(children) {
+                    let element = &frame[start..end];
+                    match how.as_ref().and_then(|how| self.map_reply(how, element)) {
+                        Some(mapped) => out.extend_from_slice(&mapped),
+                        None => out.extend_from_slice(element),
+                    }
+                }
+                Some(out.freeze())
             }
             KeyReply::Channels(pattern) => {
                 let (kind, children, _) = aggregate(frame)?;
@@ -1038,6 +1073,10 @@ pub struct Subscriptions {
     replies: std::sync::Mutex<std::collections::VecDeque<Option<KeyReply>>>,
     /// MONITOR or CLIENT REPLY: replies no longer pair with commands.
     unpaired: std::sync::atomic::AtomicBool,
+    /// The connection speaks RESP3 (messages arrive as pushes).
+    resp3: std::sync::atomic::AtomicBool,
+    /// RESETs so far (the mapper forgets its own state at each).
+    resets: AtomicU64,
 }
 
 impl Subscriptions {
@@ -1045,9 +1084,28 @@ impl Subscriptions {
         lock(&self.channels).insert(stored, client);
     }
 
-    /// The client's BCAST prefixes: its invalidations name only keys with one.
-    pub fn track_prefixes(&self, prefixes: Vec<Bytes>) {
-        *lock(&self.tracking_prefixes) = prefixes;
+    /// The client's BCAST prefixes (added to those before, or all dropped
+    /// with `off`): its invalidations name only keys with one.
+    pub fn track_prefixes(&self, prefixes: Vec<Bytes>, off: bool) {
+        let mut tracked = lock(&self.tracking_prefixes);
+        if off {
+            tracked.clear();
+        }
+        tracked.extend(prefixes);
+    }
+
+    pub fn set_resp3(&self, resp3: bool) {
+        self.resp3.store(resp3, Ordering::Release);
+    }
+
+    /// RESET: no subscriptions, tracking or MONITOR any more, RESP2.
+    pub fn reset(&self) {
+        lock(&self.channels).clear();
+        lock(&self.tracking_prefixes).clear();
+        lock(&self.replies).clear();
+        self.unpaired.store(false, Ordering::Release);
+        self.set_resp3(false);
+        self.resets.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A command was piped: its reply, when it comes, is mapped so.
@@ -1097,10 +1155,12 @@ pub struct PipeMapper {
     subscriptions: Arc<Subscriptions>,
     pending: BytesMut,
     scanner: crate::protocol::ReplyScanner,
-    /// A RESP2 connection in subscribed mode (messages arrive as arrays).
-    subscribed: bool,
-    /// The client speaks RESP3 (messages arrive as pushes).
-    resp3: bool,
+    /// A RESP2 connection's subscriptions (channels and patterns, and
+    /// shard channels, counted apart by Redis): while any, it is in
+    /// subscribed mode (messages arrive as arrays).
+    subscribed: [bool; 2],
+    /// The RESETs seen.
+    resets: u64,
     /// The client key of a `rename_from` left out, per channel kind
     /// (keyspace, keyevent): the `rename_to` after it is a migration's too.
     renamed: [Option<Bytes>; 2],
@@ -1115,6 +1175,7 @@ enum Fate {
 
 impl PipeMapper {
     pub fn new(versions: Arc<Versioning>, subscriptions: Arc<Subscriptions>, resp3: bool) -> PipeMapper {
+        subscriptions.set_resp3(resp3);
         PipeMapper {
             versions,
             subscriptions,
@@ -1123,8 +1184,8 @@ impl PipeMapper {
                 max_nesting_depth: usize::MAX,
                 max_bulk_bytes: usize::MAX,
             }),
-            subscribed: false,
-            resp3,
+            subscribed: [false, false],
+            resets: 0,
             renamed: [None, None],
         }
     }
@@ -1153,6 +1214,10 @@ impl PipeMapper {
     }
 
     fn map_frame(&mut self, frame: &[u8]) -> Fate {
+        let resets = self.subscriptions.resets.load(Ordering::Acquire);
+        if resets != self.resets {
+            (self.resets, self.subscribed, self.renamed) = (resets, [false, false], [None, None]);
+        }
         if self.is_reply(frame) {
             return match self.subscriptions.next_reply() {
                 Some(how) => match self.versions.map_reply(&how, frame) {
@@ -1177,11 +1242,13 @@ impl PipeMapper {
             word.as_slice(),
             b"subscribe" | b"unsubscribe" | b"psubscribe" | b"punsubscribe" | b"ssubscribe" | b"sunsubscribe"
         ) && children.len() == 3;
-        if kind == b'*' && confirmation {
-            // RESP2: subscribed while the count Redis gives is not zero.
+        if confirmation {
+            // RESP2 (or RESP3, before a HELLO 2): subscribed while a count
+            // Redis gives is not zero.
             let (start, end) = children[2];
-            self.subscribed = !matches!(&frame[start..end], b":0\r\n");
-        } else if kind == b'*' && !self.subscribed {
+            let shard = word == b"ssubscribe" || word == b"sunsubscribe";
+            self.subscribed[usize::from(shard)] = !matches!(&frame[start..end], b":0\r\n");
+        } else if kind == b'*' && !self.subscribed.contains(&true) {
             return Fate::Unchanged;
         }
         let mut replacements: Vec<(usize, Bytes)> = Vec::new();
@@ -1232,7 +1299,7 @@ impl PipeMapper {
     fn is_reply(&self, frame: &[u8]) -> bool {
         match frame.first() {
             Some(b'>') => false,
-            Some(b'*') if !self.resp3 => {
+            Some(b'*') if !self.subscriptions.resp3.load(Ordering::Acquire) => {
                 let Some((_, children, _)) = aggregate(frame) else {
                     return true;
                 };
@@ -1251,8 +1318,8 @@ impl PipeMapper {
                                 | b"sunsubscribe"
                         )
                     );
-                let message =
-                    self.subscribed && matches!(word.as_deref(), Some(b"message" | b"pmessage" | b"smessage"));
+                let message = self.subscribed.contains(&true)
+                    && matches!(word.as_deref(), Some(b"message" | b"pmessage" | b"smessage"));
                 !(confirmation || message)
             }
             _ => true,
