@@ -1939,6 +1939,15 @@ impl Session {
     /// placed, forwarded as it is if Redis does not know it either.
     async fn learn_command(&mut self, versions: &Versioning, command: &Command) -> Result<versions::Rewritten, Bytes> {
         let name = command.args()[0].clone();
+        let refuse = |refusal: versions::Refusal, protocol| Reply::Error(refusal.0).encode(protocol);
+        if versions.recently_unknown(&name) {
+            // Asked a moment ago (a typo sent in a loop): forward it as it is.
+            let mut unknown = versions
+                .rewrite(command.args(), self.in_transaction, self.db)
+                .map_err(|refusal| refuse(refusal, self.protocol))?;
+            unknown.unknown = false;
+            return Ok(unknown);
+        }
         let info = Command::from_args(vec![
             Bytes::from_static(b"COMMAND"),
             Bytes::from_static(b"INFO"),
@@ -1952,8 +1961,8 @@ impl Session {
             .call_now(pooled, info.wire().clone(), 1)
             .await
             .map_err(|error| Reply::error(error.client_message()).encode(self.protocol))?;
-        let refuse = |refusal: versions::Refusal, protocol| Reply::Error(refusal.0).encode(protocol);
         let Ok(table) = crate::keys::table::KeyTable::from_command_reply(&reply) else {
+            versions.note_unknown(&name);
             let mut unknown = versions
                 .rewrite(command.args(), self.in_transaction, self.db)
                 .map_err(|refusal| refuse(refusal, self.protocol))?;

@@ -389,7 +389,15 @@ pub struct Versioning {
     learned: std::sync::atomic::AtomicBool,
     /// Cleanups run so far, by namespace.
     pub cleanups: std::sync::Mutex<HashMap<String, Arc<Cleanup>>>,
+    /// Command names Redis said it does not know, and when (so a typo sent
+    /// in a loop costs one `COMMAND INFO` per few seconds, not one each).
+    unknown: std::sync::Mutex<HashMap<Vec<u8>, std::time::Instant>>,
 }
+
+/// How long a name Redis did not know is taken as still unknown.
+const UNKNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most unknown names remembered (then all are forgotten).
+const MAX_UNKNOWN: usize = 1024;
 
 /// Progress of one `PROXY VERSION CLEANUP`.
 #[derive(Debug, Default)]
@@ -451,6 +459,7 @@ impl Versioning {
             table: RwLock::new(Arc::new(KeyTable::builtin())),
             learned: std::sync::atomic::AtomicBool::new(false),
             cleanups: std::sync::Mutex::new(HashMap::new()),
+            unknown: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -458,6 +467,22 @@ impl Versioning {
     pub fn set_table(&self, table: KeyTable) {
         *self.table.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
         self.learned.store(true, Ordering::Release);
+    }
+
+    /// Whether Redis said a moment ago that it does not know this command.
+    pub fn recently_unknown(&self, name: &[u8]) -> bool {
+        let lower = name.to_ascii_lowercase();
+        lock(&self.unknown)
+            .get(&lower)
+            .is_some_and(|asked| asked.elapsed() < UNKNOWN_FOR)
+    }
+
+    pub fn note_unknown(&self, name: &[u8]) {
+        let mut unknown = lock(&self.unknown);
+        if unknown.len() >= MAX_UNKNOWN {
+            unknown.clear();
+        }
+        unknown.insert(name.to_ascii_lowercase(), std::time::Instant::now());
     }
 
     /// Adds what `COMMAND INFO` told of commands the table lacked.
