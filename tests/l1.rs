@@ -24,34 +24,6 @@ fn hits(proxy: &Proxy) -> u64 {
     proxy.handle().l1().unwrap().store.stats().hits.load(Ordering::Relaxed)
 }
 
-/// Reads `key` until L1 answers it, and returns the value. Redis's own
-/// invalidation of the write that made the value may arrive after the
-/// first fill and drop it (as it should); the next fill then stays.
-async fn read_until_cached(proxy: &Proxy, client: &mut RawClient, key: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let value = client.cmd(&format!("GET {key}")).await;
-        let before = hits(proxy);
-        assert_eq!(client.cmd(&format!("GET {key}")).await, value);
-        if hits(proxy) > before {
-            return value;
-        }
-        assert!(started.elapsed() < DEADLINE, "{key} never became an L1 hit");
-    }
-}
-
-/// Waits until Redis's invalidation messages for every write made so far
-/// have been applied: a sentinel key is cached, changed straight on Redis,
-/// and read until the change shows. Redis sends its messages in order on
-/// the one tracking connection, so the earlier ones are applied too (a
-/// late one would otherwise drop a fill a test counts on).
-async fn settle(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient) {
-    assert_eq!(direct.cmd("SET settle:sentinel before").await, "+OK\r\n");
-    read_until_cached(proxy, client, "settle:sentinel").await;
-    assert_eq!(direct.cmd("SET settle:sentinel after").await, "+OK\r\n");
-    client.cmd_until("GET settle:sentinel", "$5\r\nafter\r\n").await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_gets_are_answered_without_redis() {
     let server = RedisServer::start();
@@ -61,7 +33,7 @@ async fn repeated_gets_are_answered_without_redis() {
     assert_eq!(client.cmd("SET k hello").await, "+OK\r\n");
     // Redis's invalidation of the SET may drop the first fill (it arrives
     // on another connection); from the first hit on, Redis is not asked.
-    read_until_cached(&proxy, &mut client, "k").await;
+    common::read_until_cached(&proxy, &mut client, "k").await;
     let gets = common::redis_calls(&mut direct, "get").await;
     let (hits_before, misses) = (hits(&proxy), stats(&proxy).misses.load(Ordering::Relaxed));
     for _ in 0..4 {
@@ -154,13 +126,13 @@ async fn writes_straight_to_redis_are_seen_after_the_invalidation() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(direct.cmd("SET k old").await, "+OK\r\n");
-    assert_eq!(read_until_cached(&proxy, &mut client, "k").await, "$3\r\nold\r\n");
+    assert_eq!(common::read_until_cached(&proxy, &mut client, "k").await, "$3\r\nold\r\n");
     assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
     let written = Instant::now();
     client.cmd_until("GET k", "$3\r\nnew\r\n").await;
     eprintln!("a direct write was visible through L1 after {:?}", written.elapsed());
     // Nil is cached too, and a direct write replaces it.
-    assert_eq!(read_until_cached(&proxy, &mut client, "fresh").await, "$-1\r\n");
+    assert_eq!(common::read_until_cached(&proxy, &mut client, "fresh").await, "$-1\r\n");
     assert_eq!(direct.cmd("SET fresh here").await, "+OK\r\n");
     client.cmd_until("GET fresh", "$4\r\nhere\r\n").await;
 }
@@ -290,7 +262,7 @@ async fn hash_reads_are_cached_and_invalidated_together() {
     let mut writer = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(writer.cmd("HSET h a 1 b 2").await, ":2\r\n");
-    settle(&proxy, &mut client, &mut direct).await;
+    common::settle(&proxy, &mut client, &mut direct).await;
     let all2 = "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
     let all3 = "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
     for _ in 0..3 {
@@ -327,7 +299,7 @@ async fn mget_forwards_only_the_missing_keys() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("MSET a 1 b 2 c 3").await, "+OK\r\n");
-    settle(&proxy, &mut client, &mut direct).await;
+    common::settle(&proxy, &mut client, &mut direct).await;
     assert_eq!(client.cmd("GET a").await, "$1\r\n1\r\n");
     assert_eq!(client.cmd("GET c").await, "$1\r\n3\r\n");
     assert_eq!(client.cmd("GET nope").await, "$-1\r\n");
@@ -384,7 +356,7 @@ async fn hmget_forwards_only_the_missing_fields() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("HSET h a 1 b 2 c 3").await, ":3\r\n");
-    settle(&proxy, &mut client, &mut direct).await;
+    common::settle(&proxy, &mut client, &mut direct).await;
     assert_eq!(client.cmd("HGET h a").await, "$1\r\n1\r\n");
     assert_eq!(client.cmd("HGET h zz").await, "$-1\r\n");
     let hits_before = hits(&proxy);
@@ -412,7 +384,7 @@ async fn mget_and_hmget_fill_what_they_read() {
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(client.cmd("MSET x 1 y 2").await, "+OK\r\n");
     assert_eq!(client.cmd("HSET hh f 1 g 2").await, ":2\r\n");
-    settle(&proxy, &mut client, &mut direct).await;
+    common::settle(&proxy, &mut client, &mut direct).await;
     let expected = "*4\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n$-1\r\n";
     assert_eq!(client.cmd("MGET x y hh missing").await, expected);
     assert_eq!(direct.cmd("MGET x y hh missing").await, expected);
@@ -539,7 +511,7 @@ async fn watch_and_client_tracking_bypass_l1() {
     let proxy = proxy_with_l1(&server).await;
     let mut filler = proxy.raw().await;
     assert_eq!(filler.cmd("SET k v").await, "+OK\r\n");
-    assert_eq!(read_until_cached(&proxy, &mut filler, "k").await, "$1\r\nv\r\n");
+    assert_eq!(common::read_until_cached(&proxy, &mut filler, "k").await, "$1\r\nv\r\n");
 
     let mut watcher = proxy.raw().await;
     assert_eq!(watcher.cmd("WATCH k").await, "+OK\r\n");

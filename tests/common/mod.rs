@@ -429,3 +429,43 @@ pub async fn redis_calls(direct: &mut RawClient, command: &str) -> u64 {
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
 }
+
+/// L1 hits so far.
+pub fn l1_hits(proxy: &Proxy) -> u64 {
+    proxy
+        .handle()
+        .l1()
+        .expect("L1 on")
+        .store
+        .stats()
+        .hits
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Reads `key` until L1 answers it, and returns the value. Redis's own
+/// invalidation of the write that made the value may arrive after the
+/// first fill and drop it (as it should); the next fill then stays.
+pub async fn read_until_cached(proxy: &Proxy, client: &mut RawClient, key: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let value = client.cmd(&format!("GET {key}")).await;
+        let before = l1_hits(proxy);
+        assert_eq!(client.cmd(&format!("GET {key}")).await, value);
+        if l1_hits(proxy) > before {
+            return value;
+        }
+        assert!(started.elapsed() < DEADLINE, "{key} never became an L1 hit");
+    }
+}
+
+/// Waits until Redis's invalidation messages for every write made so far
+/// have been applied: a sentinel key is cached, changed straight on Redis,
+/// and read until the change shows. Redis sends its messages in order on
+/// the one tracking connection, so the earlier ones are applied too (a
+/// late one would otherwise drop a fill a test counts on).
+pub async fn settle(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient) {
+    assert_eq!(direct.cmd("SET settle:sentinel before").await, "+OK\r\n");
+    read_until_cached(proxy, client, "settle:sentinel").await;
+    assert_eq!(direct.cmd("SET settle:sentinel after").await, "+OK\r\n");
+    client.cmd_until("GET settle:sentinel", "$5\r\nafter\r\n").await;
+}
