@@ -126,7 +126,10 @@ async fn writes_straight_to_redis_are_seen_after_the_invalidation() {
     let mut client = proxy.raw().await;
     let mut direct = RawClient::connect(server.addr()).await;
     assert_eq!(direct.cmd("SET k old").await, "+OK\r\n");
-    assert_eq!(common::read_until_cached(&proxy, &mut client, "k").await, "$3\r\nold\r\n");
+    assert_eq!(
+        common::read_until_cached(&proxy, &mut client, "k").await,
+        "$3\r\nold\r\n"
+    );
     assert_eq!(direct.cmd("SET k new").await, "+OK\r\n");
     let written = Instant::now();
     client.cmd_until("GET k", "$3\r\nnew\r\n").await;

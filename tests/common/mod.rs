@@ -464,8 +464,14 @@ pub async fn read_until_cached(proxy: &Proxy, client: &mut RawClient, key: &str)
 /// the one tracking connection, so the earlier ones are applied too (a
 /// late one would otherwise drop a fill a test counts on).
 pub async fn settle(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient) {
-    assert_eq!(direct.cmd("SET settle:sentinel before").await, "+OK\r\n");
-    read_until_cached(proxy, client, "settle:sentinel").await;
-    assert_eq!(direct.cmd("SET settle:sentinel after").await, "+OK\r\n");
-    client.cmd_until("GET settle:sentinel", "$5\r\nafter\r\n").await;
+    settle_on(proxy, client, direct, "settle:sentinel").await;
+}
+
+/// [`settle`] with a sentinel of the caller's choosing (one L1 caches and
+/// Redis tracks).
+pub async fn settle_on(proxy: &Proxy, client: &mut RawClient, direct: &mut RawClient, sentinel: &str) {
+    assert_eq!(direct.cmd(&format!("SET {sentinel} before")).await, "+OK\r\n");
+    read_until_cached(proxy, client, sentinel).await;
+    assert_eq!(direct.cmd(&format!("SET {sentinel} after")).await, "+OK\r\n");
+    client.cmd_until(&format!("GET {sentinel}"), "$5\r\nafter\r\n").await;
 }
