@@ -114,6 +114,10 @@ pub struct NamespaceConfig {
     /// Older versions a read falls back to, in order (with `version`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallback_versions: Vec<u32>,
+    /// After the fallback versions, the key's own unversioned name (for a
+    /// namespace getting its first version; default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_unversioned: Option<bool>,
     /// A key found in a fallback version is copied to the current one
     /// (default true); false: served from the old version as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -660,13 +664,14 @@ impl Config {
                 for (namespace, overrides) in &self.namespaces {
                     let versioned = overrides.version.is_some();
                     let set_without_version = !overrides.fallback_versions.is_empty()
+                        || overrides.fallback_unversioned.is_some()
                         || overrides.migrate_on_read.is_some()
                         || overrides.delete_old_on_migrate.is_some();
                     if !versioned && set_without_version {
                         return Err(invalid(
                             &format!("namespaces.{namespace}.version"),
                             "(none)",
-                            "expected a version when fallback_versions, migrate_on_read or delete_old_on_migrate is set",
+                            "expected a version when fallback_versions, fallback_unversioned, migrate_on_read or delete_old_on_migrate is set",
                         ));
                     }
                     if let Some(version) = overrides.version {
@@ -1005,6 +1010,10 @@ mod tests {
             ("[versioning]\nkey_pattern = \"{key}\"\n", "once each"),
             (
                 "[namespaces.user]\nfallback_versions = [1]\n",
+                "expected a version when",
+            ),
+            (
+                "[namespaces.user]\nfallback_unversioned = true\n",
                 "expected a version when",
             ),
             (

@@ -805,3 +805,54 @@ async fn a_command_the_table_lacks_is_looked_up_before_it_is_forwarded() {
             .starts_with("-ERR unknown command 'NOSUCH'")
     );
 }
+
+/// A namespace getting its first version keeps its existing keys: with
+/// `fallback_unversioned`, their own names are the oldest fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_version_keeps_the_unversioned_keys() {
+    let pair = Pair::new(2, |config| {
+        let app = config.namespaces.get_mut("app").unwrap();
+        app.version = Some(1);
+        app.fallback_versions = Vec::new();
+        app.fallback_unversioned = Some(true);
+    })
+    .await;
+    let (mut proxied, mut direct) = (pair.proxied, RawClient::connect(pair.servers.1.addr()).await);
+    for line in [
+        "HSET app:a f v",
+        "SET app:b old PX 500000",
+        "SET app:c kept",
+        "SET other:x 1",
+    ] {
+        assert!(!direct.cmd(line).await.starts_with('-'), "{line}");
+    }
+    let mut keys: Vec<String> = proxied
+        .cmd("KEYS app:*")
+        .await
+        .split("\r\n")
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["", "$5", "$5", "$5", "*3", "app:a", "app:b", "app:c"]);
+    assert_eq!(proxied.cmd("HGETALL app:a").await, "*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(direct.cmd("EXISTS v1:app:a app:a").await, ":2\r\n", "copied to v1");
+    let ttl: i64 = direct.cmd("PTTL v1:app:a").await[1..].trim().parse().unwrap();
+    assert_eq!(ttl, -1, "no TTL, as the original");
+    assert_eq!(proxied.cmd("GET app:b").await, "$3\r\nold\r\n");
+    assert_eq!(proxied.cmd("SET app:b new").await, "+OK\r\n");
+    assert_eq!(
+        direct.cmd("EXISTS app:b").await,
+        ":0\r\n",
+        "a write unlinks the old name"
+    );
+    assert_eq!(proxied.cmd("DEL app:a").await, ":1\r\n");
+    assert_eq!(direct.cmd("EXISTS app:a v1:app:a").await, ":0\r\n");
+    let status = proxied.cmd("PROXY VERSION STATUS app").await;
+    for field in ["fallback_unversioned:yes", "keys_v1:1", "keys_unversioned:1"] {
+        assert!(status.contains(field), "{field} in {status}");
+    }
+    let reply = proxied.cmd("PROXY VERSION CLEANUP app KEEP 1").await;
+    assert!(reply.contains("removed 1 keys"), "{reply}");
+    assert_eq!(direct.cmd("EXISTS app:c other:x v1:app:b").await, ":2\r\n");
+    assert_eq!(proxied.cmd("GET app:c").await, "$-1\r\n", "cleaned up");
+}

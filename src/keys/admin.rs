@@ -47,6 +47,7 @@ pub async fn status(versions: &Versioning, only: Option<&str>, upstream: &mut im
         let _ = writeln!(out, "version:{}", namespace.current);
         let fallbacks: Vec<String> = namespace.fallbacks.iter().map(u32::to_string).collect();
         let _ = writeln!(out, "fallback_versions:{}", fallbacks.join(","));
+        let _ = writeln!(out, "fallback_unversioned:{}", yes_no(namespace.fallback_unversioned));
         let _ = writeln!(out, "migrate_on_read:{}", yes_no(namespace.migrate_on_read));
         let _ = writeln!(out, "delete_old_on_migrate:{}", yes_no(namespace.delete_old_on_migrate));
         let _ = writeln!(out, "keys_migrated:{}", namespace.migrated.load(Ordering::Relaxed));
@@ -63,7 +64,7 @@ pub async fn status(versions: &Versioning, only: Option<&str>, upstream: &mut im
             }
             Some((drawn, tallies)) => {
                 let _ = writeln!(out, "keys_counted:estimated from {drawn} samples of {dbsize} keys");
-                let mut estimated = BTreeMap::new();
+                let mut estimated: BTreeMap<Option<u32>, u64> = BTreeMap::new();
                 for ((name, version), hits) in tallies {
                     if name == &namespace.name && *drawn > 0 {
                         estimated.insert(*version, hits * dbsize / drawn);
@@ -73,10 +74,20 @@ pub async fn status(versions: &Versioning, only: Option<&str>, upstream: &mut im
             }
         };
         for version in std::iter::once(namespace.current).chain(namespace.fallbacks.iter().copied()) {
-            let _ = writeln!(out, "keys_v{version}:{}", counts.get(&version).copied().unwrap_or(0));
+            let _ = writeln!(
+                out,
+                "keys_v{version}:{}",
+                counts.get(&Some(version)).copied().unwrap_or(0)
+            );
+        }
+        if namespace.fallback_unversioned {
+            let _ = writeln!(out, "keys_unversioned:{}", counts.get(&None).copied().unwrap_or(0));
         }
         for (version, count) in &counts {
-            if *version != namespace.current && !namespace.fallbacks.contains(version) {
+            if let Some(version) = version
+                && *version != namespace.current
+                && !namespace.fallbacks.contains(version)
+            {
                 let _ = writeln!(out, "keys_v{version}:{count} (not served)");
             }
         }
@@ -121,10 +132,16 @@ pub async fn cleanup(
     known.dedup();
     // Never the current version, even when a fallback is newer (a rollback).
     let below = known[keep.clamp(1, known.len()) - 1].min(namespace.current);
+    // The unversioned names are the oldest of all: kept only within the
+    // newest `keep`.
+    let unversioned = namespace.fallback_unversioned && keep <= known.len();
     let progress = Arc::new(Cleanup::default());
     progress.below.store(u64::from(below), Ordering::Relaxed);
     versions.start_cleanup(name, progress.clone())?;
-    let result = remove_below(versions, &namespace, below, &progress, upstream).await;
+    let mut result = remove_below(versions, &namespace, below, &progress, upstream).await;
+    if result.is_ok() && unversioned {
+        result = remove_unversioned(versions, &namespace, &progress, upstream).await;
+    }
     if let Err(error) = &result {
         progress.set_error(error.clone());
     }
@@ -166,19 +183,56 @@ async fn remove_below(
     Ok(())
 }
 
-/// Exact counts per version of one namespace (one SCAN over its names).
+/// Removes the namespace's unversioned names (SCAN + UNLINK).
+async fn remove_unversioned(
+    versions: &Versioning,
+    namespace: &NamespaceVersions,
+    progress: &Cleanup,
+    upstream: &mut impl Upstream,
+) -> Result<(), String> {
+    let mut scan = NamespaceScan::unversioned(versions, namespace);
+    while let Some(keys) = scan.next_page(upstream).await? {
+        progress.scanned.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let old: Vec<Bytes> = keys
+            .into_iter()
+            .filter(|stored| versions.is_unversioned_in(namespace, stored))
+            .collect();
+        for batch in old.chunks(UNLINK_BATCH) {
+            let mut args = vec![Bytes::from_static(b"UNLINK")];
+            args.extend_from_slice(batch);
+            let removed = integer(&upstream.call(args).await?)?;
+            progress.removed.fetch_add(removed.max(0) as u64, Ordering::Relaxed);
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
+/// Exact counts per version of one namespace (one SCAN over its names; a
+/// second over its unversioned names, counted as None, when they are a
+/// fallback).
 async fn count_exactly(
     versions: &Versioning,
     namespace: &NamespaceVersions,
     upstream: &mut impl Upstream,
-) -> Result<BTreeMap<u32, u64>, String> {
+) -> Result<BTreeMap<Option<u32>, u64>, String> {
     let mut counts = BTreeMap::new();
     let mut scan = NamespaceScan::new(versions, namespace);
     while let Some(keys) = scan.next_page(upstream).await? {
         for stored in keys {
             if let Some(version) = versions.version_in(namespace, &stored) {
-                *counts.entry(version).or_insert(0) += 1;
+                *counts.entry(Some(version)).or_insert(0) += 1;
             }
+        }
+    }
+    if namespace.fallback_unversioned {
+        let mut scan = NamespaceScan::unversioned(versions, namespace);
+        while let Some(keys) = scan.next_page(upstream).await? {
+            let raw = keys
+                .iter()
+                .filter(|stored| versions.is_unversioned_in(namespace, stored))
+                .count();
+            *counts.entry(None).or_insert(0) += raw as u64;
         }
     }
     Ok(counts)
@@ -198,6 +252,18 @@ impl NamespaceScan {
         prefix.push(versions.separator());
         NamespaceScan {
             pattern: Bytes::from(versions.pattern().glob_namespace(&prefix)),
+            cursor: Some(Bytes::from_static(b"0")),
+        }
+    }
+
+    /// The namespace's own unversioned names (`user:*`).
+    fn unversioned(versions: &Versioning, namespace: &NamespaceVersions) -> NamespaceScan {
+        let mut prefix = namespace.name.as_bytes().to_vec();
+        prefix.push(versions.separator());
+        let mut pattern = crate::keys::glob::escape(&prefix);
+        pattern.push(b'*');
+        NamespaceScan {
+            pattern: Bytes::from(pattern),
             cursor: Some(Bytes::from_static(b"0")),
         }
     }
@@ -223,11 +289,12 @@ impl NamespaceScan {
     }
 }
 
-/// RANDOMKEY draws: how many, and the hits per (namespace, version).
+/// RANDOMKEY draws: how many, and the hits per (namespace, version; None
+/// for an unversioned name in a versioned namespace).
 async fn sample(
     versions: &Versioning,
     upstream: &mut impl Upstream,
-) -> Result<(u64, BTreeMap<(String, u32), u64>), String> {
+) -> Result<(u64, BTreeMap<(String, Option<u32>), u64>), String> {
     let mut tallies = BTreeMap::new();
     let mut drawn = 0;
     for _ in 0..SAMPLES {
@@ -237,7 +304,9 @@ async fn sample(
         };
         drawn += 1;
         if let Some((name, version)) = versions.namespace_and_version(stored) {
-            *tallies.entry((name, version)).or_insert(0) += 1;
+            *tallies.entry((name, Some(version))).or_insert(0) += 1;
+        } else if let Some(name) = versions.unversioned_namespace(stored) {
+            *tallies.entry((name, None)).or_insert(0) += 1;
         }
     }
     Ok((drawn, tallies))

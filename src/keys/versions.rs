@@ -210,6 +210,9 @@ pub struct NamespaceVersions {
     pub current: u32,
     /// Older versions, in the order reads try them.
     pub fallbacks: Vec<u32>,
+    /// After them, the key's own unversioned name (a namespace getting its
+    /// first version keeps its existing keys).
+    pub fallback_unversioned: bool,
     pub migrate_on_read: bool,
     pub delete_old_on_migrate: bool,
     /// Keys copied or moved to the current version.
@@ -223,6 +226,23 @@ pub struct NamespaceVersions {
 impl NamespaceVersions {
     fn serves(&self, version: u32) -> bool {
         version == self.current || self.fallbacks.contains(&version)
+    }
+
+    /// Whether any older name is looked at (so commands migrate).
+    pub fn has_fallbacks(&self) -> bool {
+        !self.fallbacks.is_empty() || self.fallback_unversioned
+    }
+
+    /// The names of `key` a migration looks at: the current one, then each
+    /// fallback in order (the unversioned name last).
+    fn names(&self, pattern: &KeyPattern, key: &[u8]) -> Vec<Bytes> {
+        let mut names = Vec::with_capacity(2 + self.fallbacks.len());
+        names.push(pattern.stored(self.current, key));
+        names.extend(self.fallbacks.iter().map(|fallback| pattern.stored(*fallback, key)));
+        if self.fallback_unversioned {
+            names.push(Bytes::copy_from_slice(key));
+        }
+        names
     }
 }
 
@@ -325,7 +345,7 @@ impl Migration {
         let mut old_names = Vec::new();
         let mut at = 0;
         for (group, (owner, usage)) in self.owners.iter().enumerate() {
-            let size = 1 + owner.fallbacks.len();
+            let size = 1 + owner.fallbacks.len() + usize::from(owner.fallback_unversioned);
             let names = &self.keys[at..at + size];
             at += size;
             if *usage == KeyUse::Read && !owner.migrate_on_read {
@@ -440,6 +460,7 @@ impl Versioning {
                         name: name.clone(),
                         current,
                         fallbacks: overrides.fallback_versions.clone(),
+                        fallback_unversioned: overrides.fallback_unversioned.unwrap_or(false),
                         migrate_on_read: overrides.migrate_on_read.unwrap_or(true),
                         delete_old_on_migrate: overrides.delete_old_on_migrate.unwrap_or(false),
                         migrated: AtomicU64::new(0),
@@ -546,6 +567,22 @@ impl Versioning {
         (versioned.name == namespace.name).then_some(version)
     }
 
+    /// Whether `stored` is an unversioned name of `namespace`'s keys.
+    pub fn is_unversioned_in(&self, namespace: &NamespaceVersions, stored: &[u8]) -> bool {
+        self.pattern.parse_stored(stored).is_none()
+            && self
+                .namespace_of(stored)
+                .is_some_and(|versioned| versioned.name == namespace.name)
+    }
+
+    /// The versioned namespace an unversioned stored name belongs to.
+    pub fn unversioned_namespace(&self, stored: &[u8]) -> Option<String> {
+        if self.pattern.parse_stored(stored).is_some() {
+            return None;
+        }
+        self.namespace_of(stored).map(|namespace| namespace.name.clone())
+    }
+
     /// The versioned namespace and version of a stored name.
     pub fn namespace_and_version(&self, stored: &[u8]) -> Option<(String, u32)> {
         let (version, key) = self.pattern.parse_stored(stored)?;
@@ -562,7 +599,7 @@ impl Versioning {
     /// migrating it (`migrate_on_read = false` with fallbacks).
     pub fn reads_unmigrated(&self, key: &[u8]) -> bool {
         self.namespace_of(key)
-            .is_some_and(|namespace| !namespace.migrate_on_read && !namespace.fallbacks.is_empty())
+            .is_some_and(|namespace| !namespace.migrate_on_read && namespace.has_fallbacks())
     }
 
     /// The name Redis stores the client's `key` under now.
@@ -580,7 +617,8 @@ impl Versioning {
             Some((version, key)) => self
                 .namespace_of(key)
                 .is_none_or(|namespace| namespace.current == version),
-            None => true,
+            // An unversioned name inside a versioned namespace is old.
+            None => self.namespace_of(stored).is_none(),
         }
     }
 
@@ -603,10 +641,11 @@ impl Versioning {
                 Mapped::Hidden
             };
         }
-        if self.namespace_of(stored).is_some() {
-            Mapped::Hidden
-        } else {
-            Mapped::Visible(stored)
+        match self.namespace_of(stored) {
+            // A namespace's unversioned names are a fallback if configured so.
+            Some(namespace) if namespace.fallback_unversioned => Mapped::Visible(stored),
+            Some(_) => Mapped::Hidden,
+            None => Mapped::Visible(stored),
         }
     }
 
@@ -626,6 +665,9 @@ impl Versioning {
                 for version in served(namespace) {
                     prefixes.push(Bytes::from(self.pattern.stored_prefix(version, prefix)));
                 }
+                if namespace.fallback_unversioned {
+                    prefixes.push(Bytes::copy_from_slice(prefix));
+                }
             }
             None => {
                 prefixes.push(Bytes::copy_from_slice(prefix));
@@ -637,6 +679,9 @@ impl Versioning {
                     namespace_prefix.push(self.separator);
                     for version in served(namespace) {
                         prefixes.push(Bytes::from(self.pattern.stored_prefix(version, &namespace_prefix)));
+                    }
+                    if namespace.fallback_unversioned {
+                        prefixes.push(Bytes::from(namespace_prefix));
                     }
                 }
                 if prefixes.len() == 1 {
@@ -720,20 +765,16 @@ impl Versioning {
                         }
                         continue;
                     };
-                    if !namespace.fallbacks.is_empty() {
+                    if namespace.has_fallbacks() {
                         let mode = match usage {
                             KeyUse::Read if !namespace.migrate_on_read => 'r',
                             KeyUse::Read if namespace.delete_old_on_migrate => 'd',
                             KeyUse::Read => 'r',
                             KeyUse::Write => 'w',
                         };
-                        out.migration.keys.push(self.pattern.stored(namespace.current, key));
-                        for fallback in &namespace.fallbacks {
-                            out.migration.keys.push(self.pattern.stored(*fallback, key));
-                        }
-                        out.migration
-                            .groups
-                            .push(Bytes::from(format!("{mode}{}", 1 + namespace.fallbacks.len())));
+                        let names = namespace.names(&self.pattern, key);
+                        out.migration.groups.push(Bytes::from(format!("{mode}{}", names.len())));
+                        out.migration.keys.extend(names);
                         out.migration.owners.push((namespace.clone(), usage));
                         resolve.push(index);
                     }
@@ -784,17 +825,14 @@ impl Versioning {
         let Some(namespace) = self.namespace_of(key) else {
             return;
         };
-        if namespace.fallbacks.is_empty() || target == home {
+        if !namespace.has_fallbacks() || target == home {
             return;
         }
-        migration.keys.push(self.pattern.stored(namespace.current, key));
-        for fallback in &namespace.fallbacks {
-            migration.keys.push(self.pattern.stored(*fallback, key));
-        }
-        migration.groups.push(Bytes::from(format!(
-            "w{}@{target}:{home}",
-            1 + namespace.fallbacks.len()
-        )));
+        let names = namespace.names(&self.pattern, key);
+        migration
+            .groups
+            .push(Bytes::from(format!("w{}@{target}:{home}", names.len())));
+        migration.keys.extend(names);
         migration.owners.push((namespace.clone(), KeyUse::Write));
     }
 
@@ -876,6 +914,8 @@ impl Versioning {
         let (prefix, _) = glob::literal_prefix(pattern);
         match memchr::memchr(self.separator, &prefix) {
             Some(end) => match self.namespaces.get(&prefix[..end]) {
+                // Its unversioned names too: no one glob covers both forms.
+                Some(namespace) if namespace.fallback_unversioned => b"*".to_vec(),
                 Some(_) => self.pattern.glob_all_versions(pattern),
                 None => pattern.to_vec(),
             },
