@@ -136,12 +136,16 @@ pub struct NamespaceConfig {
 pub struct VersioningConfig {
     /// The stored name of a key: `{version}` and `{key}` each once.
     pub key_pattern: String,
+    /// Keys remembered as having left their old versions behind (their
+    /// reads skip the migration script); bounded, least used forgotten.
+    pub remembered_keys: usize,
 }
 
 impl Default for VersioningConfig {
     fn default() -> Self {
         VersioningConfig {
             key_pattern: "v{version}:{key}".into(),
+            remembered_keys: 100_000,
         }
     }
 }
@@ -436,6 +440,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_COMPRESSION_HASHES", "compression.hashes"),
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
     ("AURACACHE_VERSIONING_KEY_PATTERN", "versioning.key_pattern"),
+    ("AURACACHE_VERSIONING_REMEMBERED_KEYS", "versioning.remembered_keys"),
 ];
 
 impl Config {
@@ -533,6 +538,7 @@ impl Config {
             "compression.enabled" => self.compression.enabled = boolean()?,
             "compression.hashes" => self.compression.hashes = boolean()?,
             "versioning.key_pattern" => self.versioning.key_pattern = value.to_string(),
+            "versioning.remembered_keys" => self.versioning.remembered_keys = whole(0)? as usize,
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {

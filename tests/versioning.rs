@@ -856,3 +856,32 @@ async fn a_first_version_keeps_the_unversioned_keys() {
     assert_eq!(direct.cmd("EXISTS app:c other:x v1:app:b").await, ":2\r\n");
     assert_eq!(proxied.cmd("GET app:c").await, "$-1\r\n", "cleaned up");
 }
+
+/// Reads of a key known to have left its old versions behind carry no
+/// migration script; SWAPDB through the proxy forgets what it knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_keys_are_read_without_the_migration_script() {
+    let pair = Pair::new(2, |_| {}).await;
+    let (mut proxied, mut direct) = (pair.proxied, RawClient::connect(pair.servers.1.addr()).await);
+    assert_eq!(direct.cmd("SET v1:app:old x").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("SET app:new y").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("GET app:old").await, "$1\r\nx\r\n");
+    let scripts = common::redis_calls(&mut direct, "eval").await;
+    for _ in 0..5 {
+        assert_eq!(proxied.cmd("GET app:old").await, "$1\r\nx\r\n");
+        assert_eq!(proxied.cmd("GET app:new").await, "$1\r\ny\r\n");
+    }
+    assert_eq!(
+        common::redis_calls(&mut direct, "eval").await,
+        scripts,
+        "no script for settled keys"
+    );
+    // A key absent from every version is looked for each time.
+    proxied.cmd("GET app:none").await;
+    assert_eq!(common::redis_calls(&mut direct, "eval").await, scripts + 1);
+    // After SWAPDB the database holds other data: looked at again.
+    assert_eq!(proxied.cmd("SWAPDB 0 1").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("SWAPDB 0 1").await, "+OK\r\n");
+    assert_eq!(proxied.cmd("GET app:new").await, "$1\r\ny\r\n");
+    assert_eq!(common::redis_calls(&mut direct, "eval").await, scripts + 2);
+}

@@ -167,7 +167,12 @@ fn apply(store: &L1Store, versions: Option<&Versioning>, frame: &Bytes) {
             }
         }
         // A null list: FLUSHALL/FLUSHDB (or tracking reset) on Redis.
-        _ => store.flush(),
+        _ => {
+            store.flush();
+            if let Some(versions) = versions {
+                versions.forget_all();
+            }
+        }
     }
 }
 

@@ -34,8 +34,8 @@ use crate::config::Config;
 /// (`r` copy, `d` move, `w` move and unlink the other fallbacks), the
 /// number of names, and for a key of another database `@<db>:<home>`. Fallbacks older than the one brought over are
 /// unlinked (they are shadowed, and must not come back when it expires).
-/// A copy Redis refuses (memory) becomes a move. Answers, per key, 0
-/// (nothing to do), 1 (copied) or 2 (moved).
+/// A copy Redis refuses (memory) becomes a move. Answers, per key, 0 (no
+/// version has it), 1 (copied), 2 (moved) or 3 (the current one has it).
 pub const MIGRATE_SCRIPT: &str = "\
 local at, done = 1, {}
 for group = 1, #ARGV do
@@ -46,7 +46,9 @@ for group = 1, #ARGV do
   local skip = elsewhere and redis.pcall('SELECT', db).err ~= nil
   if not skip then
     local current, found = KEYS[at], at + size
+    result = 3
     if redis.call('EXISTS', current) == 0 then
+      result = 0
       for i = at + 1, at + size - 1 do
         if redis.call('EXISTS', KEYS[i]) == 1 then
           found = i
@@ -290,6 +292,45 @@ pub struct Migration {
     groups: Vec<Bytes>,
     /// Per group: its namespace, and whether a read asked.
     owners: Vec<(Arc<NamespaceVersions>, KeyUse)>,
+    /// Per group: the (database, client key) it is about, and where what
+    /// the script finds is remembered.
+    subjects: Vec<(u32, Bytes)>,
+    remembered: Option<Arc<Remembered>>,
+}
+
+/// The (database, client key)s known to have left their old versions
+/// behind: the current version held them when last looked at, or a write
+/// through the proxy unlinked the older ones. Their reads need no
+/// migration: whatever happens to the current name since (a delete, an
+/// expiry, a write) leaves no older name to bring back (a write's migration
+/// unlinks them, a read's copy expires with its source). Bounded; forgotten
+/// when databases move (SWAPDB, FLUSHALL, FLUSHDB).
+#[derive(Debug)]
+pub struct Remembered(Option<quick_cache::sync::Cache<(u32, Bytes), ()>>);
+
+impl Remembered {
+    /// Up to `capacity` keys; 0 remembers none (every command migrates).
+    fn new(capacity: usize) -> Remembered {
+        Remembered((capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)))
+    }
+
+    fn contains(&self, db: u32, key: &Bytes) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|keys| keys.get(&(db, key.clone())).is_some())
+    }
+
+    fn insert(&self, db: u32, key: Bytes) {
+        if let Some(keys) = &self.0 {
+            keys.insert((db, key), ());
+        }
+    }
+
+    pub fn forget_all(&self) {
+        if let Some(keys) = &self.0 {
+            keys.clear();
+        }
+    }
 }
 
 impl Migration {
@@ -323,12 +364,18 @@ impl Migration {
             tracing::debug!(reply = %String::from_utf8_lossy(reply).trim_end(), "version migration failed");
             return false;
         }
-        for ((owner, usage), result) in self.owners.iter().zip(integers(reply)) {
-            if result != 0 {
+        let results = integers(reply);
+        for (group, ((owner, usage), result)) in self.owners.iter().zip(&results).enumerate() {
+            if matches!(result, 1 | 2) {
                 owner.migrated.fetch_add(1, Ordering::Relaxed);
                 if *usage == KeyUse::Read {
                     owner.fallback_hits.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            // Found in the current version now, or its old names unlinked.
+            let settled = *result != 0 || *usage == KeyUse::Write;
+            if let (true, Some(remembered), Some((db, key))) = (settled, &self.remembered, self.subjects.get(group)) {
+                remembered.insert(*db, key.clone());
             }
         }
         true
@@ -363,7 +410,9 @@ impl Migration {
             kept.keys.extend_from_slice(names);
             kept.groups.push(self.groups[group].clone());
             kept.owners.push((owner.clone(), *usage));
+            kept.subjects.extend(self.subjects.get(group).cloned());
         }
+        kept.remembered = self.remembered.take();
         *self = kept;
         old_names
     }
@@ -409,6 +458,8 @@ pub struct Versioning {
     learned: std::sync::atomic::AtomicBool,
     /// Cleanups run so far, by namespace.
     pub cleanups: std::sync::Mutex<HashMap<String, Arc<Cleanup>>>,
+    /// Keys whose reads need no migration (see [`Remembered`]).
+    remembered: Arc<Remembered>,
     /// Command names Redis said it does not know, and when (so a typo sent
     /// in a loop costs one `COMMAND INFO` per few seconds, not one each).
     unknown: std::sync::Mutex<HashMap<Vec<u8>, std::time::Instant>>,
@@ -481,6 +532,7 @@ impl Versioning {
             learned: std::sync::atomic::AtomicBool::new(false),
             cleanups: std::sync::Mutex::new(HashMap::new()),
             unknown: std::sync::Mutex::new(HashMap::new()),
+            remembered: Arc::new(Remembered::new(config.versioning.remembered_keys)),
         })
     }
 
@@ -488,6 +540,11 @@ impl Versioning {
     pub fn set_table(&self, table: KeyTable) {
         *self.table.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
         self.learned.store(true, Ordering::Release);
+    }
+
+    /// Forgets which keys left their old versions behind (databases moved).
+    pub fn forget_all(&self) {
+        self.remembered.forget_all();
     }
 
     /// Whether Redis said a moment ago that it does not know this command.
@@ -765,7 +822,8 @@ impl Versioning {
                         }
                         continue;
                     };
-                    if namespace.has_fallbacks() {
+                    let settled = usage == KeyUse::Read && self.remembered.contains(db, key);
+                    if namespace.has_fallbacks() && !settled {
                         let mode = match usage {
                             KeyUse::Read if !namespace.migrate_on_read => 'r',
                             KeyUse::Read if namespace.delete_old_on_migrate => 'd',
@@ -775,6 +833,7 @@ impl Versioning {
                         let names = namespace.names(&self.pattern, key);
                         out.migration.groups.push(Bytes::from(format!("{mode}{}", names.len())));
                         out.migration.keys.extend(names);
+                        out.migration.subjects.push((db, key.clone()));
                         out.migration.owners.push((namespace.clone(), usage));
                         resolve.push(index);
                     }
@@ -788,6 +847,15 @@ impl Versioning {
             rewritten.get_or_insert_with(|| args.to_vec())[index] = stored;
         }
         self.migrate_in_other_database(args, db, &mut out.migration);
+        if !out.migration.is_empty() {
+            out.migration.remembered = Some(self.remembered.clone());
+        }
+        if ["SWAPDB", "FLUSHALL", "FLUSHDB"]
+            .iter()
+            .any(|moving| name.eq_ignore_ascii_case(moving.as_bytes()))
+        {
+            self.forget_all();
+        }
         // A command that also writes moves its keys to the current version
         // first; pointing its reads at an old name would read a moved key.
         // WATCH must watch the name later writes use, and a blocking read
@@ -834,6 +902,7 @@ impl Versioning {
             .push(Bytes::from(format!("w{}@{target}:{home}", names.len())));
         migration.keys.extend(names);
         migration.owners.push((namespace.clone(), KeyUse::Write));
+        migration.subjects.push((target, key.clone()));
     }
 
     /// Compression's guard script runs the client's command from its ARGV
