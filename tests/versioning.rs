@@ -648,6 +648,7 @@ async fn a_version_bump_under_load_loses_no_write_and_resurrects_no_key() {
     for task in tasks {
         total += task.await.expect("a writer saw only acknowledged writes");
     }
+    eprintln!("version bump under load: {total} operations, all reads as acknowledged");
     assert!(total > 1200, "{total} operations");
     let status = new.raw().await.cmd("PROXY VERSION STATUS app").await;
     assert!(!status.contains("keys_migrated:0\r\n"), "keys were migrated: {status}");
