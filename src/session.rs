@@ -84,6 +84,9 @@ enum VersionWork {
     Map(KeyReply),
     /// EXEC's array: how each queued command's element is mapped back.
     Transaction(Vec<Option<KeyReply>>),
+    /// SWAPDB, FLUSHDB, FLUSHALL (or an EXEC that ran one) answered: what
+    /// versioning remembered about keys no longer holds.
+    Forget,
     /// A command refused by the proxy inside MULTI: Redis was sent a command
     /// it refuses (so EXEC aborts, as after any command that fails to
     /// queue), and the client gets this error instead of Redis's.
@@ -272,6 +275,8 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         batch_versions: Vec::new(),
         queued_versions: Vec::new(),
         pending_versions: None,
+        transaction_moves: false,
+        exec_moves: false,
         subscriptions: Arc::default(),
         forwarded: 0,
         in_transaction: false,
@@ -362,6 +367,10 @@ struct Session {
     queued_versions: Vec<Option<KeyReply>>,
     /// At EXEC: the queued commands' entries, joined to EXEC's reply.
     pending_versions: Option<Vec<Option<KeyReply>>>,
+    /// The transaction queued a SWAPDB/FLUSHDB/FLUSHALL (EXEC then makes
+    /// versioning forget what it remembered), and EXEC is being forwarded.
+    transaction_moves: bool,
+    exec_moves: bool,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
     /// Commands `forward` put in a batch, ever (so a caller can tell
@@ -554,8 +563,10 @@ impl Session {
             && let Some(boundary) = boundary
         {
             let queued = std::mem::take(&mut self.queued_versions);
+            let moves = std::mem::take(&mut self.transaction_moves);
             if boundary == Boundary::Exec {
                 self.pending_versions = Some(queued);
+                self.exec_moves = moves;
             }
         }
         if let Some(l1) = &l1
@@ -1073,6 +1084,13 @@ impl Session {
         if let Some(refusal) = refused {
             self.batch_versions
                 .push((self.batch_replies - 1, VersionWork::Refused(refusal)));
+        } else if self.shared.versions.is_some() {
+            let moves = std::mem::take(&mut self.exec_moves) || versions::moves_databases(command.name());
+            if moves && queued {
+                self.transaction_moves = true;
+            } else if moves {
+                self.batch_versions.push((self.batch_replies - 1, VersionWork::Forget));
+            }
         }
         self.batch_l1.writes.append(&mut self.current_writes);
         self.batch_count += 1;
@@ -2156,6 +2174,10 @@ fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: Bat
             VersionWork::Map(how) => versions.map_reply(&how, frame),
             VersionWork::Transaction(queued) => versions.map_reply(&KeyReply::Exec(queued), frame),
             VersionWork::Refused(refusal) => Some(refusal),
+            VersionWork::Forget => {
+                versions.forget_all();
+                None
+            }
         };
         if let Some(replacement) = replacement {
             replacements.entry(index).or_insert(replacement);

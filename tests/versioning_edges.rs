@@ -1242,3 +1242,130 @@ async fn a_first_dedicated_migration_runs_after_an_earlier_pooled_swapdb() {
         ("+OK\r\n".to_string(), "*2\r\n$5\r\napp:l\r\n$3\r\none\r\n".to_string())
     );
 }
+
+// The third review's findings: remembered keys and unversioned fallbacks.
+
+fn enc(line: &str) -> Vec<u8> {
+    let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
+    common::encode(&args)
+}
+
+// Pipelined GET; SWAPDB: the GET's migration reply (result 3, about the
+// pre-swap db 0) is remembered after SWAPDB's forget_all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn was_pipelined_get_then_swapdb_remembers_pre_swap_state() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v2:app:k new").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SELECT 1").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:k old").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    let mut batch = enc("GET app:k");
+    batch.extend(enc("SWAPDB 0 1"));
+    client.send(&batch).await;
+    let first = String::from_utf8_lossy(&client.read_reply().await).into_owned();
+    let second = String::from_utf8_lossy(&client.read_reply().await).into_owned();
+    assert_eq!((first.as_str(), second.as_str()), ("$3\r\nnew\r\n", "+OK\r\n"));
+    // db 0 now holds v1:app:k = old only: plain semantics (and a proxy
+    // that does not remember) serve "old".
+    assert_eq!(client.cmd("GET app:k").await, "$3\r\nold\r\n");
+}
+
+// SWAPDB queued in MULTI forgets at queue time; another client's read
+// before EXEC is remembered, then EXEC swaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn was_swapdb_in_multi_forgets_too_early() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v2:app:k new").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SELECT 1").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:k old").await, "+OK\r\n");
+    let mut a = proxy.raw().await;
+    let mut b = proxy.raw().await;
+    assert_eq!(a.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(a.cmd("SWAPDB 0 1").await, "+QUEUED\r\n");
+    assert_eq!(b.cmd("GET app:k").await, "$3\r\nnew\r\n");
+    let exec = a.cmd("EXEC").await;
+    assert_eq!(exec, "*1\r\n+OK\r\n");
+    assert_eq!(b.cmd("GET app:k").await, "$3\r\nold\r\n");
+}
+
+// SWAPDB run by a script through the proxy is not seen.
+// Suffix key pattern + fallback_unversioned: the unversioned name of the
+// client key `app:k@v2` is the stored name of `app:k`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn was_suffix_pattern_unversioned_names_alias_other_keys() {
+    let (_server, proxy, mut direct) = start(|config| {
+        config.versioning.key_pattern = "{key}@v{version}".into();
+        let app = config.namespaces.get_mut("app").unwrap();
+        app.fallback_versions = Vec::new();
+        app.fallback_unversioned = Some(true);
+    })
+    .await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("SET app:k mine").await, "+OK\r\n");
+    assert_eq!(direct.cmd("EXISTS app:k@v2").await, ":1\r\n");
+    // Plain Redis: app:k@v2 is another key, absent.
+    let read = client.cmd("GET app:k@v2").await;
+    let write = client.cmd("SET app:k@v2 other").await;
+    let after = client.cmd("GET app:k").await;
+    // Now refused: its unversioned name is app:k's stored one.
+    assert!(
+        read.starts_with("-ERR auracache: the key 'app:k@v2' has the form"),
+        "{read}"
+    );
+    assert!(
+        write.starts_with("-ERR auracache: the key 'app:k@v2' has the form"),
+        "{write}"
+    );
+    assert_eq!(after, "$4\r\nmine\r\n");
+}
+
+// Prefix pattern, namespace with fallback_unversioned: KEYS exact name
+// with both forms present lists it once; DEL removes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_unversioned_read_copy_then_del() {
+    let (_server, proxy, mut direct) = start(|config| {
+        config.namespaces.get_mut("app").unwrap().fallback_unversioned = Some(true);
+    })
+    .await;
+    assert_eq!(direct.cmd("SET app:u U").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("GET app:u").await, "$1\r\nU\r\n");
+    assert_eq!(client.cmd("KEYS app:u").await, "*1\r\n$5\r\napp:u\r\n");
+    assert_eq!(client.cmd("DEL app:u").await, ":1\r\n");
+    assert_eq!(client.cmd("GET app:u").await, "$-1\r\n");
+    assert_eq!(direct.cmd("KEYS *").await, "*0\r\n");
+}
+
+// Control: the same without pipelining holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_sequential_get_then_swapdb() {
+    let (_server, proxy, mut direct) = start(|_| {}).await;
+    assert_eq!(direct.cmd("SET v2:app:k new").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SELECT 1").await, "+OK\r\n");
+    assert_eq!(direct.cmd("SET v1:app:k old").await, "+OK\r\n");
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("GET app:k").await, "$3\r\nnew\r\n");
+    assert_eq!(client.cmd("SWAPDB 0 1").await, "+OK\r\n");
+    assert_eq!(client.cmd("GET app:k").await, "$3\r\nold\r\n");
+}
+
+// Suffix pattern aliasing, DEL form: DEL of another client key removes app:k.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn was_suffix_pattern_del_of_alias_deletes_key() {
+    let (_server, proxy, _direct) = start(|config| {
+        config.versioning.key_pattern = "{key}@v{version}".into();
+        let app = config.namespaces.get_mut("app").unwrap();
+        app.fallback_versions = Vec::new();
+        app.fallback_unversioned = Some(true);
+    })
+    .await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("SET app:k mine").await, "+OK\r\n");
+    let del = client.cmd("DEL app:k@v2").await;
+    let after = client.cmd("GET app:k").await;
+    assert!(
+        del.starts_with("-ERR auracache: the key 'app:k@v2' has the form"),
+        "{del}"
+    );
+    assert_eq!(after, "$4\r\nmine\r\n");
+}

@@ -296,6 +296,8 @@ pub struct Migration {
     /// the script finds is remembered.
     subjects: Vec<(u32, Bytes)>,
     remembered: Option<Arc<Remembered>>,
+    /// The forgettings when it was planned.
+    generation: u64,
 }
 
 /// The (database, client key)s known to have left their old versions
@@ -306,28 +308,44 @@ pub struct Migration {
 /// unlinks them, a read's copy expires with its source). Bounded; forgotten
 /// when databases move (SWAPDB, FLUSHALL, FLUSHDB).
 #[derive(Debug)]
-pub struct Remembered(Option<quick_cache::sync::Cache<(u32, Bytes), ()>>);
+pub struct Remembered {
+    keys: Option<quick_cache::sync::Cache<(u32, Bytes), ()>>,
+    /// Forgettings so far: what a migration planned before the last one
+    /// found is not remembered (it may describe databases since moved).
+    generation: AtomicU64,
+}
 
 impl Remembered {
     /// Up to `capacity` keys; 0 remembers none (every command migrates).
     fn new(capacity: usize) -> Remembered {
-        Remembered((capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)))
+        Remembered {
+            keys: (capacity > 0).then(|| quick_cache::sync::Cache::new(capacity)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn contains(&self, db: u32, key: &Bytes) -> bool {
-        self.0
+        self.keys
             .as_ref()
             .is_some_and(|keys| keys.get(&(db, key.clone())).is_some())
     }
 
-    fn insert(&self, db: u32, key: Bytes) {
-        if let Some(keys) = &self.0 {
+    /// Remembers a key, unless a forgetting came after `planned`.
+    fn insert(&self, db: u32, key: Bytes, planned: u64) {
+        if let Some(keys) = &self.keys
+            && self.generation() == planned
+        {
             keys.insert((db, key), ());
         }
     }
 
     pub fn forget_all(&self) {
-        if let Some(keys) = &self.0 {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(keys) = &self.keys {
             keys.clear();
         }
     }
@@ -375,7 +393,7 @@ impl Migration {
             // Found in the current version now, or its old names unlinked.
             let settled = *result != 0 || *usage == KeyUse::Write;
             if let (true, Some(remembered), Some((db, key))) = (settled, &self.remembered, self.subjects.get(group)) {
-                remembered.insert(*db, key.clone());
+                remembered.insert(*db, key.clone(), self.generation);
             }
         }
         true
@@ -413,6 +431,7 @@ impl Migration {
             kept.subjects.extend(self.subjects.get(group).cloned());
         }
         kept.remembered = self.remembered.take();
+        kept.generation = self.generation;
         *self = kept;
         old_names
     }
@@ -822,6 +841,13 @@ impl Versioning {
                         }
                         continue;
                     };
+                    if namespace.fallback_unversioned && self.looks_stored(key) {
+                        // Its unversioned name would be another key's stored one.
+                        return Err(Refusal(format!(
+                            "ERR auracache: the key '{}' has the form of a versioned stored name; with key versioning on it would alias a versioned key",
+                            String::from_utf8_lossy(key)
+                        )));
+                    }
                     let settled = usage == KeyUse::Read && self.remembered.contains(db, key);
                     if namespace.has_fallbacks() && !settled {
                         let mode = match usage {
@@ -848,12 +874,12 @@ impl Versioning {
         }
         self.migrate_in_other_database(args, db, &mut out.migration);
         if !out.migration.is_empty() {
+            out.migration.generation = self.remembered.generation();
             out.migration.remembered = Some(self.remembered.clone());
         }
-        if ["SWAPDB", "FLUSHALL", "FLUSHDB"]
-            .iter()
-            .any(|moving| name.eq_ignore_ascii_case(moving.as_bytes()))
-        {
+        if moves_databases(name) {
+            // Forgotten now, and again when Redis has run it (the session
+            // sees to that), so nothing planned before it is remembered.
             self.forget_all();
         }
         // A command that also writes moves its keys to the current version
@@ -1602,6 +1628,14 @@ fn guarded_command(args: &[Bytes]) -> Option<usize> {
 /// An EVAL's numkeys.
 fn key_count(args: &[Bytes]) -> Option<usize> {
     std::str::from_utf8(args.get(2)?).ok()?.parse().ok()
+}
+
+/// Whether a command moves or empties databases (what [`Remembered`]
+/// knows then no longer holds).
+pub fn moves_databases(name: &[u8]) -> bool {
+    ["SWAPDB", "FLUSHALL", "FLUSHDB"]
+        .iter()
+        .any(|moving| name.eq_ignore_ascii_case(moving.as_bytes()))
 }
 
 /// How a command's reply names keys, by its name.
