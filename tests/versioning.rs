@@ -307,6 +307,9 @@ async fn redis_holds_the_current_version_and_the_client_never_sees_it() {
     assert_eq!(proxied.cmd("SET app:x 1").await, "+OK\r\n");
     assert_eq!(proxied.cmd("SET plain:y 1").await, "+OK\r\n");
     assert_eq!(direct.cmd("EXISTS v2:app:x plain:y app:x").await, ":2\r\n");
+    // Subcommands name the key too (Redis would answer nil for a missing one).
+    assert!(proxied.cmd("MEMORY USAGE app:x").await.starts_with(':'));
+    assert_eq!(proxied.cmd("OBJECT ENCODING app:x").await, "$3\r\nint\r\n");
     assert_eq!(proxied.cmd("KEYS *app*").await, "*1\r\n$5\r\napp:x\r\n");
     // A key of a version the namespace does not serve is invisible.
     assert_eq!(direct.cmd("SET v7:app:z 1").await, "+OK\r\n");
