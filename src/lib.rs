@@ -26,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod gather;
 pub mod keys;
+pub mod patterns;
 pub mod protocol;
 pub mod server;
 pub mod session;
