@@ -1,0 +1,310 @@
+//! What the pattern engine keeps per key, and how it classifies a key from
+//! it (issue #7). Time is given with each access (milliseconds of wall
+//! time), so tests and tools replay weeks in a moment.
+
+/// Milliseconds in an hour and a day.
+pub const HOUR_MS: u64 = 3_600_000;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// How a key is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    /// Recurring in the same hours on different days.
+    Daily,
+    /// At a regular interval.
+    Periodic,
+    /// Dense clusters separated by long idle gaps.
+    Burst,
+    /// A steady rate across the hours.
+    Constant,
+    Irregular,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Daily => "daily",
+            Class::Periodic => "periodic",
+            Class::Burst => "burst",
+            Class::Constant => "constant",
+            Class::Irregular => "irregular",
+        }
+    }
+}
+
+/// Gaps between accesses, by half powers of two of milliseconds (up to
+/// about 2^48 ms).
+const GAP_BUCKETS: usize = 96;
+
+/// One key's history: hour-of-day counts per day (a ring of `days` days),
+/// the gaps between its accesses, and running means.
+#[derive(Debug, Clone, Default)]
+pub struct KeyStats {
+    /// Per ring slot: the day it holds (days since the epoch) and that
+    /// day's accesses per hour.
+    days: Vec<(u64, [u16; 24])>,
+    pub accesses: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// Welford's running mean and sum of squared deviations of the gaps.
+    gaps: u64,
+    gap_mean: f64,
+    gap_m2: f64,
+    /// Gaps per bucket (`GAP_BUCKETS` of them once there is a gap).
+    gap_histogram: Vec<u16>,
+    pub hits: u64,
+    pub misses: u64,
+    size_total: u64,
+    latency_total_us: u64,
+}
+
+/// What a classification says of a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub class: Class,
+    /// In [0, 1]: how well the class predicts the key's next access.
+    pub predictability: f64,
+    /// The next access expected (milliseconds of wall time), if any.
+    pub next_ms: Option<u64>,
+    /// For periodic keys: the period.
+    pub period_ms: Option<u64>,
+    /// The hours of the day holding most accesses (daily keys).
+    pub hours: Vec<u8>,
+}
+
+impl KeyStats {
+    /// Counts one access at `at_ms`.
+    pub fn record(&mut self, at_ms: u64, days: usize, hit: bool, size: u64, latency_us: u64) {
+        let days = days.max(1);
+        if self.days.len() != days {
+            self.days = vec![(u64::MAX, [0; 24]); days];
+        }
+        let day = at_ms / DAY_MS;
+        let hour = ((at_ms % DAY_MS) / HOUR_MS) as usize;
+        let slot = &mut self.days[(day % days as u64) as usize];
+        if slot.0 != day {
+            *slot = (day, [0; 24]);
+        }
+        slot.1[hour] = slot.1[hour].saturating_add(1);
+        if self.accesses == 0 {
+            self.first_ms = at_ms;
+        } else {
+            let gap = at_ms.saturating_sub(self.last_ms);
+            self.gaps += 1;
+            let delta = gap as f64 - self.gap_mean;
+            self.gap_mean += delta / self.gaps as f64;
+            self.gap_m2 += delta * (gap as f64 - self.gap_mean);
+            let bucket = bucket_of(gap);
+            self.gap_histogram.resize(GAP_BUCKETS, 0);
+            self.gap_histogram[bucket] = self.gap_histogram[bucket].saturating_add(1);
+        }
+        self.accesses += 1;
+        self.last_ms = self.last_ms.max(at_ms);
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+        self.size_total += size;
+        self.latency_total_us += latency_us;
+    }
+
+    pub fn mean_size(&self) -> u64 {
+        self.size_total.checked_div(self.accesses).unwrap_or(0)
+    }
+
+    pub fn mean_latency_us(&self) -> u64 {
+        self.latency_total_us.checked_div(self.accesses).unwrap_or(0)
+    }
+
+    /// Accesses per hour of the day over the days kept.
+    pub fn hourly(&self) -> [u64; 24] {
+        let mut hours = [0u64; 24];
+        for (day, counts) in &self.days {
+            if *day != u64::MAX {
+                for (total, count) in hours.iter_mut().zip(counts) {
+                    *total += u64::from(*count);
+                }
+            }
+        }
+        hours
+    }
+
+    /// Bytes this key's history costs (its counters and hour table).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<KeyStats>()
+            + self.days.capacity() * std::mem::size_of::<(u64, [u16; 24])>()
+            + self.gap_histogram.capacity() * std::mem::size_of::<u16>()
+    }
+
+    /// The key's class and what it predicts, at `now_ms`.
+    pub fn classify(&self, now_ms: u64) -> Verdict {
+        let irregular = Verdict {
+            class: Class::Irregular,
+            predictability: 0.1,
+            next_ms: None,
+            period_ms: None,
+            hours: Vec::new(),
+        };
+        if self.gaps < 2 {
+            return irregular;
+        }
+        let std = (self.gap_m2 / self.gaps as f64).sqrt();
+        let variation = std / self.gap_mean.max(1.0);
+        let hourly = self.hourly();
+        let total: u64 = hourly.iter().sum();
+        // Periodic: regular gaps (nearly all within a factor of two of each
+        // other, whatever a few stray accesses add).
+        let regular = self
+            .gap_histogram
+            .windows(2)
+            .map(|pair| u64::from(pair[0]) + u64::from(pair[1]))
+            .max()
+            .unwrap_or(0);
+        let counted: u64 = self.gap_histogram.iter().map(|count| u64::from(*count)).sum();
+        if regular as f64 >= 0.8 * counted as f64 {
+            let period = self.gap_mean.round() as u64;
+            return Verdict {
+                class: Class::Periodic,
+                predictability: (1.0 - variation * 2.0).clamp(0.0, 1.0),
+                next_ms: Some(self.last_ms + period),
+                period_ms: Some(period),
+                hours: Vec::new(),
+            };
+        }
+        // Daily: most accesses within the same hours of the day (the
+        // busiest hour and its neighbours), on several days.
+        let busiest = (0..24).max_by_key(|hour| (hourly[*hour], 24 - hour)).unwrap_or(0);
+        let window: Vec<usize> = [23, 0, 1].iter().map(|offset| (busiest + offset) % 24).collect();
+        let covered: u64 = window.iter().map(|hour| hourly[*hour]).sum();
+        let active_days = self.days.iter().filter(|(day, _)| *day != u64::MAX).count();
+        let days_in_window = self
+            .days
+            .iter()
+            .filter(|(day, counts)| *day != u64::MAX && window.iter().any(|hour| counts[*hour] > 0))
+            .count();
+        let concentration = covered as f64 / total.max(1) as f64;
+        if concentration >= 0.7 && days_in_window >= 3 && days_in_window as f64 >= 0.6 * active_days as f64 {
+            let consistency = days_in_window as f64 / active_days.max(1) as f64;
+            let mut hours: Vec<u8> = window
+                .iter()
+                .filter(|hour| hourly[**hour] > 0)
+                .map(|hour| *hour as u8)
+                .collect();
+            hours.sort_unstable();
+            let first_hour = (busiest + 23) % 24;
+            let first_hour = if hourly[first_hour] > 0 { first_hour } else { busiest } as u64;
+            let today = now_ms / DAY_MS * DAY_MS;
+            let mut next = today + first_hour * HOUR_MS;
+            if next <= now_ms {
+                next += DAY_MS;
+            }
+            return Verdict {
+                class: Class::Daily,
+                predictability: (concentration * consistency).clamp(0.0, 1.0),
+                next_ms: Some(next),
+                period_ms: None,
+                hours,
+            };
+        }
+        // Burst: most gaps short, some a thousand times longer.
+        let short_limit = bucket_of((self.gap_mean / 20.0) as u64);
+        let short: u64 = self.gap_histogram[..=short_limit]
+            .iter()
+            .map(|count| u64::from(*count))
+            .sum();
+        let longest = self.gap_histogram.iter().rposition(|count| *count > 0).unwrap_or(0);
+        let typical = median_bucket(&self.gap_histogram);
+        if short as f64 >= 0.7 * counted as f64 && longest >= typical + 16 {
+            return Verdict {
+                class: Class::Burst,
+                predictability: 0.3,
+                next_ms: None,
+                period_ms: None,
+                hours: Vec::new(),
+            };
+        }
+        // Constant: accesses in nearly every hour, evenly.
+        let active_hours = hourly.iter().filter(|count| **count > 0).count();
+        let mean = total as f64 / 24.0;
+        let hourly_variation =
+            (hourly.iter().map(|c| (*c as f64 - mean).powi(2)).sum::<f64>() / 24.0).sqrt() / mean.max(1e-9);
+        if active_hours >= 20 && hourly_variation < 0.5 {
+            return Verdict {
+                class: Class::Constant,
+                predictability: (1.0 - hourly_variation).clamp(0.0, 1.0),
+                next_ms: Some(self.last_ms + self.gap_mean.round() as u64),
+                period_ms: None,
+                hours: Vec::new(),
+            };
+        }
+        irregular
+    }
+}
+
+/// Twice the base-2 logarithm of a gap, rounded down.
+fn bucket_of(gap: u64) -> usize {
+    let gap = gap.max(1);
+    let octave = 63 - gap.leading_zeros() as usize;
+    // The upper half of an octave starts at 2^octave * sqrt(2).
+    let upper = (gap as f64) >= (1u64 << octave) as f64 * std::f64::consts::SQRT_2;
+    (2 * octave + usize::from(upper)).min(GAP_BUCKETS - 1)
+}
+
+fn median_bucket(histogram: &[u16]) -> usize {
+    let total: u64 = histogram.iter().map(|count| u64::from(*count)).sum();
+    let mut seen = 0;
+    for (bucket, count) in histogram.iter().enumerate() {
+        seen += u64::from(*count);
+        if seen * 2 >= total {
+            return bucket;
+        }
+    }
+    GAP_BUCKETS - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: u64 = 20_000 * DAY_MS;
+
+    #[test]
+    fn a_periodic_key_predicts_its_next_access() {
+        let mut stats = KeyStats::default();
+        for i in 0..30 {
+            stats.record(START + i * 600_000, 7, true, 10, 100);
+        }
+        let verdict = stats.classify(START + 29 * 600_000);
+        assert_eq!(verdict.class, Class::Periodic);
+        assert_eq!(verdict.period_ms, Some(600_000));
+        assert_eq!(verdict.next_ms, Some(START + 30 * 600_000));
+        assert!(verdict.predictability > 0.9, "{verdict:?}");
+    }
+
+    #[test]
+    fn a_daily_key_is_expected_at_its_hour_tomorrow() {
+        let mut stats = KeyStats::default();
+        for day in 0..5 {
+            for minute in [5, 20, 40] {
+                stats.record(START + day * DAY_MS + 9 * HOUR_MS + minute * 60_000, 7, false, 10, 100);
+            }
+        }
+        let now = START + 4 * DAY_MS + 12 * HOUR_MS;
+        let verdict = stats.classify(now);
+        assert_eq!(verdict.class, Class::Daily);
+        assert_eq!(verdict.hours, vec![9]);
+        assert_eq!(verdict.next_ms, Some(START + 5 * DAY_MS + 9 * HOUR_MS));
+        assert_eq!(stats.hourly()[9], 15);
+    }
+
+    #[test]
+    fn the_ring_keeps_only_the_last_days() {
+        let mut stats = KeyStats::default();
+        for day in 0..10 {
+            stats.record(START + day * DAY_MS + 3 * HOUR_MS, 7, true, 10, 100);
+        }
+        assert_eq!(stats.hourly()[3], 7, "the three oldest days are gone");
+        assert_eq!(stats.accesses, 10);
+    }
+}
