@@ -3,15 +3,18 @@
 //!
 //! - [`topk`]: the heavy-hitter structure that bounds how many keys are
 //!   tracked, whatever the key space;
+//! - [`engine`]: the model of the key space: tracked keys' histories,
+//!   the global hourly load and peak hours, priorities and rankings;
 //! - [`model`]: a key's history (hour-of-day counts per day, gaps) and its
 //!   classification (daily, periodic, burst, constant, irregular) with a
 //!   predictability and a next expected access;
 //! - [`trace`]: a seeded week-long workload of known classes, for checking
 //!   the classifier (and later the preloader).
 //!
-//! Not yet: the event queue from the request path, priorities, peak hours,
-//! snapshots, `PROXY PATTERNS`.
+//! Not yet: the event queue from the request path, snapshots, `PROXY
+//! PATTERNS`, the overhead benchmark.
 
+pub mod engine;
 pub mod model;
 pub mod topk;
 pub mod trace;

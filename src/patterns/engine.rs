@@ -1,0 +1,325 @@
+//! The pattern engine's model of the whole key space (issue #7): the
+//! tracked keys' histories in a bounded heavy-hitter structure, the global
+//! load per hour of the day, and what both say (classes, priorities, peak
+//! hours). It is fed events off the request path and answers queries; it
+//! never sees a socket.
+
+use bytes::Bytes;
+
+use super::model::{Class, DAY_MS, HOUR_MS, KeyStats, Verdict};
+use super::topk::TopK;
+
+/// Where an access was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    L1Hit,
+    L2Hit,
+    Miss,
+}
+
+/// One access, as the request path reports it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub key: Bytes,
+    /// Wall time, milliseconds since the epoch.
+    pub at_ms: u64,
+    pub outcome: Outcome,
+    pub latency_us: u32,
+    pub size: u32,
+}
+
+/// Settings (PATTERN_* in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most keys tracked (`patterns.max_keys`).
+    pub max_keys: usize,
+    /// Days of hour-of-day history per key (PATTERN_HISTORY_DAYS).
+    pub history_days: usize,
+    /// Accesses before a key is classified (PATTERN_MIN_ACCESS_COUNT).
+    pub min_accesses: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_keys: 100_000,
+            history_days: 7,
+            min_accesses: 10,
+        }
+    }
+}
+
+/// What the engine says of one key.
+#[derive(Debug, Clone)]
+pub struct Insight {
+    pub key: Bytes,
+    pub accesses: u64,
+    pub verdict: Verdict,
+    /// 1 (not worth preloading) to 10.
+    pub priority: u8,
+    pub hourly: [u64; 24],
+    pub mean_latency_us: u64,
+    pub mean_size: u64,
+}
+
+/// The model.
+pub struct Engine {
+    settings: Settings,
+    keys: TopK<KeyStats>,
+    /// Per ring day (days since the epoch), accesses per hour.
+    load: Vec<(u64, [u64; 24])>,
+    events: u64,
+}
+
+impl Engine {
+    pub fn new(settings: Settings) -> Engine {
+        Engine {
+            settings,
+            keys: TopK::new(settings.max_keys),
+            load: vec![(u64::MAX, [0; 24]); settings.history_days.max(1)],
+            events: 0,
+        }
+    }
+
+    pub fn record(&mut self, event: &Event) {
+        self.events += 1;
+        let day = event.at_ms / DAY_MS;
+        let hour = ((event.at_ms % DAY_MS) / HOUR_MS) as usize;
+        let slots = self.load.len() as u64;
+        let slot = &mut self.load[(day % slots) as usize];
+        if slot.0 != day {
+            *slot = (day, [0; 24]);
+        }
+        slot.1[hour] += 1;
+        let counter = self.keys.record(&event.key);
+        counter.value.record(
+            event.at_ms,
+            self.settings.history_days,
+            event.outcome != Outcome::Miss,
+            u64::from(event.size),
+            u64::from(event.latency_us),
+        );
+    }
+
+    /// Events seen.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Keys tracked now.
+    pub fn tracked(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Bytes the model holds (keys, their histories, the index).
+    pub fn bytes(&self) -> usize {
+        let per_entry_index = std::mem::size_of::<(Bytes, usize)>() + 8;
+        self.keys
+            .iter()
+            .map(|counter| counter.key.len() + counter.value.bytes() + per_entry_index + 32)
+            .sum::<usize>()
+            + self.load.len() * std::mem::size_of::<(u64, [u64; 24])>()
+    }
+
+    /// What the engine says of a tracked key with enough accesses.
+    pub fn insight(&self, key: &[u8], now_ms: u64) -> Option<Insight> {
+        let counter = self.keys.get(key)?;
+        (counter.value.accesses >= self.settings.min_accesses).then(|| insight_of(&counter.key, &counter.value, now_ms))
+    }
+
+    /// The tracked keys with enough accesses, highest priority first (then
+    /// most accessed), those passing `keep`.
+    pub fn ranked(&self, now_ms: u64, keep: impl Fn(&Insight) -> bool) -> Vec<Insight> {
+        let mut all: Vec<Insight> = self
+            .keys
+            .iter()
+            .filter(|counter| counter.value.accesses >= self.settings.min_accesses)
+            .map(|counter| insight_of(&counter.key, &counter.value, now_ms))
+            .filter(|insight| keep(insight))
+            .collect();
+        all.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(b.accesses.cmp(&a.accesses))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        all
+    }
+
+    /// Accesses per hour of the day, over the days kept.
+    pub fn hourly_load(&self) -> [u64; 24] {
+        let mut hours = [0u64; 24];
+        for (day, counts) in &self.load {
+            if *day != u64::MAX {
+                for (total, count) in hours.iter_mut().zip(counts) {
+                    *total += count;
+                }
+            }
+        }
+        hours
+    }
+
+    /// The peak hours: those with at least 1.5 times the mean hourly load
+    /// (none when there is no load).
+    pub fn peaks(&self) -> Vec<u8> {
+        let load = self.hourly_load();
+        let total: u64 = load.iter().sum();
+        if total == 0 {
+            return Vec::new();
+        }
+        let threshold = total as f64 / 24.0 * 1.5;
+        (0..24u8)
+            .filter(|hour| load[*hour as usize] as f64 >= threshold)
+            .collect()
+    }
+}
+
+fn insight_of(key: &Bytes, stats: &KeyStats, now_ms: u64) -> Insight {
+    let verdict = stats.classify(now_ms);
+    let priority = priority(&verdict, stats);
+    Insight {
+        key: key.clone(),
+        accesses: stats.accesses,
+        verdict,
+        priority,
+        hourly: stats.hourly(),
+        mean_latency_us: stats.mean_latency_us(),
+        mean_size: stats.mean_size(),
+    }
+}
+
+/// 1 to 10: predictability (up to 5), frequency (up to 3: log10 of the
+/// accesses), the cost of a miss (up to 2: its latency in ms, and its size
+/// in 10 KB); an unpredictable key stays at 3 or below.
+fn priority(verdict: &Verdict, stats: &KeyStats) -> u8 {
+    let predictability = verdict.predictability * 5.0;
+    let frequency = (stats.accesses.max(1) as f64).log10().min(3.0);
+    let latency = (stats.mean_latency_us() as f64 / 1_000.0).min(1.0);
+    let size = (stats.mean_size() as f64 / 10_240.0).min(1.0);
+    let score = (predictability + frequency + latency + size).round().clamp(1.0, 10.0) as u8;
+    match verdict.class {
+        Class::Irregular | Class::Burst => score.min(3),
+        _ => score,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patterns::trace::Rng;
+
+    const START: u64 = 20_000 * DAY_MS;
+
+    fn event(key: &str, at_ms: u64) -> Event {
+        Event {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            at_ms,
+            outcome: Outcome::Miss,
+            latency_us: 800,
+            size: 2_000,
+        }
+    }
+
+    #[test]
+    fn peak_hours_are_found_exactly() {
+        let mut engine = Engine::new(Settings::default());
+        let mut rng = Rng::new(5);
+        for day in 0..7 {
+            for hour in 0..24u64 {
+                // A quiet base load, and clear peaks at 9-11 and 18.
+                let busy = matches!(hour, 9..=11 | 18);
+                let count = if busy {
+                    rng.between(900, 1_100)
+                } else {
+                    rng.between(150, 250)
+                };
+                for _ in 0..count {
+                    let at = START + day * DAY_MS + hour * HOUR_MS + rng.between(0, HOUR_MS);
+                    engine.record(&event(&format!("k:{}", rng.between(0, 500)), at));
+                }
+            }
+        }
+        assert_eq!(engine.peaks(), vec![9, 10, 11, 18]);
+    }
+
+    #[test]
+    fn predictable_frequent_expensive_keys_rank_first() {
+        let mut engine = Engine::new(Settings::default());
+        for i in 0..200 {
+            engine.record(&event("periodic:a", START + i * 300_000));
+        }
+        let mut rng = Rng::new(9);
+        for _ in 0..20 {
+            engine.record(&event("random:b", START + rng.between(0, 7 * DAY_MS)));
+        }
+        engine.record(&event("rare:c", START));
+        let ranked = engine.ranked(START + 7 * DAY_MS, |_| true);
+        let keys: Vec<&[u8]> = ranked.iter().map(|insight| &insight.key[..]).collect();
+        assert_eq!(
+            keys,
+            vec![&b"periodic:a"[..], b"random:b"],
+            "rare:c is below the access minimum"
+        );
+        assert_eq!(ranked[0].verdict.class, Class::Periodic);
+        assert!(ranked[0].priority >= 8, "{:?}", ranked[0]);
+        assert!(ranked[1].priority <= 3, "{:?}", ranked[1]);
+    }
+
+    /// A million distinct keys (plus a few hot ones) through the engine:
+    /// it tracks at most `max_keys`, stays within its budget, and still
+    /// holds the hot keys.
+    #[test]
+    fn a_million_keys_stay_within_the_budget() {
+        many_keys_stay_within_the_budget(1_000_000);
+    }
+
+    /// The same with ten million keys (about 13 s in a release build:
+    /// `cargo test --release --lib ten_million -- --ignored`).
+    #[test]
+    #[ignore = "long: run in a release build"]
+    fn ten_million_keys_stay_within_the_budget() {
+        many_keys_stay_within_the_budget(10_000_000);
+    }
+
+    fn many_keys_stay_within_the_budget(distinct: u64) {
+        let settings = Settings {
+            max_keys: 10_000,
+            ..Settings::default()
+        };
+        let mut engine = Engine::new(settings);
+        let mut rng = Rng::new(3);
+        let mut at = START;
+        let mut key = Vec::with_capacity(24);
+        for i in 0..distinct {
+            at += 10;
+            key.clear();
+            if i % 8 == 0 {
+                key.extend_from_slice(format!("hot:{}", rng.between(0, 50)).as_bytes());
+            } else {
+                key.extend_from_slice(format!("cold:{i}").as_bytes());
+            }
+            engine.record(&Event {
+                key: Bytes::copy_from_slice(&key),
+                at_ms: at,
+                outcome: Outcome::L2Hit,
+                latency_us: 300,
+                size: 100,
+            });
+        }
+        assert_eq!(engine.tracked(), 10_000);
+        // Budget: about 1 KB per tracked key (its hour table and gaps).
+        let budget = 10_000 * 1_024;
+        eprintln!(
+            "{distinct} keys: {} tracked in {} bytes",
+            engine.tracked(),
+            engine.bytes()
+        );
+        assert!(engine.bytes() <= budget, "{} bytes", engine.bytes());
+        for hot in 0..50 {
+            assert!(
+                engine.keys.get(format!("hot:{hot}").as_bytes()).is_some(),
+                "hot:{hot} is tracked"
+            );
+        }
+    }
+}
