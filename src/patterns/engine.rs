@@ -174,6 +174,110 @@ impl Engine {
     }
 }
 
+/// The first bytes of a snapshot file, then its format version.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"AURAPATS";
+const SNAPSHOT_VERSION: u64 = 1;
+
+/// Why a snapshot was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a pattern snapshot (wrong magic)")]
+    Foreign,
+    #[error("pattern snapshot version {0} is not one this build reads")]
+    Version(u64),
+    #[error("pattern snapshot is damaged ({0})")]
+    Damaged(&'static str),
+}
+
+impl Engine {
+    /// The model as bytes: magic, version, the hourly load, each tracked
+    /// key's counter and history, and a SHA-256 of all of it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(self.bytes());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.events.to_le_bytes());
+        out.extend_from_slice(&(self.load.len() as u64).to_le_bytes());
+        for (day, counts) in &self.load {
+            out.extend_from_slice(&day.to_le_bytes());
+            counts
+                .iter()
+                .for_each(|count| out.extend_from_slice(&count.to_le_bytes()));
+        }
+        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for counter in self.keys.iter() {
+            out.extend_from_slice(&(counter.key.len() as u64).to_le_bytes());
+            out.extend_from_slice(&counter.key);
+            out.extend_from_slice(&counter.count.to_le_bytes());
+            out.extend_from_slice(&counter.error.to_le_bytes());
+            counter.value.encode(&mut out);
+        }
+        let digest = sha2::Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    /// A model from [`Engine::snapshot`]'s bytes, with these settings (keys
+    /// beyond `max_keys` are dropped); an error for anything else.
+    pub fn restore(settings: Settings, bytes: &[u8]) -> Result<Engine, SnapshotError> {
+        use super::model::Reader;
+        use sha2::Digest;
+        if bytes.len() < SNAPSHOT_MAGIC.len() || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::Foreign);
+        }
+        if bytes.len() < SNAPSHOT_MAGIC.len() + 8 + 32 {
+            return Err(SnapshotError::Damaged("truncated"));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        let mut input = Reader::new(&body[SNAPSHOT_MAGIC.len()..]);
+        let version = input.u64().ok_or(SnapshotError::Damaged("truncated"))?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        if sha2::Sha256::digest(body).as_slice() != digest {
+            return Err(SnapshotError::Damaged("checksum"));
+        }
+        let damaged = SnapshotError::Damaged("malformed");
+        let mut engine = Engine::new(settings);
+        engine.events = input.u64().ok_or(damaged.clone())?;
+        let days = input.u64().ok_or(damaged.clone())?;
+        if days > 366 {
+            return Err(damaged);
+        }
+        let mut load = Vec::with_capacity(days as usize);
+        for _ in 0..days {
+            let day = input.u64().ok_or(damaged.clone())?;
+            let mut counts = [0u64; 24];
+            for count in &mut counts {
+                *count = input.u64().ok_or(damaged.clone())?;
+            }
+            load.push((day, counts));
+        }
+        if load.len() == engine.load.len() {
+            engine.load = load;
+        }
+        let keys = input.u64().ok_or(damaged.clone())?;
+        for _ in 0..keys {
+            let length = input.u64().ok_or(damaged.clone())? as usize;
+            let key = Bytes::copy_from_slice(input.take(length).ok_or(damaged.clone())?);
+            let count = input.u64().ok_or(damaged.clone())?;
+            let error = input.u64().ok_or(damaged.clone())?;
+            let value = KeyStats::decode(&mut input).ok_or(damaged.clone())?;
+            engine.keys.restore(super::topk::Counter {
+                key,
+                count,
+                error,
+                value,
+            });
+        }
+        if !input.is_empty() {
+            return Err(damaged);
+        }
+        Ok(engine)
+    }
+}
+
 fn insight_of(key: &Bytes, stats: &KeyStats, now_ms: u64) -> Insight {
     let verdict = stats.classify(now_ms);
     let priority = priority(&verdict, stats);
@@ -218,6 +322,55 @@ mod tests {
             latency_us: 800,
             size: 2_000,
         }
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_model_and_bad_ones_are_refused() {
+        let mut engine = Engine::new(Settings::default());
+        for i in 0..50 {
+            engine.record(&event("periodic:a", START + i * 300_000));
+            engine.record(&event(&format!("other:{}", i % 7), START + i * 1_000));
+        }
+        let snapshot = engine.snapshot();
+        let restored = Engine::restore(Settings::default(), &snapshot).expect("restores");
+        let now = START + DAY_MS;
+        let (before, after) = (engine.ranked(now, |_| true), restored.ranked(now, |_| true));
+        let summary = |all: &[Insight]| -> Vec<(Bytes, u64, Class, u8)> {
+            all.iter()
+                .map(|insight| {
+                    (
+                        insight.key.clone(),
+                        insight.accesses,
+                        insight.verdict.class,
+                        insight.priority,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(summary(&after), summary(&before));
+        assert_eq!(restored.hourly_load(), engine.hourly_load());
+        assert_eq!(restored.events(), engine.events());
+        assert_eq!(
+            Engine::restore(Settings::default(), b"{\"json\": 1}").err(),
+            Some(SnapshotError::Foreign)
+        );
+        let mut damaged = snapshot.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0xff;
+        assert_eq!(
+            Engine::restore(Settings::default(), &damaged).err(),
+            Some(SnapshotError::Damaged("checksum"))
+        );
+        assert_eq!(
+            Engine::restore(Settings::default(), &snapshot[..20]).err(),
+            Some(SnapshotError::Damaged("truncated"))
+        );
+        let mut newer = snapshot.clone();
+        newer[8] = 9;
+        assert_eq!(
+            Engine::restore(Settings::default(), &newer).err(),
+            Some(SnapshotError::Version(9))
+        );
     }
 
     #[test]

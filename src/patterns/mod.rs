@@ -11,8 +11,10 @@
 //! - [`trace`]: a seeded week-long workload of known classes, for checking
 //!   the classifier (and later the preloader).
 //!
-//! Not yet: the event queue from the request path, snapshots, `PROXY
-//! PATTERNS`, the overhead benchmark.
+//! The model saves to and restores from a checksummed snapshot
+//! ([`engine::Engine::snapshot`]). Not yet: the event queue from the
+//! request path, the snapshot file's schedule, `PROXY PATTERNS`, the
+//! overhead benchmark.
 
 pub mod engine;
 pub mod model;

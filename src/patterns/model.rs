@@ -242,6 +242,108 @@ impl KeyStats {
     }
 }
 
+/// Reads a snapshot's little-endian integers in order.
+pub(super) struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes }
+    }
+
+    pub(super) fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < count {
+            return None;
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Some(taken)
+    }
+
+    pub(super) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    pub(super) fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    pub(super) fn f64(&mut self) -> Option<f64> {
+        Some(f64::from_bits(self.u64()?))
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl KeyStats {
+    /// Appends this history to a snapshot.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.days.len() as u64).to_le_bytes());
+        for (day, counts) in &self.days {
+            out.extend_from_slice(&day.to_le_bytes());
+            counts
+                .iter()
+                .for_each(|count| out.extend_from_slice(&count.to_le_bytes()));
+        }
+        for value in [
+            self.accesses,
+            self.first_ms,
+            self.last_ms,
+            self.gaps,
+            self.gap_mean.to_bits(),
+            self.gap_m2.to_bits(),
+            self.hits,
+            self.misses,
+            self.size_total,
+            self.latency_total_us,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.gap_histogram.len() as u64).to_le_bytes());
+        self.gap_histogram
+            .iter()
+            .for_each(|count| out.extend_from_slice(&count.to_le_bytes()));
+    }
+
+    /// Reads a history [`KeyStats::encode`] wrote; None if it is not one.
+    pub(super) fn decode(input: &mut Reader<'_>) -> Option<KeyStats> {
+        let days = input.u64()?;
+        if days > 366 {
+            return None;
+        }
+        let mut stats = KeyStats::default();
+        for _ in 0..days {
+            let day = input.u64()?;
+            let mut counts = [0u16; 24];
+            for count in &mut counts {
+                *count = input.u16()?;
+            }
+            stats.days.push((day, counts));
+        }
+        stats.accesses = input.u64()?;
+        stats.first_ms = input.u64()?;
+        stats.last_ms = input.u64()?;
+        stats.gaps = input.u64()?;
+        stats.gap_mean = input.f64()?;
+        stats.gap_m2 = input.f64()?;
+        stats.hits = input.u64()?;
+        stats.misses = input.u64()?;
+        stats.size_total = input.u64()?;
+        stats.latency_total_us = input.u64()?;
+        let buckets = input.u64()?;
+        if buckets != 0 && buckets != GAP_BUCKETS as u64 {
+            return None;
+        }
+        for _ in 0..buckets {
+            stats.gap_histogram.push(input.u16()?);
+        }
+        Some(stats)
+    }
+}
+
 /// Twice the base-2 logarithm of a gap, rounded down.
 fn bucket_of(gap: u64) -> usize {
     let gap = gap.max(1);

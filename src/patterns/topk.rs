@@ -83,6 +83,18 @@ impl<V: Default> TopK<V> {
         &mut self.heap[at]
     }
 
+    /// Puts back a counter (from a snapshot), as if it had been counted;
+    /// ignored when the structure is full or already holds the key.
+    pub fn restore(&mut self, counter: Counter<V>) {
+        if self.heap.len() >= self.capacity || self.index.contains_key(&counter.key) {
+            return;
+        }
+        self.index.insert(counter.key.clone(), self.heap.len());
+        self.heap.push(counter);
+        let at = self.heap.len() - 1;
+        self.sift_up(at);
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&Counter<V>> {
         self.index.get(key).map(|&at| &self.heap[at])
     }
