@@ -40,7 +40,9 @@ async fn upstream_killed_and_restarted_mid_run() {
     // The proxy reconnects by itself; the same client connections work again.
     client.cmd_until("SET after 2", "+OK\r\n").await;
     assert_eq!(client.cmd("GET after").await, "$1\r\n2\r\n");
-    assert_eq!(bystander.cmd("GET after").await, "$1\r\n2\r\n");
+    // The bystander is pinned to another pooled connection, which comes
+    // back on its own schedule (its reconnection backoff).
+    bystander.cmd_until("GET after", "$1\r\n2\r\n").await;
     assert!(proxy.handle().stats().upstream_errors() >= 1);
 }
 
