@@ -161,42 +161,37 @@ async fn remove_below(
     progress: &Cleanup,
     upstream: &mut impl Upstream,
 ) -> Result<(), String> {
-    let mut scan = NamespaceScan::new(versions, namespace);
-    while let Some(keys) = scan.next_page(upstream).await? {
-        progress.scanned.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let old: Vec<Bytes> = keys
-            .into_iter()
-            .filter(|stored| {
-                versions
-                    .version_in(namespace, stored)
-                    .is_some_and(|version| version < below)
-            })
-            .collect();
-        for batch in old.chunks(UNLINK_BATCH) {
-            let mut args = vec![Bytes::from_static(b"UNLINK")];
-            args.extend_from_slice(batch);
-            let removed = integer(&upstream.call(args).await?)?;
-            progress.removed.fetch_add(removed.max(0) as u64, Ordering::Relaxed);
-        }
-        tokio::task::yield_now().await;
-    }
-    Ok(())
+    let scan = NamespaceScan::new(versions, namespace);
+    let old = |stored: &Bytes| {
+        versions
+            .version_in(namespace, stored)
+            .is_some_and(|version| version < below)
+    };
+    remove_matching(scan, old, progress, upstream).await
 }
 
-/// Removes the namespace's unversioned names (SCAN + UNLINK).
+/// Removes the namespace's unversioned names.
 async fn remove_unversioned(
     versions: &Versioning,
     namespace: &NamespaceVersions,
     progress: &Cleanup,
     upstream: &mut impl Upstream,
 ) -> Result<(), String> {
-    let mut scan = NamespaceScan::unversioned(versions, namespace);
+    let scan = NamespaceScan::unversioned(versions, namespace);
+    let old = |stored: &Bytes| versions.is_unversioned_in(namespace, stored);
+    remove_matching(scan, old, progress, upstream).await
+}
+
+/// UNLINKs, in batches, the names a scan finds that `old` picks.
+async fn remove_matching(
+    mut scan: NamespaceScan,
+    old: impl Fn(&Bytes) -> bool,
+    progress: &Cleanup,
+    upstream: &mut impl Upstream,
+) -> Result<(), String> {
     while let Some(keys) = scan.next_page(upstream).await? {
         progress.scanned.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let old: Vec<Bytes> = keys
-            .into_iter()
-            .filter(|stored| versions.is_unversioned_in(namespace, stored))
-            .collect();
+        let old: Vec<Bytes> = keys.into_iter().filter(|stored| old(stored)).collect();
         for batch in old.chunks(UNLINK_BATCH) {
             let mut args = vec![Bytes::from_static(b"UNLINK")];
             args.extend_from_slice(batch);

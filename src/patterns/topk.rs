@@ -168,18 +168,7 @@ impl<V: Default> TopK<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-    }
+    use crate::patterns::trace::Rng;
 
     #[test]
     fn counts_are_exact_while_every_key_fits() {
@@ -215,15 +204,15 @@ mod tests {
         let capacity = 1_000;
         let mut top: TopK<()> = TopK::new(capacity);
         let mut truth: HashMap<u64, u64> = HashMap::new();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         let total = 400_000;
         for _ in 0..total {
             // 20 hot keys get half the accesses; the rest spread over
             // a million keys.
-            let key = if rng.next().is_multiple_of(2) {
-                rng.next() % 20
+            let key = if rng.next_u64().is_multiple_of(2) {
+                rng.next_u64() % 20
             } else {
-                1_000 + rng.next() % 1_000_000
+                1_000 + rng.next_u64() % 1_000_000
             };
             *truth.entry(key).or_insert(0) += 1;
             top.record(key.to_string().as_bytes());
