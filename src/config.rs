@@ -730,11 +730,15 @@ impl Config {
                 // Text between the placeholders tells a version's digits
                 // from the key when a stored name is read back.
                 let adjacent = pattern.contains("{version}{key}") || pattern.contains("{key}{version}");
-                if !once("{version}") || !once("{key}") || adjacent {
+                // Nor may a digit touch the version's: it would read as part of it.
+                let (before, after) = pattern.split_once("{version}").unwrap_or_default();
+                let digit_next =
+                    before.ends_with(|c: char| c.is_ascii_digit()) || after.starts_with(|c: char| c.is_ascii_digit());
+                if !once("{version}") || !once("{key}") || adjacent || digit_next {
                     return Err(invalid(
                         name,
                         pattern,
-                        "expected {version} and {key} once each, with text between them, for example v{version}:{key}",
+                        "expected {version} and {key} once each, with text between them and no digit next to {version}, for example v{version}:{key}",
                     ));
                 }
             }
@@ -1014,6 +1018,10 @@ mod tests {
                 "with text between them",
             ),
             ("[versioning]\nkey_pattern = \"{key}\"\n", "once each"),
+            (
+                "[versioning]\nkey_pattern = \"v{version}1:{key}\"\n",
+                "no digit next to",
+            ),
             (
                 "[namespaces.user]\nfallback_versions = [1]\n",
                 "expected a version when",

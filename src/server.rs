@@ -177,12 +177,12 @@ impl ServerHandle {
         self.l1.as_ref()
     }
 
-    /// The compression stage, when enabled.
     /// The key versioning stage, when a namespace is versioned.
     pub fn versions(&self) -> Option<&Arc<Versioning>> {
         self.versions.as_ref()
     }
 
+    /// The compression stage, when enabled.
     pub fn compression(&self) -> Option<&Arc<crate::codec::Compression>> {
         self.compression.as_ref()
     }

@@ -959,11 +959,11 @@ impl Session {
             .unwrap_or_else(|_| Err(UpstreamError::lost()))
     }
 
-    /// The name Redis stores the client's `key` under now.
-    fn stored_name(&self, key: &Bytes) -> Bytes {
+    /// `PTTL` of the name Redis stores the client's `key` under now.
+    fn pttl_of(&self, key: &[u8]) -> Bytes {
         match &self.shared.versions {
-            Some(versions) => versions.stored(key),
-            None => key.clone(),
+            Some(versions) => pttl_request(&versions.stored(key)),
+            None => pttl_request(key),
         }
     }
 
@@ -1410,8 +1410,8 @@ impl Session {
                     return Flow::Continue;
                 }
                 let index = self.batch_replies - 1;
-                let stored = self.stored_name(&key);
-                self.append(&pttl_request(&stored));
+                let pttl = self.pttl_of(&key);
+                self.append(&pttl);
                 self.batch_l1.fills.push((index, ticket));
                 Flow::Continue
             }
@@ -1432,7 +1432,7 @@ impl Session {
             Some(_) => Shape::HashField(item.clone()),
         };
         let items = &args[fixed..];
-        if items.iter().chain(&hash).any(|key| self.reads_unmigrated(key)) {
+        if self.shared.versions.is_some() && items.iter().chain(&hash).any(|key| self.reads_unmigrated(key)) {
             return self.forward(self.pooled_lane(), command).await;
         }
         let cached: Vec<Option<Bytes>> = items
@@ -1491,8 +1491,8 @@ impl Session {
         }
         let index = self.batch_replies - 1;
         for key in &pttl_keys {
-            let stored = self.stored_name(key);
-            self.append(&pttl_request(&stored));
+            let pttl = self.pttl_of(key);
+            self.append(&pttl);
         }
         if !all_missing || !fills.is_empty() {
             self.batch_l1.multis.push(MultiRead {
@@ -1916,9 +1916,7 @@ impl Session {
     /// refuse.
     fn rewrite_tracking(&mut self, versions: &Versioning, command: &mut Command) {
         let args = command.args();
-        if args.iter().skip(2).any(|arg| arg.eq_ignore_ascii_case(b"OFF"))
-            || args.get(2).is_some_and(|arg| arg.eq_ignore_ascii_case(b"OFF"))
-        {
+        if args.get(2).is_some_and(|arg| arg.eq_ignore_ascii_case(b"OFF")) {
             self.subscriptions.track_prefixes(Vec::new(), true);
             return;
         }
@@ -2126,7 +2124,7 @@ fn then(first: Option<Hook>, second: Option<Hook>) -> Option<Hook> {
 /// `bytes` with the frames at the given positions (ascending) replaced;
 /// `bytes` itself when there are none.
 fn replace_frames(bytes: &Bytes, starts: &[usize], replacements: impl Iterator<Item = (usize, Bytes)>) -> Bytes {
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(bytes.len());
     let mut copied_to = 0;
     for (index, replacement) in replacements {
         out.extend_from_slice(&bytes[copied_to..starts[index]]);

@@ -1251,7 +1251,11 @@ impl Subscriptions {
         if off {
             tracked.clear();
         }
-        tracked.extend(prefixes);
+        for prefix in prefixes {
+            if !tracked.contains(&prefix) {
+                tracked.push(prefix);
+            }
+        }
     }
 
     pub fn set_resp3(&self, resp3: bool) {
