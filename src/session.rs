@@ -80,17 +80,13 @@ enum VersionWork {
     /// A hidden migration's reply: counted, not shown; if it failed, the
     /// reply of the read-only command at the position given is its error.
     Migrated(Migration, usize),
-    /// A reply that names keys, mapped back.
+    /// A reply mapped back: one that names keys, EXEC's array
+    /// (`KeyReply::Exec`), or a refusal inside MULTI (`KeyReply::Refused`:
+    /// Redis was sent a command it refuses too, so EXEC aborts).
     Map(KeyReply),
-    /// EXEC's array: how each queued command's element is mapped back.
-    Transaction(Vec<Option<KeyReply>>),
     /// SWAPDB, FLUSHDB, FLUSHALL (or an EXEC that ran one) answered: what
     /// versioning remembered about keys no longer holds.
     Forget,
-    /// A command refused by the proxy inside MULTI: Redis was sent a command
-    /// it refuses (so EXEC aborts, as after any command that fails to
-    /// queue), and the client gets this error instead of Redis's.
-    Refused(Bytes),
 }
 
 /// What key versioning made of a command.
@@ -1083,7 +1079,7 @@ impl Session {
         self.forwarded += 1;
         if let Some(refusal) = refused {
             self.batch_versions
-                .push((self.batch_replies - 1, VersionWork::Refused(refusal)));
+                .push((self.batch_replies - 1, VersionWork::Map(KeyReply::Refused(refusal))));
         } else if self.shared.versions.is_some() {
             let moves = std::mem::take(&mut self.exec_moves) || versions::moves_databases(command.name());
             if moves && queued {
@@ -1118,7 +1114,8 @@ impl Session {
         if let Some(transaction) = self.pending_versions.take()
             && transaction.iter().any(Option::is_some)
         {
-            self.batch_versions.push((index, VersionWork::Transaction(transaction)));
+            self.batch_versions
+                .push((index, VersionWork::Map(KeyReply::Exec(transaction))));
         }
         Flow::Continue
     }
@@ -2170,8 +2167,6 @@ fn map_batch(versions: &Versioning, work: Vec<(usize, VersionWork)>, result: Bat
                 continue;
             }
             VersionWork::Map(how) => versions.map_reply(&how, frame),
-            VersionWork::Transaction(queued) => versions.map_reply(&KeyReply::Exec(queued), frame),
-            VersionWork::Refused(refusal) => Some(refusal),
             VersionWork::Forget => {
                 versions.forget_all();
                 None

@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::glob;
 use super::table::{KeyArg, KeyKind, KeyTable, KeyUse, Keys};
+use crate::codec::strings::encode_bulk;
 use crate::config::Config;
 
 /// Makes each key's current version hold its value. KEYS: per key, its
@@ -501,14 +502,11 @@ pub struct Cleanup {
 
 impl Cleanup {
     pub fn error(&self) -> Option<String> {
-        self.error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.error).clone()
     }
 
     pub fn set_error(&self, error: String) {
-        *self.error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
+        *lock(&self.error) = Some(error);
     }
 }
 
@@ -616,16 +614,12 @@ impl Versioning {
 
     /// The latest cleanup of a namespace, running or done.
     pub fn cleanup_of(&self, name: &str) -> Option<Arc<Cleanup>> {
-        self.cleanups
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(name)
-            .cloned()
+        lock(&self.cleanups).get(name).cloned()
     }
 
     /// Registers a cleanup; refused while another of the namespace runs.
     pub fn start_cleanup(&self, name: &str, progress: Arc<Cleanup>) -> Result<(), String> {
-        let mut cleanups = self.cleanups.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cleanups = lock(&self.cleanups);
         if cleanups
             .get(name)
             .is_some_and(|running| !running.done.load(Ordering::Acquire))
@@ -1794,14 +1788,6 @@ pub fn bulk(frame: &[u8]) -> Option<&[u8]> {
         b'+' => frame.get(1..line_end - 1),
         _ => None,
     }
-}
-
-pub fn encode_bulk(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 16);
-    out.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 #[cfg(test)]
