@@ -7,10 +7,16 @@ use std::sync::atomic::Ordering;
 
 use crate::cache::{L1, Namespace};
 use crate::codec::Compression;
+use crate::patterns::live::Patterns;
 use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
-pub fn info_cache(stats: &Stats, l1: Option<&L1>, compression: Option<&Compression>) -> String {
+pub fn info_cache(
+    stats: &Stats,
+    l1: Option<&L1>,
+    compression: Option<&Compression>,
+    patterns: Option<&Patterns>,
+) -> String {
     let fields: [(&str, u64); 8] = [
         ("clients_connected", stats.clients() as u64),
         ("clients_total", stats.clients_total()),
@@ -62,7 +68,36 @@ pub fn info_cache(stats: &Stats, l1: Option<&L1>, compression: Option<&Compressi
     if let Some(compression) = compression {
         compression_lines(&mut text, compression);
     }
+    let _ = write!(text, "pattern_enabled:{}\r\n", u8::from(patterns.is_some()));
+    if let Some(patterns) = patterns {
+        pattern_lines(&mut text, patterns);
+    }
     text
+}
+
+/// The pattern engine: keys tracked and their bound, bytes used, events
+/// recorded and dropped (queue full), snapshots, peak hours.
+fn pattern_lines(text: &mut String, patterns: &Patterns) {
+    let stats = patterns.stats();
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let fields: [(&str, u64); 10] = [
+        ("pattern_keys_tracked", count(&stats.tracked)),
+        ("pattern_max_keys", patterns.max_keys() as u64),
+        ("pattern_bytes", count(&stats.bytes)),
+        ("pattern_events", count(&stats.events)),
+        ("pattern_events_dropped", count(&stats.dropped)),
+        ("pattern_events_queued", patterns.queued() as u64),
+        ("pattern_restored_keys", count(&stats.restored_keys)),
+        ("pattern_snapshots_written", count(&stats.snapshots_written)),
+        ("pattern_snapshot_errors", count(&stats.snapshot_errors)),
+        ("pattern_last_snapshot_ms", count(&stats.last_snapshot_ms)),
+    ];
+    for (name, value) in fields {
+        let _ = write!(text, "{name}:{value}\r\n");
+    }
+    let (_, peaks) = patterns.peaks();
+    let hours: Vec<String> = peaks.iter().map(u8::to_string).collect();
+    let _ = write!(text, "pattern_peak_hours:{}\r\n", hours.join(","));
 }
 
 /// `l1_namespace_<name>:entries=..,bytes=..,...` (like Redis's `db0:keys=..`
@@ -170,7 +205,7 @@ mod tests {
     fn info_cache_reads_like_redis_info() {
         let stats = Stats::default();
         stats.connection_opened(ConnectionKind::Pooled);
-        let text = info_cache(&stats, None, None);
+        let text = info_cache(&stats, None, None, None);
         assert!(text.starts_with("# Cache\r\n"));
         assert!(text.contains("upstream_connections_pooled:1\r\n"));
         for line in text.split("\r\n").skip(1).filter(|line| !line.is_empty()) {

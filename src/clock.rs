@@ -3,11 +3,24 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-/// A source of "now".
+/// A source of "now": monotonic (deadlines) and wall time (hours of the
+/// day, for the pattern engine).
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> Instant;
+
+    /// Wall time, milliseconds since the Unix epoch.
+    fn unix_ms(&self) -> u64 {
+        system_unix_ms()
+    }
+}
+
+/// The machine's wall time, milliseconds since the Unix epoch.
+pub fn system_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// The machine's monotonic clock.
@@ -20,23 +33,31 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to. Its wall time starts at the
+/// machine's (or at [`ManualClock::starting_at`]) and moves with it.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     start: Instant,
+    start_unix_ms: u64,
     elapsed_micros: Arc<AtomicU64>,
 }
 
 impl Default for ManualClock {
     fn default() -> Self {
-        Self {
-            start: Instant::now(),
-            elapsed_micros: Arc::new(AtomicU64::new(0)),
-        }
+        ManualClock::starting_at(system_unix_ms())
     }
 }
 
 impl ManualClock {
+    /// A clock whose wall time starts at `unix_ms`.
+    pub fn starting_at(unix_ms: u64) -> ManualClock {
+        ManualClock {
+            start: Instant::now(),
+            start_unix_ms: unix_ms,
+            elapsed_micros: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     pub fn advance(&self, by: Duration) {
         self.elapsed_micros.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
     }
@@ -45,6 +66,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.start + Duration::from_micros(self.elapsed_micros.load(Ordering::SeqCst))
+    }
+
+    fn unix_ms(&self) -> u64 {
+        self.start_unix_ms + self.elapsed_micros.load(Ordering::SeqCst) / 1_000
     }
 }
 
@@ -59,5 +84,13 @@ mod tests {
         assert_eq!(clock.now(), before);
         clock.advance(Duration::from_millis(1500));
         assert_eq!(clock.now() - before, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn manual_wall_time_moves_with_the_clock() {
+        let clock = ManualClock::starting_at(86_400_000);
+        assert_eq!(clock.unix_ms(), 86_400_000);
+        clock.advance(Duration::from_secs(3_600));
+        assert_eq!(clock.unix_ms(), 86_400_000 + 3_600_000);
     }
 }

@@ -52,6 +52,7 @@ pub struct Config {
     pub memory_cache: MemoryCacheConfig,
     pub compression: CompressionConfig,
     pub versioning: VersioningConfig,
+    pub patterns: PatternsConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -139,6 +140,42 @@ pub struct VersioningConfig {
     /// Keys remembered as having left their old versions behind (their
     /// reads skip the migration script); bounded, least used forgotten.
     pub remembered_keys: usize,
+}
+
+/// The pattern engine (issue #7): which keys are read when, learned off
+/// the request path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatternsConfig {
+    /// Record reads and learn from them (PATTERN_ANALYSIS_ENABLED).
+    pub enabled: bool,
+    /// Days of hour-of-day history per key, 1 to 366 (PATTERN_HISTORY_DAYS).
+    pub history_days: usize,
+    /// Reads before a key is classified (PATTERN_MIN_ACCESS_COUNT).
+    pub min_access_count: u64,
+    /// Most keys tracked (the heavy hitters; the rest are not kept).
+    pub max_keys: usize,
+    /// Where the model is saved and restored from; "" = not saved.
+    pub state_path: String,
+    /// Seconds between saves of the model (it is saved on shutdown too).
+    pub snapshot_interval_secs: u64,
+    /// Events queued for the engine at most; beyond that they are dropped
+    /// (and counted), never waited for.
+    pub queue_events: usize,
+}
+
+impl Default for PatternsConfig {
+    fn default() -> Self {
+        PatternsConfig {
+            enabled: true,
+            history_days: 7,
+            min_access_count: 10,
+            max_keys: 100_000,
+            state_path: String::new(),
+            snapshot_interval_secs: 300,
+            queue_events: 65_536,
+        }
+    }
 }
 
 impl Default for VersioningConfig {
@@ -355,6 +392,7 @@ impl Default for Config {
             memory_cache: MemoryCacheConfig::default(),
             compression: CompressionConfig::default(),
             versioning: VersioningConfig::default(),
+            patterns: PatternsConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -441,6 +479,16 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_NAMESPACE_SEPARATOR", "namespace_separator"),
     ("AURACACHE_VERSIONING_KEY_PATTERN", "versioning.key_pattern"),
     ("AURACACHE_VERSIONING_REMEMBERED_KEYS", "versioning.remembered_keys"),
+    ("PATTERN_ANALYSIS_ENABLED", "patterns.enabled"),
+    ("PATTERN_HISTORY_DAYS", "patterns.history_days"),
+    ("PATTERN_MIN_ACCESS_COUNT", "patterns.min_access_count"),
+    ("AURACACHE_PATTERNS_MAX_KEYS", "patterns.max_keys"),
+    ("AURACACHE_PATTERNS_STATE_PATH", "patterns.state_path"),
+    (
+        "AURACACHE_PATTERNS_SNAPSHOT_INTERVAL_SECS",
+        "patterns.snapshot_interval_secs",
+    ),
+    ("AURACACHE_PATTERNS_QUEUE_EVENTS", "patterns.queue_events"),
 ];
 
 impl Config {
@@ -539,6 +587,13 @@ impl Config {
             "compression.hashes" => self.compression.hashes = boolean()?,
             "versioning.key_pattern" => self.versioning.key_pattern = value.to_string(),
             "versioning.remembered_keys" => self.versioning.remembered_keys = whole(0)? as usize,
+            "patterns.enabled" => self.patterns.enabled = boolean()?,
+            "patterns.history_days" => self.patterns.history_days = whole(1)? as usize,
+            "patterns.min_access_count" => self.patterns.min_access_count = whole(1)?,
+            "patterns.max_keys" => self.patterns.max_keys = whole(1)? as usize,
+            "patterns.state_path" => self.patterns.state_path = value.to_string(),
+            "patterns.snapshot_interval_secs" => self.patterns.snapshot_interval_secs = whole(1)?,
+            "patterns.queue_events" => self.patterns.queue_events = whole(1)? as usize,
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {
@@ -574,6 +629,11 @@ impl Config {
             "compression.level",
             "compression.min_savings",
             "versioning.key_pattern",
+            "patterns.history_days",
+            "patterns.min_access_count",
+            "patterns.max_keys",
+            "patterns.snapshot_interval_secs",
+            "patterns.queue_events",
             "namespace_separator",
             "namespaces",
         ] {
@@ -723,6 +783,25 @@ impl Config {
                     &self.compression.min_savings.to_string(),
                     "expected a fraction from 0 up to (not including) 1",
                 ));
+            }
+            "patterns.history_days" if !(1..=366).contains(&self.patterns.history_days) => {
+                return Err(invalid(
+                    name,
+                    &self.patterns.history_days.to_string(),
+                    "expected a whole number of days from 1 to 366",
+                ));
+            }
+            "patterns.min_access_count" if self.patterns.min_access_count == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "patterns.max_keys" if self.patterns.max_keys == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "patterns.snapshot_interval_secs" if self.patterns.snapshot_interval_secs == 0 => {
+                return Err(invalid(name, "0", "expected a whole number of seconds >= 1"));
+            }
+            "patterns.queue_events" if self.patterns.queue_events == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
             }
             "versioning.key_pattern" => {
                 let pattern = &self.versioning.key_pattern;

@@ -20,6 +20,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, UpstreamUrl};
 use crate::keys::table::KeyTable;
 use crate::keys::versions::Versioning;
+use crate::patterns::live::Patterns;
 use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
 use crate::session::{self, Shared};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
@@ -45,6 +46,7 @@ pub struct ServerHandle {
     l1: Option<Arc<L1>>,
     compression: Option<Arc<crate::codec::Compression>>,
     versions: Option<Arc<Versioning>>,
+    patterns: Option<Arc<Patterns>>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -55,8 +57,8 @@ impl Server {
         Server::start_with_clock(config, Arc::new(SystemClock)).await
     }
 
-    /// As [`Server::start`], with L1 deadlines read from `clock` (tests
-    /// move time by hand).
+    /// As [`Server::start`], with L1 deadlines and the pattern engine's
+    /// time read from `clock` (tests move time by hand).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<ServerHandle, StartError> {
         config.validate()?;
         let target = UpstreamUrl::parse(&config.upstream).map_err(|allowed| ConfigError::Invalid {
@@ -101,7 +103,7 @@ impl Server {
                 fill_on_first_miss: config.memory_cache.fill_on_first_miss,
             };
             let namespaces = Arc::new(Namespaces::from_config(&config));
-            let store = Arc::new(L1Store::new(limits, namespaces, clock));
+            let store = Arc::new(L1Store::new(limits, namespaces, clock.clone()));
             Arc::new(L1::new(&config.memory_cache, store))
         });
         let compression = (config.compression.enabled
@@ -111,6 +113,11 @@ impl Server {
                 .any(|namespace| namespace.compression_enabled == Some(true)))
         .then(|| Arc::new(crate::codec::Compression::new(&config)));
         let versions = crate::keys::versions::Versioning::from_config(&config).map(Arc::new);
+        let separator = config.namespace_separator.as_bytes().first().copied().unwrap_or(b':');
+        let patterns = config
+            .patterns
+            .enabled
+            .then(|| Patterns::start(&config.patterns, separator, clock));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -122,6 +129,7 @@ impl Server {
             l1: l1.clone(),
             compression,
             versions: versions.clone(),
+            patterns: patterns.clone(),
         });
         tokio::spawn(learn_databases(shared.clone()));
         let shared_l1 = l1.clone();
@@ -157,6 +165,7 @@ impl Server {
             l1: shared_l1,
             compression,
             versions,
+            patterns,
             trigger,
             accept_loop,
         })
@@ -182,15 +191,24 @@ impl ServerHandle {
         self.versions.as_ref()
     }
 
+    /// The pattern engine, when enabled.
+    pub fn patterns(&self) -> Option<&Arc<Patterns>> {
+        self.patterns.as_ref()
+    }
+
     /// The compression stage, when enabled.
     pub fn compression(&self) -> Option<&Arc<crate::codec::Compression>> {
         self.compression.as_ref()
     }
 
     /// Stops accepting, lets in-flight replies drain (bounded), and returns.
+    /// Then the pattern engine records what it was sent and saves its model.
     pub async fn shutdown(self) {
         self.trigger.trigger();
         let _ = self.accept_loop.await;
+        if let Some(patterns) = self.patterns {
+            let _ = tokio::task::spawn_blocking(move || patterns.stop()).await;
+        }
     }
 
     /// Serves until `signal` resolves, then shuts down gracefully.

@@ -38,6 +38,8 @@ use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
+use crate::patterns::engine::{Event, Outcome};
+use crate::patterns::live::Patterns;
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, ReplyScanner, RequestFrame, RequestLimits, RequestScanner,
 };
@@ -73,6 +75,19 @@ pub struct Shared {
     pub compression: Option<Arc<Compression>>,
     /// Key versioning, when a namespace is versioned.
     pub versions: Option<Arc<Versioning>>,
+    /// The pattern engine, when enabled: told of every read.
+    pub patterns: Option<Arc<Patterns>>,
+}
+
+/// A read the pattern engine hears of once Redis answers it.
+#[derive(Debug)]
+enum PatternRead {
+    /// GET, HGET, HGETALL: a nil or empty reply is a miss.
+    One(Bytes),
+    /// HMGET of this many fields: a miss when every field is nil.
+    Fields(Bytes, usize),
+    /// MGET: one access per item.
+    Items(Vec<Bytes>),
 }
 
 /// What a batch's replies need from key versioning.
@@ -274,6 +289,11 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         transaction_moves: false,
         exec_moves: false,
         subscriptions: Arc::default(),
+        events: Vec::new(),
+        pending_read: None,
+        batch_reads: Vec::new(),
+        read_wall_ms: 0,
+        read_started: Instant::now(),
         forwarded: 0,
         in_transaction: false,
         db_before_transaction: None,
@@ -367,6 +387,16 @@ struct Session {
     /// versioning forget what it remembered), and EXEC is being forwarded.
     transaction_moves: bool,
     exec_moves: bool,
+    /// The pattern engine's events: L1 hits of the requests being handled
+    /// (handed over when they are done), the read being handled (joined to
+    /// the batch that carries it), and the batch's reads by position.
+    events: Vec<Event>,
+    pending_read: Option<PatternRead>,
+    batch_reads: Vec<(usize, PatternRead)>,
+    /// When the requests being handled were read, in wall time for the
+    /// pattern engine and on the monotonic clock for latencies.
+    read_wall_ms: u64,
+    read_started: Instant,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
     /// Commands `forward` put in a batch, ever (so a caller can tell
@@ -465,6 +495,25 @@ impl Session {
         self.read_at.unwrap_or_else(Instant::now)
     }
 
+    /// An L1 hit of `key` (a reply of `size` bytes), for the pattern engine.
+    fn l1_hit_event(&self, key: &[u8], size: usize) -> Event {
+        Event {
+            key: copy(key),
+            at_ms: self.read_wall_ms,
+            outcome: Outcome::L1Hit,
+            latency_us: 0,
+            size: size.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Tells the pattern engine of an L1 hit of the read being handled.
+    fn note_l1_hit(&mut self, key: &[u8], size: usize) {
+        if self.pending_read.take().is_some() {
+            let event = self.l1_hit_event(key, size);
+            self.events.push(event);
+        }
+    }
+
     /// Blocked and subscribed clients are not idle, as in Redis.
     fn exempt_from_idle_timeout(&self) -> bool {
         self.dedicated.is_some()
@@ -476,6 +525,26 @@ impl Session {
         // These requests were read now: L1 may answer them with what was
         // live now, so one clock read serves the whole pipeline.
         self.read_at = l1.as_ref().map(|l1| l1.store.now());
+        let patterns = self.shared.patterns.is_some();
+        if let Some(patterns) = &self.shared.patterns {
+            self.read_wall_ms = patterns.now_ms();
+            self.read_started = Instant::now();
+        }
+        let flow = self.handle_frames(buf, l1, patterns).await;
+        if let Some(patterns) = &self.shared.patterns
+            && !self.events.is_empty()
+        {
+            patterns.feed(std::mem::take(&mut self.events));
+        }
+        flow
+    }
+
+    async fn handle_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        l1: Option<Arc<L1>>,
+        patterns: bool,
+    ) -> Result<Flow, ProtocolError> {
         while let Some(frame) = self.scanner.scan(buf)? {
             // The L1 hit fast path: a GET answered straight from the read
             // buffer (no request object, no table look-ups).
@@ -485,6 +554,9 @@ impl Session {
                 && let Some(hit) = l1.store.hit_at(self.db, key, &Shape::String, self.now())
             {
                 let reply = hit.for_protocol(self.protocol);
+                if patterns {
+                    self.events.push(self.l1_hit_event(key, reply.len()));
+                }
                 if reply.len() < LARGE_LOCAL_REPLY {
                     self.reply_slice(reply).await;
                 } else {
@@ -507,6 +579,7 @@ impl Session {
             self.current_writes.clear();
             self.pending_decode = None;
             self.pending_versions = None;
+            self.pending_read = None;
             if let Flow::Stop = flow {
                 self.flush().await;
                 return Ok(Flow::Stop);
@@ -593,6 +666,9 @@ impl Session {
             let versions = versions.clone();
             return self.random_key(&versions).await;
         }
+        if self.shared.patterns.is_some() && class == CommandClass::Shared && !self.in_transaction {
+            self.pending_read = pattern_read(&mut command);
+        }
         if let Some(l1) = &l1 {
             if class == CommandClass::Shared
                 && self.may_use_l1(l1)
@@ -640,6 +716,7 @@ impl Session {
                     &self.shared.stats,
                     self.shared.l1.as_deref(),
                     self.shared.compression.as_deref(),
+                    self.shared.patterns.as_deref(),
                 );
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
@@ -688,6 +765,7 @@ impl Session {
         let words: Vec<&str> = upper.iter().map(String::as_str).collect();
         let reply = match words.as_slice() {
             [_, "HELP"] => Reply::Verbatim(Bytes::from_static(PROXY_HELP.as_bytes())),
+            [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "VERSION", "STATUS", rest @ ..] if rest.len() <= 1 => {
                 let only = args.get(3).map(String::as_str);
                 match self.shared.versions.clone() {
@@ -724,6 +802,53 @@ impl Session {
             )),
         };
         self.reply(reply).await;
+        Flow::Continue
+    }
+
+    /// `PROXY PATTERNS [COUNT n] [NAMESPACE ns] [MINPRIORITY p]`, `PROXY
+    /// PATTERNS PEAKS`, `PROXY PATTERNS SAVE` (admin, with proxy
+    /// authentication). The engine is asked off the event loop: ranking
+    /// walks every tracked key.
+    async fn patterns_command(&mut self, args: &[Bytes]) -> Flow {
+        use crate::patterns::report;
+        let Some(patterns) = self.shared.patterns.clone() else {
+            self.reply(Reply::error("ERR the pattern engine is off (patterns.enabled = false)"))
+                .await;
+            return Flow::Continue;
+        };
+        let protocol = self.protocol;
+        let first = args.first().map(|arg| arg.to_ascii_uppercase());
+        let reply = match first.as_deref() {
+            Some(b"PEAKS") if args.len() == 1 => {
+                let (load, peaks) = patterns.peaks();
+                Ok(report::peaks_reply(&load, &peaks, protocol))
+            }
+            Some(b"SAVE") if args.len() == 1 => {
+                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                    Err("NOPERM PROXY PATTERNS SAVE needs the admin role".to_string())
+                } else {
+                    match tokio::task::spawn_blocking(move || patterns.save()).await {
+                        Ok(Ok(_)) => Ok(Reply::Status("OK").encode(protocol)),
+                        Ok(Err(reason)) => Err(format!("ERR pattern snapshot not written: {reason}")),
+                        Err(_) => Err("ERR pattern snapshot not written: the task failed".to_string()),
+                    }
+                }
+            }
+            _ => match report::parse_query(args) {
+                Err(error) => Err(error),
+                Ok(query) => tokio::task::spawn_blocking(move || {
+                    let top = patterns.top(&query);
+                    let namespace_of = |key: &[u8]| Bytes::copy_from_slice(patterns.namespace_of(key));
+                    report::top_reply(&top, namespace_of, patterns.now_ms(), protocol)
+                })
+                .await
+                .map_err(|_| "ERR PROXY PATTERNS failed".to_string()),
+            },
+        };
+        match reply {
+            Ok(bytes) => self.reply_bytes(bytes).await,
+            Err(error) => self.reply(Reply::error(error)).await,
+        }
         Flow::Continue
     }
 
@@ -1031,6 +1156,10 @@ impl Session {
                         let decoded = decode_batch(compression, &[(0, decode)], Ok(reply.clone()));
                         reply = decoded.unwrap_or(reply);
                     }
+                    if let (Some(patterns), Some(read)) = (&self.shared.patterns, self.pending_read.take()) {
+                        let latency = elapsed_us(self.read_started);
+                        patterns.feed(read_events(vec![(0, read)], &reply, self.read_wall_ms, latency));
+                    }
                     self.reply_bytes(reply).await;
                     return Flow::Continue;
                 }
@@ -1077,6 +1206,9 @@ impl Session {
         }
         self.append(command.wire());
         self.forwarded += 1;
+        if let Some(read) = self.pending_read.take() {
+            self.batch_reads.push((self.batch_replies - 1, read));
+        }
         if let Some(refusal) = refused {
             self.batch_versions
                 .push((self.batch_replies - 1, VersionWork::Map(KeyReply::Refused(refusal))));
@@ -1376,7 +1508,9 @@ impl Session {
         };
         match lookup {
             Lookup::Hit(reply) => {
-                self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
+                let reply = reply.for_protocol(self.protocol).clone();
+                self.note_l1_hit(&key, reply.len());
+                self.reply_bytes(reply).await;
                 Flow::Continue
             }
             // A fill of this key is on its way (perhaps in this client's own
@@ -1391,7 +1525,9 @@ impl Session {
                     .and_then(|result| result.ok().and_then(|reply| reply.clone().flatten()));
                 match shared_reply {
                     Some(reply) => {
-                        self.reply_bytes(reply.for_protocol(self.protocol).clone()).await;
+                        let reply = reply.for_protocol(self.protocol).clone();
+                        self.note_l1_hit(&key, reply.len());
+                        self.reply_bytes(reply).await;
                         Flow::Continue
                     }
                     None => self.forward(self.pooled_lane(), command).await,
@@ -1448,6 +1584,26 @@ impl Session {
             .filter(|(_, value)| value.is_none())
             .map(|(item, _)| item.clone())
             .collect();
+        if self.pending_read.is_some() {
+            // The items L1 answers are hits now; what Redis is asked for is
+            // heard of with its reply (an HMGET is one read of its hash).
+            match &hash {
+                Some(hash) if missing.is_empty() => {
+                    let size = cached.iter().flatten().map(Bytes::len).sum();
+                    self.note_l1_hit(hash, size);
+                }
+                Some(hash) => self.pending_read = Some(PatternRead::Fields(hash.clone(), missing.len())),
+                None => {
+                    for (item, value) in items.iter().zip(&cached) {
+                        if let Some(value) = value {
+                            let event = self.l1_hit_event(item, value.len());
+                            self.events.push(event);
+                        }
+                    }
+                    self.pending_read = Some(PatternRead::Items(missing.iter().map(|key| copy(key)).collect()));
+                }
+            }
+        }
         if missing.is_empty() {
             let mut reply = BytesMut::new();
             reply.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
@@ -1706,7 +1862,20 @@ impl Session {
             }
             _ => None,
         };
-        let hook = then(then(decode, map_back), l1_hook);
+        let reads = std::mem::take(&mut self.batch_reads);
+        let heard: Option<Hook> = match &self.shared.patterns {
+            Some(patterns) if !reads.is_empty() => {
+                let (patterns, at_ms, started) = (patterns.clone(), self.read_wall_ms, self.read_started);
+                Some(Box::new(move |result| {
+                    if let Ok(bytes) = &result {
+                        patterns.feed(read_events(reads, bytes, at_ms, elapsed_us(started)));
+                    }
+                    result
+                }))
+            }
+            _ => None,
+        };
+        let hook = then(then(then(decode, map_back), heard), l1_hook);
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -2037,6 +2206,9 @@ impl Session {
 
 /// `PROXY HELP`.
 const PROXY_HELP: &str = "PROXY <subcommand> [<arg> ...]. Subcommands are:\r\n\
+PATTERNS [COUNT <n>] [NAMESPACE <ns>] [MINPRIORITY <p>]\r\n    The keys the pattern engine ranks highest (default 20): class, predictability, priority, next expected read, hourly profile.\r\n\
+PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times the mean or more).\r\n\
+PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\
 VERSION CLEANUP <namespace> [KEEP <n>]\r\n    Remove the namespace's keys in versions older than its newest n (default 2), by SCAN and UNLINK in small batches.\r\n\
 HELP\r\n    This text.\r\n";
@@ -2382,6 +2554,102 @@ fn plain_get_key<'a>(frame: &RequestFrame, buf: &'a [u8]) -> Option<&'a [u8]> {
         } if buf[name_at..name_at + 3].eq_ignore_ascii_case(b"GET") => Some(&buf[arg1_at..arg1_at + arg1_len]),
         _ => None,
     }
+}
+
+/// What the pattern engine hears of this read, if it is one the cache
+/// serves: GET, HGET, HGETALL, MGET, HMGET.
+fn pattern_read(command: &mut Command) -> Option<PatternRead> {
+    let argc = command.argc();
+    let name = command.name();
+    if (argc == 2 && (name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"HGETALL")))
+        || (argc == 3 && name.eq_ignore_ascii_case(b"HGET"))
+    {
+        return command.first_arg().map(|key| PatternRead::One(copy(key)));
+    }
+    let multi = if argc >= 2 && name.eq_ignore_ascii_case(b"MGET") {
+        true
+    } else if argc >= 3 && name.eq_ignore_ascii_case(b"HMGET") {
+        false
+    } else {
+        return None;
+    };
+    command.decode_args().ok()?;
+    let args = command.args();
+    Some(if multi {
+        PatternRead::Items(args[1..].iter().map(|key| copy(key)).collect())
+    } else {
+        PatternRead::Fields(copy(&args[1]), argc - 2)
+    })
+}
+
+/// A key for an event: its own allocation, so a queued event does not
+/// keep a client's whole read buffer alive.
+fn copy(key: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(key)
+}
+
+fn elapsed_us(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// The events of a batch's reads from Redis's replies (`reads` by reply
+/// position, ascending). Error replies are not accesses.
+fn read_events(reads: Vec<(usize, PatternRead)>, bytes: &Bytes, at_ms: u64, latency_us: u32) -> Vec<Event> {
+    let last = reads.last().map_or(0, |(index, _)| *index);
+    let starts = frame_starts(bytes, last + 1);
+    let mut events = Vec::with_capacity(reads.len());
+    let mut event = |key: Bytes, reply: &[u8], outcome: Outcome| {
+        events.push(Event {
+            key,
+            at_ms,
+            outcome,
+            latency_us,
+            size: reply.len().min(u32::MAX as usize) as u32,
+        });
+    };
+    for (index, read) in reads {
+        let (Some(&start), Some(&end)) = (starts.get(index), starts.get(index + 1)) else {
+            break;
+        };
+        let reply = bytes.slice(start..end);
+        if reply.first() == Some(&b'-') || reply.is_empty() {
+            continue;
+        }
+        match read {
+            PatternRead::One(key) => {
+                let outcome = if is_empty_reply(&reply) {
+                    Outcome::Miss
+                } else {
+                    Outcome::L2Hit
+                };
+                event(key, &reply, outcome);
+            }
+            PatternRead::Fields(key, count) => {
+                let found =
+                    array_items(&reply, count).is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
+                event(key, &reply, if found { Outcome::L2Hit } else { Outcome::Miss });
+            }
+            PatternRead::Items(keys) => {
+                let Some(items) = array_items(&reply, keys.len()) else {
+                    continue;
+                };
+                for (key, item) in keys.into_iter().zip(&items) {
+                    let outcome = if is_empty_reply(item) {
+                        Outcome::Miss
+                    } else {
+                        Outcome::L2Hit
+                    };
+                    event(key, item, outcome);
+                }
+            }
+        }
+    }
+    events
+}
+
+/// A nil, or an empty array or map (HGETALL of a missing key).
+fn is_empty_reply(reply: &[u8]) -> bool {
+    matches!(reply, b"$-1\r\n" | b"_\r\n" | b"*-1\r\n" | b"*0\r\n" | b"%0\r\n")
 }
 
 /// The shape L1 keeps for this read, if it keeps any: GET and HGETALL of

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use namespaces::{Namespace, Namespaces, Rules};
+pub use namespaces::{Namespace, Namespaces, Rules, UNNAMED};
 pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};
 pub use writes::{ByName, WriteTable, Written};
 

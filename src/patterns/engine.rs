@@ -6,16 +6,9 @@
 
 use bytes::Bytes;
 
+pub use super::model::Outcome;
 use super::model::{Class, DAY_MS, HOUR_MS, KeyStats, Verdict};
 use super::topk::TopK;
-
-/// Where an access was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    L1Hit,
-    L2Hit,
-    Miss,
-}
 
 /// One access, as the request path reports it.
 #[derive(Debug, Clone)]
@@ -58,8 +51,13 @@ pub struct Insight {
     /// 1 (not worth preloading) to 10.
     pub priority: u8,
     pub hourly: [u64; 24],
+    pub l1_hits: u64,
+    pub l2_hits: u64,
+    pub misses: u64,
+    /// Mean latency of the reads Redis answered (the cost of an L1 miss).
     pub mean_latency_us: u64,
     pub mean_size: u64,
+    pub last_ms: u64,
 }
 
 /// The model.
@@ -95,7 +93,7 @@ impl Engine {
         counter.value.record(
             event.at_ms,
             self.settings.history_days,
-            event.outcome != Outcome::Miss,
+            event.outcome,
             u64::from(event.size),
             u64::from(event.latency_us),
         );
@@ -104,6 +102,10 @@ impl Engine {
     /// Events seen.
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
     }
 
     /// Keys tracked now.
@@ -128,12 +130,13 @@ impl Engine {
     }
 
     /// The tracked keys with enough accesses, highest priority first (then
-    /// most accessed), those passing `keep`.
-    pub fn ranked(&self, now_ms: u64, keep: impl Fn(&Insight) -> bool) -> Vec<Insight> {
+    /// most accessed): those whose name passes `wanted` (checked first, it
+    /// is cheap) and whose insight passes `keep`.
+    pub fn ranked(&self, now_ms: u64, wanted: impl Fn(&[u8]) -> bool, keep: impl Fn(&Insight) -> bool) -> Vec<Insight> {
         let mut all: Vec<Insight> = self
             .keys
             .iter()
-            .filter(|counter| counter.value.accesses >= self.settings.min_accesses)
+            .filter(|counter| counter.value.accesses >= self.settings.min_accesses && wanted(&counter.key))
             .map(|counter| insight_of(&counter.key, &counter.value, now_ms))
             .filter(|insight| keep(insight))
             .collect();
@@ -287,8 +290,12 @@ fn insight_of(key: &Bytes, stats: &KeyStats, now_ms: u64) -> Insight {
         verdict,
         priority,
         hourly: stats.hourly(),
+        l1_hits: stats.l1_hits,
+        l2_hits: stats.l2_hits,
+        misses: stats.misses,
         mean_latency_us: stats.mean_latency_us(),
         mean_size: stats.mean_size(),
+        last_ms: stats.last_ms,
     }
 }
 
@@ -334,7 +341,10 @@ mod tests {
         let snapshot = engine.snapshot();
         let restored = Engine::restore(Settings::default(), &snapshot).expect("restores");
         let now = START + DAY_MS;
-        let (before, after) = (engine.ranked(now, |_| true), restored.ranked(now, |_| true));
+        let (before, after) = (
+            engine.ranked(now, |_| true, |_| true),
+            restored.ranked(now, |_| true, |_| true),
+        );
         let summary = |all: &[Insight]| -> Vec<(Bytes, u64, Class, u8)> {
             all.iter()
                 .map(|insight| {
@@ -406,7 +416,7 @@ mod tests {
             engine.record(&event("random:b", START + rng.between(0, 7 * DAY_MS)));
         }
         engine.record(&event("rare:c", START));
-        let ranked = engine.ranked(START + 7 * DAY_MS, |_| true);
+        let ranked = engine.ranked(START + 7 * DAY_MS, |_| true, |_| true);
         let keys: Vec<&[u8]> = ranked.iter().map(|insight| &insight.key[..]).collect();
         assert_eq!(
             keys,

@@ -11,12 +11,15 @@
 //! - [`trace`]: a seeded week-long workload of known classes, for checking
 //!   the classifier (and later the preloader).
 //!
-//! The model saves to and restores from a checksummed snapshot
-//! ([`engine::Engine::snapshot`]). Not yet: the event queue from the
-//! request path, the snapshot file's schedule, `PROXY PATTERNS`, the
-//! overhead benchmark.
+//! - [`live`]: the engine at run time: the request path's bounded feed
+//!   (never waited on; a full queue drops and counts), the thread that
+//!   owns the model, the snapshot file (written on schedule and on stop,
+//!   restored at start-up);
+//! - [`report`]: `PROXY PATTERNS` and `PROXY PATTERNS PEAKS` replies.
 
 pub mod engine;
+pub mod live;
 pub mod model;
+pub mod report;
 pub mod topk;
 pub mod trace;

@@ -6,6 +6,17 @@
 pub const HOUR_MS: u64 = 3_600_000;
 pub const DAY_MS: u64 = 24 * HOUR_MS;
 
+/// Where an access was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From L1, without asking Redis.
+    L1Hit,
+    /// Redis had the key.
+    L2Hit,
+    /// Redis did not have it (nil, or an empty hash).
+    Miss,
+}
+
 /// How a key is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -32,6 +43,9 @@ impl Class {
     }
 }
 
+/// The shortest period a periodic key has.
+const MIN_PERIOD_MS: u64 = 1_000;
+
 /// Gaps between accesses, by half powers of two of milliseconds (up to
 /// about 2^48 ms).
 const GAP_BUCKETS: usize = 96;
@@ -52,9 +66,12 @@ pub struct KeyStats {
     gap_m2: f64,
     /// Gaps per bucket (`GAP_BUCKETS` of them once there is a gap).
     gap_histogram: Vec<u16>,
-    pub hits: u64,
+    /// Accesses answered by L1, by Redis with a value, without one.
+    pub l1_hits: u64,
+    pub l2_hits: u64,
     pub misses: u64,
     size_total: u64,
+    /// Latency of the accesses Redis answered (what a miss of L1 costs).
     latency_total_us: u64,
 }
 
@@ -73,8 +90,9 @@ pub struct Verdict {
 }
 
 impl KeyStats {
-    /// Counts one access at `at_ms`.
-    pub fn record(&mut self, at_ms: u64, days: usize, hit: bool, size: u64, latency_us: u64) {
+    /// Counts one access at `at_ms`; `latency_us` counts only for accesses
+    /// Redis answered.
+    pub fn record(&mut self, at_ms: u64, days: usize, outcome: Outcome, size: u64, latency_us: u64) {
         let days = days.max(1);
         if self.days.len() != days {
             self.days = vec![(u64::MAX, [0; 24]); days];
@@ -100,21 +118,26 @@ impl KeyStats {
         }
         self.accesses += 1;
         self.last_ms = self.last_ms.max(at_ms);
-        if hit {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
+        match outcome {
+            Outcome::L1Hit => self.l1_hits += 1,
+            Outcome::L2Hit => self.l2_hits += 1,
+            Outcome::Miss => self.misses += 1,
+        }
+        if outcome != Outcome::L1Hit {
+            self.latency_total_us += latency_us;
         }
         self.size_total += size;
-        self.latency_total_us += latency_us;
     }
 
     pub fn mean_size(&self) -> u64 {
         self.size_total.checked_div(self.accesses).unwrap_or(0)
     }
 
+    /// Mean latency of the accesses Redis answered.
     pub fn mean_latency_us(&self) -> u64 {
-        self.latency_total_us.checked_div(self.accesses).unwrap_or(0)
+        self.latency_total_us
+            .checked_div(self.l2_hits + self.misses)
+            .unwrap_or(0)
     }
 
     /// Accesses per hour of the day over the days kept.
@@ -162,7 +185,8 @@ impl KeyStats {
             .max()
             .unwrap_or(0);
         let counted: u64 = self.gap_histogram.iter().map(|count| u64::from(*count)).sum();
-        if regular as f64 >= 0.8 * counted as f64 {
+        // (A key read many times a second is hot, not on a schedule.)
+        if regular as f64 >= 0.8 * counted as f64 && self.gap_mean >= MIN_PERIOD_MS as f64 {
             let period = self.gap_mean.round() as u64;
             return Verdict {
                 class: Class::Periodic,
@@ -295,7 +319,8 @@ impl KeyStats {
             self.gaps,
             self.gap_mean.to_bits(),
             self.gap_m2.to_bits(),
-            self.hits,
+            self.l1_hits,
+            self.l2_hits,
             self.misses,
             self.size_total,
             self.latency_total_us,
@@ -329,7 +354,8 @@ impl KeyStats {
         stats.gaps = input.u64()?;
         stats.gap_mean = input.f64()?;
         stats.gap_m2 = input.f64()?;
-        stats.hits = input.u64()?;
+        stats.l1_hits = input.u64()?;
+        stats.l2_hits = input.u64()?;
         stats.misses = input.u64()?;
         stats.size_total = input.u64()?;
         stats.latency_total_us = input.u64()?;
@@ -375,7 +401,7 @@ mod tests {
     fn a_periodic_key_predicts_its_next_access() {
         let mut stats = KeyStats::default();
         for i in 0..30 {
-            stats.record(START + i * 600_000, 7, true, 10, 100);
+            stats.record(START + i * 600_000, 7, Outcome::L2Hit, 10, 100);
         }
         let verdict = stats.classify(START + 29 * 600_000);
         assert_eq!(verdict.class, Class::Periodic);
@@ -389,7 +415,13 @@ mod tests {
         let mut stats = KeyStats::default();
         for day in 0..5 {
             for minute in [5, 20, 40] {
-                stats.record(START + day * DAY_MS + 9 * HOUR_MS + minute * 60_000, 7, false, 10, 100);
+                stats.record(
+                    START + day * DAY_MS + 9 * HOUR_MS + minute * 60_000,
+                    7,
+                    Outcome::Miss,
+                    10,
+                    100,
+                );
             }
         }
         let now = START + 4 * DAY_MS + 12 * HOUR_MS;
@@ -404,7 +436,7 @@ mod tests {
     fn the_ring_keeps_only_the_last_days() {
         let mut stats = KeyStats::default();
         for day in 0..10 {
-            stats.record(START + day * DAY_MS + 3 * HOUR_MS, 7, true, 10, 100);
+            stats.record(START + day * DAY_MS + 3 * HOUR_MS, 7, Outcome::L2Hit, 10, 100);
         }
         assert_eq!(stats.hourly()[3], 7, "the three oldest days are gone");
         assert_eq!(stats.accesses, 10);

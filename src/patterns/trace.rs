@@ -147,10 +147,13 @@ mod tests {
         let trace = generate(seed, 60, 7, 0.03);
         let mut stats: HashMap<&str, KeyStats> = HashMap::new();
         for access in &trace.accesses {
-            stats
-                .entry(access.key.as_str())
-                .or_default()
-                .record(access.at_ms, 7, false, 100, 500);
+            stats.entry(access.key.as_str()).or_default().record(
+                access.at_ms,
+                7,
+                crate::patterns::model::Outcome::Miss,
+                100,
+                500,
+            );
         }
         let mut report = String::new();
         let mut confusion: std::collections::BTreeMap<(String, &str), usize> = Default::default();
