@@ -6,15 +6,19 @@
 # p50 and p99 latency and each proxy's ratio to direct Redis, and writes it
 # to target/bench/latest.md.
 #
+# The pattern engine is on by default in every auracache target; the
+# "patterns" section runs the GET workloads with it on and off.
+#
 #   scripts/bench.sh                 # 3 rounds
 #   ROUNDS=5 REQUESTS=200000 scripts/bench.sh
+#   SECTIONS=patterns ROUNDS=7 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_packages redis-server=redis-server redis-benchmark=redis-tools
 
 rounds="${ROUNDS:-3}"
-sections="${SECTIONS:-passthrough l1 compression}"
+sections="${SECTIONS:-passthrough l1 compression patterns}"
 requests="${REQUESTS:-100000}"
 out_dir="target/bench"
 mkdir -p "$out_dir"
@@ -85,11 +89,30 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
+# The same two configurations with the pattern engine off.
+nopat_port="$(free_port)"
+MEMORY_CACHE_ENABLED=false PATTERN_ANALYSIS_ENABLED=false target/release/auracache --listen "127.0.0.1:$nopat_port" \
+    --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache-nopat.log" &
+pids+=($!)
+nopat_pid=$!
+wait_for "$nopat_port"
+l1_nopat_port="$(free_port)"
+PATTERN_ANALYSIS_ENABLED=false target/release/auracache --listen "127.0.0.1:$l1_nopat_port" \
+    --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/auracache-l1-nopat.log" &
+pids+=($!)
+l1_nopat_pid=$!
+wait_for "$l1_nopat_port"
+for _ in $(seq 100); do
+    redis-cli -p "$l1_nopat_port" info cache | grep -q "l1_ready:1" && break
+    sleep 0.05
+done
+
 targets=("direct:$redis_port" "auracache:$proxy_port" "auracache+L1:$l1_port")
 # The processes that serve each target: their CPU time per request is the
 # figure that does not move with the machine's speed.
 declare -A serving=([direct]="$redis_pid" [auracache]="$proxy_pid $redis_pid" [auracache+L1]="$l1_pid $redis_pid"
-    [auracache+zstd]="$zip_pid $redis_pid")
+    [auracache+zstd]="$zip_pid $redis_pid" [auracache-patterns]="$nopat_pid $redis_pid"
+    [auracache+L1-patterns]="$l1_nopat_pid $redis_pid")
 if command -v nutcracker >/dev/null 2>&1; then
     twem_port="$(free_port)"
     cat >"$work/nutcracker.yml" <<YML
@@ -270,5 +293,79 @@ print("|---|---|---|---|---|")
 for (test, size), by in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0] != "SET")):
     direct, zipped = statistics.median(by["direct"]), statistics.median(by["auracache+zstd"])
     print(f"| {test} | {size} | {direct:,.0f} | {zipped:,.0f} | {zipped / direct:.3f} |")
+PY
+fi
+
+# Pattern engine: the GET workloads with the engine on (the default) and
+# off, in the same run: random keys with L1 off (every GET is read from
+# Redis and heard with its reply), and a hot set with L1 on (GETs answered
+# by L1's fast path, each one an event).
+if [[ " $sections " == *" patterns "* ]]; then
+    pat_results="$work/patterns.csv"
+    : >"$pat_results"
+    # What the engine took, sampled out and dropped during this section.
+    engine_counts() {
+        redis-cli -p "$1" info cache | tr -d '\r' | awk -F: '
+            $1 == "pattern_events" { events = $2 } $1 == "pattern_events_dropped" { dropped = $2 }
+            $1 == "pattern_events_sampled_out" { sampled = $2 }
+            END { print events + 0, dropped + 0, sampled + 0 }'
+    }
+    read -r random_events_before random_dropped_before random_sampled_before <<<"$(engine_counts "$proxy_port")"
+    read -r hot_events_before hot_dropped_before hot_sampled_before <<<"$(engine_counts "$l1_port")"
+    redis-benchmark -p "$redis_port" -t set -c 50 -d 100 -r 100000 -n 200000 -q >/dev/null
+    for round in $(seq "$rounds"); do
+        for pipeline in 1 16; do
+            for workload in random hot; do
+                if [ "$workload" = random ]; then
+                    keyspace=100000
+                    pair=("auracache:$proxy_port" "auracache-patterns:$nopat_port")
+                else
+                    keyspace=1000
+                    pair=("auracache+L1:$l1_port" "auracache+L1-patterns:$l1_nopat_port")
+                fi
+                row=("direct:$redis_port" "${pair[@]}")
+                [ $((round % 2)) -eq 0 ] && row=("${pair[1]}" "${pair[0]}" "direct:$redis_port")
+                for target in "${row[@]}"; do
+                    name="${target%%:*}"
+                    port="${target##*:}"
+                    n="$(requests_for "$pipeline")"
+                    line="$(run_benchmark "$name" "$n" -p "$port" -t get -c 50 -P "$pipeline" -d 100 -r "$keyspace")"
+                    echo "$round,$workload,$pipeline,100,$name,$line" >>"$pat_results"
+                    echo "patterns round $round GET $workload -P $pipeline $name: $line" >&2
+                done
+            done
+        done
+    done
+    python3 - "$pat_results" <<'PY' | tee -a "$out_dir/latest.md"
+import csv, statistics, sys
+rows = {}
+for rec in csv.reader(open(sys.argv[1])):
+    rnd, workload, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx, cpu = rec
+    rows.setdefault((workload, int(pipeline)), {}).setdefault(target, []).append((float(rps), float(cpu)))
+med = lambda xs, i: statistics.median(x[i] for x in xs)
+print("| GET workload | -P | direct ops/s | engine off ops/s | engine on ops/s | off/direct | on/direct | on/off | server CPU us/req off/on |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (workload, pipeline), data in sorted(rows.items()):
+    on_name = "auracache" if workload == "random" else "auracache+L1"
+    off_name = on_name + "-patterns"
+    direct, off, on = (med(data[t], 0) for t in ("direct", off_name, on_name))
+    label = "random keys, L1 off" if workload == "random" else "hot set of 1,000, L1 on"
+    print(f"| {label} | {pipeline} | {direct:,.0f} | {off:,.0f} | {on:,.0f} | {off / direct:.2f}x | {on / direct:.2f}x | {on / off:.3f} | {med(data[off_name], 1):.2f}/{med(data[on_name], 1):.2f} |")
+rounds = max(len(v) for d in rows.values() for v in d.values())
+print()
+print(f"pattern engine on vs off; -d 100, -c 50; median of {rounds} rounds, targets alternating; server CPU = the proxy's threads (the engine's included) and Redis, per request")
+PY
+    read -r random_events random_dropped random_sampled <<<"$(engine_counts "$proxy_port")"
+    read -r hot_events hot_dropped hot_sampled <<<"$(engine_counts "$l1_port")"
+    python3 - "$((random_events - random_events_before))" "$((random_dropped - random_dropped_before))" \
+        "$((random_sampled - random_sampled_before))" "$((hot_events - hot_events_before))" \
+        "$((hot_dropped - hot_dropped_before))" "$((hot_sampled - hot_sampled_before))" <<'PY' | tee -a "$out_dir/latest.md"
+import sys
+values = list(map(int, sys.argv[1:]))
+for label, (taken, dropped, sampled) in (("random keys, L1 off", values[:3]), ("hot set, L1 on", values[3:])):
+    total = taken + dropped + sampled
+    share = lambda part: f"{part / total:.1%}" if total else "0.0%"
+    print(f"engine on, {label}: {total:,} reads; recorded {taken:,}, sampled out {sampled:,} ({share(sampled)}), dropped {dropped:,} ({share(dropped)})")
+print()
 PY
 fi

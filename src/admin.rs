@@ -80,13 +80,15 @@ pub fn info_cache(
 fn pattern_lines(text: &mut String, patterns: &Patterns) {
     let stats = patterns.stats();
     let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    let fields: [(&str, u64); 10] = [
+    let fields: [(&str, u64); 12] = [
         ("pattern_keys_tracked", count(&stats.tracked)),
         ("pattern_max_keys", patterns.max_keys() as u64),
         ("pattern_bytes", count(&stats.bytes)),
         ("pattern_events", count(&stats.events)),
         ("pattern_events_dropped", count(&stats.dropped)),
         ("pattern_events_queued", patterns.queued() as u64),
+        ("pattern_events_sampled_out", count(&stats.sampled_out)),
+        ("pattern_max_events_per_sec", patterns.budget()),
         ("pattern_restored_keys", count(&stats.restored_keys)),
         ("pattern_snapshots_written", count(&stats.snapshots_written)),
         ("pattern_snapshot_errors", count(&stats.snapshot_errors)),
@@ -95,6 +97,7 @@ fn pattern_lines(text: &mut String, patterns: &Patterns) {
     for (name, value) in fields {
         let _ = write!(text, "{name}:{value}\r\n");
     }
+    let _ = write!(text, "pattern_sampled_share:{:.4}\r\n", patterns.sampled_share());
     let (_, peaks) = patterns.peaks();
     let hours: Vec<String> = peaks.iter().map(u8::to_string).collect();
     let _ = write!(text, "pattern_peak_hours:{}\r\n", hours.join(","));

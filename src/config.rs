@@ -162,6 +162,10 @@ pub struct PatternsConfig {
     /// Events queued for the engine at most; beyond that they are dropped
     /// (and counted), never waited for.
     pub queue_events: usize,
+    /// Reads per second the engine learns from at most: beyond it, it
+    /// learns a fixed share of the keys (1/2, 1/4, ... chosen by their
+    /// hash, so each learned key's history is whole). 0 = no bound.
+    pub max_events_per_sec: u64,
 }
 
 impl Default for PatternsConfig {
@@ -174,6 +178,7 @@ impl Default for PatternsConfig {
             state_path: String::new(),
             snapshot_interval_secs: 300,
             queue_events: 65_536,
+            max_events_per_sec: 100_000,
         }
     }
 }
@@ -489,6 +494,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "patterns.snapshot_interval_secs",
     ),
     ("AURACACHE_PATTERNS_QUEUE_EVENTS", "patterns.queue_events"),
+    ("AURACACHE_PATTERNS_MAX_EVENTS_PER_SEC", "patterns.max_events_per_sec"),
 ];
 
 impl Config {
@@ -594,6 +600,7 @@ impl Config {
             "patterns.state_path" => self.patterns.state_path = value.to_string(),
             "patterns.snapshot_interval_secs" => self.patterns.snapshot_interval_secs = whole(1)?,
             "patterns.queue_events" => self.patterns.queue_events = whole(1)? as usize,
+            "patterns.max_events_per_sec" => self.patterns.max_events_per_sec = whole(0)?,
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {

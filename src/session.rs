@@ -38,8 +38,8 @@ use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
-use crate::patterns::engine::{Event, Outcome};
-use crate::patterns::live::Patterns;
+use crate::patterns::engine::Outcome;
+use crate::patterns::live::{Patterns, Reads};
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, ReplyScanner, RequestFrame, RequestLimits, RequestScanner,
 };
@@ -79,7 +79,8 @@ pub struct Shared {
     pub patterns: Option<Arc<Patterns>>,
 }
 
-/// A read the pattern engine hears of once Redis answers it.
+/// A read the pattern engine hears of once Redis answers it (its keys are
+/// the request's, held until the reply comes; the engine gets copies).
 #[derive(Debug)]
 enum PatternRead {
     /// GET, HGET, HGETALL: a nil or empty reply is a miss.
@@ -289,7 +290,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         transaction_moves: false,
         exec_moves: false,
         subscriptions: Arc::default(),
-        events: Vec::new(),
+        events: Reads::default(),
         pending_read: None,
         batch_reads: Vec::new(),
         read_wall_ms: 0,
@@ -390,7 +391,7 @@ struct Session {
     /// The pattern engine's events: L1 hits of the requests being handled
     /// (handed over when they are done), the read being handled (joined to
     /// the batch that carries it), and the batch's reads by position.
-    events: Vec<Event>,
+    events: Reads,
     pending_read: Option<PatternRead>,
     batch_reads: Vec<(usize, PatternRead)>,
     /// When the requests being handled were read, in wall time for the
@@ -495,22 +496,16 @@ impl Session {
         self.read_at.unwrap_or_else(Instant::now)
     }
 
-    /// An L1 hit of `key` (a reply of `size` bytes), for the pattern engine.
-    fn l1_hit_event(&self, key: &[u8], size: usize) -> Event {
-        Event {
-            key: copy(key),
-            at_ms: self.read_wall_ms,
-            outcome: Outcome::L1Hit,
-            latency_us: 0,
-            size: size.min(u32::MAX as usize) as u32,
-        }
+    /// Tells the pattern engine of an L1 hit of `key` (a reply of `size`
+    /// bytes).
+    fn l1_hit_event(&mut self, key: &[u8], size: usize) {
+        self.events.push(key, self.read_wall_ms, Outcome::L1Hit, 0, size);
     }
 
     /// Tells the pattern engine of an L1 hit of the read being handled.
     fn note_l1_hit(&mut self, key: &[u8], size: usize) {
         if self.pending_read.take().is_some() {
-            let event = self.l1_hit_event(key, size);
-            self.events.push(event);
+            self.l1_hit_event(key, size);
         }
     }
 
@@ -529,12 +524,13 @@ impl Session {
         if let Some(patterns) = &self.shared.patterns {
             self.read_wall_ms = patterns.now_ms();
             self.read_started = Instant::now();
+            self.events.sample_with(patterns.sampler());
         }
         let flow = self.handle_frames(buf, l1, patterns).await;
         if let Some(patterns) = &self.shared.patterns
-            && !self.events.is_empty()
+            && !self.events.is_untouched()
         {
-            patterns.feed(std::mem::take(&mut self.events));
+            patterns.feed(&mut self.events);
         }
         flow
     }
@@ -555,7 +551,7 @@ impl Session {
             {
                 let reply = hit.for_protocol(self.protocol);
                 if patterns {
-                    self.events.push(self.l1_hit_event(key, reply.len()));
+                    self.events.push(key, self.read_wall_ms, Outcome::L1Hit, 0, reply.len());
                 }
                 if reply.len() < LARGE_LOCAL_REPLY {
                     self.reply_slice(reply).await;
@@ -668,6 +664,13 @@ impl Session {
         }
         if self.shared.patterns.is_some() && class == CommandClass::Shared && !self.in_transaction {
             self.pending_read = pattern_read(&mut command);
+            // A key the engine does not learn now (over its budget) costs
+            // nothing more.
+            if let Some(PatternRead::One(key) | PatternRead::Fields(key, _)) = &self.pending_read
+                && !self.events.admits(key)
+            {
+                self.pending_read = None;
+            }
         }
         if let Some(l1) = &l1 {
             if class == CommandClass::Shared
@@ -1158,7 +1161,9 @@ impl Session {
                     }
                     if let (Some(patterns), Some(read)) = (&self.shared.patterns, self.pending_read.take()) {
                         let latency = elapsed_us(self.read_started);
-                        patterns.feed(read_events(vec![(0, read)], &reply, self.read_wall_ms, latency));
+                        let mut events = Reads::new(patterns.sampler());
+                        read_events(&mut events, vec![(0, read)], &reply, self.read_wall_ms, latency);
+                        patterns.feed(&mut events);
                     }
                     self.reply_bytes(reply).await;
                     return Flow::Continue;
@@ -1596,11 +1601,10 @@ impl Session {
                 None => {
                     for (item, value) in items.iter().zip(&cached) {
                         if let Some(value) = value {
-                            let event = self.l1_hit_event(item, value.len());
-                            self.events.push(event);
+                            self.l1_hit_event(item, value.len());
                         }
                     }
-                    self.pending_read = Some(PatternRead::Items(missing.iter().map(|key| copy(key)).collect()));
+                    self.pending_read = Some(PatternRead::Items(missing.clone()));
                 }
             }
         }
@@ -1862,13 +1866,16 @@ impl Session {
             }
             _ => None,
         };
-        let reads = std::mem::take(&mut self.batch_reads);
+        let room = self.batch_reads.len();
+        let reads = std::mem::replace(&mut self.batch_reads, Vec::with_capacity(room));
         let heard: Option<Hook> = match &self.shared.patterns {
             Some(patterns) if !reads.is_empty() => {
                 let (patterns, at_ms, started) = (patterns.clone(), self.read_wall_ms, self.read_started);
                 Some(Box::new(move |result| {
                     if let Ok(bytes) = &result {
-                        patterns.feed(read_events(reads, bytes, at_ms, elapsed_us(started)));
+                        let mut events = Reads::with_capacity(patterns.sampler(), reads.len());
+                        read_events(&mut events, reads, bytes, at_ms, elapsed_us(started));
+                        patterns.feed(&mut events);
                     }
                     result
                 }))
@@ -2564,7 +2571,7 @@ fn pattern_read(command: &mut Command) -> Option<PatternRead> {
     if (argc == 2 && (name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"HGETALL")))
         || (argc == 3 && name.eq_ignore_ascii_case(b"HGET"))
     {
-        return command.first_arg().map(|key| PatternRead::One(copy(key)));
+        return command.first_arg().map(|key| PatternRead::One(key.clone()));
     }
     let multi = if argc >= 2 && name.eq_ignore_ascii_case(b"MGET") {
         true
@@ -2576,16 +2583,10 @@ fn pattern_read(command: &mut Command) -> Option<PatternRead> {
     command.decode_args().ok()?;
     let args = command.args();
     Some(if multi {
-        PatternRead::Items(args[1..].iter().map(|key| copy(key)).collect())
+        PatternRead::Items(args[1..].to_vec())
     } else {
-        PatternRead::Fields(copy(&args[1]), argc - 2)
+        PatternRead::Fields(args[1].clone(), argc - 2)
     })
-}
-
-/// A key for an event: its own allocation, so a queued event does not
-/// keep a client's whole read buffer alive.
-fn copy(key: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(key)
 }
 
 fn elapsed_us(since: Instant) -> u32 {
@@ -2593,58 +2594,44 @@ fn elapsed_us(since: Instant) -> u32 {
 }
 
 /// The events of a batch's reads from Redis's replies (`reads` by reply
-/// position, ascending). Error replies are not accesses.
-fn read_events(reads: Vec<(usize, PatternRead)>, bytes: &Bytes, at_ms: u64, latency_us: u32) -> Vec<Event> {
+/// position, ascending), into `events`. Error replies are not accesses.
+fn read_events(events: &mut Reads, reads: Vec<(usize, PatternRead)>, bytes: &Bytes, at_ms: u64, latency_us: u32) {
     let last = reads.last().map_or(0, |(index, _)| *index);
     let starts = frame_starts(bytes, last + 1);
-    let mut events = Vec::with_capacity(reads.len());
-    let mut event = |key: Bytes, reply: &[u8], outcome: Outcome| {
-        events.push(Event {
-            key,
-            at_ms,
-            outcome,
-            latency_us,
-            size: reply.len().min(u32::MAX as usize) as u32,
-        });
+    let outcome_of = |reply: &[u8]| {
+        if is_empty_reply(reply) {
+            Outcome::Miss
+        } else {
+            Outcome::L2Hit
+        }
     };
     for (index, read) in reads {
         let (Some(&start), Some(&end)) = (starts.get(index), starts.get(index + 1)) else {
             break;
         };
-        let reply = bytes.slice(start..end);
+        let reply = &bytes[start..end];
         if reply.first() == Some(&b'-') || reply.is_empty() {
             continue;
         }
         match read {
-            PatternRead::One(key) => {
-                let outcome = if is_empty_reply(&reply) {
-                    Outcome::Miss
-                } else {
-                    Outcome::L2Hit
-                };
-                event(key, &reply, outcome);
-            }
+            PatternRead::One(key) => events.push(&key, at_ms, outcome_of(reply), latency_us, reply.len()),
             PatternRead::Fields(key, count) => {
+                let reply = bytes.slice(start..end);
                 let found =
                     array_items(&reply, count).is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
-                event(key, &reply, if found { Outcome::L2Hit } else { Outcome::Miss });
+                let outcome = if found { Outcome::L2Hit } else { Outcome::Miss };
+                events.push(&key, at_ms, outcome, latency_us, reply.len());
             }
             PatternRead::Items(keys) => {
-                let Some(items) = array_items(&reply, keys.len()) else {
+                let Some(items) = array_items(&bytes.slice(start..end), keys.len()) else {
                     continue;
                 };
-                for (key, item) in keys.into_iter().zip(&items) {
-                    let outcome = if is_empty_reply(item) {
-                        Outcome::Miss
-                    } else {
-                        Outcome::L2Hit
-                    };
-                    event(key, item, outcome);
+                for (key, item) in keys.iter().zip(&items) {
+                    events.push(key, at_ms, outcome_of(item), latency_us, item.len());
                 }
             }
         }
     }
-    events
 }
 
 /// A nil, or an empty array or map (HGETALL of a missing key).

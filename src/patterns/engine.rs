@@ -80,22 +80,27 @@ impl Engine {
     }
 
     pub fn record(&mut self, event: &Event) {
+        self.record_read(&event.key, event.at_ms, event.outcome, event.latency_us, event.size);
+    }
+
+    /// Records one access of `key` (what [`Event`] holds, unpacked).
+    pub fn record_read(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: u32) {
         self.events += 1;
-        let day = event.at_ms / DAY_MS;
-        let hour = ((event.at_ms % DAY_MS) / HOUR_MS) as usize;
+        let day = at_ms / DAY_MS;
+        let hour = ((at_ms % DAY_MS) / HOUR_MS) as usize;
         let slots = self.load.len() as u64;
         let slot = &mut self.load[(day % slots) as usize];
         if slot.0 != day {
             *slot = (day, [0; 24]);
         }
         slot.1[hour] += 1;
-        let counter = self.keys.record(&event.key);
+        let counter = self.keys.record(key);
         counter.value.record(
-            event.at_ms,
+            at_ms,
             self.settings.history_days,
-            event.outcome,
-            u64::from(event.size),
-            u64::from(event.latency_us),
+            outcome,
+            u64::from(size),
+            u64::from(latency_us),
         );
     }
 
@@ -113,14 +118,12 @@ impl Engine {
         self.keys.len()
     }
 
-    /// Bytes the model holds (keys, their histories, the index).
+    /// Bytes the model holds (keys, their histories, the index), counting
+    /// every tracked key's history at its full size: a bound, kept without
+    /// walking the keys.
     pub fn bytes(&self) -> usize {
-        let per_entry_index = std::mem::size_of::<(Bytes, usize)>() + 8;
-        self.keys
-            .iter()
-            .map(|counter| counter.key.len() + counter.value.bytes() + per_entry_index + 32)
-            .sum::<usize>()
-            + self.load.len() * std::mem::size_of::<(u64, [u64; 24])>()
+        let per_key = TopK::<KeyStats>::bytes_per_counter() + KeyStats::heap_bytes(self.settings.history_days);
+        self.keys.len() * per_key + self.keys.key_bytes() + self.load.len() * std::mem::size_of::<(u64, [u64; 24])>()
     }
 
     /// What the engine says of a tracked key with enough accesses.
@@ -179,7 +182,7 @@ impl Engine {
 
 /// The first bytes of a snapshot file, then its format version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"AURAPATS";
-const SNAPSHOT_VERSION: u64 = 1;
+const SNAPSHOT_VERSION: u64 = 2;
 
 /// Why a snapshot was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,7 +269,8 @@ impl Engine {
             let key = Bytes::copy_from_slice(input.take(length).ok_or(damaged.clone())?);
             let count = input.u64().ok_or(damaged.clone())?;
             let error = input.u64().ok_or(damaged.clone())?;
-            let value = KeyStats::decode(&mut input).ok_or(damaged.clone())?;
+            let mut value = KeyStats::decode(&mut input).ok_or(damaged.clone())?;
+            value.reshape(settings.history_days);
             engine.keys.restore(super::topk::Counter {
                 key,
                 count,

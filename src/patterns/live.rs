@@ -1,15 +1,30 @@
-//! The pattern engine at run time: the request path's feed (a bounded
-//! queue it never waits on), the thread that owns the model, and the
-//! snapshot file that carries the model across restarts.
+//! The pattern engine at run time: the request path's feed, the thread
+//! that owns the model, and the snapshot file that carries the model
+//! across restarts.
 //!
-//! Sessions hand over their reads in batches ([`Patterns::feed`]); when
-//! `queue_events` are already waiting, a batch is dropped and counted.
-//! One thread records them, refreshes the gauges `INFO cache` shows, and
-//! saves the model every `snapshot_interval_secs` (on the clock, so a
-//! test moving a manual clock moves the schedule) and when the proxy stops.
+//! Sessions append their reads to a shared buffer ([`Patterns::feed`]):
+//! the lock is held for the append only, never while the engine works, and
+//! nobody is woken. Beyond `queue_events` waiting, events are dropped and
+//! counted. Every few milliseconds the engine's thread swaps the buffer for
+//! an empty one and records what it took, refreshes the gauges `INFO cache`
+//! shows, and saves the model every `snapshot_interval_secs` (on the clock,
+//! so a test moving a manual clock moves the schedule) and when it stops.
+//!
+//! The engine's work is bounded two ways, so it never takes the CPU the
+//! proxy and Redis need:
+//! - a budget of reads per second (`max_events_per_sec`): beyond it the
+//!   engine learns a fixed share of the keys ([`Sampler`]: those whose
+//!   hash has its top `shift` bits clear, 1/2, 1/4, ...; the share is
+//!   re-decided every second, with hysteresis), so each learned key's
+//!   history stays whole; the reads of the others are counted as sampled
+//!   out;
+//! - its thread runs at the idle scheduling class (Linux `SCHED_IDLE`): on
+//!   a saturated machine it falls behind, the queue fills and events are
+//!   dropped (counted).
 
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -17,26 +32,183 @@ use crate::cache::UNNAMED;
 use crate::clock::Clock;
 use crate::config::PatternsConfig;
 
-use super::engine::{Engine, Event, Insight, Settings};
+use super::engine::{Engine, Insight, Outcome, Settings};
 
-/// How often the thread wakes when no events come (to save on schedule).
-const IDLE_WAKE: Duration = Duration::from_millis(500);
-/// How often the bytes gauge is recomputed (it walks every tracked key).
-const BYTES_REFRESH: Duration = Duration::from_secs(1);
-/// Most queued batches recorded under one hold of the model's lock.
-const BATCHES_PER_LOCK: usize = 64;
+/// How often the thread takes the events waiting (and checks its schedule).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often the bytes gauge and the sampling share are refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// The smallest share of keys learned under load: 1 in 2^MAX_SHIFT.
+const MAX_SHIFT: u32 = 16;
 
-enum Message {
-    Events(Vec<Event>),
-    /// Save the model now; the result goes back.
-    Save(mpsc::Sender<Result<usize, String>>),
+/// Which keys the engine learns from: all (`shift` 0), or those whose
+/// hash (foldhash, fixed seed) has its top `shift` bits clear.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sampler {
+    shift: u32,
+}
+
+impl Sampler {
+    pub fn keeps(self, key: &[u8]) -> bool {
+        self.shift == 0 || foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key) >> (64 - self.shift) == 0
+    }
+}
+
+/// The sampling shift for `rate` reads a second within `budget` (0 = no
+/// bound): the smallest that fits, moved down only when the next one down
+/// would use at most 80% of the budget (so it does not flap).
+fn next_shift(shift: u32, rate: f64, budget: u64) -> u32 {
+    if budget == 0 {
+        return 0;
+    }
+    let budget = budget as f64;
+    let kept = |shift: u32| rate / f64::from(1u32 << shift);
+    let mut shift = shift.min(MAX_SHIFT);
+    while shift < MAX_SHIFT && kept(shift) > budget {
+        shift += 1;
+    }
+    while shift > 0 && kept(shift - 1) <= budget * 0.8 {
+        shift -= 1;
+    }
+    shift
+}
+
+/// Reads on their way to the engine: their keys side by side in one
+/// buffer (no allocation per read, and no buffer of a client's kept
+/// alive), and what else each read carries.
+#[derive(Debug, Default)]
+pub struct Reads {
+    keys: Vec<u8>,
+    reads: Vec<Read>,
+    /// Which keys to keep, and the reads of the others left out.
+    sampler: Sampler,
+    sampled_out: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    key_start: u32,
+    key_len: u32,
+    at_ms: u64,
+    latency_us: u32,
+    size: u32,
+    outcome: Outcome,
+}
+
+/// Most bytes of keys waiting per event allowed in the queue, on average
+/// (the queue's bound in bytes is `queue_events` times this).
+const KEY_BYTES_PER_EVENT: usize = 256;
+
+impl Reads {
+    /// Reads kept by `sampler`.
+    pub fn new(sampler: Sampler) -> Reads {
+        Reads {
+            sampler,
+            ..Reads::default()
+        }
+    }
+
+    /// Reads kept by `sampler`, with room for `count` of them.
+    pub fn with_capacity(sampler: Sampler, count: usize) -> Reads {
+        Reads {
+            keys: Vec::with_capacity(count * 24),
+            reads: Vec::with_capacity(count),
+            sampler,
+            sampled_out: 0,
+        }
+    }
+
+    /// From now on, keeps the reads `sampler` keeps.
+    pub fn sample_with(&mut self, sampler: Sampler) {
+        self.sampler = sampler;
+    }
+
+    /// Whether reads of `key` are kept; if not, one is counted as sampled
+    /// out (for a read to be heard of later, with its reply).
+    pub fn admits(&mut self, key: &[u8]) -> bool {
+        let keeps = self.sampler.keeps(key);
+        if !keeps {
+            self.sampled_out += 1;
+        }
+        keeps
+    }
+
+    /// One read of `key` at `at_ms` (wall time), answered so, taking
+    /// `latency_us`, its reply `size` bytes; counted as sampled out if the
+    /// sampler does not keep its key.
+    pub fn push(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
+        if !self.admits(key) {
+            return;
+        }
+        let Ok(key_len) = u32::try_from(key.len()) else {
+            return;
+        };
+        let key_start = self.keys.len() as u32;
+        if key_start.checked_add(key_len).is_none() {
+            return;
+        }
+        self.keys.extend_from_slice(key);
+        self.reads.push(Read {
+            key_start,
+            key_len,
+            at_ms,
+            latency_us,
+            size: size.min(u32::MAX as usize) as u32,
+            outcome,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.reads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
+
+    /// No reads kept and none sampled out: nothing to tell the engine.
+    pub fn is_untouched(&self) -> bool {
+        self.reads.is_empty() && self.sampled_out == 0
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.reads.clear();
+    }
+
+    /// Moves the first `count` of `other`'s reads here; `other` is left
+    /// empty (its allocations kept).
+    fn take_from(&mut self, other: &mut Reads, count: usize) {
+        let base = self.keys.len() as u64;
+        for read in other.reads.iter().take(count) {
+            let start = base + u64::from(read.key_start);
+            if start + u64::from(read.key_len) > u64::from(u32::MAX) {
+                break;
+            }
+            let from = read.key_start as usize;
+            self.keys
+                .extend_from_slice(&other.keys[from..from + read.key_len as usize]);
+            self.reads.push(Read {
+                key_start: start as u32,
+                ..*read
+            });
+        }
+        other.clear();
+    }
+
+    fn each(&self, mut visit: impl FnMut(&[u8], &Read)) {
+        for read in &self.reads {
+            let from = read.key_start as usize;
+            visit(&self.keys[from..from + read.key_len as usize], read);
+        }
+    }
 }
 
 /// Counters and gauges of the engine (`INFO cache`'s `pattern_*`).
 #[derive(Debug, Default)]
 pub struct PatternStats {
     /// Events handed to the engine, and those dropped because the queue
-    /// was full.
+    /// was full (or the engine had stopped).
     pub events: AtomicU64,
     pub dropped: AtomicU64,
     /// Keys tracked now, and the model's bytes (refreshed every second).
@@ -48,21 +220,47 @@ pub struct PatternStats {
     pub last_snapshot_ms: AtomicU64,
     /// Keys the model started with from a snapshot.
     pub restored_keys: AtomicU64,
+    /// Reads left out by sampling (the engine over its budget).
+    pub sampled_out: AtomicU64,
 }
 
 /// What the model and its thread share.
 struct Inner {
     engine: Mutex<Engine>,
+    /// Events waiting for the engine.
+    pending: Mutex<Reads>,
+    /// Saves asked for (`PROXY PATTERNS SAVE`), answered by the thread.
+    saves: Mutex<Vec<mpsc::Sender<Result<usize, String>>>>,
+    stopping: AtomicBool,
+    /// The sampling shift now, and the budget it keeps to.
+    shift: AtomicU32,
+    budget: u64,
     stats: PatternStats,
-    queued: AtomicUsize,
     clock: Arc<dyn Clock>,
     state_path: Option<PathBuf>,
     interval: Duration,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Inner {
     fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.engine)
+    }
+
+    /// Records the events waiting; how many.
+    fn drain(&self, spare: &mut Reads) -> usize {
+        std::mem::swap(&mut *lock(&self.pending), spare);
+        let count = spare.len();
+        if count > 0 {
+            let mut engine = self.engine();
+            spare.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
+            self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
+            spare.clear();
+        }
+        count
     }
 
     /// Writes the model to the state file (a temporary file renamed over
@@ -100,7 +298,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// The running engine: what sessions feed and admin commands ask.
 pub struct Patterns {
     inner: Arc<Inner>,
-    sender: Mutex<Option<mpsc::Sender<Message>>>,
     capacity: usize,
     separator: u8,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -119,6 +316,18 @@ impl Patterns {
     /// holds a snapshot this build reads (anything else is reported and
     /// ignored), and its thread.
     pub fn start(config: &PatternsConfig, separator: u8, clock: Arc<dyn Clock>) -> Arc<Patterns> {
+        let patterns = Patterns::without_thread(config, separator, clock);
+        let worker = patterns.inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("auracache-patterns".into())
+            .spawn(move || run(&worker))
+            .expect("the pattern engine's thread starts");
+        *lock(&patterns.thread) = Some(thread);
+        Arc::new(patterns)
+    }
+
+    /// The engine with nothing yet taking its events.
+    fn without_thread(config: &PatternsConfig, separator: u8, clock: Arc<dyn Clock>) -> Patterns {
         let settings = Settings {
             max_keys: config.max_keys,
             history_days: config.history_days,
@@ -135,25 +344,22 @@ impl Patterns {
         stats.bytes.store(engine.bytes() as u64, Ordering::Relaxed);
         let inner = Arc::new(Inner {
             engine: Mutex::new(engine),
+            pending: Mutex::new(Reads::default()),
+            saves: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            shift: AtomicU32::new(0),
+            budget: config.max_events_per_sec,
             stats,
-            queued: AtomicUsize::new(0),
             clock,
             state_path,
             interval: Duration::from_secs(config.snapshot_interval_secs),
         });
-        let (sender, receiver) = mpsc::channel();
-        let worker = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name("auracache-patterns".into())
-            .spawn(move || run(&worker, &receiver))
-            .expect("the pattern engine's thread starts");
-        Arc::new(Patterns {
+        Patterns {
             inner,
-            sender: Mutex::new(Some(sender)),
             capacity: config.queue_events,
             separator,
-            thread: Mutex::new(Some(thread)),
-        })
+            thread: Mutex::new(None),
+        }
     }
 
     /// Wall time now, milliseconds (events' time).
@@ -161,27 +367,36 @@ impl Patterns {
         self.inner.clock.unix_ms()
     }
 
-    /// Hands events to the engine without waiting: if the queue already
-    /// holds `queue_events`, they are dropped and counted.
-    pub fn feed(&self, events: Vec<Event>) {
-        let count = events.len();
+    /// Hands `reads` to the engine (leaving them empty, their allocations
+    /// kept): copied after the waiting ones under a lock held for the copy
+    /// alone. What does not fit in `queue_events` (or in their keys' bytes
+    /// bound) is dropped and counted.
+    pub fn feed(&self, reads: &mut Reads) {
+        let stats = &self.inner.stats;
+        if reads.sampled_out > 0 {
+            stats.sampled_out.fetch_add(reads.sampled_out, Ordering::Relaxed);
+            reads.sampled_out = 0;
+        }
+        let count = reads.len();
         if count == 0 {
             return;
         }
-        let stats = &self.inner.stats;
-        let before = self.inner.queued.fetch_add(count, Ordering::Relaxed);
-        let sent = before + count <= self.capacity
-            && self
-                .sender
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .as_ref()
-                .is_some_and(|sender| sender.send(Message::Events(events)).is_ok());
-        if sent {
-            stats.events.fetch_add(count as u64, Ordering::Relaxed);
-        } else {
-            self.inner.queued.fetch_sub(count, Ordering::Relaxed);
+        if self.inner.stopping.load(Ordering::Relaxed) {
             stats.dropped.fetch_add(count as u64, Ordering::Relaxed);
+            reads.clear();
+            return;
+        }
+        let mut pending = lock(&self.inner.pending);
+        let mut room = self.capacity.saturating_sub(pending.len());
+        if pending.keys.len() + reads.keys.len() > self.capacity * KEY_BYTES_PER_EVENT {
+            room = 0;
+        }
+        let taken = count.min(room);
+        pending.take_from(reads, taken);
+        drop(pending);
+        stats.events.fetch_add(taken as u64, Ordering::Relaxed);
+        if taken < count {
+            stats.dropped.fetch_add((count - taken) as u64, Ordering::Relaxed);
         }
     }
 
@@ -189,9 +404,26 @@ impl Patterns {
         &self.inner.stats
     }
 
+    /// Which keys to record reads of, now.
+    pub fn sampler(&self) -> Sampler {
+        Sampler {
+            shift: self.inner.shift.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The share of keys learned now (1, 1/2, 1/4, ...).
+    pub fn sampled_share(&self) -> f64 {
+        1.0 / f64::from(1u32 << self.sampler().shift)
+    }
+
+    /// The reads-per-second budget (0 = none).
+    pub fn budget(&self) -> u64 {
+        self.inner.budget
+    }
+
     /// Events waiting for the engine now.
     pub fn queued(&self) -> usize {
-        self.inner.queued.load(Ordering::Relaxed)
+        lock(&self.inner.pending).len()
     }
 
     pub fn max_keys(&self) -> usize {
@@ -231,40 +463,27 @@ impl Patterns {
         (engine.hourly_load(), engine.peaks())
     }
 
-    /// Saves the model now (after the events already queued); the
-    /// snapshot's size.
+    /// Saves the model now (after the events already waiting); the
+    /// snapshot's size. Blocks until the engine's thread has written it.
     pub fn save(&self) -> Result<usize, String> {
+        let stopped = || Err("the pattern engine has stopped".to_string());
         let (reply, answer) = mpsc::channel();
-        let sent = self
-            .sender
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .as_ref()
-            .is_some_and(|sender| sender.send(Message::Save(reply)).is_ok());
-        if !sent {
-            return Err("the pattern engine has stopped".into());
+        lock(&self.inner.saves).push(reply);
+        match lock(&self.thread).as_ref() {
+            Some(thread) => thread.thread().unpark(),
+            None => return stopped(),
         }
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err("the pattern engine has stopped".into()))
+        answer.recv().unwrap_or_else(|_| stopped())
     }
 
-    /// Stops the engine: the events queued are recorded, the model saved
+    /// Stops the engine: the events waiting are recorded, the model saved
     /// (when a state path is configured), the thread joined. Later events
     /// are dropped.
     pub fn stop(&self) {
-        drop(
-            self.sender
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take(),
-        );
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -313,44 +532,62 @@ fn restore(settings: Settings, path: &Path) -> Option<Engine> {
     }
 }
 
-/// The engine's thread: records events, refreshes the gauges, saves on
-/// schedule; on the last sender's drop, saves once more and ends.
-fn run(inner: &Inner, receiver: &mpsc::Receiver<Message>) {
+/// Moves the calling thread to the idle scheduling class, where it runs
+/// only on CPU time no other thread wants.
+#[cfg(target_os = "linux")]
+fn run_when_idle() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: with pid 0, sched_setscheduler changes the calling thread's
+    // policy only; `param` is a valid sched_param for the call's duration.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if result != 0 {
+        tracing::debug!(
+            "the pattern engine's thread keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_when_idle() {}
+
+/// The engine's thread: records the events waiting, refreshes the
+/// gauges, saves when asked and on schedule; when stopping, records the
+/// last events, saves once more and ends.
+fn run(inner: &Inner) {
+    run_when_idle();
+    let mut spare = Reads::default();
     let mut next_save = inner.clock.now() + inner.interval;
-    let mut bytes_refreshed = Instant::now();
+    let mut refreshed = Instant::now();
+    let offered = |stats: &PatternStats| {
+        stats.events.load(Ordering::Relaxed)
+            + stats.dropped.load(Ordering::Relaxed)
+            + stats.sampled_out.load(Ordering::Relaxed)
+    };
+    let mut offered_before = offered(&inner.stats);
     loop {
-        let first = match receiver.recv_timeout(IDLE_WAKE) {
-            Ok(message) => Some(message),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut saves = Vec::new();
-        if let Some(first) = first {
-            let mut engine = inner.engine();
-            let mut next = Some(first);
-            let mut batches = 0;
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Events(events) => {
-                        inner.queued.fetch_sub(events.len(), Ordering::Relaxed);
-                        events.iter().for_each(|event| engine.record(event));
-                    }
-                    Message::Save(reply) => saves.push(reply),
-                }
-                batches += 1;
-                if batches < BATCHES_PER_LOCK {
-                    next = receiver.try_recv().ok();
-                }
-            }
-            inner.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
-        }
-        if bytes_refreshed.elapsed() >= BYTES_REFRESH {
+        std::thread::park_timeout(DRAIN_EVERY);
+        let stopping = inner.stopping.load(Ordering::Relaxed);
+        inner.drain(&mut spare);
+        let since = refreshed.elapsed();
+        if since >= REFRESH_EVERY {
             let bytes = inner.engine().bytes();
             inner.stats.bytes.store(bytes as u64, Ordering::Relaxed);
-            bytes_refreshed = Instant::now();
+            let offered_now = offered(&inner.stats);
+            let rate = (offered_now - offered_before) as f64 / since.as_secs_f64();
+            let shift = inner.shift.load(Ordering::Relaxed);
+            inner
+                .shift
+                .store(next_shift(shift, rate, inner.budget), Ordering::Relaxed);
+            offered_before = offered_now;
+            refreshed = Instant::now();
         }
+        let saves = std::mem::take(&mut *lock(&inner.saves));
         for reply in saves {
             let _ = reply.send(inner.save());
+        }
+        if stopping {
+            break;
         }
         if inner.clock.now() >= next_save {
             next_save = inner.clock.now() + inner.interval;
@@ -366,14 +603,14 @@ fn run(inner: &Inner, receiver: &mpsc::Receiver<Message>) {
     if inner.state_path.is_some() {
         let _ = inner.save();
     }
+    // Saves asked for after the last look: the thread is gone.
+    lock(&inner.saves).clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::patterns::engine::Outcome;
-    use bytes::Bytes;
 
     fn config(state_path: &str) -> PatternsConfig {
         PatternsConfig {
@@ -384,16 +621,12 @@ mod tests {
         }
     }
 
-    fn reads(key: &str, count: usize, at_ms: u64) -> Vec<Event> {
-        (0..count)
-            .map(|i| Event {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                at_ms: at_ms + i as u64 * 60_000,
-                outcome: Outcome::L2Hit,
-                latency_us: 200,
-                size: 10,
-            })
-            .collect()
+    fn reads(key: &str, count: usize, at_ms: u64) -> Reads {
+        let mut reads = Reads::default();
+        for i in 0..count {
+            reads.push(key.as_bytes(), at_ms + i as u64 * 60_000, Outcome::L2Hit, 200, 10);
+        }
+        reads
     }
 
     fn wait_for(what: &str, check: impl Fn() -> bool) {
@@ -406,26 +639,72 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let patterns = Patterns::start(&config(""), b':', Arc::new(ManualClock::default()));
-        // Hold the model's lock: the thread cannot drain the queue.
-        let engine = patterns.inner.engine();
-        patterns.feed(reads("a:1", 60, 0));
-        patterns.feed(reads("a:2", 60, 0));
-        assert_eq!(patterns.stats().events.load(Ordering::Relaxed), 60);
-        assert_eq!(patterns.stats().dropped.load(Ordering::Relaxed), 60);
-        drop(engine);
-        wait_for("the queue to drain", || patterns.queued() == 0);
-        wait_for("a:1 to be tracked", || {
-            patterns.stats().tracked.load(Ordering::Relaxed) == 1
-        });
+        // Nothing takes the events until the test says so.
+        let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
+        let mut first = reads("a:1", 60, 0);
+        patterns.feed(&mut first);
+        let mut second = reads("a:2", 60, 0);
+        patterns.feed(&mut second);
+        assert!(first.is_empty() && second.is_empty(), "taken or dropped, never kept");
+        assert_eq!(patterns.stats().events.load(Ordering::Relaxed), 100);
+        assert_eq!(patterns.stats().dropped.load(Ordering::Relaxed), 20);
+        assert_eq!(patterns.queued(), 100);
+        assert_eq!(patterns.inner.drain(&mut Reads::default()), 100);
+        assert_eq!(patterns.queued(), 0);
         let top = patterns.top(&Query {
             count: 10,
             namespace: None,
             min_priority: 1,
         });
-        assert_eq!(top.len(), 1);
-        assert_eq!(&top[0].key[..], b"a:1");
-        assert_eq!(top[0].accesses, 60);
+        let accesses: Vec<(&[u8], u64)> = top.iter().map(|insight| (&insight.key[..], insight.accesses)).collect();
+        assert_eq!(accesses, vec![(&b"a:1"[..], 60), (&b"a:2"[..], 40)]);
+    }
+
+    #[test]
+    fn over_budget_the_engine_learns_a_fixed_share_of_keys_each_in_full() {
+        // The shift fits the rate in the budget, and comes down only with
+        // room to spare.
+        assert_eq!(next_shift(0, 50_000.0, 100_000), 0);
+        assert_eq!(next_shift(0, 150_000.0, 100_000), 1);
+        assert_eq!(next_shift(0, 1_000_000.0, 100_000), 4);
+        assert_eq!(
+            next_shift(4, 170_000.0, 100_000),
+            2,
+            "85,000 at 1/2 is over 80% of the budget"
+        );
+        assert_eq!(next_shift(4, 150_000.0, 100_000), 1, "75,000 at 1/2 is not");
+        assert_eq!(next_shift(1, 170_000.0, 100_000), 1, "170,000 at 1/1 does not");
+        assert_eq!(next_shift(1, 90_000.0, 100_000), 1, "90,000 is over 80% of the budget");
+        assert_eq!(next_shift(1, 70_000.0, 100_000), 0);
+        assert_eq!(next_shift(3, 1e12, 100_000), MAX_SHIFT);
+        assert_eq!(next_shift(5, 1e9, 0), 0, "no budget, no sampling");
+        // A sampler keeps about 1 in 2^shift keys, always the same ones,
+        // and a key kept at a higher shift is kept at every lower one.
+        let keys: Vec<String> = (0..20_000).map(|i| format!("user:{i}")).collect();
+        let kept = |shift: u32| -> Vec<&String> {
+            keys.iter()
+                .filter(|key| Sampler { shift }.keeps(key.as_bytes()))
+                .collect()
+        };
+        assert_eq!(kept(0).len(), 20_000);
+        let quarter = kept(2);
+        assert!((4_500..5_500).contains(&quarter.len()), "{}", quarter.len());
+        assert_eq!(kept(2), quarter, "the same keys every time");
+        assert!(kept(3).iter().all(|key| quarter.contains(key)));
+        let mut reads = Reads::new(Sampler { shift: 2 });
+        for key in &keys {
+            reads.push(key.as_bytes(), 0, Outcome::L2Hit, 0, 1);
+        }
+        assert_eq!(
+            (reads.len(), reads.sampled_out as usize),
+            (quarter.len(), 20_000 - quarter.len())
+        );
+        let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
+        patterns.feed(&mut reads);
+        assert_eq!(
+            patterns.stats().sampled_out.load(Ordering::Relaxed) as usize,
+            20_000 - quarter.len()
+        );
     }
 
     #[test]
@@ -436,8 +715,8 @@ mod tests {
         let path_text = path.to_str().unwrap();
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path_text), b':', clock.clone());
-        patterns.feed(reads("user:1", 20, 1_000));
-        patterns.feed(reads("order:9", 5, 1_000));
+        patterns.feed(&mut reads("user:1", 20, 1_000));
+        patterns.feed(&mut reads("order:9", 5, 1_000));
         patterns.stop();
         assert_eq!(patterns.stats().snapshots_written.load(Ordering::Relaxed), 1);
         let restored = Patterns::start(&config(path_text), b':', clock.clone());
@@ -465,7 +744,7 @@ mod tests {
         let path = directory.join("patterns.snap");
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path.to_str().unwrap()), b':', clock.clone());
-        patterns.feed(reads("k:1", 3, 0));
+        patterns.feed(&mut reads("k:1", 3, 0));
         wait_for("k:1 to be tracked", || {
             patterns.stats().tracked.load(Ordering::Relaxed) == 1
         });

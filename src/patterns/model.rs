@@ -47,25 +47,25 @@ impl Class {
 const MIN_PERIOD_MS: u64 = 1_000;
 
 /// Gaps between accesses, by half powers of two of milliseconds (up to
-/// about 2^48 ms).
-const GAP_BUCKETS: usize = 96;
+/// 2^32 ms, about 50 days; longer gaps count in the last bucket).
+const GAP_BUCKETS: usize = 64;
 
 /// One key's history: hour-of-day counts per day (a ring of `days` days),
 /// the gaps between its accesses, and running means.
-#[derive(Debug, Clone, Default)]
+///
+/// Laid out for the engine's thread, which updates thousands of these a
+/// second with cold caches: what every access changes comes first and
+/// together; the hour in progress is counted here and reaches the day
+/// table (its own allocation) only when the hour changes.
+#[derive(Debug, Clone)]
+#[repr(C)]
 pub struct KeyStats {
-    /// Per ring slot: the day it holds (days since the epoch) and that
-    /// day's accesses per hour.
-    days: Vec<(u64, [u16; 24])>,
     pub accesses: u64,
-    pub first_ms: u64,
     pub last_ms: u64,
     /// Welford's running mean and sum of squared deviations of the gaps.
     gaps: u64,
     gap_mean: f64,
     gap_m2: f64,
-    /// Gaps per bucket (`GAP_BUCKETS` of them once there is a gap).
-    gap_histogram: Vec<u16>,
     /// Accesses answered by L1, by Redis with a value, without one.
     pub l1_hits: u64,
     pub l2_hits: u64,
@@ -73,6 +73,52 @@ pub struct KeyStats {
     size_total: u64,
     /// Latency of the accesses Redis answered (what a miss of L1 costs).
     latency_total_us: u64,
+    /// The hour being counted (hours since the epoch) and its accesses,
+    /// not yet in `days`.
+    hour: u64,
+    hour_count: u64,
+    pub first_ms: u64,
+    /// Gaps per bucket.
+    gap_histogram: [u16; GAP_BUCKETS],
+    /// Per ring slot: the day it holds (days since the epoch, `NO_DAY` for
+    /// none) and that day's accesses per hour.
+    days: Vec<(u64, [u16; 24])>,
+}
+
+const NO_DAY: u64 = u64::MAX;
+
+impl Default for KeyStats {
+    fn default() -> KeyStats {
+        KeyStats {
+            accesses: 0,
+            last_ms: 0,
+            gaps: 0,
+            gap_mean: 0.0,
+            gap_m2: 0.0,
+            l1_hits: 0,
+            l2_hits: 0,
+            misses: 0,
+            size_total: 0,
+            latency_total_us: 0,
+            hour: 0,
+            hour_count: 0,
+            first_ms: 0,
+            gap_histogram: [0; GAP_BUCKETS],
+            days: Vec::new(),
+        }
+    }
+}
+
+impl super::topk::Recycle for KeyStats {
+    /// A new key's history in the old one's allocation.
+    fn recycle(&mut self) {
+        let mut days = std::mem::take(&mut self.days);
+        days.iter_mut().for_each(|slot| *slot = (NO_DAY, [0; 24]));
+        *self = KeyStats {
+            days,
+            ..KeyStats::default()
+        };
+    }
 }
 
 /// What a classification says of a key.
@@ -93,17 +139,18 @@ impl KeyStats {
     /// Counts one access at `at_ms`; `latency_us` counts only for accesses
     /// Redis answered.
     pub fn record(&mut self, at_ms: u64, days: usize, outcome: Outcome, size: u64, latency_us: u64) {
-        let days = days.max(1);
-        if self.days.len() != days {
-            self.days = vec![(u64::MAX, [0; 24]); days];
+        let hour = at_ms / HOUR_MS;
+        if self.hour_count == 0 || hour == self.hour {
+            self.hour = hour;
+            self.hour_count += 1;
+        } else if hour > self.hour {
+            self.settle_hour(days);
+            self.hour = hour;
+            self.hour_count = 1;
+        } else {
+            // Late (an earlier hour's access arriving after this hour's).
+            self.add_to_days(days, hour, 1);
         }
-        let day = at_ms / DAY_MS;
-        let hour = ((at_ms % DAY_MS) / HOUR_MS) as usize;
-        let slot = &mut self.days[(day % days as u64) as usize];
-        if slot.0 != day {
-            *slot = (day, [0; 24]);
-        }
-        slot.1[hour] = slot.1[hour].saturating_add(1);
         if self.accesses == 0 {
             self.first_ms = at_ms;
         } else {
@@ -113,7 +160,6 @@ impl KeyStats {
             self.gap_mean += delta / self.gaps as f64;
             self.gap_m2 += delta * (gap as f64 - self.gap_mean);
             let bucket = bucket_of(gap);
-            self.gap_histogram.resize(GAP_BUCKETS, 0);
             self.gap_histogram[bucket] = self.gap_histogram[bucket].saturating_add(1);
         }
         self.accesses += 1;
@@ -140,24 +186,87 @@ impl KeyStats {
             .unwrap_or(0)
     }
 
+    /// Moves the hour in progress into the day table.
+    fn settle_hour(&mut self, days: usize) {
+        if self.hour_count > 0 {
+            self.add_to_days(days, self.hour, self.hour_count);
+            self.hour_count = 0;
+        }
+    }
+
+    /// Makes the day table a ring of `days` days, keeping the newest days
+    /// it holds.
+    pub(super) fn reshape(&mut self, days: usize) {
+        let days = days.max(1);
+        if self.days.len() == days {
+            return;
+        }
+        let old = std::mem::replace(&mut self.days, vec![(NO_DAY, [0; 24]); days]);
+        for (day, counts) in old {
+            let slot = &mut self.days[(day % days as u64) as usize];
+            if day != NO_DAY && (slot.0 == NO_DAY || slot.0 < day) {
+                *slot = (day, counts);
+            }
+        }
+    }
+
+    fn add_to_days(&mut self, days: usize, hour: u64, count: u64) {
+        let days = days.max(1);
+        self.reshape(days);
+        let day = hour / 24;
+        let slot = &mut self.days[(day % days as u64) as usize];
+        if slot.0 != day {
+            if slot.0 != NO_DAY && slot.0 > day {
+                // Older than the day this slot holds now: out of the window.
+                return;
+            }
+            *slot = (day, [0; 24]);
+        }
+        let cell = &mut slot.1[(hour % 24) as usize];
+        *cell = cell.saturating_add(count.min(u64::from(u16::MAX)) as u16);
+    }
+
+    /// The day table as it would be with the hour in progress settled
+    /// (without changing it): (day, accesses per hour) for each day kept.
+    fn rows(&self) -> Vec<(u64, [u16; 24])> {
+        let ring = self.days.len().max(1) as u64;
+        let mut rows: Vec<(u64, [u16; 24])> = self.days.iter().copied().filter(|(day, _)| *day != NO_DAY).collect();
+        if self.hour_count > 0 {
+            let day = self.hour / 24;
+            let count = self.hour_count.min(u64::from(u16::MAX)) as u16;
+            let at = (self.hour % 24) as usize;
+            match rows.iter_mut().find(|(held, _)| *held == day) {
+                Some((_, counts)) => counts[at] = counts[at].saturating_add(count),
+                None => {
+                    // It takes the place of the day its ring slot holds.
+                    rows.retain(|(held, _)| held % ring != day % ring || *held > day);
+                    let mut counts = [0; 24];
+                    counts[at] = count;
+                    rows.push((day, counts));
+                }
+            }
+        }
+        // A slot not reached since keeps a day that is out of the window.
+        let newest = rows.iter().map(|(day, _)| *day).max().unwrap_or(0);
+        rows.retain(|(day, _)| day + ring > newest);
+        rows
+    }
+
     /// Accesses per hour of the day over the days kept.
     pub fn hourly(&self) -> [u64; 24] {
         let mut hours = [0u64; 24];
-        for (day, counts) in &self.days {
-            if *day != u64::MAX {
-                for (total, count) in hours.iter_mut().zip(counts) {
-                    *total += u64::from(*count);
-                }
+        for (_, counts) in self.rows() {
+            for (total, count) in hours.iter_mut().zip(counts) {
+                *total += u64::from(count);
             }
         }
         hours
     }
 
-    /// Bytes this key's history costs (its counters and hour table).
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<KeyStats>()
-            + self.days.capacity() * std::mem::size_of::<(u64, [u16; 24])>()
-            + self.gap_histogram.capacity() * std::mem::size_of::<u16>()
+    /// Bytes a key's history allocates at most (its hour table of `days`
+    /// days and its gap buckets), besides the struct itself.
+    pub fn heap_bytes(days: usize) -> usize {
+        days.max(1) * std::mem::size_of::<(u64, [u16; 24])>() + GAP_BUCKETS * std::mem::size_of::<u16>()
     }
 
     /// The key's class and what it predicts, at `now_ms`.
@@ -201,11 +310,11 @@ impl KeyStats {
         let busiest = (0..24).max_by_key(|hour| (hourly[*hour], 24 - hour)).unwrap_or(0);
         let window: Vec<usize> = [23, 0, 1].iter().map(|offset| (busiest + offset) % 24).collect();
         let covered: u64 = window.iter().map(|hour| hourly[*hour]).sum();
-        let active_days = self.days.iter().filter(|(day, _)| *day != u64::MAX).count();
-        let days_in_window = self
-            .days
+        let rows = self.rows();
+        let active_days = rows.len();
+        let days_in_window = rows
             .iter()
-            .filter(|(day, counts)| *day != u64::MAX && window.iter().any(|hour| counts[*hour] > 0))
+            .filter(|(_, counts)| window.iter().any(|hour| counts[*hour] > 0))
             .count();
         let concentration = covered as f64 / total.max(1) as f64;
         if concentration >= 0.7 && days_in_window >= 3 && days_in_window as f64 >= 0.6 * active_days as f64 {
@@ -305,8 +414,9 @@ impl<'a> Reader<'a> {
 impl KeyStats {
     /// Appends this history to a snapshot.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(self.days.len() as u64).to_le_bytes());
-        for (day, counts) in &self.days {
+        let rows = self.rows();
+        out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+        for (day, counts) in &rows {
             out.extend_from_slice(&day.to_le_bytes());
             counts
                 .iter()
@@ -327,7 +437,7 @@ impl KeyStats {
         ] {
             out.extend_from_slice(&value.to_le_bytes());
         }
-        out.extend_from_slice(&(self.gap_histogram.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(GAP_BUCKETS as u64).to_le_bytes());
         self.gap_histogram
             .iter()
             .for_each(|count| out.extend_from_slice(&count.to_le_bytes()));
@@ -359,12 +469,11 @@ impl KeyStats {
         stats.misses = input.u64()?;
         stats.size_total = input.u64()?;
         stats.latency_total_us = input.u64()?;
-        let buckets = input.u64()?;
-        if buckets != 0 && buckets != GAP_BUCKETS as u64 {
+        if input.u64()? != GAP_BUCKETS as u64 {
             return None;
         }
-        for _ in 0..buckets {
-            stats.gap_histogram.push(input.u16()?);
+        for bucket in &mut stats.gap_histogram {
+            *bucket = input.u16()?;
         }
         Some(stats)
     }
