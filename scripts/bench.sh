@@ -12,6 +12,8 @@
 #   scripts/bench.sh                 # 3 rounds
 #   ROUNDS=5 REQUESTS=200000 scripts/bench.sh
 #   SECTIONS=patterns ROUNDS=7 scripts/bench.sh
+#   BASELINE=/path/to/older/auracache SECTIONS=patterns scripts/bench.sh
+#                                    # the patterns section also runs an older build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -310,6 +312,23 @@ if [[ " $sections " == *" patterns "* ]]; then
             $1 == "pattern_events_sampled_out" { sampled = $2 }
             END { print events + 0, dropped + 0, sampled + 0 }'
     }
+    # An older build (BASELINE), with L1 off and on, as a before figure.
+    baseline_random=() baseline_hot=()
+    if [ -n "${BASELINE:-}" ]; then
+        base_port="$(free_port)"
+        MEMORY_CACHE_ENABLED=false "$BASELINE" --listen "127.0.0.1:$base_port" \
+            --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/baseline.log" &
+        pids+=($!)
+        serving[baseline]="$! $redis_pid"
+        wait_for "$base_port"
+        base_l1_port="$(free_port)"
+        "$BASELINE" --listen "127.0.0.1:$base_l1_port" \
+            --upstream "redis://127.0.0.1:$redis_port" --log-level warn 2>"$work/baseline-l1.log" &
+        pids+=($!)
+        serving[baseline+L1]="$! $redis_pid"
+        wait_for "$base_l1_port"
+        baseline_random=("baseline:$base_port") baseline_hot=("baseline+L1:$base_l1_port")
+    fi
     read -r random_events_before random_dropped_before random_sampled_before <<<"$(engine_counts "$proxy_port")"
     read -r hot_events_before hot_dropped_before hot_sampled_before <<<"$(engine_counts "$l1_port")"
     redis-benchmark -p "$redis_port" -t set -c 50 -d 100 -r 100000 -n 200000 -q >/dev/null
@@ -318,13 +337,17 @@ if [[ " $sections " == *" patterns "* ]]; then
             for workload in random hot; do
                 if [ "$workload" = random ]; then
                     keyspace=100000
-                    pair=("auracache:$proxy_port" "auracache-patterns:$nopat_port")
+                    pair=("auracache:$proxy_port" "auracache-patterns:$nopat_port" "${baseline_random[@]}")
                 else
                     keyspace=1000
-                    pair=("auracache+L1:$l1_port" "auracache+L1-patterns:$l1_nopat_port")
+                    pair=("auracache+L1:$l1_port" "auracache+L1-patterns:$l1_nopat_port" "${baseline_hot[@]}")
                 fi
                 row=("direct:$redis_port" "${pair[@]}")
-                [ $((round % 2)) -eq 0 ] && row=("${pair[1]}" "${pair[0]}" "direct:$redis_port")
+                if [ $((round % 2)) -eq 0 ]; then
+                    row=()
+                    for ((i = ${#pair[@]} - 1; i >= 0; i--)); do row+=("${pair[$i]}"); done
+                    row+=("direct:$redis_port")
+                fi
                 for target in "${row[@]}"; do
                     name="${target%%:*}"
                     port="${target##*:}"
@@ -343,14 +366,24 @@ for rec in csv.reader(open(sys.argv[1])):
     rnd, workload, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx, cpu = rec
     rows.setdefault((workload, int(pipeline)), {}).setdefault(target, []).append((float(rps), float(cpu)))
 med = lambda xs, i: statistics.median(x[i] for x in xs)
-print("| GET workload | -P | direct ops/s | engine off ops/s | engine on ops/s | off/direct | on/direct | on/off | server CPU us/req off/on |")
-print("|---|---|---|---|---|---|---|---|---|")
+baseline = any(t.startswith("baseline") for d in rows.values() for t in d)
+head = "| GET workload | -P | direct ops/s | engine off ops/s | engine on ops/s |"
+head += " baseline ops/s | baseline/direct |" if baseline else ""
+head += " off/direct | on/direct | on/off | server CPU us/req off/on |"
+print(head)
+print("|" + "---|" * (head.count("|") - 1))
 for (workload, pipeline), data in sorted(rows.items()):
     on_name = "auracache" if workload == "random" else "auracache+L1"
     off_name = on_name + "-patterns"
+    base_name = "baseline" if workload == "random" else "baseline+L1"
     direct, off, on = (med(data[t], 0) for t in ("direct", off_name, on_name))
     label = "random keys, L1 off" if workload == "random" else "hot set of 1,000, L1 on"
-    print(f"| {label} | {pipeline} | {direct:,.0f} | {off:,.0f} | {on:,.0f} | {off / direct:.2f}x | {on / direct:.2f}x | {on / off:.3f} | {med(data[off_name], 1):.2f}/{med(data[on_name], 1):.2f} |")
+    line = f"| {label} | {pipeline} | {direct:,.0f} | {off:,.0f} | {on:,.0f} |"
+    if baseline:
+        base = med(data[base_name], 0)
+        line += f" {base:,.0f} | {base / direct:.2f}x |"
+    line += f" {off / direct:.2f}x | {on / direct:.2f}x | {on / off:.3f} | {med(data[off_name], 1):.2f}/{med(data[on_name], 1):.2f} |"
+    print(line)
 rounds = max(len(v) for d in rows.values() for v in d.values())
 print()
 print(f"pattern engine on vs off; -d 100, -c 50; median of {rounds} rounds, targets alternating; server CPU = the proxy's threads (the engine's included) and Redis, per request")

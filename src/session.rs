@@ -85,8 +85,14 @@ pub struct Shared {
 enum PatternRead {
     /// GET, HGET, HGETALL: a nil or empty reply is a miss.
     One(Bytes),
-    /// HMGET of this many fields: a miss when every field is nil.
-    Fields(Bytes, usize),
+    /// HMGET of a hash, `asked` fields asked of Redis, and what L1 answered
+    /// for the others: a miss when every field is nil.
+    Fields {
+        key: Bytes,
+        asked: usize,
+        cached_found: bool,
+        cached_size: usize,
+    },
     /// MGET: one access per item.
     Items(Vec<Bytes>),
 }
@@ -530,7 +536,7 @@ impl Session {
         if let Some(patterns) = &self.shared.patterns
             && !self.events.is_untouched()
         {
-            patterns.feed(&mut self.events);
+            patterns.feed(&mut self.events, true);
         }
         flow
     }
@@ -666,7 +672,7 @@ impl Session {
             self.pending_read = pattern_read(&mut command);
             // A key the engine does not learn now (over its budget) costs
             // nothing more.
-            if let Some(PatternRead::One(key) | PatternRead::Fields(key, _)) = &self.pending_read
+            if let Some(PatternRead::One(key) | PatternRead::Fields { key, .. }) = &self.pending_read
                 && !self.events.admits(key)
             {
                 self.pending_read = None;
@@ -1163,7 +1169,7 @@ impl Session {
                         let latency = elapsed_us(self.read_started);
                         let mut events = Reads::new(patterns.sampler());
                         read_events(&mut events, vec![(0, read)], &reply, self.read_wall_ms, latency);
-                        patterns.feed(&mut events);
+                        patterns.feed(&mut events, false);
                     }
                     self.reply_bytes(reply).await;
                     return Flow::Continue;
@@ -1597,7 +1603,15 @@ impl Session {
                     let size = cached.iter().flatten().map(Bytes::len).sum();
                     self.note_l1_hit(hash, size);
                 }
-                Some(hash) => self.pending_read = Some(PatternRead::Fields(hash.clone(), missing.len())),
+                Some(hash) => {
+                    let values = cached.iter().flatten();
+                    self.pending_read = Some(PatternRead::Fields {
+                        key: hash.clone(),
+                        asked: missing.len(),
+                        cached_found: values.clone().any(|value| !is_empty_reply(value)),
+                        cached_size: values.map(Bytes::len).sum(),
+                    });
+                }
                 None => {
                     for (item, value) in items.iter().zip(&cached) {
                         if let Some(value) = value {
@@ -1875,7 +1889,7 @@ impl Session {
                     if let Ok(bytes) = &result {
                         let mut events = Reads::with_capacity(patterns.sampler(), reads.len());
                         read_events(&mut events, reads, bytes, at_ms, elapsed_us(started));
-                        patterns.feed(&mut events);
+                        patterns.feed(&mut events, false);
                     }
                     result
                 }))
@@ -2585,7 +2599,12 @@ fn pattern_read(command: &mut Command) -> Option<PatternRead> {
     Some(if multi {
         PatternRead::Items(args[1..].to_vec())
     } else {
-        PatternRead::Fields(args[1].clone(), argc - 2)
+        PatternRead::Fields {
+            key: args[1].clone(),
+            asked: argc - 2,
+            cached_found: false,
+            cached_size: 0,
+        }
     })
 }
 
@@ -2615,12 +2634,17 @@ fn read_events(events: &mut Reads, reads: Vec<(usize, PatternRead)>, bytes: &Byt
         }
         match read {
             PatternRead::One(key) => events.push(&key, at_ms, outcome_of(reply), latency_us, reply.len()),
-            PatternRead::Fields(key, count) => {
+            PatternRead::Fields {
+                key,
+                asked,
+                cached_found,
+                cached_size,
+            } => {
                 let reply = bytes.slice(start..end);
-                let found =
-                    array_items(&reply, count).is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
+                let found = cached_found
+                    || array_items(&reply, asked).is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
                 let outcome = if found { Outcome::L2Hit } else { Outcome::Miss };
-                events.push(&key, at_ms, outcome, latency_us, reply.len());
+                events.push(&key, at_ms, outcome, latency_us, reply.len() + cached_size);
             }
             PatternRead::Items(keys) => {
                 let Some(items) = array_items(&bytes.slice(start..end), keys.len()) else {

@@ -260,10 +260,10 @@ impl Engine {
             }
             load.push((day, counts));
         }
-        if load.len() == engine.load.len() {
-            engine.load = load;
-        }
+        // Into this engine's ring (another history_days keeps the newest).
+        engine.load = super::model::place_days(load, engine.load.len());
         let keys = input.u64().ok_or(damaged.clone())?;
+        let mut counters = Vec::new();
         for _ in 0..keys {
             let length = input.u64().ok_or(damaged.clone())? as usize;
             let key = Bytes::copy_from_slice(input.take(length).ok_or(damaged.clone())?);
@@ -271,7 +271,7 @@ impl Engine {
             let error = input.u64().ok_or(damaged.clone())?;
             let mut value = KeyStats::decode(&mut input).ok_or(damaged.clone())?;
             value.reshape(settings.history_days);
-            engine.keys.restore(super::topk::Counter {
+            counters.push(super::topk::Counter {
                 key,
                 count,
                 error,
@@ -281,6 +281,9 @@ impl Engine {
         if !input.is_empty() {
             return Err(damaged);
         }
+        // The most counted first: a smaller max_keys keeps those.
+        counters.sort_by(|a, b| b.count.cmp(&a.count));
+        counters.into_iter().for_each(|counter| engine.keys.restore(counter));
         Ok(engine)
     }
 }

@@ -24,7 +24,7 @@
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -224,11 +224,22 @@ pub struct PatternStats {
     pub sampled_out: AtomicU64,
 }
 
+/// Reads a session keeps for its next hand-over when the queue's lock is
+/// busy, at most; beyond, they are dropped.
+const HOLD_LIMIT: usize = 4_096;
+/// How long `PROXY PATTERNS SAVE` waits for the engine's thread.
+const SAVE_WAIT: Duration = Duration::from_secs(30);
+
 /// What the model and its thread share.
 struct Inner {
     engine: Mutex<Engine>,
-    /// Events waiting for the engine.
+    /// Events waiting for the engine (sessions only ever try its lock).
     pending: Mutex<Reads>,
+    queued: AtomicUsize,
+    /// The hourly load and peak hours as of the last events recorded, for
+    /// readers that must not wait for the engine.
+    load: Mutex<([u64; 24], Vec<u8>)>,
+    max_keys: usize,
     /// Saves asked for (`PROXY PATTERNS SAVE`), answered by the thread.
     saves: Mutex<Vec<mpsc::Sender<Result<usize, String>>>>,
     stopping: AtomicBool,
@@ -255,9 +266,11 @@ impl Inner {
         std::mem::swap(&mut *lock(&self.pending), spare);
         let count = spare.len();
         if count > 0 {
+            self.queued.fetch_sub(count, Ordering::Relaxed);
             let mut engine = self.engine();
             spare.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
             self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
+            *lock(&self.load) = (engine.hourly_load(), engine.peaks());
             spare.clear();
         }
         count
@@ -342,9 +355,13 @@ impl Patterns {
         stats.restored_keys.store(engine.tracked() as u64, Ordering::Relaxed);
         stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
         stats.bytes.store(engine.bytes() as u64, Ordering::Relaxed);
+        let load = (engine.hourly_load(), engine.peaks());
         let inner = Arc::new(Inner {
             engine: Mutex::new(engine),
             pending: Mutex::new(Reads::default()),
+            queued: AtomicUsize::new(0),
+            load: Mutex::new(load),
+            max_keys: config.max_keys,
             saves: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             shift: AtomicU32::new(0),
@@ -369,9 +386,12 @@ impl Patterns {
 
     /// Hands `reads` to the engine (leaving them empty, their allocations
     /// kept): copied after the waiting ones under a lock held for the copy
-    /// alone. What does not fit in `queue_events` (or in their keys' bytes
-    /// bound) is dropped and counted.
-    pub fn feed(&self, reads: &mut Reads) {
+    /// alone, and only tried: if the engine's thread holds it (for a swap),
+    /// `hold` keeps them in `reads` for the caller's next hand-over (up to
+    /// `HOLD_LIMIT`), otherwise they are dropped. What does not fit in
+    /// `queue_events` (or in their keys' bytes bound) is dropped; every
+    /// drop is counted.
+    pub fn feed(&self, reads: &mut Reads, hold: bool) {
         let stats = &self.inner.stats;
         if reads.sampled_out > 0 {
             stats.sampled_out.fetch_add(reads.sampled_out, Ordering::Relaxed);
@@ -386,13 +406,24 @@ impl Patterns {
             reads.clear();
             return;
         }
-        let mut pending = lock(&self.inner.pending);
+        let mut pending = match self.inner.pending.try_lock() {
+            Ok(pending) => pending,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if !hold || count >= HOLD_LIMIT {
+                    stats.dropped.fetch_add(count as u64, Ordering::Relaxed);
+                    reads.clear();
+                }
+                return;
+            }
+        };
         let mut room = self.capacity.saturating_sub(pending.len());
-        if pending.keys.len() + reads.keys.len() > self.capacity * KEY_BYTES_PER_EVENT {
+        if pending.keys.len() + reads.keys.len() > self.capacity.saturating_mul(KEY_BYTES_PER_EVENT) {
             room = 0;
         }
         let taken = count.min(room);
         pending.take_from(reads, taken);
+        self.inner.queued.fetch_add(taken, Ordering::Relaxed);
         drop(pending);
         stats.events.fetch_add(taken as u64, Ordering::Relaxed);
         if taken < count {
@@ -423,11 +454,11 @@ impl Patterns {
 
     /// Events waiting for the engine now.
     pub fn queued(&self) -> usize {
-        lock(&self.inner.pending).len()
+        self.inner.queued.load(Ordering::Relaxed)
     }
 
     pub fn max_keys(&self) -> usize {
-        self.inner.engine().settings().max_keys
+        self.inner.max_keys
     }
 
     /// The namespace of `key`, as L1 names it.
@@ -457,10 +488,10 @@ impl Patterns {
         ranked
     }
 
-    /// The global load per hour of the day and the peak hours.
+    /// The global load per hour of the day and the peak hours, as of the
+    /// last events recorded (never waits for the engine).
     pub fn peaks(&self) -> ([u64; 24], Vec<u8>) {
-        let engine = self.inner.engine();
-        (engine.hourly_load(), engine.peaks())
+        lock(&self.inner.load).clone()
     }
 
     /// Saves the model now (after the events already waiting); the
@@ -470,10 +501,12 @@ impl Patterns {
         let (reply, answer) = mpsc::channel();
         lock(&self.inner.saves).push(reply);
         match lock(&self.thread).as_ref() {
-            Some(thread) => thread.thread().unpark(),
-            None => return stopped(),
+            Some(thread) if !thread.is_finished() => thread.thread().unpark(),
+            _ => return stopped(),
         }
-        answer.recv().unwrap_or_else(|_| stopped())
+        answer
+            .recv_timeout(SAVE_WAIT)
+            .unwrap_or_else(|_| Err("the pattern engine did not answer in time".to_string()))
     }
 
     /// Stops the engine: the events waiting are recorded, the model saved
@@ -557,7 +590,8 @@ fn run_when_idle() {}
 fn run(inner: &Inner) {
     run_when_idle();
     let mut spare = Reads::default();
-    let mut next_save = inner.clock.now() + inner.interval;
+    // None: an interval too long to reach.
+    let mut next_save = inner.clock.now().checked_add(inner.interval);
     let mut refreshed = Instant::now();
     let offered = |stats: &PatternStats| {
         stats.events.load(Ordering::Relaxed)
@@ -568,7 +602,13 @@ fn run(inner: &Inner) {
     loop {
         std::thread::park_timeout(DRAIN_EVERY);
         let stopping = inner.stopping.load(Ordering::Relaxed);
-        inner.drain(&mut spare);
+        // A bug in recording must not end learning for good (nor leave a
+        // SAVE waiting): it is logged, and the next round goes on.
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.drain(&mut spare)));
+        if recorded.is_err() {
+            tracing::error!("the pattern engine failed recording a batch of reads; they are lost");
+            spare.clear();
+        }
         let since = refreshed.elapsed();
         if since >= REFRESH_EVERY {
             let bytes = inner.engine().bytes();
@@ -589,8 +629,8 @@ fn run(inner: &Inner) {
         if stopping {
             break;
         }
-        if inner.clock.now() >= next_save {
-            next_save = inner.clock.now() + inner.interval;
+        if next_save.is_some_and(|at| inner.clock.now() >= at) {
+            next_save = inner.clock.now().checked_add(inner.interval);
             if inner.state_path.is_some() {
                 let _ = inner.save();
             }
@@ -642,9 +682,9 @@ mod tests {
         // Nothing takes the events until the test says so.
         let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
         let mut first = reads("a:1", 60, 0);
-        patterns.feed(&mut first);
+        patterns.feed(&mut first, true);
         let mut second = reads("a:2", 60, 0);
-        patterns.feed(&mut second);
+        patterns.feed(&mut second, true);
         assert!(first.is_empty() && second.is_empty(), "taken or dropped, never kept");
         assert_eq!(patterns.stats().events.load(Ordering::Relaxed), 100);
         assert_eq!(patterns.stats().dropped.load(Ordering::Relaxed), 20);
@@ -658,6 +698,31 @@ mod tests {
         });
         let accesses: Vec<(&[u8], u64)> = top.iter().map(|insight| (&insight.key[..], insight.accesses)).collect();
         assert_eq!(accesses, vec![(&b"a:1"[..], 60), (&b"a:2"[..], 40)]);
+    }
+
+    /// What the event loop asks (INFO's gauges, PEAKS, handing reads
+    /// over) never waits for the model's lock, which a ranking or a
+    /// snapshot holds for a while.
+    #[test]
+    fn readers_on_the_event_loop_never_wait_for_the_model() {
+        let patterns = Arc::new(Patterns::without_thread(
+            &config(""),
+            b':',
+            Arc::new(ManualClock::default()),
+        ));
+        let held = patterns.inner.engine();
+        let asker = patterns.clone();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = (asker.peaks(), asker.max_keys(), asker.queued(), asker.sampled_share());
+            asker.feed(&mut reads("a:1", 5, 0), true);
+            let _ = done.send(asker.queued());
+        });
+        let queued = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("answered while the model is locked");
+        assert_eq!(queued, 5);
+        drop(held);
     }
 
     #[test]
@@ -700,7 +765,7 @@ mod tests {
             (quarter.len(), 20_000 - quarter.len())
         );
         let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
-        patterns.feed(&mut reads);
+        patterns.feed(&mut reads, true);
         assert_eq!(
             patterns.stats().sampled_out.load(Ordering::Relaxed) as usize,
             20_000 - quarter.len()
@@ -715,8 +780,8 @@ mod tests {
         let path_text = path.to_str().unwrap();
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path_text), b':', clock.clone());
-        patterns.feed(&mut reads("user:1", 20, 1_000));
-        patterns.feed(&mut reads("order:9", 5, 1_000));
+        patterns.feed(&mut reads("user:1", 20, 1_000), true);
+        patterns.feed(&mut reads("order:9", 5, 1_000), true);
         patterns.stop();
         assert_eq!(patterns.stats().snapshots_written.load(Ordering::Relaxed), 1);
         let restored = Patterns::start(&config(path_text), b':', clock.clone());
@@ -744,7 +809,7 @@ mod tests {
         let path = directory.join("patterns.snap");
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path.to_str().unwrap()), b':', clock.clone());
-        patterns.feed(&mut reads("k:1", 3, 0));
+        patterns.feed(&mut reads("k:1", 3, 0), true);
         wait_for("k:1 to be tracked", || {
             patterns.stats().tracked.load(Ordering::Relaxed) == 1
         });

@@ -87,6 +87,21 @@ pub struct KeyStats {
 
 const NO_DAY: u64 = u64::MAX;
 
+/// `rows` (days since the epoch, per-hour counts; any order, `NO_DAY` for
+/// none) as a ring of `slots` days, each day at `day % slots`, the newest
+/// kept where two meet.
+pub(super) fn place_days<T: Copy + Default>(rows: Vec<(u64, [T; 24])>, slots: usize) -> Vec<(u64, [T; 24])> {
+    let slots = slots.max(1);
+    let mut ring = vec![(NO_DAY, [T::default(); 24]); slots];
+    for (day, counts) in rows {
+        let slot = &mut ring[(day % slots as u64) as usize];
+        if day != NO_DAY && (slot.0 == NO_DAY || slot.0 < day) {
+            *slot = (day, counts);
+        }
+    }
+    ring
+}
+
 impl Default for KeyStats {
     fn default() -> KeyStats {
         KeyStats {
@@ -194,20 +209,17 @@ impl KeyStats {
         }
     }
 
-    /// Makes the day table a ring of `days` days, keeping the newest days
-    /// it holds.
+    /// Makes the day table a ring of `days` days (each day in slot `day %
+    /// days`), keeping the newest days it holds: after a restore, whose
+    /// rows come in any order, or when `history_days` changed.
     pub(super) fn reshape(&mut self, days: usize) {
         let days = days.max(1);
-        if self.days.len() == days {
+        let placed = |(at, (day, _)): (usize, &(u64, [u16; 24]))| *day == NO_DAY || (day % days as u64) as usize == at;
+        if self.days.len() == days && self.days.iter().enumerate().all(placed) {
             return;
         }
         let old = std::mem::replace(&mut self.days, vec![(NO_DAY, [0; 24]); days]);
-        for (day, counts) in old {
-            let slot = &mut self.days[(day % days as u64) as usize];
-            if day != NO_DAY && (slot.0 == NO_DAY || slot.0 < day) {
-                *slot = (day, counts);
-            }
-        }
+        self.days = place_days(old, days);
     }
 
     fn add_to_days(&mut self, days: usize, hour: u64, count: u64) {
