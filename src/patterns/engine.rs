@@ -282,7 +282,7 @@ impl Engine {
             return Err(damaged);
         }
         // The most counted first: a smaller max_keys keeps those.
-        counters.sort_by(|a, b| b.count.cmp(&a.count));
+        counters.sort_by_key(|counter| std::cmp::Reverse(counter.count));
         counters.into_iter().for_each(|counter| engine.keys.restore(counter));
         Ok(engine)
     }
