@@ -536,7 +536,7 @@ impl Session {
         if let Some(patterns) = &self.shared.patterns
             && !self.events.is_untouched()
         {
-            patterns.feed(&mut self.events, true);
+            patterns.feed(&mut self.events);
         }
         flow
     }
@@ -669,14 +669,7 @@ impl Session {
             return self.random_key(&versions).await;
         }
         if self.shared.patterns.is_some() && class == CommandClass::Shared && !self.in_transaction {
-            self.pending_read = pattern_read(&mut command);
-            // A key the engine does not learn now (over its budget) costs
-            // nothing more.
-            if let Some(PatternRead::One(key) | PatternRead::Fields { key, .. }) = &self.pending_read
-                && !self.events.admits(key)
-            {
-                self.pending_read = None;
-            }
+            self.pending_read = pattern_read(&mut command, &mut self.events);
         }
         if let Some(l1) = &l1 {
             if class == CommandClass::Shared
@@ -1169,7 +1162,7 @@ impl Session {
                         let latency = elapsed_us(self.read_started);
                         let mut events = Reads::new(patterns.sampler());
                         read_events(&mut events, vec![(0, read)], &reply, self.read_wall_ms, latency);
-                        patterns.feed(&mut events, false);
+                        patterns.feed(&mut events);
                     }
                     self.reply_bytes(reply).await;
                     return Flow::Continue;
@@ -1889,7 +1882,7 @@ impl Session {
                     if let Ok(bytes) = &result {
                         let mut events = Reads::with_capacity(patterns.sampler(), reads.len());
                         read_events(&mut events, reads, bytes, at_ms, elapsed_us(started));
-                        patterns.feed(&mut events, false);
+                        patterns.feed(&mut events);
                     }
                     result
                 }))
@@ -2578,14 +2571,17 @@ fn plain_get_key<'a>(frame: &RequestFrame, buf: &'a [u8]) -> Option<&'a [u8]> {
 }
 
 /// What the pattern engine hears of this read, if it is one the cache
-/// serves: GET, HGET, HGETALL, MGET, HMGET.
-fn pattern_read(command: &mut Command) -> Option<PatternRead> {
+/// serves (GET, HGET, HGETALL, MGET, HMGET) and, for one key, one the
+/// engine learns now (a key sampled out costs nothing more; `events`
+/// counts it).
+fn pattern_read(command: &mut Command, events: &mut Reads) -> Option<PatternRead> {
     let argc = command.argc();
     let name = command.name();
     if (argc == 2 && (name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"HGETALL")))
         || (argc == 3 && name.eq_ignore_ascii_case(b"HGET"))
     {
-        return command.first_arg().map(|key| PatternRead::One(key.clone()));
+        let key = command.first_arg()?;
+        return events.admits(key).then(|| PatternRead::One(key.clone()));
     }
     let multi = if argc >= 2 && name.eq_ignore_ascii_case(b"MGET") {
         true
@@ -2596,6 +2592,9 @@ fn pattern_read(command: &mut Command) -> Option<PatternRead> {
     };
     command.decode_args().ok()?;
     let args = command.args();
+    if !multi && !events.admits(&args[1]) {
+        return None;
+    }
     Some(if multi {
         PatternRead::Items(args[1..].to_vec())
     } else {

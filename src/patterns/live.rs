@@ -2,13 +2,13 @@
 //! that owns the model, and the snapshot file that carries the model
 //! across restarts.
 //!
-//! Sessions append their reads to a shared buffer ([`Patterns::feed`]):
-//! the lock is held for the append only, never while the engine works, and
-//! nobody is woken. Beyond `queue_events` waiting, events are dropped and
-//! counted. Every few milliseconds the engine's thread swaps the buffer for
-//! an empty one and records what it took, refreshes the gauges `INFO cache`
-//! shows, and saves the model every `snapshot_interval_secs` (on the clock,
-//! so a test moving a manual clock moves the schedule) and when it stops.
+//! Sessions send their reads, a batch per pipeline, down a channel
+//! ([`Patterns::feed`]): a send takes no lock and wakes nobody (the
+//! engine's thread polls). Beyond `queue_events` waiting, reads are dropped
+//! and counted. Every few milliseconds the engine's thread records what
+//! came, refreshes the gauges `INFO cache` shows, and saves the model every
+//! `snapshot_interval_secs` (on the clock, so a test moving a manual clock
+//! moves the schedule) and when it stops.
 //!
 //! The engine's work is bounded two ways, so it never takes the CPU the
 //! proxy and Redis need:
@@ -171,31 +171,6 @@ impl Reads {
         self.reads.is_empty() && self.sampled_out == 0
     }
 
-    fn clear(&mut self) {
-        self.keys.clear();
-        self.reads.clear();
-    }
-
-    /// Moves the first `count` of `other`'s reads here; `other` is left
-    /// empty (its allocations kept).
-    fn take_from(&mut self, other: &mut Reads, count: usize) {
-        let base = self.keys.len() as u64;
-        for read in other.reads.iter().take(count) {
-            let start = base + u64::from(read.key_start);
-            if start + u64::from(read.key_len) > u64::from(u32::MAX) {
-                break;
-            }
-            let from = read.key_start as usize;
-            self.keys
-                .extend_from_slice(&other.keys[from..from + read.key_len as usize]);
-            self.reads.push(Read {
-                key_start: start as u32,
-                ..*read
-            });
-        }
-        other.clear();
-    }
-
     fn each(&self, mut visit: impl FnMut(&[u8], &Read)) {
         for read in &self.reads {
             let from = read.key_start as usize;
@@ -224,18 +199,17 @@ pub struct PatternStats {
     pub sampled_out: AtomicU64,
 }
 
-/// Reads a session keeps for its next hand-over when the queue's lock is
-/// busy, at most; beyond, they are dropped.
-const HOLD_LIMIT: usize = 4_096;
 /// How long `PROXY PATTERNS SAVE` waits for the engine's thread.
 const SAVE_WAIT: Duration = Duration::from_secs(30);
 
 /// What the model and its thread share.
 struct Inner {
     engine: Mutex<Engine>,
-    /// Events waiting for the engine (sessions only ever try its lock).
-    pending: Mutex<Reads>,
+    /// Batches of reads on their way to the engine (only its thread takes
+    /// them), and the reads and key bytes they hold.
+    batches: Mutex<mpsc::Receiver<Reads>>,
     queued: AtomicUsize,
+    queued_key_bytes: AtomicUsize,
     /// The hourly load and peak hours as of the last events recorded, for
     /// readers that must not wait for the engine.
     load: Mutex<([u64; 24], Vec<u8>)>,
@@ -261,18 +235,22 @@ impl Inner {
         lock(&self.engine)
     }
 
-    /// Records the events waiting; how many.
-    fn drain(&self, spare: &mut Reads) -> usize {
-        std::mem::swap(&mut *lock(&self.pending), spare);
-        let count = spare.len();
-        if count > 0 {
-            self.queued.fetch_sub(count, Ordering::Relaxed);
-            let mut engine = self.engine();
-            spare.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
-            self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
-            *lock(&self.load) = (engine.hourly_load(), engine.peaks());
-            spare.clear();
+    /// Records the reads that came; how many.
+    fn drain(&self) -> usize {
+        let batches = lock(&self.batches);
+        let Ok(first) = batches.try_recv() else {
+            return 0;
+        };
+        let mut engine = self.engine();
+        let mut count = 0;
+        for batch in std::iter::once(first).chain(std::iter::from_fn(|| batches.try_recv().ok())) {
+            batch.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
+            self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            self.queued_key_bytes.fetch_sub(batch.keys.len(), Ordering::Relaxed);
+            count += batch.len();
         }
+        self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
+        *lock(&self.load) = (engine.hourly_load(), engine.peaks());
         count
     }
 
@@ -311,6 +289,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// The running engine: what sessions feed and admin commands ask.
 pub struct Patterns {
     inner: Arc<Inner>,
+    sender: mpsc::Sender<Reads>,
     capacity: usize,
     separator: u8,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -356,10 +335,12 @@ impl Patterns {
         stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
         stats.bytes.store(engine.bytes() as u64, Ordering::Relaxed);
         let load = (engine.hourly_load(), engine.peaks());
+        let (sender, batches) = mpsc::channel();
         let inner = Arc::new(Inner {
             engine: Mutex::new(engine),
-            pending: Mutex::new(Reads::default()),
+            batches: Mutex::new(batches),
             queued: AtomicUsize::new(0),
+            queued_key_bytes: AtomicUsize::new(0),
             load: Mutex::new(load),
             max_keys: config.max_keys,
             saves: Mutex::new(Vec::new()),
@@ -373,6 +354,7 @@ impl Patterns {
         });
         Patterns {
             inner,
+            sender,
             capacity: config.queue_events,
             separator,
             thread: Mutex::new(None),
@@ -384,14 +366,11 @@ impl Patterns {
         self.inner.clock.unix_ms()
     }
 
-    /// Hands `reads` to the engine (leaving them empty, their allocations
-    /// kept): copied after the waiting ones under a lock held for the copy
-    /// alone, and only tried: if the engine's thread holds it (for a swap),
-    /// `hold` keeps them in `reads` for the caller's next hand-over (up to
-    /// `HOLD_LIMIT`), otherwise they are dropped. What does not fit in
-    /// `queue_events` (or in their keys' bytes bound) is dropped; every
-    /// drop is counted.
-    pub fn feed(&self, reads: &mut Reads, hold: bool) {
+    /// Hands `reads` to the engine, leaving `reads` empty (with the same
+    /// sampler): sent as one batch, without a lock or a wake-up. What does
+    /// not fit in `queue_events` (or in their keys' bytes bound) is
+    /// dropped; every drop is counted.
+    pub fn feed(&self, reads: &mut Reads) {
         let stats = &self.inner.stats;
         if reads.sampled_out > 0 {
             stats.sampled_out.fetch_add(reads.sampled_out, Ordering::Relaxed);
@@ -401,30 +380,26 @@ impl Patterns {
         if count == 0 {
             return;
         }
-        if self.inner.stopping.load(Ordering::Relaxed) {
-            stats.dropped.fetch_add(count as u64, Ordering::Relaxed);
-            reads.clear();
-            return;
+        let inner = &self.inner;
+        let waiting = inner.queued.load(Ordering::Relaxed);
+        let key_bytes = inner.queued_key_bytes.load(Ordering::Relaxed) + reads.keys.len();
+        let mut taken = count.min(self.capacity.saturating_sub(waiting));
+        if inner.stopping.load(Ordering::Relaxed) || key_bytes > self.capacity.saturating_mul(KEY_BYTES_PER_EVENT) {
+            taken = 0;
         }
-        let mut pending = match self.inner.pending.try_lock() {
-            Ok(pending) => pending,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if !hold || count >= HOLD_LIMIT {
-                    stats.dropped.fetch_add(count as u64, Ordering::Relaxed);
-                    reads.clear();
-                }
-                return;
+        reads.reads.truncate(taken);
+        let batch = std::mem::replace(reads, Reads::new(reads.sampler));
+        if taken > 0 {
+            // Counted before it is sent: the engine's thread takes it off.
+            inner.queued.fetch_add(taken, Ordering::Relaxed);
+            inner.queued_key_bytes.fetch_add(batch.keys.len(), Ordering::Relaxed);
+            let key_bytes = batch.keys.len();
+            if self.sender.send(batch).is_err() {
+                inner.queued.fetch_sub(taken, Ordering::Relaxed);
+                inner.queued_key_bytes.fetch_sub(key_bytes, Ordering::Relaxed);
+                taken = 0;
             }
-        };
-        let mut room = self.capacity.saturating_sub(pending.len());
-        if pending.keys.len() + reads.keys.len() > self.capacity.saturating_mul(KEY_BYTES_PER_EVENT) {
-            room = 0;
         }
-        let taken = count.min(room);
-        pending.take_from(reads, taken);
-        self.inner.queued.fetch_add(taken, Ordering::Relaxed);
-        drop(pending);
         stats.events.fetch_add(taken as u64, Ordering::Relaxed);
         if taken < count {
             stats.dropped.fetch_add((count - taken) as u64, Ordering::Relaxed);
@@ -589,7 +564,6 @@ fn run_when_idle() {}
 /// last events, saves once more and ends.
 fn run(inner: &Inner) {
     run_when_idle();
-    let mut spare = Reads::default();
     // None: an interval too long to reach.
     let mut next_save = inner.clock.now().checked_add(inner.interval);
     let mut refreshed = Instant::now();
@@ -604,10 +578,9 @@ fn run(inner: &Inner) {
         let stopping = inner.stopping.load(Ordering::Relaxed);
         // A bug in recording must not end learning for good (nor leave a
         // SAVE waiting): it is logged, and the next round goes on.
-        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.drain(&mut spare)));
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.drain()));
         if recorded.is_err() {
             tracing::error!("the pattern engine failed recording a batch of reads; they are lost");
-            spare.clear();
         }
         let since = refreshed.elapsed();
         if since >= REFRESH_EVERY {
@@ -682,14 +655,14 @@ mod tests {
         // Nothing takes the events until the test says so.
         let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
         let mut first = reads("a:1", 60, 0);
-        patterns.feed(&mut first, true);
+        patterns.feed(&mut first);
         let mut second = reads("a:2", 60, 0);
-        patterns.feed(&mut second, true);
+        patterns.feed(&mut second);
         assert!(first.is_empty() && second.is_empty(), "taken or dropped, never kept");
         assert_eq!(patterns.stats().events.load(Ordering::Relaxed), 100);
         assert_eq!(patterns.stats().dropped.load(Ordering::Relaxed), 20);
         assert_eq!(patterns.queued(), 100);
-        assert_eq!(patterns.inner.drain(&mut Reads::default()), 100);
+        assert_eq!(patterns.inner.drain(), 100);
         assert_eq!(patterns.queued(), 0);
         let top = patterns.top(&Query {
             count: 10,
@@ -715,7 +688,7 @@ mod tests {
         let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = (asker.peaks(), asker.max_keys(), asker.queued(), asker.sampled_share());
-            asker.feed(&mut reads("a:1", 5, 0), true);
+            asker.feed(&mut reads("a:1", 5, 0));
             let _ = done.send(asker.queued());
         });
         let queued = finished
@@ -765,7 +738,7 @@ mod tests {
             (quarter.len(), 20_000 - quarter.len())
         );
         let patterns = Patterns::without_thread(&config(""), b':', Arc::new(ManualClock::default()));
-        patterns.feed(&mut reads, true);
+        patterns.feed(&mut reads);
         assert_eq!(
             patterns.stats().sampled_out.load(Ordering::Relaxed) as usize,
             20_000 - quarter.len()
@@ -780,8 +753,8 @@ mod tests {
         let path_text = path.to_str().unwrap();
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path_text), b':', clock.clone());
-        patterns.feed(&mut reads("user:1", 20, 1_000), true);
-        patterns.feed(&mut reads("order:9", 5, 1_000), true);
+        patterns.feed(&mut reads("user:1", 20, 1_000));
+        patterns.feed(&mut reads("order:9", 5, 1_000));
         patterns.stop();
         assert_eq!(patterns.stats().snapshots_written.load(Ordering::Relaxed), 1);
         let restored = Patterns::start(&config(path_text), b':', clock.clone());
@@ -809,7 +782,7 @@ mod tests {
         let path = directory.join("patterns.snap");
         let clock = Arc::new(ManualClock::default());
         let patterns = Patterns::start(&config(path.to_str().unwrap()), b':', clock.clone());
-        patterns.feed(&mut reads("k:1", 3, 0), true);
+        patterns.feed(&mut reads("k:1", 3, 0));
         wait_for("k:1 to be tracked", || {
             patterns.stats().tracked.load(Ordering::Relaxed) == 1
         });
