@@ -1160,7 +1160,7 @@ impl Session {
                     }
                     if let (Some(patterns), Some(read)) = (&self.shared.patterns, self.pending_read.take()) {
                         let latency = elapsed_us(self.read_started);
-                        let mut events = Reads::new(patterns.sampler());
+                        let mut events = patterns.batch();
                         read_events(&mut events, vec![(0, read)], &reply, self.read_wall_ms, latency);
                         patterns.feed(&mut events);
                     }
@@ -1880,7 +1880,7 @@ impl Session {
                 let (patterns, at_ms, started) = (patterns.clone(), self.read_wall_ms, self.read_started);
                 Some(Box::new(move |result| {
                     if let Ok(bytes) = &result {
-                        let mut events = Reads::with_capacity(patterns.sampler(), reads.len());
+                        let mut events = patterns.batch();
                         read_events(&mut events, reads, bytes, at_ms, elapsed_us(started));
                         patterns.feed(&mut events);
                     }

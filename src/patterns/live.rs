@@ -15,7 +15,7 @@
 //! - a budget of reads per second (`max_events_per_sec`): beyond it the
 //!   engine learns a fixed share of the keys ([`Sampler`]: those whose
 //!   hash has its top `shift` bits clear, 1/2, 1/4, ...; the share is
-//!   re-decided every second, with hysteresis), so each learned key's
+//!   re-decided every 100 ms by the request path, with hysteresis), so each learned key's
 //!   history stays whole; the reads of the others are counted as sampled
 //!   out;
 //! - its thread runs at the idle scheduling class (Linux `SCHED_IDLE`): on
@@ -36,8 +36,11 @@ use super::engine::{Engine, Insight, Outcome, Settings};
 
 /// How often the thread takes the events waiting (and checks its schedule).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// How often the bytes gauge and the sampling share are refreshed.
+/// How often the bytes gauge is refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long the reads offered are counted before the sampling share is
+/// decided again (ms).
+const TUNE_EVERY_MS: u64 = 100;
 /// The smallest share of keys learned under load: 1 in 2^MAX_SHIFT.
 const MAX_SHIFT: u32 = 16;
 
@@ -166,6 +169,13 @@ impl Reads {
         self.reads.is_empty()
     }
 
+    /// Empties it, keeping its allocations (and its sampler).
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.reads.clear();
+        self.sampled_out = 0;
+    }
+
     /// No reads kept and none sampled out: nothing to tell the engine.
     pub fn is_untouched(&self) -> bool {
         self.reads.is_empty() && self.sampled_out == 0
@@ -199,6 +209,8 @@ pub struct PatternStats {
     pub sampled_out: AtomicU64,
 }
 
+/// Emptied batches kept for reuse, at most.
+const SPARES: usize = 256;
 /// How long `PROXY PATTERNS SAVE` waits for the engine's thread.
 const SAVE_WAIT: Duration = Duration::from_secs(30);
 
@@ -210,6 +222,9 @@ struct Inner {
     batches: Mutex<mpsc::Receiver<Reads>>,
     queued: AtomicUsize,
     queued_key_bytes: AtomicUsize,
+    /// Emptied batches, for sessions to fill again (no allocation, and no
+    /// freeing on this thread of what a session's thread allocated).
+    spares: Mutex<Vec<Reads>>,
     /// The hourly load and peak hours as of the last events recorded, for
     /// readers that must not wait for the engine.
     load: Mutex<([u64; 24], Vec<u8>)>,
@@ -217,9 +232,12 @@ struct Inner {
     /// Saves asked for (`PROXY PATTERNS SAVE`), answered by the thread.
     saves: Mutex<Vec<mpsc::Sender<Result<usize, String>>>>,
     stopping: AtomicBool,
-    /// The sampling shift now, and the budget it keeps to.
+    /// The sampling shift now, the budget it keeps to, and the reads
+    /// offered since the start of the current measuring window (wall ms).
     shift: AtomicU32,
     budget: u64,
+    window_start_ms: AtomicU64,
+    window_offered: AtomicU64,
     stats: PatternStats,
     clock: Arc<dyn Clock>,
     state_path: Option<PathBuf>,
@@ -243,14 +261,21 @@ impl Inner {
         };
         let mut engine = self.engine();
         let mut count = 0;
-        for batch in std::iter::once(first).chain(std::iter::from_fn(|| batches.try_recv().ok())) {
+        let mut emptied = Vec::new();
+        for mut batch in std::iter::once(first).chain(std::iter::from_fn(|| batches.try_recv().ok())) {
             batch.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
             self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.queued_key_bytes.fetch_sub(batch.keys.len(), Ordering::Relaxed);
             count += batch.len();
+            batch.clear();
+            emptied.push(batch);
         }
         self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
         *lock(&self.load) = (engine.hourly_load(), engine.peaks());
+        drop(engine);
+        let mut spares = lock(&self.spares);
+        let room = SPARES.saturating_sub(spares.len());
+        spares.extend(emptied.into_iter().take(room));
         count
     }
 
@@ -341,12 +366,15 @@ impl Patterns {
             batches: Mutex::new(batches),
             queued: AtomicUsize::new(0),
             queued_key_bytes: AtomicUsize::new(0),
+            spares: Mutex::new(Vec::new()),
             load: Mutex::new(load),
             max_keys: config.max_keys,
             saves: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             shift: AtomicU32::new(0),
             budget: config.max_events_per_sec,
+            window_start_ms: AtomicU64::new(0),
+            window_offered: AtomicU64::new(0),
             stats,
             clock,
             state_path,
@@ -372,6 +400,7 @@ impl Patterns {
     /// dropped; every drop is counted.
     pub fn feed(&self, reads: &mut Reads) {
         let stats = &self.inner.stats;
+        self.tune(reads.len() as u64 + reads.sampled_out);
         if reads.sampled_out > 0 {
             stats.sampled_out.fetch_add(reads.sampled_out, Ordering::Relaxed);
             reads.sampled_out = 0;
@@ -388,7 +417,8 @@ impl Patterns {
             taken = 0;
         }
         reads.reads.truncate(taken);
-        let batch = std::mem::replace(reads, Reads::new(reads.sampler));
+        let next = self.batch_like(reads.keys.len(), count);
+        let batch = std::mem::replace(reads, next);
         if taken > 0 {
             // Counted before it is sent: the engine's thread takes it off.
             inner.queued.fetch_add(taken, Ordering::Relaxed);
@@ -404,6 +434,55 @@ impl Patterns {
         if taken < count {
             stats.dropped.fetch_add((count - taken) as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `offered` reads in the measuring window; once the window is
+    /// `TUNE_EVERY_MS` old, decides the sampling share from its rate and
+    /// starts the next (on the request path, so the share follows the load
+    /// within a window, whatever the engine's thread gets of the CPU).
+    fn tune(&self, offered: u64) {
+        let inner = &self.inner;
+        if inner.budget == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        let start = inner.window_start_ms.load(Ordering::Relaxed);
+        let total = inner.window_offered.fetch_add(offered, Ordering::Relaxed) + offered;
+        let elapsed = now.saturating_sub(start);
+        if elapsed < TUNE_EVERY_MS
+            || inner
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        inner.window_offered.store(0, Ordering::Relaxed);
+        let rate = total as f64 * 1_000.0 / elapsed as f64;
+        let shift = inner.shift.load(Ordering::Relaxed);
+        inner
+            .shift
+            .store(next_shift(shift, rate, inner.budget), Ordering::Relaxed);
+    }
+
+    /// An empty batch of reads with the sampler of now: an emptied one if
+    /// one is at hand (never waited for), otherwise new.
+    pub fn batch(&self) -> Reads {
+        self.batch_like(0, 0)
+    }
+
+    fn batch_like(&self, key_bytes: usize, count: usize) -> Reads {
+        let spare = match self.inner.spares.try_lock() {
+            Ok(mut spares) => spares.pop(),
+            Err(_) => None,
+        };
+        let mut batch = spare.unwrap_or_else(|| Reads {
+            keys: Vec::with_capacity(key_bytes),
+            reads: Vec::with_capacity(count),
+            ..Reads::default()
+        });
+        batch.sampler = self.sampler();
+        batch
     }
 
     pub fn stats(&self) -> &PatternStats {
@@ -567,12 +646,6 @@ fn run(inner: &Inner) {
     // None: an interval too long to reach.
     let mut next_save = inner.clock.now().checked_add(inner.interval);
     let mut refreshed = Instant::now();
-    let offered = |stats: &PatternStats| {
-        stats.events.load(Ordering::Relaxed)
-            + stats.dropped.load(Ordering::Relaxed)
-            + stats.sampled_out.load(Ordering::Relaxed)
-    };
-    let mut offered_before = offered(&inner.stats);
     loop {
         std::thread::park_timeout(DRAIN_EVERY);
         let stopping = inner.stopping.load(Ordering::Relaxed);
@@ -582,17 +655,9 @@ fn run(inner: &Inner) {
         if recorded.is_err() {
             tracing::error!("the pattern engine failed recording a batch of reads; they are lost");
         }
-        let since = refreshed.elapsed();
-        if since >= REFRESH_EVERY {
+        if refreshed.elapsed() >= REFRESH_EVERY {
             let bytes = inner.engine().bytes();
             inner.stats.bytes.store(bytes as u64, Ordering::Relaxed);
-            let offered_now = offered(&inner.stats);
-            let rate = (offered_now - offered_before) as f64 / since.as_secs_f64();
-            let shift = inner.shift.load(Ordering::Relaxed);
-            inner
-                .shift
-                .store(next_shift(shift, rate, inner.budget), Ordering::Relaxed);
-            offered_before = offered_now;
             refreshed = Instant::now();
         }
         let saves = std::mem::take(&mut *lock(&inner.saves));
@@ -743,6 +808,37 @@ mod tests {
             patterns.stats().sampled_out.load(Ordering::Relaxed) as usize,
             20_000 - quarter.len()
         );
+    }
+
+    #[test]
+    fn the_share_follows_the_reads_offered_per_window() {
+        let clock = ManualClock::default();
+        let mut settings = config("");
+        settings.queue_events = 1_000_000;
+        let patterns = Patterns::without_thread(&settings, b':', Arc::new(clock.clone()));
+        let offer = |count: usize| {
+            let mut batch = patterns.batch();
+            for i in 0..count {
+                batch.push(format!("k:{i}").as_bytes(), 0, Outcome::L2Hit, 0, 1);
+            }
+            patterns.feed(&mut batch);
+        };
+        offer(1);
+        assert_eq!(patterns.sampler().shift, 0);
+        // 50,000 reads closing a window of 100 ms: 500,000 a second, of
+        // which 1/8 fits 100,000.
+        clock.advance(Duration::from_millis(100));
+        offer(50_000);
+        assert_eq!(patterns.sampler().shift, 3);
+        assert_eq!(patterns.sampled_share(), 0.125);
+        // Within a window, nothing changes.
+        clock.advance(Duration::from_millis(50));
+        offer(1);
+        assert_eq!(patterns.sampler().shift, 3);
+        // A quiet window: the share comes back (with room to spare).
+        clock.advance(Duration::from_millis(50));
+        offer(1);
+        assert_eq!(patterns.sampler().shift, 0);
     }
 
     #[test]
