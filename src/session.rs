@@ -39,7 +39,7 @@ use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
 use crate::patterns::engine::Outcome;
-use crate::patterns::live::{Patterns, Reads};
+use crate::patterns::live::{Awaited, Patterns, Reads};
 use crate::protocol::{
     Command, Protocol, ProtocolError, Reply, ReplyLimits, ReplyScanner, RequestFrame, RequestLimits, RequestScanner,
 };
@@ -79,22 +79,15 @@ pub struct Shared {
     pub patterns: Option<Arc<Patterns>>,
 }
 
-/// A read the pattern engine hears of once Redis answers it (its keys are
-/// the request's, held until the reply comes; the engine gets copies).
-#[derive(Debug)]
+/// A read the pattern engine hears of once Redis answers it; its keys are
+/// the command's (copied when it is forwarded).
+#[derive(Debug, Clone, Copy)]
 enum PatternRead {
-    /// GET, HGET, HGETALL: a nil or empty reply is a miss.
-    One(Bytes),
-    /// HMGET of a hash, `asked` fields asked of Redis, and what L1 answered
-    /// for the others: a miss when every field is nil.
-    Fields {
-        key: Bytes,
-        asked: usize,
-        cached_found: bool,
-        cached_size: usize,
-    },
-    /// MGET: one access per item.
-    Items(Vec<Bytes>),
+    /// GET, HGET, HGETALL, HMGET (`Awaited::Whole` or `Fields`): the
+    /// command's first key.
+    One(Awaited),
+    /// MGET: one read per item.
+    Items,
 }
 
 /// What a batch's replies need from key versioning.
@@ -298,7 +291,9 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         subscriptions: Arc::default(),
         events: Reads::default(),
         pending_read: None,
-        batch_reads: Vec::new(),
+        heard: Reads::default(),
+        read_keys: Vec::new(),
+        read_key_ends: Vec::new(),
         read_wall_ms: 0,
         read_started: Instant::now(),
         forwarded: 0,
@@ -399,7 +394,11 @@ struct Session {
     /// the batch that carries it), and the batch's reads by position.
     events: Reads,
     pending_read: Option<PatternRead>,
-    batch_reads: Vec<(usize, PatternRead)>,
+    /// The batch's reads awaiting their replies, and (while a read is
+    /// forwarded) its keys as the client named them.
+    heard: Reads,
+    read_keys: Vec<u8>,
+    read_key_ends: Vec<usize>,
     /// When the requests being handled were read, in wall time for the
     /// pattern engine and on the monotonic clock for latencies.
     read_wall_ms: u64,
@@ -515,6 +514,59 @@ impl Session {
         }
     }
 
+    /// Copies the keys of a read about to be forwarded (before versioning
+    /// renames them).
+    fn note_read_keys(&mut self, read: PatternRead, command: &Command) {
+        self.read_keys.clear();
+        self.read_key_ends.clear();
+        let keys: &[Bytes] = match read {
+            PatternRead::One(_) => command.first_arg().map(std::slice::from_ref).unwrap_or_default(),
+            PatternRead::Items => command.args().get(1..).unwrap_or_default(),
+        };
+        for key in keys {
+            self.read_keys.extend_from_slice(key);
+            self.read_key_ends.push(self.read_keys.len());
+        }
+    }
+
+    /// The read's keys into `target`, awaiting the reply at position
+    /// `reply`: from `command` as it is, or (None) as copied by
+    /// [`Session::note_read_keys`] before versioning renamed them. A
+    /// single key was admitted by the sampler already (`pattern_read`).
+    fn hear(&self, target: &mut Reads, read: PatternRead, reply: usize, command: Option<&Command>) {
+        let at_ms = self.read_wall_ms;
+        match (read, command) {
+            (PatternRead::One(awaited), Some(command)) => {
+                if let Some(key) = command.first_arg() {
+                    target.push_awaited(key, at_ms, reply, awaited, true);
+                }
+            }
+            (PatternRead::Items, Some(command)) => {
+                let items = command.args().get(1..).unwrap_or_default();
+                for (item, key) in items.iter().enumerate() {
+                    let awaited = Awaited::Item {
+                        item: item as u32,
+                        of: items.len() as u32,
+                    };
+                    target.push_awaited(key, at_ms, reply, awaited, false);
+                }
+            }
+            (read, None) => {
+                let of = self.read_key_ends.len() as u32;
+                let mut start = 0;
+                for (item, end) in self.read_key_ends.iter().enumerate() {
+                    let key = &self.read_keys[start..*end];
+                    start = *end;
+                    let (awaited, admitted) = match read {
+                        PatternRead::One(awaited) => (awaited, true),
+                        PatternRead::Items => (Awaited::Item { item: item as u32, of }, false),
+                    };
+                    target.push_awaited(key, at_ms, reply, awaited, admitted);
+                }
+            }
+        }
+    }
+
     /// Blocked and subscribed clients are not idle, as in Redis.
     fn exempt_from_idle_timeout(&self) -> bool {
         self.dedicated.is_some()
@@ -531,6 +583,7 @@ impl Session {
             self.read_wall_ms = patterns.now_ms();
             self.read_started = Instant::now();
             self.events.sample_with(patterns.sampler());
+            self.heard.sample_with(patterns.sampler());
         }
         let flow = self.handle_frames(buf, l1, patterns).await;
         if let Some(patterns) = &self.shared.patterns
@@ -1147,6 +1200,14 @@ impl Session {
     /// Adds a command to the batch for `lane`, sending the previous batch
     /// first if it was for another lane.
     async fn forward(&mut self, lane: Lane, mut command: Command) -> Flow {
+        // The read's keys as the client named them, if versioning may
+        // rename them.
+        let read = self.pending_read.take();
+        if let Some(read) = read
+            && self.shared.versions.is_some()
+        {
+            self.note_read_keys(read, &command);
+        }
         let mut migration = None;
         let mut key_reply = None;
         let mut refused = None;
@@ -1158,11 +1219,11 @@ impl Session {
                         let decoded = decode_batch(compression, &[(0, decode)], Ok(reply.clone()));
                         reply = decoded.unwrap_or(reply);
                     }
-                    if let (Some(patterns), Some(read)) = (&self.shared.patterns, self.pending_read.take()) {
-                        let latency = elapsed_us(self.read_started);
+                    if let (Some(patterns), Some(read)) = (&self.shared.patterns, read) {
                         let mut events = patterns.batch();
-                        read_events(&mut events, vec![(0, read)], &reply, self.read_wall_ms, latency);
-                        patterns.feed(&mut events);
+                        self.hear(&mut events, read, 0, None);
+                        settle(&mut events, &reply, elapsed_us(self.read_started));
+                        patterns.send(events);
                     }
                     self.reply_bytes(reply).await;
                     return Flow::Continue;
@@ -1210,8 +1271,11 @@ impl Session {
         }
         self.append(command.wire());
         self.forwarded += 1;
-        if let Some(read) = self.pending_read.take() {
-            self.batch_reads.push((self.batch_replies - 1, read));
+        if let Some(read) = read {
+            let mut heard = std::mem::take(&mut self.heard);
+            let unrenamed = self.shared.versions.is_none().then_some(&command);
+            self.hear(&mut heard, read, self.batch_replies - 1, unrenamed);
+            self.heard = heard;
         }
         if let Some(refusal) = refused {
             self.batch_versions
@@ -1596,14 +1660,13 @@ impl Session {
                     let size = cached.iter().flatten().map(Bytes::len).sum();
                     self.note_l1_hit(hash, size);
                 }
-                Some(hash) => {
+                Some(_) => {
                     let values = cached.iter().flatten();
-                    self.pending_read = Some(PatternRead::Fields {
-                        key: hash.clone(),
-                        asked: missing.len(),
+                    self.pending_read = Some(PatternRead::One(Awaited::Fields {
+                        asked: missing.len() as u32,
                         cached_found: values.clone().any(|value| !is_empty_reply(value)),
-                        cached_size: values.map(Bytes::len).sum(),
-                    });
+                        cached_size: values.map(Bytes::len).sum::<usize>().min(u32::MAX as usize) as u32,
+                    }));
                 }
                 None => {
                     for (item, value) in items.iter().zip(&cached) {
@@ -1611,7 +1674,7 @@ impl Session {
                             self.l1_hit_event(item, value.len());
                         }
                     }
-                    self.pending_read = Some(PatternRead::Items(missing.clone()));
+                    self.pending_read = Some(PatternRead::Items);
                 }
             }
         }
@@ -1873,16 +1936,14 @@ impl Session {
             }
             _ => None,
         };
-        let room = self.batch_reads.len();
-        let reads = std::mem::replace(&mut self.batch_reads, Vec::with_capacity(room));
         let heard: Option<Hook> = match &self.shared.patterns {
-            Some(patterns) if !reads.is_empty() => {
-                let (patterns, at_ms, started) = (patterns.clone(), self.read_wall_ms, self.read_started);
+            Some(patterns) if !self.heard.is_untouched() => {
+                let mut reads = std::mem::replace(&mut self.heard, patterns.batch());
+                let (patterns, started) = (patterns.clone(), self.read_started);
                 Some(Box::new(move |result| {
                     if let Ok(bytes) = &result {
-                        let mut events = patterns.batch();
-                        read_events(&mut events, reads, bytes, at_ms, elapsed_us(started));
-                        patterns.feed(&mut events);
+                        settle(&mut reads, bytes, elapsed_us(started));
+                        patterns.send(reads);
                     }
                     result
                 }))
@@ -2509,6 +2570,10 @@ fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
     let mut offset = 0;
     while starts.len() < frames && offset < bytes.len() {
         starts.push(offset);
+        if let Some(length) = scalar_frame_len(&bytes[offset..]) {
+            offset += length;
+            continue;
+        }
         match scanner.scan(&bytes[offset..]) {
             Ok(Some(frame)) => offset += frame.len,
             _ => break,
@@ -2516,6 +2581,34 @@ fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
     }
     starts.push(offset);
     starts
+}
+
+/// The length of the reply starting `bytes` when it is a complete scalar
+/// (a line, or a length-prefixed string): most replies, found without the
+/// scanner; None for aggregates and anything unusual (the scanner decides).
+fn scalar_frame_len(bytes: &[u8]) -> Option<usize> {
+    let line_end = memchr::memchr(b'\n', bytes)?;
+    if line_end < 2 || bytes[line_end - 1] != b'\r' {
+        return None;
+    }
+    match bytes[0] {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Some(line_end + 1),
+        b'$' | b'!' | b'=' => {
+            let digits = &bytes[1..line_end - 1];
+            if digits == b"-1" {
+                return Some(line_end + 1);
+            }
+            if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let length = digits
+                .iter()
+                .fold(0usize, |total, digit| total * 10 + usize::from(digit - b'0'));
+            let end = line_end + 1 + length + 2;
+            (bytes.len() >= end && &bytes[end - 2..end] == b"\r\n").then_some(end)
+        }
+        _ => None,
+    }
 }
 
 /// The items of an array reply of `count` items, as slices of it; None for
@@ -2573,49 +2666,51 @@ fn plain_get_key<'a>(frame: &RequestFrame, buf: &'a [u8]) -> Option<&'a [u8]> {
 /// What the pattern engine hears of this read, if it is one the cache
 /// serves (GET, HGET, HGETALL, MGET, HMGET) and, for one key, one the
 /// engine learns now (a key sampled out costs nothing more; `events`
-/// counts it).
+/// counts it). MGET items are sampled as they are heard of.
 fn pattern_read(command: &mut Command, events: &mut Reads) -> Option<PatternRead> {
     let argc = command.argc();
     let name = command.name();
-    if (argc == 2 && (name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"HGETALL")))
-        || (argc == 3 && name.eq_ignore_ascii_case(b"HGET"))
-    {
-        let key = command.first_arg()?;
-        return events.admits(key).then(|| PatternRead::One(key.clone()));
-    }
-    let multi = if argc >= 2 && name.eq_ignore_ascii_case(b"MGET") {
-        true
+    let one = (argc == 2 && (name.eq_ignore_ascii_case(b"GET") || name.eq_ignore_ascii_case(b"HGETALL")))
+        || (argc == 3 && name.eq_ignore_ascii_case(b"HGET"));
+    let read = if one {
+        PatternRead::One(Awaited::Whole)
+    } else if argc >= 2 && name.eq_ignore_ascii_case(b"MGET") {
+        // Its items are copied when it is forwarded.
+        command.decode_args().ok()?;
+        return Some(PatternRead::Items);
     } else if argc >= 3 && name.eq_ignore_ascii_case(b"HMGET") {
-        false
+        PatternRead::One(Awaited::Fields {
+            asked: (argc - 2) as u32,
+            cached_found: false,
+            cached_size: 0,
+        })
     } else {
         return None;
     };
-    command.decode_args().ok()?;
-    let args = command.args();
-    if !multi && !events.admits(&args[1]) {
-        return None;
-    }
-    Some(if multi {
-        PatternRead::Items(args[1..].to_vec())
-    } else {
-        PatternRead::Fields {
-            key: args[1].clone(),
-            asked: argc - 2,
-            cached_found: false,
-            cached_size: 0,
-        }
-    })
+    events.admits(command.first_arg()?).then_some(read)
 }
 
 fn elapsed_us(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
 }
 
-/// The events of a batch's reads from Redis's replies (`reads` by reply
-/// position, ascending), into `events`. Error replies are not accesses.
-fn read_events(events: &mut Reads, reads: Vec<(usize, PatternRead)>, bytes: &Bytes, at_ms: u64, latency_us: u32) {
-    let last = reads.last().map_or(0, |(index, _)| *index);
-    let starts = frame_starts(bytes, last + 1);
+/// Settles `reads` (all awaiting) from their batch's replies: each read's
+/// outcome and size from its reply (an item of it, for MGET); error
+/// replies are not accesses. Walks the replies once, in order.
+fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
+    let mut scanner = ReplyScanner::new(ReplyLimits {
+        max_nesting_depth: usize::MAX,
+        max_bulk_bytes: usize::MAX,
+    });
+    let (mut at, mut offset) = (0u32, 0usize);
+    let mut frame_len = |from: usize| -> Option<usize> {
+        let rest = bytes.get(from..)?;
+        scalar_frame_len(rest).or_else(|| match scanner.scan(rest) {
+            Ok(Some(frame)) => Some(frame.len),
+            _ => None,
+        })
+    };
+    let mut items: Option<(u32, Vec<Bytes>)> = None;
     let outcome_of = |reply: &[u8]| {
         if is_empty_reply(reply) {
             Outcome::Miss
@@ -2623,38 +2718,38 @@ fn read_events(events: &mut Reads, reads: Vec<(usize, PatternRead)>, bytes: &Byt
             Outcome::L2Hit
         }
     };
-    for (index, read) in reads {
-        let (Some(&start), Some(&end)) = (starts.get(index), starts.get(index + 1)) else {
-            break;
-        };
-        let reply = &bytes[start..end];
-        if reply.first() == Some(&b'-') || reply.is_empty() {
-            continue;
+    reads.settle(latency_us, |reply, how| {
+        while at < reply {
+            offset += frame_len(offset)?;
+            at += 1;
         }
-        match read {
-            PatternRead::One(key) => events.push(&key, at_ms, outcome_of(reply), latency_us, reply.len()),
-            PatternRead::Fields {
-                key,
+        let length = frame_len(offset)?;
+        let frame = &bytes[offset..offset + length];
+        if frame.first() == Some(&b'-') {
+            return None;
+        }
+        match how {
+            Awaited::Whole => Some((outcome_of(frame), length)),
+            Awaited::Fields {
                 asked,
                 cached_found,
                 cached_size,
             } => {
-                let reply = bytes.slice(start..end);
                 let found = cached_found
-                    || array_items(&reply, asked).is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
+                    || array_items(&bytes.slice(offset..offset + length), asked as usize)
+                        .is_some_and(|items| items.iter().any(|item| !is_empty_reply(item)));
                 let outcome = if found { Outcome::L2Hit } else { Outcome::Miss };
-                events.push(&key, at_ms, outcome, latency_us, reply.len() + cached_size);
+                Some((outcome, length + cached_size as usize))
             }
-            PatternRead::Items(keys) => {
-                let Some(items) = array_items(&bytes.slice(start..end), keys.len()) else {
-                    continue;
-                };
-                for (key, item) in keys.iter().zip(&items) {
-                    events.push(key, at_ms, outcome_of(item), latency_us, item.len());
+            Awaited::Item { item, of } => {
+                if items.as_ref().is_none_or(|(held, _)| *held != reply) {
+                    items = Some((reply, array_items(&bytes.slice(offset..offset + length), of as usize)?));
                 }
+                let value = items.as_ref()?.1.get(item as usize)?;
+                Some((outcome_of(value), value.len()))
             }
         }
-    }
+    });
 }
 
 /// A nil, or an empty array or map (HGETALL of a missing key).
@@ -2822,5 +2917,57 @@ impl ReplyWriter<'_> {
             self.buffer.write_to(self.write).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scalar fast path finds the same boundaries as the scanner, and
+    /// leaves everything else to it.
+    #[test]
+    fn scalar_frames_end_where_the_scanner_says() {
+        let frames: [&[u8]; 12] = [
+            b"+OK\r\n",
+            b"-ERR wrong\r\n",
+            b":42\r\n",
+            b"$-1\r\n",
+            b"$0\r\n\r\n",
+            b"$5\r\nhe\r\no\r\n",
+            b"_\r\n",
+            b",3.14\r\n",
+            b"#t\r\n",
+            b"(12345678901234567890\r\n",
+            b"=15\r\ntxt:Some string\r\n",
+            b"!21\r\nSYNTAX invalid syntax\r\n",
+        ];
+        let mut scanner = ReplyScanner::new(ReplyLimits {
+            max_nesting_depth: 16,
+            max_bulk_bytes: 1 << 20,
+        });
+        for frame in frames {
+            let mut bytes = frame.to_vec();
+            bytes.extend_from_slice(b":1\r\n");
+            let scanned = scanner.scan(&bytes).unwrap().unwrap().len;
+            assert_eq!(
+                scalar_frame_len(&bytes),
+                Some(scanned),
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+        for other in [
+            &b"*2\r\n$1\r\na\r\n:1\r\n"[..],
+            b"%1\r\n+a\r\n+b\r\n",
+            b"$5\r\nhel",
+            b"$3\r\nabcXY",
+            b"$x\r\n",
+            b"+OK",
+        ] {
+            assert_eq!(scalar_frame_len(other), None, "{:?}", String::from_utf8_lossy(other));
+        }
+        let batch = b"$3\r\nabc\r\n*2\r\n$1\r\na\r\n$-1\r\n:7\r\n";
+        assert_eq!(frame_starts(batch, 3), vec![0, 9, 25, 29]);
     }
 }

@@ -86,6 +86,25 @@ pub struct Reads {
     /// Which keys to keep, and the reads of the others left out.
     sampler: Sampler,
     sampled_out: u64,
+    /// For reads pushed awaiting their reply (one per read, in order):
+    /// the reply's position in its batch and how it tells the outcome.
+    awaited: Vec<(u32, Awaited)>,
+}
+
+/// How a read's reply will tell its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaited {
+    /// The whole reply: nil (or an empty array or map) is a miss.
+    Whole,
+    /// An HMGET's reply to `asked` fields, L1 having answered the others
+    /// (with a value among them, and their size).
+    Fields {
+        asked: u32,
+        cached_found: bool,
+        cached_size: u32,
+    },
+    /// Item `item` of an array reply of `of` items (MGET).
+    Item { item: u32, of: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +137,7 @@ impl Reads {
             reads: Vec::with_capacity(count),
             sampler,
             sampled_out: 0,
+            awaited: Vec::with_capacity(count),
         }
     }
 
@@ -140,9 +160,12 @@ impl Reads {
     /// `latency_us`, its reply `size` bytes; counted as sampled out if the
     /// sampler does not keep its key.
     pub fn push(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
-        if !self.admits(key) {
-            return;
+        if self.admits(key) {
+            self.record(key, at_ms, outcome, latency_us, size);
         }
+    }
+
+    fn record(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
         let Ok(key_len) = u32::try_from(key.len()) else {
             return;
         };
@@ -173,7 +196,49 @@ impl Reads {
     fn clear(&mut self) {
         self.keys.clear();
         self.reads.clear();
+        self.awaited.clear();
         self.sampled_out = 0;
+    }
+
+    /// A read of `key` at `at_ms` whose outcome the reply at position
+    /// `reply` of its batch will tell ([`Reads::settle`]); nothing (but a
+    /// count) if the sampler leaves the key out, unless `admitted` says it
+    /// was asked already.
+    pub fn push_awaited(&mut self, key: &[u8], at_ms: u64, reply: usize, awaited: Awaited, admitted: bool) {
+        if !admitted && !self.admits(key) {
+            return;
+        }
+        let before = self.reads.len();
+        self.record(key, at_ms, Outcome::L2Hit, 0, 0);
+        if self.reads.len() > before {
+            self.awaited.push((reply.min(u32::MAX as usize) as u32, awaited));
+        }
+    }
+
+    /// Whether reads wait for their replies.
+    pub fn awaits(&self) -> bool {
+        !self.awaited.is_empty()
+    }
+
+    /// Gives each awaited read its outcome and size from `tell(reply
+    /// position, how)` (called in reply order), and the batch's latency;
+    /// a read told None (an error reply) is not an access and is left out.
+    /// Every read here must have been pushed awaiting.
+    pub fn settle(&mut self, latency_us: u32, mut tell: impl FnMut(u32, Awaited) -> Option<(Outcome, usize)>) {
+        let awaited = std::mem::take(&mut self.awaited);
+        let mut told = awaited.iter().map(|(reply, how)| tell(*reply, *how));
+        self.reads.retain_mut(|read| match told.next().flatten() {
+            Some((outcome, size)) => {
+                read.outcome = outcome;
+                read.size = size.min(u32::MAX as usize) as u32;
+                read.latency_us = latency_us;
+                true
+            }
+            None => false,
+        });
+        drop(told);
+        self.awaited = awaited;
+        self.awaited.clear();
     }
 
     /// No reads kept and none sampled out: nothing to tell the engine.
@@ -394,36 +459,45 @@ impl Patterns {
         self.inner.clock.unix_ms()
     }
 
-    /// Hands `reads` to the engine, leaving `reads` empty (with the same
-    /// sampler): sent as one batch, without a lock or a wake-up. What does
-    /// not fit in `queue_events` (or in their keys' bytes bound) is
-    /// dropped; every drop is counted.
+    /// Hands `reads` to the engine, leaving `reads` empty (an emptied
+    /// batch, with the sampler of now): see [`Patterns::send`].
     pub fn feed(&self, reads: &mut Reads) {
-        let stats = &self.inner.stats;
-        self.tune(reads.len() as u64 + reads.sampled_out);
-        if reads.sampled_out > 0 {
-            stats.sampled_out.fetch_add(reads.sampled_out, Ordering::Relaxed);
-            reads.sampled_out = 0;
+        if reads.is_untouched() {
+            return;
         }
-        let count = reads.len();
+        let next = self.batch_like(reads.keys.len(), reads.len());
+        self.send(std::mem::replace(reads, next));
+    }
+
+    /// Hands a batch of reads to the engine: sent down the channel, without
+    /// a lock or a wake-up. What does not fit in `queue_events` (or in their
+    /// keys' bytes bound) is dropped; every drop is counted.
+    pub fn send(&self, mut batch: Reads) {
+        let stats = &self.inner.stats;
+        // The reads' own time, when they have one, saves reading the clock.
+        let now = batch.reads.last().map_or_else(|| self.now_ms(), |read| read.at_ms);
+        self.tune(batch.len() as u64 + batch.sampled_out, now);
+        if batch.sampled_out > 0 {
+            stats.sampled_out.fetch_add(batch.sampled_out, Ordering::Relaxed);
+            batch.sampled_out = 0;
+        }
+        let count = batch.len();
         if count == 0 {
             return;
         }
         let inner = &self.inner;
         let waiting = inner.queued.load(Ordering::Relaxed);
-        let key_bytes = inner.queued_key_bytes.load(Ordering::Relaxed) + reads.keys.len();
+        let key_bytes = inner.queued_key_bytes.load(Ordering::Relaxed) + batch.keys.len();
         let mut taken = count.min(self.capacity.saturating_sub(waiting));
         if inner.stopping.load(Ordering::Relaxed) || key_bytes > self.capacity.saturating_mul(KEY_BYTES_PER_EVENT) {
             taken = 0;
         }
-        reads.reads.truncate(taken);
-        let next = self.batch_like(reads.keys.len(), count);
-        let batch = std::mem::replace(reads, next);
+        batch.reads.truncate(taken);
         if taken > 0 {
             // Counted before it is sent: the engine's thread takes it off.
-            inner.queued.fetch_add(taken, Ordering::Relaxed);
-            inner.queued_key_bytes.fetch_add(batch.keys.len(), Ordering::Relaxed);
             let key_bytes = batch.keys.len();
+            inner.queued.fetch_add(taken, Ordering::Relaxed);
+            inner.queued_key_bytes.fetch_add(key_bytes, Ordering::Relaxed);
             if self.sender.send(batch).is_err() {
                 inner.queued.fetch_sub(taken, Ordering::Relaxed);
                 inner.queued_key_bytes.fetch_sub(key_bytes, Ordering::Relaxed);
@@ -440,12 +514,11 @@ impl Patterns {
     /// `TUNE_EVERY_MS` old, decides the sampling share from its rate and
     /// starts the next (on the request path, so the share follows the load
     /// within a window, whatever the engine's thread gets of the CPU).
-    fn tune(&self, offered: u64) {
+    fn tune(&self, offered: u64, now: u64) {
         let inner = &self.inner;
         if inner.budget == 0 {
             return;
         }
-        let now = self.now_ms();
         let start = inner.window_start_ms.load(Ordering::Relaxed);
         let total = inner.window_offered.fetch_add(offered, Ordering::Relaxed) + offered;
         let elapsed = now.saturating_sub(start);
@@ -819,7 +892,7 @@ mod tests {
         let offer = |count: usize| {
             let mut batch = patterns.batch();
             for i in 0..count {
-                batch.push(format!("k:{i}").as_bytes(), 0, Outcome::L2Hit, 0, 1);
+                batch.push(format!("k:{i}").as_bytes(), clock.unix_ms(), Outcome::L2Hit, 0, 1);
             }
             patterns.feed(&mut batch);
         };
