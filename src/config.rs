@@ -178,7 +178,7 @@ impl Default for PatternsConfig {
             state_path: String::new(),
             snapshot_interval_secs: 300,
             queue_events: 65_536,
-            max_events_per_sec: 100_000,
+            max_events_per_sec: 50_000,
         }
     }
 }

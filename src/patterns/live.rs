@@ -888,6 +888,7 @@ mod tests {
         let clock = ManualClock::default();
         let mut settings = config("");
         settings.queue_events = 1_000_000;
+        settings.max_events_per_sec = 100_000;
         let patterns = Patterns::without_thread(&settings, b':', Arc::new(clock.clone()));
         let offer = |count: usize| {
             let mut batch = patterns.batch();
