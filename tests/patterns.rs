@@ -12,16 +12,12 @@ use std::time::Duration;
 
 use auracache::clock::ManualClock;
 use auracache::config::Config;
+use common::values::{fields, info_field, int, ints, quiet, text};
 use common::{Proxy, RawClient, RedisServer};
 use redis::Value;
 
 /// Day 20,000 since the epoch (2024-10-04), midnight UTC.
 const START_MS: u64 = 20_000 * 86_400_000;
-
-fn quiet(config: &mut Config) {
-    config.memory_cache.enabled = false;
-    config.patterns.min_access_count = 1;
-}
 
 /// `PROXY PATTERNS <args>`: one field map per key, in the reply's order.
 async fn top(client: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> Vec<BTreeMap<String, Value>> {
@@ -35,41 +31,6 @@ async fn top(client: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> V
         panic!("an array of keys: {reply:?}");
     };
     entries.into_iter().map(fields).collect()
-}
-
-fn fields(entry: Value) -> BTreeMap<String, Value> {
-    let pairs: Vec<(Value, Value)> = match entry {
-        Value::Array(items) => {
-            assert_eq!(items.len() % 2, 0, "field/value pairs");
-            let mut items = items.into_iter();
-            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
-        }
-        Value::Map(pairs) => pairs,
-        other => panic!("an entry is fields: {other:?}"),
-    };
-    pairs.into_iter().map(|(name, value)| (text(&name), value)).collect()
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
-        other => panic!("text: {other:?}"),
-    }
-}
-
-fn int(value: &Value) -> i64 {
-    match value {
-        Value::Int(value) => *value,
-        other => panic!("an integer: {other:?}"),
-    }
-}
-
-fn ints(value: &Value) -> Vec<i64> {
-    match value {
-        Value::Array(items) => items.iter().map(int).collect(),
-        other => panic!("integers: {other:?}"),
-    }
 }
 
 fn by_key(entries: &[BTreeMap<String, Value>]) -> BTreeMap<String, BTreeMap<String, Value>> {
@@ -98,14 +59,6 @@ async fn recorded(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn info_field(info: &str, name: &str) -> String {
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}:")))
-        .unwrap_or_else(|| panic!("INFO cache has {name}: {info}"))
-        .trim()
-        .to_string()
 }
 
 #[tokio::test]

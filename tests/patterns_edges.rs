@@ -16,6 +16,7 @@ use auracache::clock::ManualClock;
 use auracache::config::Config;
 use auracache::patterns::engine::{Engine, Event, Outcome, Settings};
 use bytes::Bytes;
+use common::values::{fields, info_field, int, ints, quiet, text};
 use common::{Proxy, RawClient, RedisServer};
 use redis::Value;
 
@@ -23,46 +24,6 @@ use redis::Value;
 const START_MS: u64 = 20_000 * 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
-
-fn quiet(config: &mut Config) {
-    config.memory_cache.enabled = false;
-    config.patterns.min_access_count = 1;
-}
-
-fn fields(entry: Value) -> BTreeMap<String, Value> {
-    let pairs: Vec<(Value, Value)> = match entry {
-        Value::Array(items) => {
-            assert_eq!(items.len() % 2, 0, "field/value pairs");
-            let mut items = items.into_iter();
-            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
-        }
-        Value::Map(pairs) => pairs,
-        other => panic!("an entry is fields: {other:?}"),
-    };
-    pairs.into_iter().map(|(name, value)| (text(&name), value)).collect()
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
-        other => panic!("text: {other:?}"),
-    }
-}
-
-fn int(value: &Value) -> i64 {
-    match value {
-        Value::Int(value) => *value,
-        other => panic!("an integer: {other:?}"),
-    }
-}
-
-fn ints(value: &Value) -> Vec<i64> {
-    match value {
-        Value::Array(items) => items.iter().map(int).collect(),
-        other => panic!("integers: {other:?}"),
-    }
-}
 
 type Entries = BTreeMap<String, BTreeMap<String, Value>>;
 
@@ -126,14 +87,6 @@ fn outcomes(entries: &Entries, key: &str) -> (i64, i64, i64, i64) {
         int(&entry["l2_hits"]),
         int(&entry["misses"]),
     )
-}
-
-fn info_field(info: &str, name: &str) -> String {
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}:")))
-        .unwrap_or_else(|| panic!("INFO cache has {name}: {info}"))
-        .trim()
-        .to_string()
 }
 
 async fn info_number(client: &mut RawClient, name: &str) -> u64 {

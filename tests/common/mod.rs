@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod values;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
