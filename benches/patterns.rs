@@ -22,6 +22,7 @@ fn main() {
         let mut rng = Rng::new(1);
         let batch: Vec<Event> = (0..events)
             .map(|i| Event {
+                db: 0,
                 key: Bytes::from(format!("key:{:08}", rng.between(0, keyspace))),
                 at_ms: 1_700_000_000_000 + i as u64 * 3,
                 outcome: Outcome::L2Hit,

@@ -504,7 +504,8 @@ impl Session {
     /// Tells the pattern engine of an L1 hit of `key` (a reply of `size`
     /// bytes).
     fn l1_hit_event(&mut self, key: &[u8], size: usize) {
-        self.events.push(key, self.read_wall_ms, Outcome::L1Hit, 0, size);
+        self.events
+            .push(self.db, key, self.read_wall_ms, Outcome::L1Hit, 0, size);
     }
 
     /// Tells the pattern engine of an L1 hit of the read being handled.
@@ -538,7 +539,7 @@ impl Session {
         match (read, command) {
             (PatternRead::One(awaited), Some(command)) => {
                 if let Some(key) = command.first_arg() {
-                    target.push_awaited(key, at_ms, reply, awaited, true);
+                    target.push_awaited(self.db, key, at_ms, reply, awaited, true);
                 }
             }
             (PatternRead::Items, Some(command)) => {
@@ -548,7 +549,7 @@ impl Session {
                         item: item as u32,
                         of: items.len() as u32,
                     };
-                    target.push_awaited(key, at_ms, reply, awaited, false);
+                    target.push_awaited(self.db, key, at_ms, reply, awaited, false);
                 }
             }
             (read, None) => {
@@ -561,7 +562,7 @@ impl Session {
                         PatternRead::One(awaited) => (awaited, true),
                         PatternRead::Items => (Awaited::Item { item: item as u32, of }, false),
                     };
-                    target.push_awaited(key, at_ms, reply, awaited, admitted);
+                    target.push_awaited(self.db, key, at_ms, reply, awaited, admitted);
                 }
             }
         }
@@ -610,7 +611,8 @@ impl Session {
             {
                 let reply = hit.for_protocol(self.protocol);
                 if patterns {
-                    self.events.push(key, self.read_wall_ms, Outcome::L1Hit, 0, reply.len());
+                    self.events
+                        .push(self.db, key, self.read_wall_ms, Outcome::L1Hit, 0, reply.len());
                 }
                 if reply.len() < LARGE_LOCAL_REPLY {
                     self.reply_slice(reply).await;

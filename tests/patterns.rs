@@ -40,18 +40,28 @@ fn by_key(entries: &[BTreeMap<String, Value>]) -> BTreeMap<String, BTreeMap<Stri
         .collect()
 }
 
-/// Polls `PROXY PATTERNS` until the engine has recorded `total` accesses.
+/// [`recorded_entries`] by key name.
 async fn recorded(
     client: &mut redis::aio::MultiplexedConnection,
     args: &[&str],
     total: i64,
 ) -> BTreeMap<String, BTreeMap<String, Value>> {
+    by_key(&recorded_entries(client, args, total).await)
+}
+
+/// Polls `PROXY PATTERNS <args>` until the engine has recorded `total`
+/// accesses; its entries.
+async fn recorded_entries(
+    client: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+    total: i64,
+) -> Vec<BTreeMap<String, Value>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let entries = top(client, args).await;
         let seen: i64 = entries.iter().map(|entry| int(&entry["accesses"])).sum();
         if seen == total {
-            return by_key(&entries);
+            return entries;
         }
         assert!(
             seen < total && std::time::Instant::now() < deadline,
@@ -291,7 +301,7 @@ async fn resp3_clients_get_maps() {
     recorded(&mut redis_client, &[], 1).await;
     let entries = client.cmd("PROXY PATTERNS").await;
     assert!(
-        entries.starts_with("*1\r\n%17\r\n$3\r\nkey\r\n$8\r\nsome:key\r\n"),
+        entries.starts_with("*1\r\n%18\r\n$3\r\nkey\r\n$8\r\nsome:key\r\n$2\r\ndb\r\n:0\r\n"),
         "{entries}"
     );
     assert!(entries.contains("$14\r\npredictability\r\n,"), "a double: {entries}");
@@ -404,4 +414,29 @@ async fn saving_needs_a_path_and_with_authentication_the_admin_role() {
     assert_eq!(client.cmd("AUTH operator secret").await, "+OK\r\n");
     assert_eq!(client.cmd("PROXY PATTERNS SAVE").await, "+OK\r\n");
     assert!(path.exists());
+}
+
+/// A key name in two databases is two keys, each with its own history, and
+/// each listed with its database.
+#[tokio::test]
+async fn the_same_name_in_two_databases_is_two_keys() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), quiet).await;
+    let mut client = proxy.raw().await;
+    client.cmd("GET shared:name").await;
+    assert_eq!(client.cmd("SELECT 3").await, "+OK\r\n");
+    for _ in 0..3 {
+        client.cmd("GET shared:name").await;
+    }
+    let mut redis_client = proxy.client().await;
+    let entries = recorded_entries(&mut redis_client, &[], 4).await;
+    let mut seen: Vec<(i64, String, i64)> = entries
+        .iter()
+        .map(|entry| (int(&entry["db"]), text(&entry["key"]), int(&entry["accesses"])))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(0, "shared:name".to_string(), 1), (3, "shared:name".to_string(), 3)]
+    );
 }

@@ -476,6 +476,7 @@ async fn bad_snapshots_of_every_kind_are_ignored() {
 
 fn read(engine: &mut Engine, key: &str, at_ms: u64) {
     engine.record(&Event {
+        db: 0,
         key: Bytes::copy_from_slice(key.as_bytes()),
         at_ms,
         outcome: Outcome::L2Hit,
@@ -511,8 +512,8 @@ fn a_restored_model_learns_on_as_if_it_had_never_stopped() {
         }
     }
     let now = START_MS + days * DAY_MS;
-    let before = original.insight(b"report:daily", now).unwrap();
-    let after = restored.insight(b"report:daily", now).unwrap();
+    let before = original.insight(0, b"report:daily", now).unwrap();
+    let after = restored.insight(0, b"report:daily", now).unwrap();
     assert_eq!(before.hourly[9], 14, "the original keeps 7 days of 2 reads at 09:00");
     assert_eq!(after.hourly, before.hourly, "hour-of-day counts after the restore");
     assert_eq!(after.verdict, before.verdict);
@@ -535,7 +536,7 @@ fn fewer_history_days_on_restore_keep_the_newest_days_of_the_load() {
     };
     let restored = Engine::restore(shorter, &engine.snapshot()).expect("restores");
     let now = START_MS + 7 * DAY_MS;
-    let key = restored.insight(b"k:1", now).unwrap();
+    let key = restored.insight(0, b"k:1", now).unwrap();
     assert_eq!((key.hourly[9], key.hourly[18]), (3, 3), "the key's last 3 days");
     let load = restored.hourly_load();
     assert_eq!(

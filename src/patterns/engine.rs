@@ -13,6 +13,8 @@ use super::topk::TopK;
 /// One access, as the request path reports it.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// The database the key is in.
+    pub db: u32,
     pub key: Bytes,
     /// Wall time, milliseconds since the epoch.
     pub at_ms: u64,
@@ -45,6 +47,7 @@ impl Default for Settings {
 /// What the engine says of one key.
 #[derive(Debug, Clone)]
 pub struct Insight {
+    pub db: u32,
     pub key: Bytes,
     pub accesses: u64,
     pub verdict: Verdict,
@@ -80,11 +83,18 @@ impl Engine {
     }
 
     pub fn record(&mut self, event: &Event) {
-        self.record_read(&event.key, event.at_ms, event.outcome, event.latency_us, event.size);
+        self.record_read(
+            event.db,
+            &event.key,
+            event.at_ms,
+            event.outcome,
+            event.latency_us,
+            event.size,
+        );
     }
 
     /// Records one access of `key` (what [`Event`] holds, unpacked).
-    pub fn record_read(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: u32) {
+    pub fn record_read(&mut self, db: u32, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: u32) {
         self.events += 1;
         let day = at_ms / DAY_MS;
         let hour = ((at_ms % DAY_MS) / HOUR_MS) as usize;
@@ -94,7 +104,7 @@ impl Engine {
             *slot = (day, [0; 24]);
         }
         slot.1[hour] += 1;
-        let counter = self.keys.record(key);
+        let counter = self.keys.record(db, key);
         counter.value.record(
             at_ms,
             self.settings.history_days,
@@ -127,9 +137,9 @@ impl Engine {
     }
 
     /// What the engine says of a tracked key with enough accesses.
-    pub fn insight(&self, key: &[u8], now_ms: u64) -> Option<Insight> {
-        let counter = self.keys.get(key)?;
-        (counter.value.accesses >= self.settings.min_accesses).then(|| insight_of(&counter.key, &counter.value, now_ms))
+    pub fn insight(&self, db: u32, key: &[u8], now_ms: u64) -> Option<Insight> {
+        let counter = self.keys.get(db, key)?;
+        (counter.value.accesses >= self.settings.min_accesses).then(|| insight_of(counter, now_ms))
     }
 
     /// The tracked keys with enough accesses, highest priority first (then
@@ -140,7 +150,7 @@ impl Engine {
             .keys
             .iter()
             .filter(|counter| counter.value.accesses >= self.settings.min_accesses && wanted(&counter.key))
-            .map(|counter| insight_of(&counter.key, &counter.value, now_ms))
+            .map(|counter| insight_of(counter, now_ms))
             .filter(|insight| keep(insight))
             .collect();
         all.sort_by(|a, b| {
@@ -182,7 +192,7 @@ impl Engine {
 
 /// The first bytes of a snapshot file, then its format version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"AURAPATS";
-const SNAPSHOT_VERSION: u64 = 2;
+const SNAPSHOT_VERSION: u64 = 3;
 
 /// Why a snapshot was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,6 +223,7 @@ impl Engine {
         }
         out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
         for counter in self.keys.iter() {
+            out.extend_from_slice(&u64::from(counter.db).to_le_bytes());
             out.extend_from_slice(&(counter.key.len() as u64).to_le_bytes());
             out.extend_from_slice(&counter.key);
             out.extend_from_slice(&counter.count.to_le_bytes());
@@ -265,6 +276,7 @@ impl Engine {
         let keys = input.u64().ok_or(damaged.clone())?;
         let mut counters = Vec::new();
         for _ in 0..keys {
+            let db = u32::try_from(input.u64().ok_or(damaged.clone())?).map_err(|_| damaged.clone())?;
             let length = input.u64().ok_or(damaged.clone())? as usize;
             let key = Bytes::copy_from_slice(input.take(length).ok_or(damaged.clone())?);
             let count = input.u64().ok_or(damaged.clone())?;
@@ -272,6 +284,7 @@ impl Engine {
             let mut value = KeyStats::decode(&mut input).ok_or(damaged.clone())?;
             value.reshape(settings.history_days);
             counters.push(super::topk::Counter {
+                db,
                 key,
                 count,
                 error,
@@ -288,11 +301,13 @@ impl Engine {
     }
 }
 
-fn insight_of(key: &Bytes, stats: &KeyStats, now_ms: u64) -> Insight {
+fn insight_of(counter: &super::topk::Counter<KeyStats>, now_ms: u64) -> Insight {
+    let stats = &counter.value;
     let verdict = stats.classify(now_ms);
     let priority = priority(&verdict, stats);
     Insight {
-        key: key.clone(),
+        db: counter.db,
+        key: counter.key.clone(),
         accesses: stats.accesses,
         verdict,
         priority,
@@ -330,6 +345,7 @@ mod tests {
 
     fn event(key: &str, at_ms: u64) -> Event {
         Event {
+            db: 0,
             key: Bytes::copy_from_slice(key.as_bytes()),
             at_ms,
             outcome: Outcome::Miss,
@@ -469,6 +485,7 @@ mod tests {
                 key.extend_from_slice(format!("cold:{i}").as_bytes());
             }
             engine.record(&Event {
+                db: 0,
                 key: Bytes::copy_from_slice(&key),
                 at_ms: at,
                 outcome: Outcome::L2Hit,
@@ -487,7 +504,7 @@ mod tests {
         assert!(engine.bytes() <= budget, "{} bytes", engine.bytes());
         for hot in 0..50 {
             assert!(
-                engine.keys.get(format!("hot:{hot}").as_bytes()).is_some(),
+                engine.keys.get(0, format!("hot:{hot}").as_bytes()).is_some(),
                 "hot:{hot} is tracked"
             );
         }

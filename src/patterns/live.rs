@@ -109,6 +109,7 @@ pub enum Awaited {
 
 #[derive(Debug, Clone, Copy)]
 struct Read {
+    db: u32,
     key_start: u32,
     key_len: u32,
     at_ms: u64,
@@ -156,16 +157,16 @@ impl Reads {
         keeps
     }
 
-    /// One read of `key` at `at_ms` (wall time), answered so, taking
-    /// `latency_us`, its reply `size` bytes; counted as sampled out if the
-    /// sampler does not keep its key.
-    pub fn push(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
+    /// One read of `key` in database `db` at `at_ms` (wall time), answered
+    /// so, taking `latency_us`, its reply `size` bytes; counted as sampled
+    /// out if the sampler does not keep its key.
+    pub fn push(&mut self, db: u32, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
         if self.admits(key) {
-            self.record(key, at_ms, outcome, latency_us, size);
+            self.record(db, key, at_ms, outcome, latency_us, size);
         }
     }
 
-    fn record(&mut self, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
+    fn record(&mut self, db: u32, key: &[u8], at_ms: u64, outcome: Outcome, latency_us: u32, size: usize) {
         let Ok(key_len) = u32::try_from(key.len()) else {
             return;
         };
@@ -175,6 +176,7 @@ impl Reads {
         }
         self.keys.extend_from_slice(key);
         self.reads.push(Read {
+            db,
             key_start,
             key_len,
             at_ms,
@@ -204,12 +206,12 @@ impl Reads {
     /// `reply` of its batch will tell ([`Reads::settle`]); nothing (but a
     /// count) if the sampler leaves the key out, unless `admitted` says it
     /// was asked already.
-    pub fn push_awaited(&mut self, key: &[u8], at_ms: u64, reply: usize, awaited: Awaited, admitted: bool) {
+    pub fn push_awaited(&mut self, db: u32, key: &[u8], at_ms: u64, reply: usize, awaited: Awaited, admitted: bool) {
         if !admitted && !self.admits(key) {
             return;
         }
         let before = self.reads.len();
-        self.record(key, at_ms, Outcome::L2Hit, 0, 0);
+        self.record(db, key, at_ms, Outcome::L2Hit, 0, 0);
         if self.reads.len() > before {
             self.awaited.push((reply.min(u32::MAX as usize) as u32, awaited));
         }
@@ -328,7 +330,9 @@ impl Inner {
         let mut count = 0;
         let mut emptied = Vec::new();
         for mut batch in std::iter::once(first).chain(std::iter::from_fn(|| batches.try_recv().ok())) {
-            batch.each(|key, read| engine.record_read(key, read.at_ms, read.outcome, read.latency_us, read.size));
+            batch.each(|key, read| {
+                engine.record_read(read.db, key, read.at_ms, read.outcome, read.latency_us, read.size)
+            });
             self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
             self.queued_key_bytes.fetch_sub(batch.keys.len(), Ordering::Relaxed);
             count += batch.len();
@@ -775,7 +779,7 @@ mod tests {
     fn reads(key: &str, count: usize, at_ms: u64) -> Reads {
         let mut reads = Reads::default();
         for i in 0..count {
-            reads.push(key.as_bytes(), at_ms + i as u64 * 60_000, Outcome::L2Hit, 200, 10);
+            reads.push(0, key.as_bytes(), at_ms + i as u64 * 60_000, Outcome::L2Hit, 200, 10);
         }
         reads
     }
@@ -869,7 +873,7 @@ mod tests {
         assert!(kept(3).iter().all(|key| quarter.contains(key)));
         let mut reads = Reads::new(Sampler { shift: 2 });
         for key in &keys {
-            reads.push(key.as_bytes(), 0, Outcome::L2Hit, 0, 1);
+            reads.push(0, key.as_bytes(), 0, Outcome::L2Hit, 0, 1);
         }
         assert_eq!(
             (reads.len(), reads.sampled_out as usize),
@@ -893,7 +897,7 @@ mod tests {
         let offer = |count: usize| {
             let mut batch = patterns.batch();
             for i in 0..count {
-                batch.push(format!("k:{i}").as_bytes(), clock.unix_ms(), Outcome::L2Hit, 0, 1);
+                batch.push(0, format!("k:{i}").as_bytes(), clock.unix_ms(), Outcome::L2Hit, 0, 1);
             }
             patterns.feed(&mut batch);
         };

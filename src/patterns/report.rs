@@ -109,6 +109,7 @@ pub fn top_reply(top: &[Insight], namespace_of: impl Fn(&[u8]) -> Bytes, now_ms:
             let verdict = &insight.verdict;
             Value::Map(vec![
                 ("key", Value::Bulk(insight.key.clone())),
+                ("db", Value::Integer(i64::from(insight.db))),
                 ("namespace", Value::Bulk(namespace_of(&insight.key))),
                 (
                     "class",

@@ -21,9 +21,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 
-/// One tracked key.
+/// One tracked key (of a database).
 #[derive(Debug, Clone)]
 pub struct Counter<V> {
+    pub db: u32,
     pub key: Bytes,
     /// Accesses counted, an over-estimate by at most `error`.
     pub count: u64,
@@ -100,8 +101,8 @@ impl<V: Recycle> TopK<V> {
 
     /// Counts one access of `key`; its counter (new, or the least counted
     /// one's, taken over, with its value recycled).
-    pub fn record(&mut self, key: &[u8]) -> &mut Counter<V> {
-        let hash = self.hasher.hash_one(key);
+    pub fn record(&mut self, db: u32, key: &[u8]) -> &mut Counter<V> {
+        let hash = self.hasher.hash_one((db, key));
         let slot = match self.index.get(&hash) {
             Some(&slot) => {
                 self.counts[slot as usize] += 1;
@@ -113,6 +114,7 @@ impl<V: Recycle> TopK<V> {
                 self.push(
                     hash,
                     Counter {
+                        db,
                         key,
                         count: 1,
                         error: 0,
@@ -124,10 +126,11 @@ impl<V: Recycle> TopK<V> {
                 // Replace the least counted key: the heap's root.
                 let slot = self.heap[0];
                 let counter = &mut self.slots[slot as usize];
-                self.index.remove(&self.hasher.hash_one(&counter.key[..]));
+                self.index.remove(&self.hasher.hash_one((counter.db, &counter.key[..])));
                 self.key_bytes = self.key_bytes - counter.key.len() + key.len();
                 let inherited = self.counts[slot as usize];
                 counter.key = Bytes::copy_from_slice(key);
+                counter.db = db;
                 counter.error = inherited;
                 counter.value.recycle();
                 self.index.insert(hash, slot);
@@ -144,7 +147,7 @@ impl<V: Recycle> TopK<V> {
     /// Puts back a counter (from a snapshot), as if it had been counted;
     /// ignored when the structure is full or already holds the key.
     pub fn restore(&mut self, counter: Counter<V>) {
-        let hash = self.hasher.hash_one(&counter.key[..]);
+        let hash = self.hasher.hash_one((counter.db, &counter.key[..]));
         if self.slots.len() >= self.capacity || self.index.contains_key(&hash) {
             return;
         }
@@ -163,10 +166,10 @@ impl<V: Recycle> TopK<V> {
         slot
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Counter<V>> {
-        let slot = *self.index.get(&self.hasher.hash_one(key))?;
+    pub fn get(&self, db: u32, key: &[u8]) -> Option<&Counter<V>> {
+        let slot = *self.index.get(&self.hasher.hash_one((db, key)))?;
         let counter = &self.slots[slot as usize];
-        (&counter.key[..] == key).then_some(counter)
+        (counter.db == db && &counter.key[..] == key).then_some(counter)
     }
 
     /// Bytes of the keys tracked.
@@ -261,7 +264,7 @@ mod tests {
         let mut top: TopK<()> = TopK::new(10);
         for (key, times) in [("a", 5), ("b", 3), ("c", 7)] {
             for _ in 0..times {
-                top.record(key.as_bytes());
+                top.record(0, key.as_bytes());
             }
         }
         let counts: Vec<(&[u8], u64, u64)> = top.top(3).iter().map(|c| (&c.key[..], c.count, c.error)).collect();
@@ -272,13 +275,13 @@ mod tests {
     fn a_newcomer_takes_the_least_counted_place_and_its_count() {
         let mut top: TopK<u32> = TopK::new(2);
         for key in ["a", "a", "a", "b", "b"] {
-            top.record(key.as_bytes());
+            top.record(0, key.as_bytes());
         }
-        top.record(b"a").value = 9;
-        let c = top.record(b"c");
+        top.record(0, b"a").value = 9;
+        let c = top.record(0, b"c");
         assert_eq!((c.count, c.error, c.value), (3, 2, 0), "b's count, plus one");
-        assert!(top.get(b"b").is_none());
-        assert_eq!(top.get(b"a").map(|a| (a.count, a.value)), Some((4, 9)));
+        assert!(top.get(0, b"b").is_none());
+        assert_eq!(top.get(0, b"a").map(|a| (a.count, a.value)), Some((4, 9)));
         assert_eq!(top.len(), 2);
     }
 
@@ -301,12 +304,12 @@ mod tests {
                 1_000 + rng.next_u64() % 1_000_000
             };
             *truth.entry(key).or_insert(0) += 1;
-            top.record(key.to_string().as_bytes());
+            top.record(0, key.to_string().as_bytes());
         }
         assert_eq!(top.len(), capacity);
         assert!(truth.len() > 100_000, "{} distinct keys", truth.len());
         for hot in 0..20u64 {
-            let counter = top.get(hot.to_string().as_bytes()).expect("a hot key is tracked");
+            let counter = top.get(0, hot.to_string().as_bytes()).expect("a hot key is tracked");
             let real = truth[&hot];
             assert!(
                 counter.count - counter.error <= real && real <= counter.count,
@@ -316,7 +319,7 @@ mod tests {
         // Every key above total / capacity is tracked.
         for (key, real) in &truth {
             if *real > total / capacity as u64 {
-                assert!(top.get(key.to_string().as_bytes()).is_some(), "{key} ({real})");
+                assert!(top.get(0, key.to_string().as_bytes()).is_some(), "{key} ({real})");
             }
         }
         let top20: Vec<String> = top
