@@ -131,17 +131,6 @@ impl Reads {
         }
     }
 
-    /// Reads kept by `sampler`, with room for `count` of them.
-    pub fn with_capacity(sampler: Sampler, count: usize) -> Reads {
-        Reads {
-            keys: Vec::with_capacity(count * 24),
-            reads: Vec::with_capacity(count),
-            sampler,
-            sampled_out: 0,
-            awaited: Vec::with_capacity(count),
-        }
-    }
-
     /// From now on, keeps the reads `sampler` keeps.
     pub fn sample_with(&mut self, sampler: Sampler) {
         self.sampler = sampler;
