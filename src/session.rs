@@ -1943,10 +1943,12 @@ impl Session {
                 let mut reads = std::mem::replace(&mut self.heard, patterns.batch());
                 let (patterns, started) = (patterns.clone(), self.read_started);
                 Some(Box::new(move |result| {
-                    if let Ok(bytes) = &result {
-                        settle(&mut reads, bytes, elapsed_us(started));
-                        patterns.send(reads);
+                    match &result {
+                        Ok(bytes) => settle(&mut reads, bytes, elapsed_us(started)),
+                        // No replies, no accesses; what was sampled out still counts.
+                        Err(_) => reads.settle(0, |_, _| None),
                     }
+                    patterns.send(reads);
                     result
                 }))
             }

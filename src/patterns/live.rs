@@ -513,7 +513,7 @@ impl Patterns {
             return;
         }
         let start = inner.window_start_ms.load(Ordering::Relaxed);
-        let total = inner.window_offered.fetch_add(offered, Ordering::Relaxed) + offered;
+        inner.window_offered.fetch_add(offered, Ordering::Relaxed);
         let elapsed = now.saturating_sub(start);
         if elapsed < TUNE_EVERY_MS
             || inner
@@ -523,7 +523,9 @@ impl Patterns {
         {
             return;
         }
-        inner.window_offered.store(0, Ordering::Relaxed);
+        // Every read counted up to now is this window's (none lost to a
+        // session counting meanwhile).
+        let total = inner.window_offered.swap(0, Ordering::Relaxed);
         let rate = total as f64 * 1_000.0 / elapsed as f64;
         let shift = inner.shift.load(Ordering::Relaxed);
         inner
