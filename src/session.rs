@@ -2566,25 +2566,40 @@ fn edit_replies(edits: &ReplyEdits, bytes: Bytes) -> Vec<Bytes> {
 /// Offsets where the first `frames` replies in `bytes` start, plus the end
 /// of the last one.
 fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
-    let mut scanner = ReplyScanner::new(ReplyLimits {
-        max_nesting_depth: usize::MAX,
-        max_bulk_bytes: usize::MAX,
-    });
+    let mut lengths = FrameLengths::new();
     let mut starts = Vec::with_capacity(frames + 1);
     let mut offset = 0;
     while starts.len() < frames && offset < bytes.len() {
         starts.push(offset);
-        if let Some(length) = scalar_frame_len(&bytes[offset..]) {
-            offset += length;
-            continue;
-        }
-        match scanner.scan(&bytes[offset..]) {
-            Ok(Some(frame)) => offset += frame.len,
-            _ => break,
+        match lengths.of(&bytes[offset..]) {
+            Some(length) => offset += length,
+            None => break,
         }
     }
     starts.push(offset);
     starts
+}
+
+/// The lengths of the complete replies of a batch Redis answered (its
+/// limits were checked as it was read), one reply at a time: scalars
+/// directly, the rest by the scanner.
+struct FrameLengths(ReplyScanner);
+
+impl FrameLengths {
+    fn new() -> FrameLengths {
+        FrameLengths(ReplyScanner::new(ReplyLimits {
+            max_nesting_depth: usize::MAX,
+            max_bulk_bytes: usize::MAX,
+        }))
+    }
+
+    /// The length of the reply `bytes` starts with, if it is complete.
+    fn of(&mut self, bytes: &[u8]) -> Option<usize> {
+        scalar_frame_len(bytes).or_else(|| match self.0.scan(bytes) {
+            Ok(Some(frame)) => Some(frame.len),
+            _ => None,
+        })
+    }
 }
 
 /// The length of the reply starting `bytes` when it is a complete scalar
@@ -2702,18 +2717,9 @@ fn elapsed_us(since: Instant) -> u32 {
 /// outcome and size from its reply (an item of it, for MGET); error
 /// replies are not accesses. Walks the replies once, in order.
 fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
-    let mut scanner = ReplyScanner::new(ReplyLimits {
-        max_nesting_depth: usize::MAX,
-        max_bulk_bytes: usize::MAX,
-    });
+    let mut lengths = FrameLengths::new();
     let (mut at, mut offset) = (0u32, 0usize);
-    let mut frame_len = |from: usize| -> Option<usize> {
-        let rest = bytes.get(from..)?;
-        scalar_frame_len(rest).or_else(|| match scanner.scan(rest) {
-            Ok(Some(frame)) => Some(frame.len),
-            _ => None,
-        })
-    };
+    let mut frame_len = |from: usize| lengths.of(bytes.get(from..)?);
     let mut items: Option<(u32, Vec<Bytes>)> = None;
     let outcome_of = |reply: &[u8]| {
         if is_empty_reply(reply) {

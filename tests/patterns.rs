@@ -139,11 +139,7 @@ async fn l1_hits_are_events_too() {
     let mut direct = RawClient::connect(server.addr()).await;
     direct.cmd("SET page:home hello").await;
     direct.cmd("SET page:about world").await;
-    let proxy = Proxy::start_with(&server.url(), |config| {
-        common::l1_eager(config);
-        config.patterns.min_access_count = 1;
-    })
-    .await;
+    let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
     let l1 = proxy.handle().l1().expect("L1 on").clone();
     common::poll_until("L1 to be ready", || l1.ready());
     let mut client = proxy.raw().await;

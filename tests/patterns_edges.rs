@@ -119,11 +119,7 @@ async fn hmget_partly_from_l1_with_the_rest_absent_is_not_a_miss() {
     let server = RedisServer::start();
     let mut direct = RawClient::connect(server.addr()).await;
     direct.cmd("HSET shop:1 name widget").await;
-    let proxy = Proxy::start_with(&server.url(), |config| {
-        common::l1_eager(config);
-        config.patterns.min_access_count = 1;
-    })
-    .await;
+    let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
     let l1 = proxy.handle().l1().expect("L1 on").clone();
     common::poll_until("L1 to be ready", || l1.ready());
     let mut client = proxy.raw().await;
@@ -149,11 +145,7 @@ async fn a_mixed_pipeline_is_transparent_and_counted_once_per_key() {
     for protocol in [2, 3] {
         let direct_server = RedisServer::start();
         let server = RedisServer::start();
-        let proxy = Proxy::start_with(&server.url(), |config| {
-            common::l1_eager(config);
-            config.patterns.min_access_count = 1;
-        })
-        .await;
+        let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
         let l1 = proxy.handle().l1().expect("L1 on").clone();
         common::poll_until("L1 to be ready", || l1.ready());
         let mut direct = RawClient::connect(direct_server.addr()).await;

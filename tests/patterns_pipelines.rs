@@ -131,11 +131,7 @@ async fn mixed_pipeline_resp3_l1_off() {
 async fn mixed_pipeline_l1_on_first_round() {
     let server = RedisServer::start();
     seed(&server).await;
-    let proxy = Proxy::start_with(&server.url(), |config| {
-        common::l1_eager(config);
-        config.patterns.min_access_count = 1;
-    })
-    .await;
+    let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
     let mut client = proxy.raw().await;
     let replies = pipeline(&mut client, MIXED).await;
     assert_eq!(replies[1], b"*2\r\n$2\r\nvb\r\n$-1\r\n");
@@ -151,11 +147,7 @@ async fn mixed_pipeline_l1_on_first_round() {
 async fn mixed_pipeline_l1_on_partial_hits() {
     let server = RedisServer::start();
     seed(&server).await;
-    let proxy = Proxy::start_with(&server.url(), |config| {
-        common::l1_eager(config);
-        config.patterns.min_access_count = 1;
-    })
-    .await;
+    let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
     let mut client = proxy.raw().await;
     // warm a and h:f1 in L1
     common::read_until_cached(&proxy, &mut client, "a").await;
@@ -289,11 +281,7 @@ async fn versioned_pipeline_l1_on() {
 async fn resp3_scalars_between_l1_fills_reach_the_client_intact() {
     let direct_server = RedisServer::start();
     let server = RedisServer::start();
-    let proxy = Proxy::start_with(&server.url(), |config| {
-        common::l1_eager(config);
-        config.patterns.min_access_count = 1;
-    })
-    .await;
+    let proxy = Proxy::start_with(&server.url(), common::values::eager).await;
     let mut direct = RawClient::connect(direct_server.addr()).await;
     let mut proxied = proxy.raw().await;
     for c in [&mut direct, &mut proxied] {

@@ -6,6 +6,13 @@ use std::collections::BTreeMap;
 use auracache::config::Config;
 use redis::Value;
 
+/// L1 filling on the first miss ([`super::l1_eager`]) and every key listed
+/// from its first read.
+pub fn eager(config: &mut Config) {
+    super::l1_eager(config);
+    config.patterns.min_access_count = 1;
+}
+
 /// L1 off (every read goes to Redis) and every key listed from its first read.
 pub fn quiet(config: &mut Config) {
     config.memory_cache.enabled = false;
