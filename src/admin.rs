@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use crate::cache::{L1, Namespace};
 use crate::codec::Compression;
 use crate::patterns::live::Patterns;
+use crate::preload::Preload;
 use crate::stats::Stats;
 
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
@@ -16,6 +17,7 @@ pub fn info_cache(
     l1: Option<&L1>,
     compression: Option<&Compression>,
     patterns: Option<&Patterns>,
+    preload: Option<&Preload>,
 ) -> String {
     let fields: [(&str, u64); 8] = [
         ("clients_connected", stats.clients() as u64),
@@ -72,7 +74,40 @@ pub fn info_cache(
     if let Some(patterns) = patterns {
         pattern_lines(&mut text, patterns);
     }
+    let _ = write!(text, "preload_enabled:{}\r\n", u8::from(preload.is_some()));
+    if let (Some(preload), Some(l1)) = (preload, l1) {
+        preload_lines(&mut text, preload, l1);
+    }
     text
+}
+
+/// The preloader: runs, what they fetched, and whether it was used.
+fn preload_lines(text: &mut String, preload: &Preload, l1: &L1) {
+    let stats = preload.stats();
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let l1_stats = l1.store.stats();
+    let (hits, waste) = (count(&l1_stats.preload_hits), count(&l1_stats.preload_waste));
+    let last_run = preload.last().map_or(0, |report| report.started_ms);
+    let fields: [(&str, u64); 11] = [
+        ("preload_runs", preload.runs()),
+        ("preload_last_run", last_run),
+        ("preload_next_run", count(&stats.next_run_ms)),
+        ("preload_fetched", count(&stats.fetched)),
+        ("preload_absent", count(&stats.absent)),
+        ("preload_errors", count(&stats.errors)),
+        ("preload_deferred", count(&stats.deferred)),
+        ("preload_stored", count(&l1_stats.preloads)),
+        ("preload_hits", hits),
+        ("preload_waste", waste),
+        (
+            "preload_max_in_flight",
+            stats.max_in_flight.load(Ordering::Relaxed) as u64,
+        ),
+    ];
+    for (name, value) in fields {
+        let _ = write!(text, "{name}:{value}\r\n");
+    }
+    let _ = write!(text, "preload_hit_ratio:{:.4}\r\n", crate::preload::hit_rate(hits, waste));
 }
 
 /// The pattern engine: keys tracked and their bound, bytes used, events
@@ -208,7 +243,7 @@ mod tests {
     fn info_cache_reads_like_redis_info() {
         let stats = Stats::default();
         stats.connection_opened(ConnectionKind::Pooled);
-        let text = info_cache(&stats, None, None, None);
+        let text = info_cache(&stats, None, None, None, None);
         assert!(text.starts_with("# Cache\r\n"));
         assert!(text.contains("upstream_connections_pooled:1\r\n"));
         for line in text.split("\r\n").skip(1).filter(|line| !line.is_empty()) {

@@ -53,6 +53,7 @@ pub struct Config {
     pub compression: CompressionConfig,
     pub versioning: VersioningConfig,
     pub patterns: PatternsConfig,
+    pub preload: PreloadConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -179,6 +180,49 @@ impl Default for PatternsConfig {
             snapshot_interval_secs: 300,
             queue_events: 65_536,
             max_events_per_sec: 50_000,
+        }
+    }
+}
+
+/// The preloader (issue #8): keys the pattern engine predicts are read
+/// soon are fetched into L1 before they are asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreloadConfig {
+    /// Preload at all (CACHE_PRELOAD_ENABLED); needs L1 and the pattern engine.
+    pub enabled: bool,
+    /// Seconds between runs (CACHE_PRELOAD_INTERVAL_MINUTES sets it in minutes).
+    pub interval_secs: u64,
+    /// Least priority (1-10) a key needs to be preloaded
+    /// (CACHE_PRELOAD_PRIORITY_THRESHOLD).
+    pub priority_threshold: u8,
+    /// Fetches in flight at most.
+    pub max_concurrent: usize,
+    /// Most keys one run fetches.
+    pub max_keys_per_run: usize,
+    /// Where keys predicted but absent in Redis are announced (PUBLISH, the
+    /// key as the message); "" = not announced.
+    pub miss_channel: String,
+    /// While the proxy is busy (a peak hour, or more reads per second than
+    /// `busy_reads_per_sec`), fetches per second stay within this share of
+    /// the clients' reads per second; 0 = none then (deferred to a quiet run).
+    pub peak_share: f64,
+    /// Reads per second above which the proxy counts as busy whatever the
+    /// hour; 0 = only the learned peak hours count.
+    pub busy_reads_per_sec: u64,
+}
+
+impl Default for PreloadConfig {
+    fn default() -> Self {
+        PreloadConfig {
+            enabled: true,
+            interval_secs: 1800,
+            priority_threshold: 5,
+            max_concurrent: 20,
+            max_keys_per_run: 10_000,
+            miss_channel: String::new(),
+            peak_share: 0.05,
+            busy_reads_per_sec: 0,
         }
     }
 }
@@ -398,6 +442,7 @@ impl Default for Config {
             compression: CompressionConfig::default(),
             versioning: VersioningConfig::default(),
             patterns: PatternsConfig::default(),
+            preload: PreloadConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -495,6 +540,15 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     ("AURACACHE_PATTERNS_QUEUE_EVENTS", "patterns.queue_events"),
     ("AURACACHE_PATTERNS_MAX_EVENTS_PER_SEC", "patterns.max_events_per_sec"),
+    ("CACHE_PRELOAD_ENABLED", "preload.enabled"),
+    ("CACHE_PRELOAD_INTERVAL_MINUTES", "preload.interval_minutes"),
+    ("AURACACHE_PRELOAD_INTERVAL_SECS", "preload.interval_secs"),
+    ("CACHE_PRELOAD_PRIORITY_THRESHOLD", "preload.priority_threshold"),
+    ("AURACACHE_PRELOAD_MAX_CONCURRENT", "preload.max_concurrent"),
+    ("AURACACHE_PRELOAD_MAX_KEYS_PER_RUN", "preload.max_keys_per_run"),
+    ("AURACACHE_PRELOAD_MISS_CHANNEL", "preload.miss_channel"),
+    ("AURACACHE_PRELOAD_PEAK_SHARE", "preload.peak_share"),
+    ("AURACACHE_PRELOAD_BUSY_READS_PER_SEC", "preload.busy_reads_per_sec"),
 ];
 
 impl Config {
@@ -601,6 +655,31 @@ impl Config {
             "patterns.snapshot_interval_secs" => self.patterns.snapshot_interval_secs = whole(1)?,
             "patterns.queue_events" => self.patterns.queue_events = whole(1)? as usize,
             "patterns.max_events_per_sec" => self.patterns.max_events_per_sec = whole(0)?,
+            "preload.enabled" => self.preload.enabled = boolean()?,
+            "preload.interval_secs" => self.preload.interval_secs = whole(1)?,
+            "preload.interval_minutes" => {
+                self.preload.interval_secs = whole(1)?
+                    .checked_mul(60)
+                    .ok_or_else(|| invalid(name, value, "expected a whole number of minutes >= 1"))?
+            }
+            "preload.priority_threshold" => {
+                self.preload.priority_threshold = value
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|threshold| (1..=10).contains(threshold))
+                    .ok_or_else(|| invalid(name, value, "expected a whole number from 1 to 10"))?
+            }
+            "preload.max_concurrent" => self.preload.max_concurrent = whole(1)? as usize,
+            "preload.max_keys_per_run" => self.preload.max_keys_per_run = whole(1)? as usize,
+            "preload.miss_channel" => self.preload.miss_channel = value.to_string(),
+            "preload.peak_share" => {
+                self.preload.peak_share = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, value, "expected a fraction from 0 to 1"))?
+            }
+            "preload.busy_reads_per_sec" => self.preload.busy_reads_per_sec = whole(0)?,
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {
@@ -641,6 +720,11 @@ impl Config {
             "patterns.max_keys",
             "patterns.snapshot_interval_secs",
             "patterns.queue_events",
+            "preload.interval_secs",
+            "preload.priority_threshold",
+            "preload.max_concurrent",
+            "preload.max_keys_per_run",
+            "preload.peak_share",
             "namespace_separator",
             "namespaces",
         ] {
@@ -809,6 +893,29 @@ impl Config {
             }
             "patterns.queue_events" if self.patterns.queue_events == 0 => {
                 return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "preload.interval_secs" if self.preload.interval_secs == 0 => {
+                return Err(invalid(name, "0", "expected a whole number of seconds >= 1"));
+            }
+            "preload.priority_threshold" if !(1..=10).contains(&self.preload.priority_threshold) => {
+                return Err(invalid(
+                    name,
+                    &self.preload.priority_threshold.to_string(),
+                    "expected a whole number from 1 to 10",
+                ));
+            }
+            "preload.max_concurrent" if self.preload.max_concurrent == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "preload.max_keys_per_run" if self.preload.max_keys_per_run == 0 => {
+                return Err(invalid(name, "0", "expected a whole number >= 1"));
+            }
+            "preload.peak_share" if !(0.0..=1.0).contains(&self.preload.peak_share) => {
+                return Err(invalid(
+                    name,
+                    &self.preload.peak_share.to_string(),
+                    "expected a fraction from 0 to 1",
+                ));
             }
             "versioning.key_pattern" => {
                 let pattern = &self.versioning.key_pattern;

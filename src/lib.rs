@@ -27,6 +27,7 @@ pub mod config;
 pub mod gather;
 pub mod keys;
 pub mod patterns;
+pub mod preload;
 pub mod protocol;
 pub mod server;
 pub mod session;

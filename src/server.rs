@@ -47,6 +47,7 @@ pub struct ServerHandle {
     compression: Option<Arc<crate::codec::Compression>>,
     versions: Option<Arc<Versioning>>,
     patterns: Option<Arc<Patterns>>,
+    preload: Option<Arc<crate::preload::Preload>>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -118,6 +119,8 @@ impl Server {
             .patterns
             .enabled
             .then(|| Patterns::start(&config.patterns, separator, clock));
+        let preload = (config.preload.enabled && l1.is_some() && patterns.is_some())
+            .then(|| crate::preload::Preload::new(&config.preload));
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -130,7 +133,16 @@ impl Server {
             compression,
             versions: versions.clone(),
             patterns: patterns.clone(),
+            preload: preload.clone(),
         });
+        if let (Some(preload), Some(l1), Some(patterns)) = (&preload, &l1, &patterns) {
+            let parts = crate::preload::Parts {
+                shared: shared.clone(),
+                l1: l1.clone(),
+                patterns: patterns.clone(),
+            };
+            crate::preload::start(preload.clone(), parts, shutdown.clone());
+        }
         tokio::spawn(learn_databases(shared.clone()));
         let shared_l1 = l1.clone();
         if let Some(l1) = l1 {
@@ -166,6 +178,7 @@ impl Server {
             compression,
             versions,
             patterns,
+            preload,
             trigger,
             accept_loop,
         })
@@ -194,6 +207,11 @@ impl ServerHandle {
     /// The pattern engine, when enabled.
     pub fn patterns(&self) -> Option<&Arc<Patterns>> {
         self.patterns.as_ref()
+    }
+
+    /// The preloader, when enabled.
+    pub fn preload(&self) -> Option<&Arc<crate::preload::Preload>> {
+        self.preload.as_ref()
     }
 
     /// The compression stage, when enabled.

@@ -77,6 +77,8 @@ pub struct Shared {
     pub versions: Option<Arc<Versioning>>,
     /// The pattern engine, when enabled: told of every read.
     pub patterns: Option<Arc<Patterns>>,
+    /// The preloader, when enabled (with L1 and the pattern engine).
+    pub preload: Option<Arc<crate::preload::Preload>>,
 }
 
 /// A read the pattern engine hears of once Redis answers it; its keys are
@@ -774,6 +776,7 @@ impl Session {
                     self.shared.l1.as_deref(),
                     self.shared.compression.as_deref(),
                     self.shared.patterns.as_deref(),
+                    self.shared.preload.as_deref(),
                 );
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
@@ -823,6 +826,7 @@ impl Session {
         let reply = match words.as_slice() {
             [_, "HELP"] => Reply::Verbatim(Bytes::from_static(PROXY_HELP.as_bytes())),
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
+            [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
             [_, "VERSION", "STATUS", rest @ ..] if rest.len() <= 1 => {
                 let only = args.get(3).map(String::as_str);
                 match self.shared.versions.clone() {
@@ -906,6 +910,40 @@ impl Session {
             Ok(bytes) => self.reply_bytes(bytes).await,
             Err(error) => self.reply(Reply::error(error)).await,
         }
+        Flow::Continue
+    }
+
+    /// `PROXY PRELOAD STATUS` and `PROXY PRELOAD RUN` (a run now, its
+    /// report when it is over; admin, with proxy authentication).
+    async fn preload_command(&mut self, run: bool) -> Flow {
+        let (Some(preload), Some(l1), Some(patterns)) = (
+            self.shared.preload.clone(),
+            self.shared.l1.clone(),
+            self.shared.patterns.clone(),
+        ) else {
+            let why = if !self.shared.config.preload.enabled {
+                "preload.enabled = false"
+            } else if self.shared.l1.is_none() {
+                "it needs memory_cache.enabled"
+            } else {
+                "it needs patterns.enabled"
+            };
+            self.reply(Reply::error(format!("ERR the preloader is off ({why})"))).await;
+            return Flow::Continue;
+        };
+        if run {
+            if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                self.reply(Reply::error("NOPERM PROXY PRELOAD RUN needs the admin role")).await;
+                return Flow::Continue;
+            }
+            if preload.run_now(PRELOAD_RUN_WAIT).await.is_none() {
+                self.reply(Reply::error("ERR the preload run did not finish in time; see PROXY PRELOAD STATUS"))
+                    .await;
+                return Flow::Continue;
+            }
+        }
+        let reply = crate::preload::status_reply(&preload, &l1, patterns.now_ms(), self.protocol);
+        self.reply_bytes(reply).await;
         Flow::Continue
     }
 
@@ -2284,10 +2322,15 @@ impl Session {
 }
 
 /// `PROXY HELP`.
+/// How long `PROXY PRELOAD RUN` waits for its run.
+const PRELOAD_RUN_WAIT: Duration = Duration::from_secs(300);
+
 const PROXY_HELP: &str = "PROXY <subcommand> [<arg> ...]. Subcommands are:\r\n\
 PATTERNS [COUNT <n>] [NAMESPACE <ns>] [MINPRIORITY <p>]\r\n    The keys the pattern engine ranks highest (default 20): class, predictability, priority, next expected read, hourly profile.\r\n\
 PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times the mean or more).\r\n\
 PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
+PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, already cached, absent, deferred, errors; preloaded entries hit and wasted.\r\n\
+PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\
 VERSION CLEANUP <namespace> [KEEP <n>]\r\n    Remove the namespace's keys in versions older than its newest n (default 2), by SCAN and UNLINK in small batches.\r\n\
 HELP\r\n    This text.\r\n";
@@ -2565,7 +2608,7 @@ fn edit_replies(edits: &ReplyEdits, bytes: Bytes) -> Vec<Bytes> {
 
 /// Offsets where the first `frames` replies in `bytes` start, plus the end
 /// of the last one.
-fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
+pub(crate) fn frame_starts(bytes: &[u8], frames: usize) -> Vec<usize> {
     let mut lengths = FrameLengths::new();
     let mut starts = Vec::with_capacity(frames + 1);
     let mut offset = 0;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use namespaces::{Namespace, Namespaces, Rules, UNNAMED};
-pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, Shape};
+pub use store::{CacheKey, CachedReply, FillTicket, L1Limits, L1Stats, L1Store, Lookup, NoPreload, Shape};
 pub use writes::{ByName, WriteTable, Written};
 
 use crate::config::MemoryCacheConfig;
@@ -96,6 +96,13 @@ impl L1 {
     /// other protocol's encoding is derived. Errors and replies that do not
     /// fit are not kept; waiters are released either way.
     pub fn complete_read(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8]) -> bool {
+        let ttl = ticket.namespace().rules.ttl;
+        self.complete_read_for(ticket, read, pttl, ttl)
+    }
+
+    /// [`Self::complete_read`] keeping a value for `wanted` (still never
+    /// beyond Redis's TTL): the preloader's fills cover a predicted read.
+    pub fn complete_read_for(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8], wanted: Duration) -> bool {
         let remaining = parse_integer_reply(pttl);
         let Some(reply) = both_protocols(read) else {
             // An error (WRONGTYPE) or a reply L1 does not keep.
@@ -120,7 +127,7 @@ impl L1 {
                 self.store.abandon(ticket);
                 return false;
             }
-            _ => namespace_ttl,
+            _ => wanted,
         };
         let ttl = match remaining {
             // Never outlive the key in Redis: counted from before Redis was

@@ -141,6 +141,37 @@ struct Cached {
     shape: Shape,
     reply: CachedReply,
     deadline: Instant,
+    /// Set when the preloader brought the reply in.
+    preloaded: Option<Arc<PreloadMark>>,
+}
+
+impl Cached {
+    /// A hit on this reply: the first on a preloaded one is counted.
+    fn hit(&self, stats: &L1Stats) {
+        if let Some(mark) = &self.preloaded
+            && mark.unused.load(Ordering::Relaxed)
+            && mark.unused.swap(false, Ordering::Relaxed)
+        {
+            stats.preload_hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A preloaded reply's fate: hit at least once, or dropped unused (expired,
+/// evicted, invalidated or flushed), which is counted as waste when the
+/// last entry holding it goes.
+#[derive(Debug)]
+struct PreloadMark {
+    unused: AtomicBool,
+    stats: Arc<L1Stats>,
+}
+
+impl Drop for PreloadMark {
+    fn drop(&mut self) {
+        if *self.unused.get_mut() {
+            self.stats.preload_waste.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// quick_cache clones a value on every hit, so the entry sits behind an
@@ -219,6 +250,11 @@ pub struct L1Stats {
     pub coalesced_waits: AtomicU64,
     /// Replies not stored because they exceed the largest entry accepted.
     pub too_large: AtomicU64,
+    /// Replies the preloader stored; of those, the ones hit at least once,
+    /// and the ones dropped unused (expired, evicted, invalidated).
+    pub preloads: AtomicU64,
+    pub preload_hits: AtomicU64,
+    pub preload_waste: AtomicU64,
 }
 
 /// Sizes of the store.
@@ -261,6 +297,17 @@ pub struct FillTicket {
     started: Instant,
     fills: Arc<Mutex<Fills>>,
     settled: bool,
+    /// Issued to the preloader: the reply is marked as preloaded.
+    preload: bool,
+}
+
+/// Why the preloader may not fill a key now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPreload {
+    /// Its namespace is not cached, or invalidations are not flowing.
+    NotCached,
+    /// A write of it is on its way, or a client's fill is.
+    Busy,
 }
 
 impl std::fmt::Debug for FillTicket {
@@ -525,6 +572,7 @@ impl L1Store {
         if entry.shapes[index].deadline <= now {
             return None;
         }
+        entry.shapes[index].hit(&self.stats);
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         entry.member.namespace().stats.hits.fetch_add(1, Ordering::Relaxed);
         self.frequency.record(self.frequency.hash(db, key));
@@ -559,6 +607,7 @@ impl L1Store {
                 if let Some(cached) = entry.0.shapes.iter().find(|cached| cached.shape == key.shape)
                     && cached.deadline > now
                 {
+                    cached.hit(&self.stats);
                     count(&self.stats, namespace, |stats| &stats.hits);
                     self.frequency.record(self.frequency.hash(key.db, &key.key));
                     return Lookup::Hit(cached.reply.clone());
@@ -597,7 +646,41 @@ impl L1Store {
             started: self.clock.now(),
             fills: self.fills.clone(),
             settled: false,
+            preload: false,
         })
+    }
+
+    /// The right to fill `key` for the preloader: no admission (the pattern
+    /// engine chose the key), but the same guards as a client's fill (no
+    /// write of it in flight, no other fill, invalidations flowing).
+    pub fn preload_ticket(&self, key: &CacheKey) -> Result<FillTicket, NoPreload> {
+        let namespace = self.namespaces.of(&key.key);
+        if !namespace.rules.cacheable(self.accepting.load(Ordering::Acquire)) {
+            return Err(NoPreload::NotCached);
+        }
+        let mut fills = self.lock_fills();
+        if fills.writing.covers(key.db, &key.key) || fills.filling.contains_key(key) {
+            return Err(NoPreload::Busy);
+        }
+        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
+        fills.filling.insert(key.clone(), Fill { id, done: None });
+        Ok(FillTicket {
+            key: key.clone(),
+            namespace,
+            id,
+            started: self.clock.now(),
+            fills: self.fills.clone(),
+            settled: false,
+            preload: true,
+        })
+    }
+
+    /// How long the cached reply for (db, key, shape) has left, if any.
+    pub fn remaining(&self, db: u32, key: &[u8], shape: &Shape) -> Option<Duration> {
+        let Entry(entry) = self.cache.get(&SlotRef { db, key })?;
+        let cached = entry.shapes.iter().find(|cached| cached.shape == *shape)?;
+        let now = self.clock.now();
+        (cached.deadline > now).then(|| cached.deadline - now)
     }
 
     /// Whether a miss of `key` should fill (TinyLFU's admission): not on a
@@ -670,13 +753,24 @@ impl L1Store {
                     .collect()
             })
             .unwrap_or_default();
+        let cacheable = ticket.started + ttl > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
         shapes.push(Cached {
             shape: ticket.key.shape.clone(),
             reply: reply.clone(),
             deadline: ticket.started + ttl,
+            preloaded: None,
         });
-        let cacheable = ticket.started + ttl > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
         let fits = entry_weight(&slot, &shapes) <= self.max_entry_weight;
+        if ticket.preload
+            && cacheable
+            && fits
+            && let Some(last) = shapes.last_mut()
+        {
+            last.preloaded = Some(Arc::new(PreloadMark {
+                unused: AtomicBool::new(true),
+                stats: self.stats.clone(),
+            }));
+        }
         if cacheable && fits {
             let new_key = existing.is_none();
             drop(existing);
@@ -692,6 +786,9 @@ impl L1Store {
         }
         if cacheable && fits {
             count(&self.stats, &namespace, |stats| &stats.fills);
+            if ticket.preload {
+                self.stats.preloads.fetch_add(1, Ordering::Relaxed);
+            }
         } else if cacheable {
             count(&self.stats, &namespace, |stats| &stats.too_large);
         }

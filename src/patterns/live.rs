@@ -287,6 +287,8 @@ struct Inner {
     max_keys: usize,
     /// Saves asked for (`PROXY PATTERNS SAVE`), answered by the thread.
     saves: Mutex<Vec<mpsc::Sender<Result<usize, String>>>>,
+    /// Callers waiting for the reads sent before they asked to be recorded.
+    barriers: Mutex<Vec<mpsc::Sender<()>>>,
     stopping: AtomicBool,
     /// The sampling shift now, the budget it keeps to, and the reads
     /// offered since the start of the current measuring window (wall ms).
@@ -428,6 +430,7 @@ impl Patterns {
             load: Mutex::new(load),
             max_keys: config.max_keys,
             saves: Mutex::new(Vec::new()),
+            barriers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             shift: AtomicU32::new(0),
             budget: config.max_events_per_sec,
@@ -610,6 +613,46 @@ impl Patterns {
         ranked
     }
 
+    /// The keys predicted to be read from `now_ms` up to `until_ms` with
+    /// at least `min_priority`, highest priority first, at most `count`.
+    /// Walks every tracked key: call it off the event loop.
+    pub fn due(&self, now_ms: u64, until_ms: u64, min_priority: u8, count: usize) -> Vec<Insight> {
+        let engine = self.inner.engine();
+        let mut due = engine.ranked(
+            now_ms,
+            |_| true,
+            |insight| {
+                insight.priority >= min_priority
+                    && insight
+                        .verdict
+                        .next_ms
+                        .is_some_and(|next| next >= now_ms && next <= until_ms)
+            },
+        );
+        due.truncate(count);
+        due
+    }
+
+    /// Waits (at most `wait`) until the engine has recorded the reads sent
+    /// before the call; false if it did not answer in time.
+    pub fn recorded(&self, wait: Duration) -> bool {
+        let (reply, answer) = mpsc::channel();
+        lock(&self.inner.barriers).push(reply);
+        match lock(&self.thread).as_ref() {
+            Some(thread) if !thread.is_finished() => thread.thread().unpark(),
+            _ => return false,
+        }
+        answer.recv_timeout(wait).is_ok()
+    }
+
+    /// Client reads seen so far, learned from or not (the proxy's read load).
+    pub fn reads_offered(&self) -> u64 {
+        let stats = &self.inner.stats;
+        stats.events.load(Ordering::Relaxed)
+            + stats.dropped.load(Ordering::Relaxed)
+            + stats.sampled_out.load(Ordering::Relaxed)
+    }
+
     /// The global load per hour of the day and the peak hours, as of the
     /// last events recorded (never waits for the engine).
     pub fn peaks(&self) -> ([u64; 24], Vec<u8>) {
@@ -717,11 +760,16 @@ fn run(inner: &Inner) {
     loop {
         std::thread::park_timeout(DRAIN_EVERY);
         let stopping = inner.stopping.load(Ordering::Relaxed);
+        // Taken before the drain: whoever waits sent its reads before this.
+        let barriers = std::mem::take(&mut *lock(&inner.barriers));
         // A bug in recording must not end learning for good (nor leave a
         // SAVE waiting): it is logged, and the next round goes on.
         let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.drain()));
         if recorded.is_err() {
             tracing::error!("the pattern engine failed recording a batch of reads; they are lost");
+        }
+        for waiting in barriers {
+            let _ = waiting.send(());
         }
         if refreshed.elapsed() >= REFRESH_EVERY {
             let bytes = inner.engine().bytes();

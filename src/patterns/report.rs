@@ -49,7 +49,7 @@ pub fn parse_query(args: &[Bytes]) -> Result<Query, String> {
 }
 
 /// A reply value.
-enum Value {
+pub(crate) enum Value {
     Bulk(Bytes),
     Integer(i64),
     Double(f64),
@@ -59,7 +59,7 @@ enum Value {
 }
 
 impl Value {
-    fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
         match self {
             Value::Bulk(bytes) => {
                 out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
