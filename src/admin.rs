@@ -107,7 +107,11 @@ fn preload_lines(text: &mut String, preload: &Preload, l1: &L1) {
     for (name, value) in fields {
         let _ = write!(text, "{name}:{value}\r\n");
     }
-    let _ = write!(text, "preload_hit_ratio:{:.4}\r\n", crate::preload::hit_rate(hits, waste));
+    let _ = write!(
+        text,
+        "preload_hit_ratio:{:.4}\r\n",
+        crate::preload::hit_rate(hits, waste)
+    );
 }
 
 /// The pattern engine: keys tracked and their bound, bytes used, events

@@ -38,8 +38,8 @@ use crate::patterns::live::Patterns;
 use crate::patterns::model::{Class, HOUR_MS};
 use crate::patterns::report::Value;
 use crate::protocol::{Command, Protocol};
-use crate::shutdown::Shutdown;
 use crate::session::Shared;
+use crate::shutdown::Shutdown;
 
 /// How often the schedule (and the load) is looked at.
 const TICK: Duration = Duration::from_millis(20);
@@ -47,6 +47,8 @@ const TICK: Duration = Duration::from_millis(20);
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// How long a run waits for the engine to record the reads already sent.
 const RECORDED_WAIT: Duration = Duration::from_secs(5);
+/// Days of load before the learned peak hours are believed.
+const MIN_LOAD_DAYS: u64 = 2;
 /// Longest a single fetch may take before it counts as an error.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -332,9 +334,25 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
         }
         let next_run = now_ms.saturating_add(interval_ms);
         preload.stats.next_run_ms.store(next_run, Ordering::Relaxed);
+        // A bug in a run must not end preloading for good: it is logged,
+        // and the next run goes on.
+        let one = tokio::spawn({
+            let (preload, parts, reads_per_sec) = (preload.clone(), parts.clone(), load.per_sec());
+            async move { run(&preload, &parts, now_ms, next_run, reads_per_sec).await }
+        });
+        let abort = one.abort_handle();
         let report = tokio::select! {
-            report = run(&preload, &parts, now_ms, next_run, load.per_sec()) => report,
-            _ = shutdown.triggered() => return,
+            report = one => match report {
+                Ok(report) => report,
+                Err(error) => {
+                    tracing::error!("a preload run failed: {error}");
+                    Report { started_ms: now_ms, errors: 1, ..Report::default() }
+                }
+            },
+            _ = shutdown.triggered() => {
+                abort.abort();
+                return;
+            }
         };
         let stats = &preload.stats;
         stats.fetched.fetch_add(report.fetched, Ordering::Relaxed);
@@ -350,7 +368,7 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
 
 /// One run, at `now_ms`, the next one due at `next_run_ms`, with the
 /// clients reading `reads_per_sec`.
-async fn run(preload: &Preload, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u64, reads_per_sec: f64) -> Report {
+async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u64, reads_per_sec: f64) -> Report {
     let config = &preload.config;
     let started = tokio::time::Instant::now();
     let mut report = Report {
@@ -361,9 +379,16 @@ async fn run(preload: &Preload, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u6
     let patterns = parts.patterns.clone();
     let threshold = config.priority_threshold;
     let max_keys = config.max_keys_per_run;
+    // Peak hours mean something once a whole day's load has been seen.
     let (_, peaks) = patterns.peaks();
+    let peaks = if patterns.load_days() >= MIN_LOAD_DAYS {
+        peaks
+    } else {
+        Vec::new()
+    };
     let hour = ((now_ms / HOUR_MS) % 24) as u8;
-    report.busy = peaks.contains(&hour) || (config.busy_reads_per_sec > 0 && reads_per_sec > config.busy_reads_per_sec as f64);
+    report.busy =
+        peaks.contains(&hour) || (config.busy_reads_per_sec > 0 && reads_per_sec > config.busy_reads_per_sec as f64);
     report.horizon_ms = if report.busy {
         next_run_ms
     } else {
@@ -379,14 +404,13 @@ async fn run(preload: &Preload, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u6
     let fetches = Preload::plan(&due, now_ms, horizon, &parts.l1, &mut report);
     // Busy: at most peak_share of the clients' reads per second.
     let rate = report.busy.then_some(config.peak_share * reads_per_sec);
-    let fetches = match rate {
-        Some(rate) if rate < 1.0 => {
-            report.deferred = fetches.len() as u64;
-            Vec::new()
-        }
-        _ => fetches,
-    };
-    let gap = rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    if rate.is_some_and(|rate| rate.is_nan() || rate < 1.0) {
+        report.deferred = fetches.len() as u64;
+        report.took_ms = started.elapsed().as_millis() as u64;
+        return report;
+    }
+    // (At least one a second: checked above; finite, as reads are counted.)
+    let gap = rate.map(|rate| Duration::from_secs_f64(1.0 / rate.min(1e9)));
     let permits = Arc::new(Semaphore::new(config.max_concurrent));
     let mut tasks = tokio::task::JoinSet::new();
     let mut pace = tokio::time::Instant::now();
@@ -399,25 +423,25 @@ async fn run(preload: &Preload, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u6
             break;
         };
         let parts = parts.clone();
+        let preload = preload.clone();
         let miss_channel = config.miss_channel.clone();
-        let stats = &preload.stats;
-        let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
         let wanted = Duration::from_millis(fetch.until_ms.saturating_sub(now_ms));
         tasks.spawn(async move {
+            let stats = &preload.stats;
+            let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
             let outcome = tokio::time::timeout(FETCH_TIMEOUT, fetch_one(&parts, &fetch, wanted, index, &miss_channel))
                 .await
                 .unwrap_or(Fetched::Failed);
+            stats.in_flight.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
             outcome
         });
         while let Some(done) = tasks.try_join_next() {
-            preload.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
             report.add(done.unwrap_or(Fetched::Failed));
         }
     }
     while let Some(done) = tasks.join_next().await {
-        preload.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
         report.add(done.unwrap_or(Fetched::Failed));
     }
     report.took_ms = started.elapsed().as_millis() as u64;
@@ -460,7 +484,10 @@ async fn fetch_one(parts: &Parts, fetch: &Fetch, wanted: Duration, index: usize,
         let client_args = vec![Bytes::copy_from_slice(read), fetch.key.clone()];
         let (args, migration) = match &parts.shared.versions {
             Some(versions) => match versions.rewrite(&client_args, false, fetch.db) {
-                Ok(rewritten) => (rewritten.args.unwrap_or_else(|| client_args.clone()), rewritten.migration),
+                Ok(rewritten) => (
+                    rewritten.args.unwrap_or_else(|| client_args.clone()),
+                    rewritten.migration,
+                ),
                 Err(_) => return Fetched::Skipped,
             },
             None => (client_args.clone(), Default::default()),
@@ -544,7 +571,11 @@ async fn announce(connection: &crate::upstream::UpstreamConnection, channel: &st
     } else {
         format!("{channel}:{}", fetch.db)
     };
-    let request = Command::from_args(vec![Bytes::from_static(b"PUBLISH"), Bytes::from(channel), fetch.key.clone()]);
+    let request = Command::from_args(vec![
+        Bytes::from_static(b"PUBLISH"),
+        Bytes::from(channel),
+        fetch.key.clone(),
+    ]);
     matches!(
         connection.send(request.wire().clone(), 1).await.await,
         Ok(Ok(reply)) if reply.first() == Some(&b':')
@@ -572,13 +603,13 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
     let reply = Value::Map(vec![
         ("enabled", integer(1)),
         ("interval_secs", integer(preload.config.interval_secs)),
-        ("priority_threshold", integer(u64::from(preload.config.priority_threshold))),
+        (
+            "priority_threshold",
+            integer(u64::from(preload.config.priority_threshold)),
+        ),
         ("max_concurrent", integer(preload.config.max_concurrent as u64)),
         ("runs", integer(preload.runs())),
-        (
-            "last_run_ms",
-            if ran { integer(last.started_ms) } else { Value::Nil },
-        ),
+        ("last_run_ms", if ran { integer(last.started_ms) } else { Value::Nil }),
         ("last_run_took_ms", integer(last.took_ms)),
         ("last_run_busy", integer(u64::from(last.busy))),
         ("last_run_horizon_ms", integer(last.horizon_ms)),
@@ -603,7 +634,10 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
         ("hits", integer(hits)),
         ("waste", integer(waste)),
         ("hit_rate", Value::Double(hit_rate(hits, waste))),
-        ("max_in_flight", integer(stats.max_in_flight.load(Ordering::Relaxed) as u64)),
+        (
+            "max_in_flight",
+            integer(stats.max_in_flight.load(Ordering::Relaxed) as u64),
+        ),
     ]);
     let mut out = bytes::BytesMut::new();
     reply.encode(protocol, &mut out);
@@ -656,20 +690,41 @@ mod tests {
         let horizon = NOW + 30 * MINUTE;
         // Daily, read in hours 18 and 19: through the end of hour 19.
         let daily = insight(Class::Daily, NOW + HOUR_MS, NOW - DAY_MS, None, vec![18, 19]);
-        assert_eq!(covered_until(&daily, NOW + HOUR_MS, NOW, horizon, ttl), NOW + 3 * HOUR_MS);
+        assert_eq!(
+            covered_until(&daily, NOW + HOUR_MS, NOW, horizon, ttl),
+            NOW + 3 * HOUR_MS
+        );
         // Periodic, every 90 minutes (longer than runs come): half a period
         // past the read.
-        let slow = insight(Class::Periodic, NOW + 10 * MINUTE, NOW - 80 * MINUTE, Some(90 * MINUTE), vec![]);
+        let slow = insight(
+            Class::Periodic,
+            NOW + 10 * MINUTE,
+            NOW - 80 * MINUTE,
+            Some(90 * MINUTE),
+            vec![],
+        );
         assert_eq!(
             covered_until(&slow, NOW + 10 * MINUTE, NOW, horizon, ttl),
             NOW + 55 * MINUTE
         );
         // Every 5 minutes: until the next run has taken over, plus a period.
-        let fast = insight(Class::Periodic, NOW + 2 * MINUTE, NOW - 3 * MINUTE, Some(5 * MINUTE), vec![]);
-        assert_eq!(covered_until(&fast, NOW + 2 * MINUTE, NOW, horizon, ttl), horizon + 5 * MINUTE);
+        let fast = insight(
+            Class::Periodic,
+            NOW + 2 * MINUTE,
+            NOW - 3 * MINUTE,
+            Some(5 * MINUTE),
+            vec![],
+        );
+        assert_eq!(
+            covered_until(&fast, NOW + 2 * MINUTE, NOW, horizon, ttl),
+            horizon + 5 * MINUTE
+        );
         // Steady, a read every ~4 minutes (its next read minus its last).
         let steady = insight(Class::Constant, NOW + MINUTE, NOW - 3 * MINUTE, None, vec![]);
-        assert_eq!(covered_until(&steady, NOW + MINUTE, NOW, horizon, ttl), horizon + 4 * MINUTE);
+        assert_eq!(
+            covered_until(&steady, NOW + MINUTE, NOW, horizon, ttl),
+            horizon + 4 * MINUTE
+        );
         // Never less than one L1 TTL past the read.
         let long_ttl = Duration::from_secs(3 * 3600);
         assert_eq!(
@@ -682,7 +737,10 @@ mod tests {
     fn a_quiet_run_reaches_through_the_coming_peak() {
         let at_1730 = 20_000 * DAY_MS + 17 * HOUR_MS + 30 * MINUTE;
         // The next run falls in peak hour 18 (and 19): warm through them.
-        assert_eq!(through_peaks(at_1730 + 30 * MINUTE, &[18, 19]), at_1730 + 30 * MINUTE + 2 * HOUR_MS);
+        assert_eq!(
+            through_peaks(at_1730 + 30 * MINUTE, &[18, 19]),
+            at_1730 + 30 * MINUTE + 2 * HOUR_MS
+        );
         // No peak next: the horizon stays.
         assert_eq!(through_peaks(at_1730, &[18, 19]), at_1730);
         // Every hour a peak (a flat load never is, but be safe): one day at most.

@@ -697,7 +697,10 @@ impl Session {
                 self.exec_moves = moves;
             }
         }
+        // (The proxy's own commands write nothing; Redis does not know
+        // PROXY, and a command it does not know counts as writing anything.)
         if let Some(l1) = &l1
+            && (!matches!(class, CommandClass::Local(_)) || boundary.is_some())
             && let Err(error) = self.note_write(l1, &mut command, boundary)
         {
             self.reply(Reply::error(format!("ERR {error}"))).await;
@@ -928,17 +931,21 @@ impl Session {
             } else {
                 "it needs patterns.enabled"
             };
-            self.reply(Reply::error(format!("ERR the preloader is off ({why})"))).await;
+            self.reply(Reply::error(format!("ERR the preloader is off ({why})")))
+                .await;
             return Flow::Continue;
         };
         if run {
             if self.shared.auth.required() && self.role != Some(Role::Admin) {
-                self.reply(Reply::error("NOPERM PROXY PRELOAD RUN needs the admin role")).await;
+                self.reply(Reply::error("NOPERM PROXY PRELOAD RUN needs the admin role"))
+                    .await;
                 return Flow::Continue;
             }
             if preload.run_now(PRELOAD_RUN_WAIT).await.is_none() {
-                self.reply(Reply::error("ERR the preload run did not finish in time; see PROXY PRELOAD STATUS"))
-                    .await;
+                self.reply(Reply::error(
+                    "ERR the preload run did not finish in time; see PROXY PRELOAD STATUS",
+                ))
+                .await;
                 return Flow::Continue;
             }
         }

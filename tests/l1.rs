@@ -586,3 +586,27 @@ async fn nil_caching_can_be_turned_off() {
     }
     assert_eq!(common::redis_calls(&mut direct, "get").await, 4, "the value is cached");
 }
+
+/// The proxy's own commands write nothing: Redis does not know PROXY, and
+/// an unknown command used to count as writing the whole database, so
+/// `PROXY PATTERNS` emptied the client's database in L1.
+#[tokio::test]
+async fn proxy_commands_leave_l1_alone() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), common::l1_eager).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client.cmd("SET k v").await;
+    common::read_until_cached(&proxy, &mut client, "k").await;
+    for command in [
+        "PROXY PATTERNS",
+        "PROXY PATTERNS PEAKS",
+        "PROXY HELP",
+        "PROXY PRELOAD STATUS",
+        "INFO cache",
+    ] {
+        client.cmd(command).await;
+        let before = common::l1_hits(&proxy);
+        assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+        assert_eq!(common::l1_hits(&proxy), before + 1, "after {command}");
+    }
+}

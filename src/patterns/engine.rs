@@ -175,6 +175,11 @@ impl Engine {
         hours
     }
 
+    /// Days (of those kept) with any load.
+    pub fn days_seen(&self) -> usize {
+        self.load.iter().filter(|(day, _)| *day != u64::MAX).count()
+    }
+
     /// The peak hours: those with at least 1.5 times the mean hourly load
     /// (none when there is no load).
     pub fn peaks(&self) -> Vec<u8> {

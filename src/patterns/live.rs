@@ -284,6 +284,8 @@ struct Inner {
     /// The hourly load and peak hours as of the last events recorded, for
     /// readers that must not wait for the engine.
     load: Mutex<([u64; 24], Vec<u8>)>,
+    /// Days the hourly load has been seen on.
+    load_days: AtomicU64,
     max_keys: usize,
     /// Saves asked for (`PROXY PATTERNS SAVE`), answered by the thread.
     saves: Mutex<Vec<mpsc::Sender<Result<usize, String>>>>,
@@ -332,6 +334,7 @@ impl Inner {
         }
         self.stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
         *lock(&self.load) = (engine.hourly_load(), engine.peaks());
+        self.load_days.store(engine.days_seen() as u64, Ordering::Relaxed);
         drop(engine);
         let mut spares = lock(&self.spares);
         let room = SPARES.saturating_sub(spares.len());
@@ -420,6 +423,7 @@ impl Patterns {
         stats.tracked.store(engine.tracked() as u64, Ordering::Relaxed);
         stats.bytes.store(engine.bytes() as u64, Ordering::Relaxed);
         let load = (engine.hourly_load(), engine.peaks());
+        let days_seen = engine.days_seen();
         let (sender, batches) = mpsc::channel();
         let inner = Arc::new(Inner {
             engine: Mutex::new(engine),
@@ -428,6 +432,7 @@ impl Patterns {
             queued_key_bytes: AtomicUsize::new(0),
             spares: Mutex::new(Vec::new()),
             load: Mutex::new(load),
+            load_days: AtomicU64::new(days_seen as u64),
             max_keys: config.max_keys,
             saves: Mutex::new(Vec::new()),
             barriers: Mutex::new(Vec::new()),
@@ -643,6 +648,11 @@ impl Patterns {
             _ => return false,
         }
         answer.recv_timeout(wait).is_ok()
+    }
+
+    /// Days the hourly load (and so the peak hours) was learned on.
+    pub fn load_days(&self) -> u64 {
+        self.inner.load_days.load(Ordering::Relaxed)
     }
 
     /// Client reads seen so far, learned from or not (the proxy's read load).
