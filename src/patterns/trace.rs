@@ -127,6 +127,42 @@ pub fn generate(seed: u64, per_class: usize, days: u64, noise: f64) -> Trace {
     }
 }
 
+/// [`generate`] plus `peak_keys` daily keys read in the hours `peak` (so
+/// those hours are the load's peak), each 10 to 30 times on most days:
+/// the preloader's evaluation (`scripts/preload-eval.sh`).
+pub fn generate_with_peak(
+    seed: u64,
+    per_class: usize,
+    days: u64,
+    noise: f64,
+    peak: std::ops::Range<u64>,
+    peak_keys: usize,
+) -> Trace {
+    let mut trace = generate(seed, per_class, days, noise);
+    let mut rng = Rng::new(seed ^ 0x9e37_79b9);
+    for index in 0..peak_keys {
+        let key = format!("evening:{index}");
+        let hour = rng.between(peak.start, peak.end);
+        for day in 0..days {
+            if rng.next_u64().is_multiple_of(10) {
+                continue;
+            }
+            for _ in 0..rng.between(10, 30) {
+                let at_ms = trace.start_ms + day * DAY_MS + hour * HOUR_MS + rng.between(0, HOUR_MS);
+                trace.accesses.push(Access {
+                    at_ms,
+                    key: key.clone(),
+                });
+            }
+        }
+        trace.labels.push((key, Some(Class::Daily)));
+    }
+    trace
+        .accesses
+        .sort_by(|a, b| a.at_ms.cmp(&b.at_ms).then_with(|| a.key.cmp(&b.key)));
+    trace
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
