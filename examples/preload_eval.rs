@@ -16,4 +16,6 @@ async fn main() {
     println!("preload evaluation, seed {seed}: {settings:?}");
     let figures = eval::evaluate(&settings).await;
     print!("{}", figures.table());
+    println!("\nredis-cli PROXY PRELOAD STATUS after the last read, preloading on:");
+    print!("{}", figures.status);
 }

@@ -211,7 +211,7 @@ impl Preload {
     pub fn plan(due: &[Insight], now_ms: u64, horizon_ms: u64, l1: &L1, report: &mut Report) -> Vec<Fetch> {
         let mut fetches = Vec::with_capacity(due.len());
         for insight in due {
-            let Some(next_ms) = insight.verdict.next_ms else {
+            let Some(next_ms) = expected_next(insight, now_ms) else {
                 continue;
             };
             report.selected += 1;
@@ -236,6 +236,39 @@ impl Preload {
     }
 }
 
+/// Overdue reads are still expected this many gaps after their time.
+const OVERDUE_GAPS: u64 = 3;
+
+/// When `insight`'s key is next expected to be read, from `now_ms` on. A
+/// periodic or steady key's read that is overdue (a steady key's gaps vary:
+/// a third of them are longer than the mean) is still expected, one gap on
+/// from its time, then the next, up to [`OVERDUE_GAPS`] gaps late; after
+/// that its rhythm is taken to be broken.
+pub fn expected_next(insight: &Insight, now_ms: u64) -> Option<u64> {
+    let next = insight.verdict.next_ms?;
+    if next >= now_ms {
+        return Some(next);
+    }
+    match insight.verdict.class {
+        Class::Periodic | Class::Constant => {
+            let gap = gap_of(insight, next).max(1);
+            let late = now_ms - next;
+            let gaps = late.div_ceil(gap);
+            (gaps <= OVERDUE_GAPS).then(|| next + gaps * gap)
+        }
+        _ => None,
+    }
+}
+
+/// A periodic key's period, a steady key's mean gap (its next read less
+/// its last).
+fn gap_of(insight: &Insight, next_ms: u64) -> u64 {
+    insight
+        .verdict
+        .period_ms
+        .unwrap_or_else(|| next_ms.saturating_sub(insight.last_ms))
+}
+
 /// Until when an entry for `insight`'s key must last, fetched at `now_ms`
 /// in a run whose predictions reach `horizon_ms`: through the predicted
 /// read (a daily key's hours; half a period or gap after a periodic or
@@ -247,11 +280,7 @@ pub fn covered_until(insight: &Insight, next_ms: u64, now_ms: u64, horizon_ms: u
     let through = match insight.verdict.class {
         Class::Daily => next_ms + (insight.verdict.hours.len().max(1) as u64) * HOUR_MS,
         Class::Periodic | Class::Constant => {
-            let gap = insight
-                .verdict
-                .period_ms
-                .unwrap_or_else(|| next_ms.saturating_sub(insight.last_ms))
-                .max(1);
+            let gap = gap_of(insight, insight.verdict.next_ms.unwrap_or(next_ms)).max(1);
             let after_next = next_ms + gap / 2;
             if gap < horizon_ms.saturating_sub(now_ms) {
                 after_next.max(horizon_ms + gap)
@@ -397,7 +426,9 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     let horizon = report.horizon_ms;
     let due = tokio::task::spawn_blocking(move || {
         patterns.recorded(RECORDED_WAIT);
-        patterns.due(now_ms, horizon, threshold, max_keys)
+        patterns.due(now_ms, threshold, max_keys, |insight| {
+            expected_next(insight, now_ms).is_some_and(|next| next <= horizon)
+        })
     })
     .await
     .unwrap_or_default();
@@ -731,6 +762,44 @@ mod tests {
             covered_until(&slow, NOW + 10 * MINUTE, NOW, horizon, long_ttl),
             NOW + 10 * MINUTE + 3 * HOUR_MS
         );
+    }
+
+    #[test]
+    fn an_overdue_steady_read_is_still_expected_for_a_few_gaps() {
+        // Every 10 minutes, due 5 minutes ago: expected 5 minutes on.
+        let periodic = insight(
+            Class::Periodic,
+            NOW - 5 * MINUTE,
+            NOW - 15 * MINUTE,
+            Some(10 * MINUTE),
+            vec![],
+        );
+        assert_eq!(expected_next(&periodic, NOW), Some(NOW + 5 * MINUTE));
+        // Due 25 minutes ago: three gaps late at most.
+        let late = insight(
+            Class::Periodic,
+            NOW - 25 * MINUTE,
+            NOW - 35 * MINUTE,
+            Some(10 * MINUTE),
+            vec![],
+        );
+        assert_eq!(expected_next(&late, NOW), Some(NOW + 5 * MINUTE));
+        let gone = insight(
+            Class::Periodic,
+            NOW - 31 * MINUTE,
+            NOW - 41 * MINUTE,
+            Some(10 * MINUTE),
+            vec![],
+        );
+        assert_eq!(expected_next(&gone, NOW), None);
+        // Steady: its gap is its next read less its last.
+        let steady = insight(Class::Constant, NOW - MINUTE, NOW - 5 * MINUTE, None, vec![]);
+        assert_eq!(expected_next(&steady, NOW), Some(NOW + 3 * MINUTE));
+        // A daily key's overdue read is tomorrow's (the engine says so).
+        let daily = insight(Class::Daily, NOW - MINUTE, NOW - DAY_MS, None, vec![16]);
+        assert_eq!(expected_next(&daily, NOW), None);
+        // On time: as predicted.
+        assert_eq!(expected_next(&periodic, NOW - 6 * MINUTE), Some(NOW - 5 * MINUTE));
     }
 
     #[test]

@@ -618,21 +618,16 @@ impl Patterns {
         ranked
     }
 
-    /// The keys predicted to be read from `now_ms` up to `until_ms` with
-    /// at least `min_priority`, highest priority first, at most `count`.
-    /// Walks every tracked key: call it off the event loop.
-    pub fn due(&self, now_ms: u64, until_ms: u64, min_priority: u8, count: usize) -> Vec<Insight> {
+    /// The keys with at least `min_priority` that `keep` wants (the
+    /// preloader: those predicted to be read soon), highest priority
+    /// first, at most `count`. Walks every tracked key: call it off the
+    /// event loop.
+    pub fn due(&self, now_ms: u64, min_priority: u8, count: usize, keep: impl Fn(&Insight) -> bool) -> Vec<Insight> {
         let engine = self.inner.engine();
         let mut due = engine.ranked(
             now_ms,
             |_| true,
-            |insight| {
-                insight.priority >= min_priority
-                    && insight
-                        .verdict
-                        .next_ms
-                        .is_some_and(|next| next >= now_ms && next <= until_ms)
-            },
+            |insight| insight.priority >= min_priority && keep(insight),
         );
         due.truncate(count);
         due

@@ -76,6 +76,8 @@ struct Pass {
     runs: u64,
     peaks: Vec<u8>,
     took: Duration,
+    /// `redis-cli PROXY PRELOAD STATUS` after the last read.
+    status: String,
 }
 
 /// The figures.
@@ -111,6 +113,8 @@ pub struct Figures {
     pub peaks_found: Vec<u8>,
     pub took_off: Duration,
     pub took_on: Duration,
+    /// `redis-cli PROXY PRELOAD STATUS` after the last read, preloading on.
+    pub status: String,
 }
 
 impl Figures {
@@ -399,6 +403,18 @@ async fn replay(trace: &Trace, values: &HashMap<String, Vec<u8>>, on: bool) -> P
     }
     let took = replay_started.elapsed();
     let upstream_reads = upstream_reads(&mut direct).await - before;
+    let status = Command::new("redis-cli")
+        .args([
+            "--no-raw",
+            "-p",
+            &handle.local_addr().port().to_string(),
+            "PROXY",
+            "PRELOAD",
+            "STATUS",
+        ])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
     // Whatever is still preloaded and unused expires: waste.
     advance_to(&clock, trace.end_ms + 2 * DAY_MS);
     l1.store.sweep();
@@ -413,6 +429,7 @@ async fn replay(trace: &Trace, values: &HashMap<String, Vec<u8>>, on: bool) -> P
         runs: preload.map_or(0, |preload| preload.runs()),
         peaks,
         took,
+        status,
     };
     handle.shutdown().await;
     pass
@@ -521,5 +538,6 @@ pub async fn evaluate(settings: &Settings) -> Figures {
         peaks_found: on.peaks,
         took_off: off.took,
         took_on: on.took,
+        status: on.status,
     }
 }
