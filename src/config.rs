@@ -191,8 +191,9 @@ impl Default for PatternsConfig {
 pub struct PreloadConfig {
     /// Preload at all (CACHE_PRELOAD_ENABLED); needs L1 and the pattern engine.
     pub enabled: bool,
-    /// Seconds between runs (CACHE_PRELOAD_INTERVAL_MINUTES sets it in minutes).
-    pub interval_secs: u64,
+    /// Minutes between runs (CACHE_PRELOAD_INTERVAL_MINUTES); fractions
+    /// give seconds (0.5 = 30 s), from one second to a year.
+    pub interval_minutes: f64,
     /// Least priority (1-10) a key needs to be preloaded
     /// (CACHE_PRELOAD_PRIORITY_THRESHOLD).
     pub priority_threshold: u8,
@@ -212,11 +213,24 @@ pub struct PreloadConfig {
     pub busy_reads_per_sec: u64,
 }
 
+/// A year, the longest interval between preload runs.
+const MAX_PRELOAD_MINUTES: f64 = 366.0 * 24.0 * 60.0;
+const PRELOAD_INTERVAL: &str = "expected minutes from 0.0167 (one second) to 527040 (a year), for example 30 or 0.5";
+/// Most preload fetches in flight.
+const MAX_PRELOAD_CONCURRENT: usize = 10_000;
+
+impl PreloadConfig {
+    /// The interval between runs, to the second.
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs((self.interval_minutes * 60.0).round().max(1.0) as u64)
+    }
+}
+
 impl Default for PreloadConfig {
     fn default() -> Self {
         PreloadConfig {
             enabled: true,
-            interval_secs: 1800,
+            interval_minutes: 30.0,
             priority_threshold: 5,
             max_concurrent: 20,
             max_keys_per_run: 10_000,
@@ -542,7 +556,6 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_PATTERNS_MAX_EVENTS_PER_SEC", "patterns.max_events_per_sec"),
     ("CACHE_PRELOAD_ENABLED", "preload.enabled"),
     ("CACHE_PRELOAD_INTERVAL_MINUTES", "preload.interval_minutes"),
-    ("AURACACHE_PRELOAD_INTERVAL_SECS", "preload.interval_secs"),
     ("CACHE_PRELOAD_PRIORITY_THRESHOLD", "preload.priority_threshold"),
     ("AURACACHE_PRELOAD_MAX_CONCURRENT", "preload.max_concurrent"),
     ("AURACACHE_PRELOAD_MAX_KEYS_PER_RUN", "preload.max_keys_per_run"),
@@ -656,11 +669,11 @@ impl Config {
             "patterns.queue_events" => self.patterns.queue_events = whole(1)? as usize,
             "patterns.max_events_per_sec" => self.patterns.max_events_per_sec = whole(0)?,
             "preload.enabled" => self.preload.enabled = boolean()?,
-            "preload.interval_secs" => self.preload.interval_secs = whole(1)?,
             "preload.interval_minutes" => {
-                self.preload.interval_secs = whole(1)?
-                    .checked_mul(60)
-                    .ok_or_else(|| invalid(name, value, "expected a whole number of minutes >= 1"))?
+                self.preload.interval_minutes = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, value, PRELOAD_INTERVAL))?
             }
             "preload.priority_threshold" => {
                 self.preload.priority_threshold = value
@@ -720,7 +733,7 @@ impl Config {
             "patterns.max_keys",
             "patterns.snapshot_interval_secs",
             "patterns.queue_events",
-            "preload.interval_secs",
+            "preload.interval_minutes",
             "preload.priority_threshold",
             "preload.max_concurrent",
             "preload.max_keys_per_run",
@@ -894,8 +907,21 @@ impl Config {
             "patterns.queue_events" if self.patterns.queue_events == 0 => {
                 return Err(invalid(name, "0", "expected a whole number >= 1"));
             }
-            "preload.interval_secs" if self.preload.interval_secs == 0 => {
-                return Err(invalid(name, "0", "expected a whole number of seconds >= 1"));
+            "preload.interval_minutes"
+                if !(1.0 / 60.0..=MAX_PRELOAD_MINUTES).contains(&self.preload.interval_minutes) =>
+            {
+                return Err(invalid(
+                    name,
+                    &self.preload.interval_minutes.to_string(),
+                    PRELOAD_INTERVAL,
+                ));
+            }
+            "preload.max_concurrent" if self.preload.max_concurrent > MAX_PRELOAD_CONCURRENT => {
+                return Err(invalid(
+                    name,
+                    &self.preload.max_concurrent.to_string(),
+                    "expected a whole number from 1 to 10000",
+                ));
             }
             "preload.priority_threshold" if !(1..=10).contains(&self.preload.priority_threshold) => {
                 return Err(invalid(

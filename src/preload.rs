@@ -1,4 +1,4 @@
-//! The preloader (issue #8): every `preload.interval_secs`, the keys the
+//! The preloader (issue #8): every `preload.interval_minutes`, the keys the
 //! pattern engine predicts are read before the next run (priority at least
 //! `preload.priority_threshold`) and that L1 lacks, or holds too briefly,
 //! are fetched through the shared pool and stored in L1 until the
@@ -19,9 +19,10 @@
 //!   first hit of each (`preload_hits`) and each dropped unused
 //!   (`preload_waste`).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,6 +124,8 @@ pub struct Preload {
     /// number a finished run had seen asked for when it started.
     requested: AtomicU64,
     served: watch::Sender<u64>,
+    /// The preloader's task has ended (the proxy is stopping).
+    stopped: AtomicBool,
 }
 
 /// What the preloader's task works with.
@@ -163,6 +166,7 @@ impl Preload {
             wake: Notify::new(),
             requested: AtomicU64::new(0),
             served: watch::channel(0).0,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -190,6 +194,9 @@ impl Preload {
             .await
             .ok()?
             .ok()?;
+        if self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
         self.last()
     }
 
@@ -204,36 +211,48 @@ impl Preload {
         self.stats.runs.load(Ordering::Acquire)
     }
 
-    /// What to fetch of `due` (the engine's predictions, best first), as
-    /// of `now_ms`, for entries that must cover reads up to `horizon_ms`:
-    /// each key with the moment its entry must last until, unless L1 holds
-    /// it that long already (counted in `already_cached`).
-    pub fn plan(due: &[Insight], now_ms: u64, horizon_ms: u64, l1: &L1, report: &mut Report) -> Vec<Fetch> {
-        let mut fetches = Vec::with_capacity(due.len());
-        for insight in due {
-            let Some(next_ms) = expected_next(insight, now_ms) else {
-                continue;
-            };
-            report.selected += 1;
-            let namespace = l1.store.namespaces().of(&insight.key);
-            let until_ms = covered_until(insight, next_ms, now_ms, horizon_ms, namespace.rules.ttl);
-            let needed = Duration::from_millis(until_ms.saturating_sub(now_ms));
-            let held = [Shape::String, Shape::HashAll]
-                .iter()
-                .filter_map(|shape| l1.store.remaining(insight.db, &insight.key, shape))
-                .max();
-            if held.is_some_and(|held| held >= needed) {
-                report.already_cached += 1;
-                continue;
+    /// What a run does with `insight`'s key, as of `now_ms`, for entries
+    /// that must cover reads up to `horizon_ms`.
+    pub fn choose(insight: &Insight, now_ms: u64, horizon_ms: u64, l1: &L1) -> Choice {
+        let Some(next_ms) = expected_next(insight, now_ms).filter(|next| *next <= horizon_ms) else {
+            return Choice::NotDue;
+        };
+        let rules = &l1.store.namespaces().of(&insight.key).rules;
+        let until_ms = covered_until(insight, next_ms, now_ms, horizon_ms, rules.ttl);
+        let mut needed = Duration::from_millis(until_ms.saturating_sub(now_ms));
+        if rules.consistency == Consistency::TtlOnly {
+            // The namespace's TTL bounds its staleness: an entry cannot last
+            // beyond it, so one fetched for a read further off is wasted.
+            if Duration::from_millis(next_ms.saturating_sub(now_ms)) >= rules.ttl {
+                return Choice::TooFar;
             }
-            fetches.push(Fetch {
-                db: insight.db,
-                key: insight.key.clone(),
-                until_ms,
-            });
+            needed = needed.min(rules.ttl);
         }
-        fetches
+        let held = [Shape::String, Shape::HashAll]
+            .iter()
+            .filter_map(|shape| l1.store.remaining(insight.db, &insight.key, shape))
+            .max();
+        if held.is_some_and(|held| held >= needed) {
+            return Choice::Held;
+        }
+        Choice::Fetch(Fetch {
+            db: insight.db,
+            key: insight.key.clone(),
+            until_ms,
+        })
     }
+}
+
+/// What a run does with a predicted key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Choice {
+    /// Not expected before the horizon (or at all).
+    NotDue,
+    /// L1 holds it long enough already.
+    Held,
+    /// In a `ttl-only` namespace, read later than its TTL could keep it.
+    TooFar,
+    Fetch(Fetch),
 }
 
 /// Overdue reads are still expected this many gaps after their time.
@@ -254,7 +273,7 @@ pub fn expected_next(insight: &Insight, now_ms: u64) -> Option<u64> {
             let gap = gap_of(insight, next).max(1);
             let late = now_ms - next;
             let gaps = late.div_ceil(gap);
-            (gaps <= OVERDUE_GAPS).then(|| next + gaps * gap)
+            (gaps <= OVERDUE_GAPS).then(|| next.saturating_add(gaps * gap))
         }
         _ => None,
     }
@@ -276,21 +295,21 @@ fn gap_of(insight: &Insight, next_ms: u64) -> u64 {
 /// more often than runs come, until one period past the horizon, when the
 /// next run takes over.
 pub fn covered_until(insight: &Insight, next_ms: u64, now_ms: u64, horizon_ms: u64, ttl: Duration) -> u64 {
-    let ttl_ms = ttl.as_millis() as u64;
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let through = match insight.verdict.class {
-        Class::Daily => next_ms + (insight.verdict.hours.len().max(1) as u64) * HOUR_MS,
+        Class::Daily => next_ms.saturating_add((insight.verdict.hours.len().max(1) as u64) * HOUR_MS),
         Class::Periodic | Class::Constant => {
             let gap = gap_of(insight, insight.verdict.next_ms.unwrap_or(next_ms)).max(1);
-            let after_next = next_ms + gap / 2;
+            let after_next = next_ms.saturating_add(gap / 2);
             if gap < horizon_ms.saturating_sub(now_ms) {
-                after_next.max(horizon_ms + gap)
+                after_next.max(horizon_ms.saturating_add(gap))
             } else {
                 after_next
             }
         }
         Class::Burst | Class::Irregular => next_ms,
     };
-    through.max(next_ms + ttl_ms)
+    through.max(next_ms.saturating_add(ttl_ms))
 }
 
 /// The end of the hours from `horizon_ms` on that are peak hours (the
@@ -303,7 +322,7 @@ pub fn through_peaks(horizon_ms: u64, peaks: &[u8]) -> u64 {
         if !peaks.contains(&hour) {
             break;
         }
-        end = (end / HOUR_MS + 1) * HOUR_MS;
+        end = (end / HOUR_MS + 1).saturating_mul(HOUR_MS);
     }
     end
 }
@@ -345,22 +364,31 @@ pub fn start(preload: Arc<Preload>, parts: Parts, shutdown: Shutdown) {
 }
 
 async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdown) {
-    let interval_ms = preload.config.interval_secs.saturating_mul(1_000);
-    let first = parts.patterns.now_ms().saturating_add(interval_ms);
-    preload.stats.next_run_ms.store(first, Ordering::Relaxed);
+    let interval = preload.config.interval();
+    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    // Scheduled on the monotonic clock (a wall clock stepped back does not
+    // hold runs up); the wall time is for predictions and for reports.
+    let mut next_at = parts.l1.store.now().checked_add(interval);
+    preload
+        .stats
+        .next_run_ms
+        .store(parts.patterns.now_ms().saturating_add(interval_ms), Ordering::Relaxed);
     let mut load = Load::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = preload.wake.notified() => {}
-            _ = shutdown.triggered() => return,
+            _ = shutdown.triggered() => break,
         }
         load.sample(parts.patterns.reads_offered());
-        let now_ms = parts.patterns.now_ms();
         let asked = preload.requested.load(Ordering::Acquire);
-        if asked <= *preload.served.borrow() && now_ms < preload.stats.next_run_ms.load(Ordering::Relaxed) {
+        let now = parts.l1.store.now();
+        let due = next_at.is_some_and(|at| now >= at);
+        if asked <= *preload.served.borrow() && !due {
             continue;
         }
+        let now_ms = parts.patterns.now_ms();
+        next_at = now.checked_add(interval);
         let next_run = now_ms.saturating_add(interval_ms);
         preload.stats.next_run_ms.store(next_run, Ordering::Relaxed);
         // A bug in a run must not end preloading for good: it is logged,
@@ -380,7 +408,7 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
             },
             _ = shutdown.triggered() => {
                 abort.abort();
-                return;
+                break;
             }
         };
         let stats = &preload.stats;
@@ -393,6 +421,9 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
         stats.runs.fetch_add(1, Ordering::Release);
         preload.served.send_modify(|served| *served = (*served).max(asked));
     }
+    // Whoever waits for a run gets no report: the proxy is stopping.
+    preload.stopped.store(true, Ordering::Release);
+    preload.served.send_replace(u64::MAX);
 }
 
 /// One run, at `now_ms`, the next one due at `next_run_ms`, with the
@@ -424,15 +455,40 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
         through_peaks(next_run_ms, &peaks)
     };
     let horizon = report.horizon_ms;
-    let due = tokio::task::spawn_blocking(move || {
+    let l1 = parts.l1.clone();
+    // The keys to fetch, best first: those held long enough already do not
+    // count against max_keys_per_run.
+    let (fetches, counts) = tokio::task::spawn_blocking(move || {
         patterns.recorded(RECORDED_WAIT);
-        patterns.due(now_ms, threshold, max_keys, |insight| {
-            expected_next(insight, now_ms).is_some_and(|next| next <= horizon)
-        })
+        let (selected, held, too_far) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let due = patterns.due(now_ms, threshold, max_keys, |insight| {
+            let fetch = match Preload::choose(insight, now_ms, horizon, &l1) {
+                Choice::NotDue => return false,
+                Choice::Held => {
+                    held.set(held.get() + 1);
+                    false
+                }
+                Choice::TooFar => {
+                    too_far.set(too_far.get() + 1);
+                    false
+                }
+                Choice::Fetch(_) => true,
+            };
+            selected.set(selected.get() + 1);
+            fetch
+        });
+        let fetches: Vec<Fetch> = due
+            .iter()
+            .filter_map(|insight| match Preload::choose(insight, now_ms, horizon, &l1) {
+                Choice::Fetch(fetch) => Some(fetch),
+                _ => None,
+            })
+            .collect();
+        (fetches, (selected.get(), held.get(), too_far.get()))
     })
     .await
     .unwrap_or_default();
-    let fetches = Preload::plan(&due, now_ms, horizon, &parts.l1, &mut report);
+    (report.selected, report.already_cached, report.skipped) = counts;
     // Busy: at most peak_share of the clients' reads per second.
     let rate = report.busy.then_some(config.peak_share * reads_per_sec);
     if rate.is_some_and(|rate| rate.is_nan() || rate < 1.0) {
@@ -442,7 +498,7 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     }
     // (At least one a second: checked above; finite, as reads are counted.)
     let gap = rate.map(|rate| Duration::from_secs_f64(1.0 / rate.min(1e9)));
-    let permits = Arc::new(Semaphore::new(config.max_concurrent));
+    let permits = Arc::new(Semaphore::new(config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut pace = tokio::time::Instant::now();
     for (index, fetch) in fetches.into_iter().enumerate() {
@@ -550,6 +606,10 @@ async fn fetch_one(parts: &Parts, fetch: &Fetch, wanted: Duration, index: usize,
             drop(ticket);
             continue;
         }
+        if value.starts_with(b"-WRONGTYPE") {
+            // A list, a set, ...: nothing L1 keeps.
+            return Fetched::Skipped;
+        }
         if value.first() == Some(&b'-') {
             return Fetched::Failed;
         }
@@ -630,10 +690,10 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
     let l1_stats = l1.store.stats();
     let hits = l1_stats.preload_hits.load(Ordering::Relaxed);
     let waste = l1_stats.preload_waste.load(Ordering::Relaxed);
-    let integer = |value: u64| Value::Integer(value as i64);
+    let integer = |value: u64| Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
     let reply = Value::Map(vec![
         ("enabled", integer(1)),
-        ("interval_secs", integer(preload.config.interval_secs)),
+        ("interval_secs", integer(preload.config.interval().as_secs())),
         (
             "priority_threshold",
             integer(u64::from(preload.config.priority_threshold)),
@@ -647,7 +707,10 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
         ("next_run_ms", integer(next)),
         (
             "next_run_in_s",
-            Value::Integer((next as i64 - now_ms as i64).div_euclid(1_000)),
+            Value::Integer(
+                ((i128::from(next) - i128::from(now_ms)) / 1_000).clamp(i128::from(i64::MIN), i128::from(i64::MAX))
+                    as i64,
+            ),
         ),
         ("selected", integer(last.selected)),
         ("already_cached", integer(last.already_cached)),

@@ -941,9 +941,11 @@ impl Session {
                     .await;
                 return Flow::Continue;
             }
+            // The client's earlier commands go first, not after the run.
+            self.flush().await;
             if preload.run_now(PRELOAD_RUN_WAIT).await.is_none() {
                 self.reply(Reply::error(
-                    "ERR the preload run did not finish in time; see PROXY PRELOAD STATUS",
+                    "ERR the preload run did not finish (in time, or the proxy is stopping); see PROXY PRELOAD STATUS",
                 ))
                 .await;
                 return Flow::Continue;

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use auracache::cache::Shape;
-use auracache::clock::ManualClock;
+use auracache::clock::{Clock, ManualClock};
 use auracache::config::{Config, NamespaceConfig, Role, UserConfig};
 use common::values::{fields, info_field, int};
 use common::{Proxy, RawClient, RedisServer, poll_until_async, redis_calls};
@@ -48,7 +48,7 @@ impl Fixture {
             config.memory_cache.enabled = true;
             // A run a day: no scheduled run comes while a test trains the
             // engine for a few hours (the tests of the schedule set theirs).
-            config.preload.interval_secs = 86_400;
+            config.preload.interval_minutes = 1440.0;
             tweak(config);
         })
         .await;
@@ -180,14 +180,18 @@ async fn a_predicted_key_is_fetched_before_its_read_and_the_read_is_an_l1_hit() 
 
 #[tokio::test]
 async fn a_run_on_the_clock_without_being_asked() {
-    let mut fixture = Fixture::start(|config| config.preload.interval_secs = 600).await;
+    let mut fixture = Fixture::start(|config| config.preload.interval_minutes = 10.0).await;
     fixture.direct.cmd("SET feed:1 x").await;
     fixture.train_periodic(&["feed:1".to_string()], 5 * MINUTE, 20).await;
     // 100 minutes have passed on the clock: runs were due all along (with
-    // nothing to predict at first); the next one preloads feed:1.
-    poll_until_async("a scheduled run fetched feed:1", || {
-        let preload = fixture.proxy.handle().preload().expect("preloader on").clone();
-        async move { preload.stats().fetched.load(Ordering::Relaxed) >= 1 }
+    // nothing to predict at first). The one after the training, on the
+    // clock, preloads feed:1 (its next read is due now).
+    let preload = fixture.proxy.handle().preload().expect("preloader on").clone();
+    let trained_at = fixture.clock.unix_ms();
+    fixture.clock.advance(10 * MINUTE);
+    poll_until_async("a scheduled run after the training", || {
+        let preload = preload.clone();
+        async move { preload.last().is_some_and(|run| run.started_ms > trained_at) }
     })
     .await;
     assert!(fixture.held("feed:1").is_some());
@@ -279,7 +283,7 @@ async fn a_quiet_run_warms_the_coming_peak_and_a_busy_one_defers() {
     // peak, and each key is read daily at 18.
     let mut fixture = Fixture::start_at(START_MS + 18 * 3_600_000, |config| {
         config.preload.peak_share = 0.0;
-        config.preload.interval_secs = 1800;
+        config.preload.interval_minutes = 30.0;
     })
     .await;
     let names = keys("evening", 5);

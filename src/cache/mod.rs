@@ -102,7 +102,24 @@ impl L1 {
 
     /// [`Self::complete_read`] keeping a value for `wanted` (still never
     /// beyond Redis's TTL): the preloader's fills cover a predicted read.
+    /// A hash's fields (up to [`MAX_DERIVED_FIELDS`]) are kept beside its
+    /// HGETALL, so the HGET and HMGET reads it was predicted from hit too.
     pub fn complete_read_for(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8], wanted: Duration) -> bool {
+        let fields = match ticket.shape() {
+            Shape::HashAll => hash_fields(read).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        self.complete_read_with(ticket, read, pttl, wanted, fields)
+    }
+
+    fn complete_read_with(
+        &self,
+        ticket: FillTicket,
+        read: &Bytes,
+        pttl: &[u8],
+        wanted: Duration,
+        also: Vec<(Shape, CachedReply)>,
+    ) -> bool {
         let remaining = parse_integer_reply(pttl);
         let Some(reply) = both_protocols(read) else {
             // An error (WRONGTYPE) or a reply L1 does not keep.
@@ -136,8 +153,53 @@ impl L1 {
             Some(-1) | Some(-2) => ttl,
             _ => Duration::ZERO,
         };
-        self.store.complete(ticket, reply, ttl)
+        self.store.complete_with(ticket, reply, also, ttl)
     }
+}
+
+/// Most fields of a hash kept beside its HGETALL by the preloader.
+pub const MAX_DERIVED_FIELDS: usize = 64;
+
+/// An HGETALL reply's fields as HGET replies, if it is a flat array of at
+/// most [`MAX_DERIVED_FIELDS`] field/value bulk strings.
+fn hash_fields(reply: &[u8]) -> Option<Vec<(Shape, CachedReply)>> {
+    let (count, mut rest) = header(reply, b'*')?;
+    if !count.is_multiple_of(2) || count / 2 > MAX_DERIVED_FIELDS {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(count / 2);
+    for _ in 0..count / 2 {
+        let (field, at_value) = bulk(rest)?;
+        let (_, after) = bulk(at_value)?;
+        // The value's frame is the HGET reply, in either protocol.
+        let value_frame = &at_value[..at_value.len() - after.len()];
+        fields.push((
+            Shape::HashField(Bytes::copy_from_slice(field)),
+            CachedReply::same(Bytes::copy_from_slice(value_frame)),
+        ));
+        rest = after;
+    }
+    rest.is_empty().then_some(fields)
+}
+
+/// `<kind><n>\r\n`: n and what follows.
+fn header(bytes: &[u8], kind: u8) -> Option<(usize, &[u8])> {
+    if bytes.first() != Some(&kind) {
+        return None;
+    }
+    let end = memchr::memchr(b'\n', bytes)?;
+    let count = std::str::from_utf8(bytes.get(1..end.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((count, &bytes[end + 1..]))
+}
+
+/// A bulk string's bytes and what follows it.
+fn bulk(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = header(bytes, b'$')?;
+    let value = rest.get(..len)?;
+    (rest.get(len..len + 2)? == b"\r\n").then(|| (value, &rest[len + 2..]))
 }
 
 /// A write in flight (see [`L1::write_started`]); dropping it ends it.

@@ -38,6 +38,8 @@ const KEY_ALLOWANCE: u64 = 1024;
 /// quick_cache admits an entry only up to this share of a shard's capacity
 /// (its default hot allocation, 0.97, with a margin).
 const SHARD_ENTRY_SHARE: f64 = 0.95;
+/// A deadline this far off is never reached.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Upper bound on shards: more buys nothing on a proxy with few threads.
 const MAX_SHARDS: usize = 64;
 
@@ -719,7 +721,19 @@ impl L1Store {
     /// unless the key was invalidated since the ticket was issued. Waiters
     /// get the reply either way (it is what Redis answered them too).
     /// Returns whether the reply was stored.
-    pub fn complete(&self, mut ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
+    pub fn complete(&self, ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
+        self.complete_with(ticket, reply, Vec::new(), ttl)
+    }
+
+    /// [`Self::complete`], storing `also` beside the ticket's reply, for as
+    /// long (a hash's fields beside its HGETALL, from the same reply).
+    pub fn complete_with(
+        &self,
+        mut ticket: FillTicket,
+        reply: CachedReply,
+        also: Vec<(Shape, CachedReply)>,
+        ttl: Duration,
+    ) -> bool {
         ticket.settled = true;
         let now = self.clock.now();
         let slot = Slot {
@@ -741,6 +755,8 @@ impl L1Store {
             return false;
         };
         let existing = self.cache.get(&slot);
+        let replaced =
+            |cached: &Cached| cached.shape == ticket.key.shape || also.iter().any(|(shape, _)| *shape == cached.shape);
         let mut shapes: Vec<Cached> = existing
             .as_ref()
             .map(|entry| {
@@ -748,28 +764,49 @@ impl L1Store {
                     .0
                     .shapes
                     .iter()
-                    .filter(|cached| cached.deadline > now && cached.shape != ticket.key.shape)
+                    .filter(|cached| cached.deadline > now && !replaced(cached))
                     .cloned()
                     .collect()
             })
             .unwrap_or_default();
-        let cacheable = ticket.started + ttl > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
-        shapes.push(Cached {
-            shape: ticket.key.shape.clone(),
-            reply: reply.clone(),
-            deadline: ticket.started + ttl,
-            preloaded: None,
-        });
+        // (A TTL too long to add is as good as forever.)
+        let deadline = ticket
+            .started
+            .checked_add(ttl)
+            .or_else(|| ticket.started.checked_add(FOREVER))
+            .unwrap_or(ticket.started);
+        let cacheable = deadline > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
+        let kept = shapes.len();
+        for (shape, reply) in std::iter::once((ticket.key.shape.clone(), reply.clone())).chain(also) {
+            shapes.push(Cached {
+                shape,
+                reply,
+                deadline,
+                preloaded: None,
+            });
+        }
         let fits = entry_weight(&slot, &shapes) <= self.max_entry_weight;
-        if ticket.preload
-            && cacheable
-            && fits
-            && let Some(last) = shapes.last_mut()
-        {
-            last.preloaded = Some(Arc::new(PreloadMark {
-                unused: AtomicBool::new(true),
-                stats: self.stats.clone(),
-            }));
+        if ticket.preload && cacheable && fits {
+            // Preloaded again before any hit: the same bet, extended (one
+            // waste at most); otherwise a new one.
+            let unused = existing.as_ref().and_then(|entry| {
+                entry
+                    .0
+                    .shapes
+                    .iter()
+                    .find(|cached| cached.shape == ticket.key.shape && cached.deadline > now)
+                    .and_then(|cached| cached.preloaded.clone())
+                    .filter(|mark| mark.unused.load(Ordering::Relaxed))
+            });
+            let mark = unused.unwrap_or_else(|| {
+                Arc::new(PreloadMark {
+                    unused: AtomicBool::new(true),
+                    stats: self.stats.clone(),
+                })
+            });
+            for cached in &mut shapes[kept..] {
+                cached.preloaded = Some(mark.clone());
+            }
         }
         if cacheable && fits {
             let new_key = existing.is_none();
