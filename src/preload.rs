@@ -43,7 +43,7 @@ use crate::session::Shared;
 use crate::shutdown::Shutdown;
 
 /// How often the schedule (and the load) is looked at.
-const TICK: Duration = Duration::from_millis(20);
+const TICK: Duration = Duration::from_millis(100);
 /// The read rate is measured over this long.
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// How long a run waits for the engine to record the reads already sent.
