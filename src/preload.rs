@@ -61,6 +61,8 @@ pub struct Report {
     pub took_ms: u64,
     /// The run counted the proxy as busy (and paced its fetches).
     pub busy: bool,
+    /// The clients' reads per second when it started.
+    pub reads_per_sec: u64,
     /// Keys predicted to be read up to this wall time (ms) were selected.
     pub horizon_ms: u64,
     /// Predicted keys at or above the threshold, read before the horizon.
@@ -374,6 +376,7 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
         .next_run_ms
         .store(parts.patterns.now_ms().saturating_add(interval_ms), Ordering::Relaxed);
     let mut load = Load::new();
+    load.sample(parts.patterns.reads_offered());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -433,6 +436,7 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     let started = tokio::time::Instant::now();
     let mut report = Report {
         started_ms: now_ms,
+        reads_per_sec: reads_per_sec as u64,
         ..Report::default()
     };
     // The predictions of the freshest model: the reads sent so far counted.
@@ -703,6 +707,7 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
         ("last_run_ms", if ran { integer(last.started_ms) } else { Value::Nil }),
         ("last_run_took_ms", integer(last.took_ms)),
         ("last_run_busy", integer(u64::from(last.busy))),
+        ("last_run_reads_per_sec", integer(last.reads_per_sec)),
         ("last_run_horizon_ms", integer(last.horizon_ms)),
         ("next_run_ms", integer(next)),
         (
