@@ -48,8 +48,9 @@ const TICK: Duration = Duration::from_millis(100);
 const LOAD_WINDOW: Duration = Duration::from_secs(1);
 /// How long a run waits for the engine to record the reads already sent.
 const RECORDED_WAIT: Duration = Duration::from_secs(5);
-/// Days of load before the learned peak hours are believed.
-const MIN_LOAD_DAYS: u64 = 2;
+/// Calendar days with load before the learned peak hours are believed
+/// (three: at least one whole day between the first and the last).
+const MIN_LOAD_DAYS: u64 = 3;
 /// Longest a single fetch may take before it counts as an error.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +70,10 @@ pub struct Report {
     pub selected: u64,
     /// Of those: held in L1 long enough already.
     pub already_cached: u64,
+    /// Of those: held in L1, and made to last (no fetch needed).
+    pub extended: u64,
+    /// Of those: left for a later run, over `max_keys_per_run`.
+    pub beyond_max_keys: u64,
     /// Fetched and stored in L1.
     pub fetched: u64,
     /// Absent in Redis (nil, or an empty hash).
@@ -79,9 +84,11 @@ pub struct Report {
     pub errors: u64,
     /// Not fetched: the run was busy and its rate left no room for them.
     pub deferred: u64,
-    /// Not fetched: not cacheable now (namespace not cached, invalidations
-    /// not flowing, a write or a client's fill in flight, a read that does
-    /// not migrate, a reply too large or voided by a write).
+    /// Not fetched, or not stored: not cacheable now (namespace not cached,
+    /// invalidations not flowing, a write or a client's fill in flight, a
+    /// read that does not migrate, a value larger than L1 keeps, a
+    /// `ttl-only` key read further off than its TTL, a reply voided by a
+    /// write, a type L1 does not keep).
     pub skipped: u64,
 }
 
@@ -219,6 +226,9 @@ impl Preload {
         let Some(next_ms) = expected_next(insight, now_ms).filter(|next| *next <= horizon_ms) else {
             return Choice::NotDue;
         };
+        if insight.mean_size > l1.store.max_reply_bytes(insight.key.len()) {
+            return Choice::TooLarge;
+        }
         let rules = &l1.store.namespaces().of(&insight.key).rules;
         let until_ms = covered_until(insight, next_ms, now_ms, horizon_ms, rules.ttl);
         let mut needed = Duration::from_millis(until_ms.saturating_sub(now_ms));
@@ -254,6 +264,8 @@ pub enum Choice {
     Held,
     /// In a `ttl-only` namespace, read later than its TTL could keep it.
     TooFar,
+    /// Its values are larger than L1 keeps (as the engine saw them).
+    TooLarge,
     Fetch(Fetch),
 }
 
@@ -443,6 +455,9 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     let patterns = parts.patterns.clone();
     let threshold = config.priority_threshold;
     let max_keys = config.max_keys_per_run;
+    // The model as of every read sent so far.
+    let recorded = patterns.clone();
+    let _ = tokio::task::spawn_blocking(move || recorded.recorded(RECORDED_WAIT)).await;
     // Peak hours mean something once a whole day's load has been seen.
     let (_, peaks) = patterns.peaks();
     let peaks = if patterns.load_days() >= MIN_LOAD_DAYS {
@@ -463,8 +478,7 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     // The keys to fetch, best first: those held long enough already do not
     // count against max_keys_per_run.
     let (fetches, counts) = tokio::task::spawn_blocking(move || {
-        patterns.recorded(RECORDED_WAIT);
-        let (selected, held, too_far) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let (selected, held, skipped, wanted) = (Cell::new(0), Cell::new(0), Cell::new(0), Cell::new(0));
         let due = patterns.due(now_ms, threshold, max_keys, |insight| {
             let fetch = match Preload::choose(insight, now_ms, horizon, &l1) {
                 Choice::NotDue => return false,
@@ -472,11 +486,14 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
                     held.set(held.get() + 1);
                     false
                 }
-                Choice::TooFar => {
-                    too_far.set(too_far.get() + 1);
+                Choice::TooFar | Choice::TooLarge => {
+                    skipped.set(skipped.get() + 1);
                     false
                 }
-                Choice::Fetch(_) => true,
+                Choice::Fetch(_) => {
+                    wanted.set(wanted.get() + 1);
+                    true
+                }
             };
             selected.set(selected.get() + 1);
             fetch
@@ -488,11 +505,30 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
                 _ => None,
             })
             .collect();
-        (fetches, (selected.get(), held.get(), too_far.get()))
+        let beyond = wanted.get() - fetches.len() as u64;
+        (fetches, (selected.get(), held.get(), skipped.get(), beyond))
     })
     .await
     .unwrap_or_default();
-    (report.selected, report.already_cached, report.skipped) = counts;
+    (
+        report.selected,
+        report.already_cached,
+        report.skipped,
+        report.beyond_max_keys,
+    ) = counts;
+    // What L1 holds already but not long enough is made to last, without
+    // asking Redis (its entries are coherent, and capped by Redis's TTL).
+    let store = &parts.l1.store;
+    let (store_now, fetches) = (store.now(), fetches);
+    let fetches: Vec<Fetch> = fetches
+        .into_iter()
+        .filter(|fetch| {
+            let until = store_now + Duration::from_millis(fetch.until_ms.saturating_sub(now_ms));
+            let extended = store.extend(fetch.db, &fetch.key, until);
+            report.extended += u64::from(extended);
+            !extended
+        })
+        .collect();
     // Busy: at most peak_share of the clients' reads per second.
     let rate = report.busy.then_some(config.peak_share * reads_per_sec);
     if rate.is_some_and(|rate| rate.is_nan() || rate < 1.0) {
@@ -518,13 +554,11 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
         let miss_channel = config.miss_channel.clone();
         let wanted = Duration::from_millis(fetch.until_ms.saturating_sub(now_ms));
         tasks.spawn(async move {
-            let stats = &preload.stats;
-            let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-            stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
+            let in_flight = InFlight::new(&preload.stats);
             let outcome = tokio::time::timeout(FETCH_TIMEOUT, fetch_one(&parts, &fetch, wanted, index, &miss_channel))
                 .await
                 .unwrap_or(Fetched::Failed);
-            stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(in_flight);
             drop(permit);
             outcome
         });
@@ -537,6 +571,24 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     }
     report.took_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+/// A fetch counted in flight for as long as it lives (also when a run is
+/// aborted at shutdown).
+struct InFlight<'a>(&'a PreloadStats);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a PreloadStats) -> InFlight<'a> {
+        let now = stats.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Fetches one key into L1: a string with GET, a hash (GET answered
@@ -719,6 +771,8 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
         ),
         ("selected", integer(last.selected)),
         ("already_cached", integer(last.already_cached)),
+        ("extended", integer(last.extended)),
+        ("beyond_max_keys", integer(last.beyond_max_keys)),
         ("fetched", integer(last.fetched)),
         ("absent", integer(last.absent)),
         ("announced", integer(last.announced)),

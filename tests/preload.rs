@@ -202,7 +202,7 @@ async fn a_run_on_the_clock_without_being_asked() {
 }
 
 #[tokio::test]
-async fn held_long_enough_already_is_not_fetched_again_and_too_briefly_is() {
+async fn held_long_enough_is_left_alone_and_held_too_briefly_is_made_to_last() {
     let mut fixture = Fixture::start(|_| {}).await;
     fixture.direct.cmd("SET tile:1 t").await;
     fixture.train_periodic(&["tile:1".to_string()], 10 * MINUTE, 20).await;
@@ -219,8 +219,24 @@ async fn held_long_enough_already_is_not_fetched_again_and_too_briefly_is() {
     fixture.read("GET", "tile:1").await;
     fixture.clock.advance(10 * MINUTE);
     fixture.recorded().await;
+    let before = fixture.held("tile:1").expect("held");
     let later = fixture.run().await;
-    assert_eq!(int(&later["fetched"]), 1, "{later:?}");
+    // Made to last without asking Redis (the key has no TTL there).
+    assert_eq!(int(&later["extended"]), 1, "{later:?}");
+    assert_eq!(int(&later["fetched"]), 0, "{later:?}");
+    assert_eq!(redis_calls(&mut fixture.direct, "get").await, gets);
+    let after = fixture.held("tile:1").expect("held");
+    assert!(after > before + 5 * MINUTE, "{before:?} -> {after:?}");
+    // A key with a TTL in Redis is made to last no longer than it.
+    fixture.direct.cmd("SET tile:2 t EX 1000").await;
+    fixture.read("GET", "tile:2").await;
+    fixture.read("GET", "tile:2").await;
+    let l1 = fixture.proxy.handle().l1().expect("L1 on").clone();
+    let until = l1.store.now() + 3 * HOUR;
+    assert!(l1.store.extend(0, b"tile:2", until));
+    let held = fixture.held("tile:2").expect("held");
+    assert!(held <= Duration::from_secs(1000), "{held:?}");
+    assert!(held > Duration::from_secs(900), "{held:?}");
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ impl L1 {
     /// fit are not kept; waiters are released either way.
     pub fn complete_read(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8]) -> bool {
         let ttl = ticket.namespace().rules.ttl;
-        self.complete_read_for(ticket, read, pttl, ttl)
+        self.complete_read_with(ticket, read, pttl, ttl, Vec::new())
     }
 
     /// [`Self::complete_read`] keeping a value for `wanted` (still never
@@ -146,14 +146,17 @@ impl L1 {
             }
             _ => wanted,
         };
-        let ttl = match remaining {
-            // Never outlive the key in Redis: counted from before Redis was
-            // asked (see FillTicket), less PTTL's rounding.
-            Some(ms) if ms >= 0 => ttl.min(Duration::from_millis(ms as u64).saturating_sub(Duration::from_millis(1))),
-            Some(-1) | Some(-2) => ttl,
-            _ => Duration::ZERO,
+        // Never outlive the key in Redis: counted from before Redis was
+        // asked (see FillTicket), less PTTL's rounding. A nil (or an empty
+        // hash) is never made to last longer than it was kept.
+        let limit = match remaining {
+            _ if nil || empty => Some(ttl),
+            Some(ms) if ms >= 0 => Some(Duration::from_millis(ms as u64).saturating_sub(Duration::from_millis(1))),
+            Some(-1) => None,
+            _ => Some(Duration::ZERO),
         };
-        self.store.complete_with(ticket, reply, also, ttl)
+        let ttl = limit.map_or(ttl, |limit| ttl.min(limit));
+        self.store.complete_with(ticket, reply, also, ttl, limit)
     }
 }
 

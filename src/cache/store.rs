@@ -143,7 +143,10 @@ struct Cached {
     shape: Shape,
     reply: CachedReply,
     deadline: Instant,
-    /// Set when the preloader brought the reply in.
+    /// The latest a deadline may be moved to: when the key expires in
+    /// Redis, as its fill learned it (None: it has no expiry).
+    limit: Option<Instant>,
+    /// Set when the preloader brought the reply in (or made it last).
     preloaded: Option<Arc<PreloadMark>>,
 }
 
@@ -722,17 +725,21 @@ impl L1Store {
     /// get the reply either way (it is what Redis answered them too).
     /// Returns whether the reply was stored.
     pub fn complete(&self, ticket: FillTicket, reply: CachedReply, ttl: Duration) -> bool {
-        self.complete_with(ticket, reply, Vec::new(), ttl)
+        self.complete_with(ticket, reply, Vec::new(), ttl, Some(ttl))
     }
 
     /// [`Self::complete`], storing `also` beside the ticket's reply, for as
-    /// long (a hash's fields beside its HGETALL, from the same reply).
+    /// long (a hash's fields beside its HGETALL, from the same reply; left
+    /// out if they would make the entry too large), and noting that the
+    /// key lives at most `limit` in Redis (None: it has no expiry), which
+    /// [`Self::extend`] keeps to.
     pub fn complete_with(
         &self,
         mut ticket: FillTicket,
         reply: CachedReply,
-        also: Vec<(Shape, CachedReply)>,
+        mut also: Vec<(Shape, CachedReply)>,
         ttl: Duration,
+        limit: Option<Duration>,
     ) -> bool {
         ticket.settled = true;
         let now = self.clock.now();
@@ -775,17 +782,28 @@ impl L1Store {
             .checked_add(ttl)
             .or_else(|| ticket.started.checked_add(FOREVER))
             .unwrap_or(ticket.started);
+        let limit = limit.map(|limit| ticket.started.checked_add(limit).unwrap_or(deadline));
         let cacheable = deadline > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
         let kept = shapes.len();
-        for (shape, reply) in std::iter::once((ticket.key.shape.clone(), reply.clone())).chain(also) {
-            shapes.push(Cached {
-                shape,
-                reply,
-                deadline,
-                preloaded: None,
-            });
+        let cached = |shape: Shape, reply: CachedReply| Cached {
+            shape,
+            reply,
+            deadline,
+            limit,
+            preloaded: None,
+        };
+        shapes.push(cached(ticket.key.shape.clone(), reply.clone()));
+        let alone = entry_weight(&slot, &shapes);
+        let extra: u64 = also
+            .iter()
+            .map(|(shape, reply)| shape_weight(&cached(shape.clone(), reply.clone())))
+            .sum();
+        if alone + extra > self.max_entry_weight {
+            also.clear();
         }
+        shapes.extend(also.into_iter().map(|(shape, reply)| cached(shape, reply)));
         let fits = entry_weight(&slot, &shapes) <= self.max_entry_weight;
+        let mut new_bet = false;
         if ticket.preload && cacheable && fits {
             // Preloaded again before any hit: the same bet, extended (one
             // waste at most); otherwise a new one.
@@ -798,12 +816,8 @@ impl L1Store {
                     .and_then(|cached| cached.preloaded.clone())
                     .filter(|mark| mark.unused.load(Ordering::Relaxed))
             });
-            let mark = unused.unwrap_or_else(|| {
-                Arc::new(PreloadMark {
-                    unused: AtomicBool::new(true),
-                    stats: self.stats.clone(),
-                })
-            });
+            new_bet = unused.is_none();
+            let mark = unused.unwrap_or_else(|| self.new_mark());
             for cached in &mut shapes[kept..] {
                 cached.preloaded = Some(mark.clone());
             }
@@ -823,13 +837,77 @@ impl L1Store {
         }
         if cacheable && fits {
             count(&self.stats, &namespace, |stats| &stats.fills);
-            if ticket.preload {
+            if new_bet {
                 self.stats.preloads.fetch_add(1, Ordering::Relaxed);
             }
         } else if cacheable {
             count(&self.stats, &namespace, |stats| &stats.too_large);
         }
         cacheable && fits
+    }
+
+    fn new_mark(&self) -> Arc<PreloadMark> {
+        Arc::new(PreloadMark {
+            unused: AtomicBool::new(true),
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// Makes every live reply of (db, key) last until `until` (each at most
+    /// until its key expires in Redis, as its fill learned it), marked as
+    /// preloaded: the preloader's way to keep what L1 holds for a predicted
+    /// read without asking Redis again. Only in namespaces kept coherent
+    /// by invalidations (a `ttl-only` one's TTL is its staleness bound),
+    /// and not while a write or a fill of the key is in flight. Returns
+    /// whether it did (a fetch now would last no longer: Redis's TTL
+    /// caps both).
+    pub fn extend(&self, db: u32, key: &[u8], until: Instant) -> bool {
+        let fills = self.lock_fills();
+        if fills.writing.covers(db, key) || fills.filling.keys().any(|fill| fill.db == db && fill.key == key) {
+            return false;
+        }
+        let Some(Entry(entry)) = self.cache.get(&SlotRef { db, key }) else {
+            return false;
+        };
+        let namespace = entry.member.namespace().clone();
+        if namespace.rules.consistency != Consistency::Strict || !self.accepting.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = self.clock.now();
+        let mut shapes: Vec<Cached> = entry
+            .shapes
+            .iter()
+            .filter(|cached| cached.deadline > now)
+            .cloned()
+            .collect();
+        if shapes.is_empty() {
+            return false;
+        }
+        let unused = shapes.iter().find_map(|cached| {
+            cached
+                .preloaded
+                .clone()
+                .filter(|mark| mark.unused.load(Ordering::Relaxed))
+        });
+        let new_bet = unused.is_none();
+        let mark = unused.unwrap_or_else(|| self.new_mark());
+        for cached in &mut shapes {
+            let deadline = cached.limit.map_or(until, |limit| limit.min(until));
+            cached.deadline = cached.deadline.max(deadline);
+            cached.preloaded = Some(mark.clone());
+        }
+        let slot = Slot {
+            db,
+            key: Bytes::copy_from_slice(key),
+        };
+        let replacement = Entry::new(&slot, shapes, namespace);
+        drop(entry);
+        self.cache.insert(slot, replacement);
+        drop(fills);
+        if new_bet {
+            self.stats.preloads.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Keeps a namespace within its entry bound before `slot` joins it:

@@ -86,6 +86,8 @@ pub struct Figures {
     pub reads: usize,
     pub counted_reads: usize,
     pub learn_days: u64,
+    /// L1's TTL in both passes, seconds.
+    pub l1_ttl: u64,
     pub predictable_keys: usize,
     /// Predictable keys with a cold read in the counted days, and those of
     /// them with at least one such read answered by a preload.
@@ -219,8 +221,8 @@ impl Figures {
         ];
         let mut out = String::new();
         out.push_str(&format!(
-            "{} reads ({} counted, after {} days of learning), {} predictable keys, {} preload runs, peak hours found {:?}\n",
-            self.reads, self.counted_reads, self.learn_days, self.predictable_keys, self.runs, self.peaks_found
+            "L1 TTL {} s; {} reads ({} counted, after {} days of learning), {} predictable keys, {} preload runs, peak hours found {:?}\n",
+            self.l1_ttl, self.reads, self.counted_reads, self.learn_days, self.predictable_keys, self.runs, self.peaks_found
         ));
         out.push_str(&format!("{:<55} | {:<40} | target\n", "figure", "measured"));
         out.push_str(&format!(
@@ -322,7 +324,7 @@ fn advance_to(clock: &ManualClock, at_ms: u64) {
 }
 
 /// One replay of `trace`, preloading `on` or off.
-async fn replay(trace: &Trace, values: &HashMap<String, Vec<u8>>, on: bool) -> Pass {
+async fn replay(trace: &Trace, values: &HashMap<String, Vec<u8>>, on: bool, l1_ttl: u64) -> Pass {
     let redis_server = Redis::start();
     let upstream = format!("redis://127.0.0.1:{}", redis_server.port);
     let clock = ManualClock::starting_at(trace.start_ms);
@@ -332,6 +334,7 @@ async fn replay(trace: &Trace, values: &HashMap<String, Vec<u8>>, on: bool) -> P
         ..Config::default()
     };
     config.memory_cache.enabled = true;
+    config.memory_cache.default_ttl = l1_ttl;
     config.compression.enabled = true;
     config.preload.enabled = on;
     let handle = Server::start_with_clock(config, Arc::new(clock.clone()))
@@ -449,8 +452,14 @@ fn p99(values: &[u32]) -> u32 {
         .unwrap_or(0)
 }
 
-/// Replays the trace off and on and compares the two, read by read.
+/// Replays the trace off and on (L1's default TTL, 60 s) and compares the
+/// two, read by read.
 pub async fn evaluate(settings: &Settings) -> Figures {
+    evaluate_with_ttl(settings, 60).await
+}
+
+/// [`evaluate`] with L1 keeping entries `l1_ttl` seconds (in both passes).
+pub async fn evaluate_with_ttl(settings: &Settings, l1_ttl: u64) -> Figures {
     let trace = trace::generate_with_peak(
         settings.seed,
         settings.per_class,
@@ -465,8 +474,8 @@ pub async fn evaluate(settings: &Settings) -> Figures {
         .iter()
         .map(|(key, _)| (key.clone(), value_of(key, &mut rng)))
         .collect();
-    let off = replay(&trace, &values, false).await;
-    let on = replay(&trace, &values, true).await;
+    let off = replay(&trace, &values, false, l1_ttl).await;
+    let on = replay(&trace, &values, true, l1_ttl).await;
     let predictable: HashSet<&str> = trace
         .labels
         .iter()
@@ -515,6 +524,7 @@ pub async fn evaluate(settings: &Settings) -> Figures {
         reads: trace.accesses.len(),
         counted_reads: counted,
         learn_days: settings.learn_days,
+        l1_ttl,
         predictable_keys: predictable.len(),
         keys_with_cold_reads: cold_keys.len(),
         keys_preloaded: preloaded_keys.len(),
