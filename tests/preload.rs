@@ -7,142 +7,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use common::preload::*;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use auracache::cache::Shape;
-use auracache::clock::{Clock, ManualClock};
-use auracache::config::{Config, NamespaceConfig, Role, UserConfig};
-use common::values::{fields, info_field, int};
+use auracache::clock::Clock;
+use auracache::config::{NamespaceConfig, Role, UserConfig};
+use common::values::{info_field, int};
 use common::{Proxy, RawClient, RedisServer, poll_until_async, redis_calls};
-use redis::Value;
 use sha2::{Digest, Sha256};
-
-/// Day 20,000 since the epoch, midnight UTC.
-const START_MS: u64 = 20_000 * 86_400_000;
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// A Redis, a proxy on a manual clock in front of it with L1 and the
-/// pattern engine on, a client of each.
-struct Fixture {
-    _server: RedisServer,
-    proxy: Proxy,
-    clock: ManualClock,
-    client: RawClient,
-    direct: RawClient,
-    reads: u64,
-}
-
-impl Fixture {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Fixture {
-        Fixture::start_at(START_MS, tweak).await
-    }
-
-    async fn start_at(start_ms: u64, tweak: impl FnOnce(&mut Config)) -> Fixture {
-        let server = RedisServer::start();
-        let clock = ManualClock::starting_at(start_ms);
-        let proxy = Proxy::start_with_clock(&server.url(), Arc::new(clock.clone()), |config| {
-            config.memory_cache.enabled = true;
-            // A run a day: no scheduled run comes while a test trains the
-            // engine for a few hours (the tests of the schedule set theirs).
-            config.preload.interval_minutes = 1440.0;
-            tweak(config);
-        })
-        .await;
-        let client = RawClient::connect(proxy.addr()).await;
-        let direct = RawClient::connect(server.addr()).await;
-        let l1 = proxy.handle().l1().expect("L1 on").clone();
-        poll_until_async("L1 ready", || {
-            let l1 = l1.clone();
-            async move { l1.ready() }
-        })
-        .await;
-        Fixture {
-            _server: server,
-            proxy,
-            clock,
-            client,
-            direct,
-            reads: 0,
-        }
-    }
-
-    /// Reads `key` (GET, or `command`) through the proxy.
-    async fn read(&mut self, command: &str, key: &str) -> String {
-        self.reads += 1;
-        self.client.cmd(&format!("{command} {key}")).await
-    }
-
-    /// Teaches the engine that each of `keys` is read every `period`, `times`
-    /// times (the clock moves on by `period` after each round).
-    async fn train_periodic(&mut self, keys: &[String], period: Duration, times: usize) {
-        for _ in 0..times {
-            for key in keys {
-                self.read("GET", key).await;
-            }
-            self.clock.advance(period);
-        }
-        self.recorded().await;
-    }
-
-    /// Waits until the engine has been handed every read sent.
-    async fn recorded(&mut self) {
-        let reads = self.reads;
-        let patterns = self.proxy.handle().patterns().expect("engine on").clone();
-        poll_until_async("every read handed to the engine", || {
-            let patterns = patterns.clone();
-            async move { patterns.reads_offered() >= reads }
-        })
-        .await;
-    }
-
-    /// `PROXY PRELOAD RUN`: the run's status fields.
-    async fn run(&mut self) -> BTreeMap<String, Value> {
-        status_of(&self.proxy, "RUN").await
-    }
-
-    async fn status(&mut self) -> BTreeMap<String, Value> {
-        status_of(&self.proxy, "STATUS").await
-    }
-
-    /// How long L1 holds `key`'s GET reply for, if it does.
-    fn held(&self, key: &str) -> Option<Duration> {
-        let l1 = self.proxy.handle().l1().expect("L1 on");
-        l1.store.remaining(0, key.as_bytes(), &Shape::String)
-    }
-
-    /// Whether a client's GET of `key` reached Redis.
-    async fn get_reaches_redis(&mut self, key: &str, expected: &str) -> bool {
-        let before = redis_calls(&mut self.direct, "get").await;
-        assert_eq!(self.read("GET", key).await, expected, "GET {key}");
-        redis_calls(&mut self.direct, "get").await > before
-    }
-
-    async fn info(&mut self) -> String {
-        self.client.cmd("INFO cache").await
-    }
-}
-
-async fn status_of(proxy: &Proxy, what: &str) -> BTreeMap<String, Value> {
-    let mut connection = proxy.client().await;
-    let reply: Value = redis::cmd("PROXY")
-        .arg("PRELOAD")
-        .arg(what)
-        .query_async(&mut connection)
-        .await
-        .unwrap_or_else(|error| panic!("PROXY PRELOAD {what}: {error}"));
-    fields(reply)
-}
 
 fn keys(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}:{i}")).collect()
-}
-
-fn bulk(value: &str) -> String {
-    format!("${}\r\n{value}\r\n", value.len())
 }
 
 #[tokio::test]
@@ -453,7 +330,7 @@ async fn a_hash_is_preloaded_for_hgetall_in_both_protocols() {
     resp3_client.cmd("HELLO 3").await;
     let resp3 = resp3_client.cmd("HGETALL profile:1").await;
     assert_eq!(redis_calls(&mut fixture.direct, "hgetall").await, before);
-    let mut direct3 = RawClient::connect(fixture._server.addr()).await;
+    let mut direct3 = RawClient::connect(fixture.server.addr()).await;
     direct3.cmd("HELLO 3").await;
     assert_eq!(resp2, fixture.direct.cmd("HGETALL profile:1").await);
     assert_eq!(resp3, direct3.cmd("HGETALL profile:1").await);
@@ -465,7 +342,7 @@ async fn a_predicted_key_absent_in_redis_is_counted_and_announced() {
     fixture.direct.cmd("SET thumb:1 x").await;
     fixture.train_periodic(&["thumb:1".to_string()], 10 * MINUTE, 20).await;
     fixture.direct.cmd("DEL thumb:1").await;
-    let mut subscriber = RawClient::connect(fixture._server.addr()).await;
+    let mut subscriber = RawClient::connect(fixture.server.addr()).await;
     subscriber.cmd("SUBSCRIBE regenerate").await;
     let run = fixture.run().await;
     assert_eq!(int(&run["absent"]), 1, "{run:?}");

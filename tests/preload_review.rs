@@ -4,147 +4,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use common::preload::*;
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use auracache::cache::Shape;
-use auracache::clock::{Clock, ManualClock};
 use auracache::config::Config;
-use common::values::{fields, int};
-use common::{Proxy, RawClient, RedisServer, poll_until_async, redis_calls};
-use redis::Value;
-
-/// Day 20,000 since the epoch, midnight UTC.
-const START_MS: u64 = 20_000 * 86_400_000;
-const MINUTE: Duration = Duration::from_secs(60);
-
-/// A manual clock whose wall time can also be stepped back (as NTP steps
-/// the system's), while its monotonic time only moves forward.
-#[derive(Debug, Clone)]
-struct SteppedClock {
-    manual: ManualClock,
-    back_ms: Arc<AtomicU64>,
-}
-
-impl SteppedClock {
-    fn starting_at(unix_ms: u64) -> SteppedClock {
-        SteppedClock {
-            manual: ManualClock::starting_at(unix_ms),
-            back_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn advance(&self, by: Duration) {
-        self.manual.advance(by);
-    }
-
-    fn step_wall_back(&self, by: Duration) {
-        self.back_ms.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for SteppedClock {
-    fn now(&self) -> Instant {
-        self.manual.now()
-    }
-
-    fn unix_ms(&self) -> u64 {
-        self.manual.unix_ms() - self.back_ms.load(Ordering::SeqCst)
-    }
-}
-
-/// A Redis, a proxy on a manual clock in front of it with L1 and the
-/// pattern engine on, a client of each.
-struct Fixture {
-    _server: RedisServer,
-    proxy: Proxy,
-    clock: SteppedClock,
-    client: RawClient,
-    direct: RawClient,
-    reads: u64,
-}
-
-impl Fixture {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Fixture {
-        let server = RedisServer::start();
-        let clock = SteppedClock::starting_at(START_MS);
-        let proxy = Proxy::start_with_clock(&server.url(), Arc::new(clock.clone()), |config| {
-            config.memory_cache.enabled = true;
-            // A run a day: no scheduled run while a test trains the engine.
-            config.preload.interval_minutes = 1440.0;
-            tweak(config);
-        })
-        .await;
-        let client = RawClient::connect(proxy.addr()).await;
-        let direct = RawClient::connect(server.addr()).await;
-        let l1 = proxy.handle().l1().expect("L1 on").clone();
-        poll_until_async("L1 ready", || {
-            let l1 = l1.clone();
-            async move { l1.ready() }
-        })
-        .await;
-        Fixture {
-            _server: server,
-            proxy,
-            clock,
-            client,
-            direct,
-            reads: 0,
-        }
-    }
-
-    async fn read(&mut self, command: &str, args: &str) -> String {
-        self.reads += 1;
-        self.client.cmd(&format!("{command} {args}")).await
-    }
-
-    /// Each of `keys` read with `command` every `period`, `times` times.
-    async fn train(&mut self, command: &str, keys: &[&str], period: Duration, times: usize) {
-        for _ in 0..times {
-            for key in keys {
-                self.read(command, key).await;
-            }
-            self.clock.advance(period);
-        }
-        self.recorded().await;
-    }
-
-    async fn recorded(&mut self) {
-        let reads = self.reads;
-        let patterns = self.proxy.handle().patterns().expect("engine on").clone();
-        poll_until_async("every read handed to the engine", || {
-            let patterns = patterns.clone();
-            async move { patterns.reads_offered() >= reads }
-        })
-        .await;
-    }
-
-    async fn run(&mut self) -> BTreeMap<String, Value> {
-        status_of(&self.proxy, "RUN").await
-    }
-
-    async fn status(&mut self) -> BTreeMap<String, Value> {
-        status_of(&self.proxy, "STATUS").await
-    }
-
-    fn held(&self, db: u32, key: &str, shape: &Shape) -> Option<Duration> {
-        let l1 = self.proxy.handle().l1().expect("L1 on");
-        l1.store.remaining(db, key.as_bytes(), shape)
-    }
-}
-
-async fn status_of(proxy: &Proxy, what: &str) -> BTreeMap<String, Value> {
-    let mut connection = proxy.client().await;
-    let reply: Value = redis::cmd("PROXY")
-        .arg("PRELOAD")
-        .arg(what)
-        .query_async(&mut connection)
-        .await
-        .unwrap_or_else(|error| panic!("PROXY PRELOAD {what}: {error}"));
-    fields(reply)
-}
+use common::values::int;
+use common::{Proxy, RedisServer, poll_until_async, redis_calls};
 
 /// `preload.max_keys_per_run` is documented as "most keys one run
 /// fetches", but `Patterns::due` truncates the *predictions* to it before
@@ -160,7 +28,7 @@ async fn keys_already_cached_do_not_use_up_max_keys_per_run() {
     fixture.train("GET", &["rank:a", "rank:b"], 10 * MINUTE, 20).await;
     let first = fixture.run().await;
     assert_eq!(int(&first["fetched"]), 1, "{first:?}");
-    assert!(fixture.held(0, "rank:a", &Shape::String).is_some());
+    assert!(fixture.held_in(0, "rank:a", &Shape::String).is_some());
     // rank:a is held through the next run: this run's one fetch is rank:b's.
     let second = fixture.run().await;
     assert_eq!(
@@ -168,7 +36,7 @@ async fn keys_already_cached_do_not_use_up_max_keys_per_run() {
         1,
         "rank:b starves behind the cached rank:a: {second:?}"
     );
-    assert!(fixture.held(0, "rank:b", &Shape::String).is_some());
+    assert!(fixture.held_in(0, "rank:b", &Shape::String).is_some());
 }
 
 /// A predicted key that is neither a string nor a hash (here a list that
@@ -407,8 +275,8 @@ async fn a_key_in_another_database_is_preloaded_there_and_stays_coherent() {
     fixture.train("GET", &["item:1"], 10 * MINUTE, 20).await;
     let run = fixture.run().await;
     assert_eq!(int(&run["fetched"]), 1, "{run:?}");
-    assert!(fixture.held(3, "item:1", &Shape::String).is_some());
-    assert!(fixture.held(0, "item:1", &Shape::String).is_none());
+    assert!(fixture.held_in(3, "item:1", &Shape::String).is_some());
+    assert!(fixture.held_in(0, "item:1", &Shape::String).is_none());
     assert_eq!(fixture.client.cmd("GET item:1").await, "$5\r\nthree\r\n");
     let mut zero = fixture.proxy.raw().await;
     assert_eq!(zero.cmd("GET item:1").await, "$4\r\nzero\r\n");

@@ -5,111 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use common::preload::*;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use auracache::cache::Shape;
-use auracache::clock::ManualClock;
 use auracache::config::Config;
-use common::values::{fields, int};
-use common::{Proxy, RawClient, RedisServer, poll_until_async, redis_calls};
-use redis::Value;
-
-/// Day 20,000 since the epoch, midnight UTC.
-const START_MS: u64 = 20_000 * 86_400_000;
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
-
-struct Fixture {
-    _server: RedisServer,
-    proxy: Proxy,
-    clock: ManualClock,
-    client: RawClient,
-    direct: RawClient,
-    reads: u64,
-}
-
-impl Fixture {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Fixture {
-        Fixture::start_at(START_MS, tweak).await
-    }
-
-    async fn start_at(start_ms: u64, tweak: impl FnOnce(&mut Config)) -> Fixture {
-        let server = RedisServer::start();
-        let clock = ManualClock::starting_at(start_ms);
-        let proxy = Proxy::start_with_clock(&server.url(), Arc::new(clock.clone()), |config| {
-            config.memory_cache.enabled = true;
-            // A run a day: no scheduled run while a test trains the engine.
-            config.preload.interval_minutes = 1440.0;
-            tweak(config);
-        })
-        .await;
-        let client = RawClient::connect(proxy.addr()).await;
-        let direct = RawClient::connect(server.addr()).await;
-        let l1 = proxy.handle().l1().expect("L1 on").clone();
-        poll_until_async("L1 ready", || {
-            let l1 = l1.clone();
-            async move { l1.ready() }
-        })
-        .await;
-        Fixture {
-            _server: server,
-            proxy,
-            clock,
-            client,
-            direct,
-            reads: 0,
-        }
-    }
-
-    async fn read(&mut self, command: &str, args: &str) -> String {
-        self.reads += 1;
-        self.client.cmd(&format!("{command} {args}")).await
-    }
-
-    /// Each of `keys` read with `command` every `period`, `times` times.
-    async fn train(&mut self, command: &str, keys: &[&str], period: Duration, times: usize) {
-        for _ in 0..times {
-            for key in keys {
-                self.read(command, key).await;
-            }
-            self.clock.advance(period);
-        }
-        self.recorded().await;
-    }
-
-    async fn recorded(&mut self) {
-        let reads = self.reads;
-        let patterns = self.proxy.handle().patterns().expect("engine on").clone();
-        poll_until_async("every read handed to the engine", || {
-            let patterns = patterns.clone();
-            async move { patterns.reads_offered() >= reads }
-        })
-        .await;
-    }
-
-    async fn run(&mut self) -> BTreeMap<String, Value> {
-        status_of(&self.proxy, "RUN").await
-    }
-
-    fn held(&self, key: &str, shape: &Shape) -> Option<Duration> {
-        let l1 = self.proxy.handle().l1().expect("L1 on");
-        l1.store.remaining(0, key.as_bytes(), shape)
-    }
-}
-
-async fn status_of(proxy: &Proxy, what: &str) -> BTreeMap<String, Value> {
-    let mut connection = proxy.client().await;
-    let reply: Value = redis::cmd("PROXY")
-        .arg("PRELOAD")
-        .arg(what)
-        .query_async(&mut connection)
-        .await
-        .unwrap_or_else(|error| panic!("PROXY PRELOAD {what}: {error}"));
-    fields(reply)
-}
+use common::values::int;
+use common::{Proxy, RawClient, RedisServer, redis_calls};
 
 /// A hash of one field whose HGETALL reply (about 2 KB, ~4.3 KB weighed
 /// with its RESP3 twin) fits `max_entry_bytes = 4096` (with the store's
@@ -198,7 +102,7 @@ async fn a_predicted_hash_that_fits_l1_is_preloaded() {
     let run = fixture.run().await;
     assert_eq!(int(&run["selected"]), 1, "{run:?}");
     assert_eq!(int(&run["fetched"]), 1, "stored nothing: {run:?}");
-    assert!(fixture.held("wide:2", &Shape::HashAll).is_some());
+    assert!(fixture.held_in(0, "wide:2", &Shape::HashAll).is_some());
 }
 
 /// `preloads` ("stored" in STATUS, `preload_stored` in INFO) once counted
@@ -254,7 +158,7 @@ async fn a_value_too_large_for_l1_is_not_fetched_on_every_run() {
         fetches <= 1,
         "{fetches} GETs of a 20 KB value L1 (max_entry_bytes 4096) can never keep, in 3 runs"
     );
-    assert!(fixture.held("blob:1", &Shape::String).is_none());
+    assert!(fixture.held_in(0, "blob:1", &Shape::String).is_none());
 }
 
 /// Guard: with `compression.hashes`, HGET and HMGET answered from the

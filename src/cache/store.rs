@@ -642,17 +642,22 @@ impl L1Store {
         if !self.admit(key, &namespace) {
             return Lookup::Pass;
         }
+        Lookup::Miss(self.issue(&mut fills, key, namespace, false))
+    }
+
+    /// A fill ticket for `key`, recorded as in flight (under the fills lock).
+    fn issue(&self, fills: &mut Fills, key: &CacheKey, namespace: Arc<Namespace>, preload: bool) -> FillTicket {
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         fills.filling.insert(key.clone(), Fill { id, done: None });
-        Lookup::Miss(FillTicket {
+        FillTicket {
             key: key.clone(),
             namespace,
             id,
             started: self.clock.now(),
             fills: self.fills.clone(),
             settled: false,
-            preload: false,
-        })
+            preload,
+        }
     }
 
     /// The right to fill `key` for the preloader: no admission (the pattern
@@ -667,17 +672,7 @@ impl L1Store {
         if fills.writing.covers(key.db, &key.key) || fills.filling.contains_key(key) {
             return Err(NoPreload::Busy);
         }
-        let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
-        fills.filling.insert(key.clone(), Fill { id, done: None });
-        Ok(FillTicket {
-            key: key.clone(),
-            namespace,
-            id,
-            started: self.clock.now(),
-            fills: self.fills.clone(),
-            settled: false,
-            preload: true,
-        })
+        Ok(self.issue(&mut fills, key, namespace, true))
     }
 
     /// How long the cached reply for (db, key, shape) has left, if any.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod preload;
 pub mod values;
 
 use std::net::{SocketAddr, TcpListener};
