@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use bytes::Bytes;
+
 use std::sync::atomic::Ordering;
 
 use crate::cache::{L1, Namespace};
@@ -33,6 +35,12 @@ pub fn info_cache(
     for (name, value) in fields {
         let _ = write!(text, "{name}:{value}\r\n");
     }
+    // L1's invalidations flow (the tracking connection is up).
+    let _ = write!(
+        text,
+        "tracking_connected:{}\r\n",
+        u8::from(stats.upstream_tracking() > 0)
+    );
     let _ = write!(text, "l1_enabled:{}\r\n", u8::from(l1.is_some()));
     if let Some(l1) = l1 {
         let counters = l1.store.stats();
@@ -79,6 +87,37 @@ pub fn info_cache(
         preload_lines(&mut text, preload, l1);
     }
     text
+}
+
+/// Redis's INFO reply (a bulk string, or a RESP3 verbatim string) with
+/// `section` appended as one more section; any other reply (an error) as
+/// it is.
+pub fn append_section(reply: &[u8], section: &str) -> Bytes {
+    let parsed = (|| {
+        let kind = *reply.first()?;
+        if kind != b'$' && kind != b'=' {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', reply)?;
+        let len: usize = std::str::from_utf8(reply.get(1..end.checked_sub(1)?)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        let body = reply.get(end + 1..end + 1 + len)?;
+        Some((kind, body))
+    })();
+    let Some((kind, body)) = parsed else {
+        return Bytes::copy_from_slice(reply);
+    };
+    let mut text = body.to_vec();
+    if !text.is_empty() && !text.ends_with(b"\r\n\r\n") {
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(section.as_bytes());
+    let mut out = format!("{}{}\r\n", kind as char, text.len()).into_bytes();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
 }
 
 /// The preloader: runs, what they fetched, and whether it was used.

@@ -34,6 +34,9 @@ pub enum LocalCommand {
     Reset,
     /// `INFO cache`: the proxy's own section.
     InfoCache,
+    /// `INFO`, `INFO all`, `INFO everything`: Redis's sections with the
+    /// proxy's appended.
+    InfoAll,
     /// `CLIENT GETNAME` on a client that has no connection of its own.
     ClientGetName,
     /// `PROXY ...`: the proxy's own admin commands.
@@ -157,6 +160,12 @@ pub fn classify(command: &Command) -> CommandClass {
     }
     if command.is("INFO") && command.args().len() == 2 && arg_is(command, 1, "CACHE") {
         return CommandClass::Local(LocalCommand::InfoCache);
+    }
+    if command.is("INFO")
+        && (command.args().len() == 1
+            || (command.args().len() == 2 && (arg_is(command, 1, "ALL") || arg_is(command, 1, "EVERYTHING"))))
+    {
+        return CommandClass::Local(LocalCommand::InfoAll);
     }
     if command.is("PROXY") {
         return CommandClass::Local(LocalCommand::Proxy);
@@ -317,7 +326,12 @@ mod tests {
             classify(&command("info cache")),
             CommandClass::Local(LocalCommand::InfoCache)
         );
-        assert_eq!(classify(&command("INFO")), CommandClass::Shared);
+        assert_eq!(classify(&command("INFO")), CommandClass::Local(LocalCommand::InfoAll));
+        assert_eq!(
+            classify(&command("info everything")),
+            CommandClass::Local(LocalCommand::InfoAll)
+        );
+        assert_eq!(classify(&command("INFO server")), CommandClass::Shared);
         assert_eq!(
             classify(&command("CLIENT GETNAME")),
             CommandClass::Local(LocalCommand::ClientGetName)

@@ -774,14 +774,26 @@ impl Session {
                 Flow::Stop
             }
             LocalCommand::InfoCache => {
-                let text = admin::info_cache(
-                    &self.shared.stats,
-                    self.shared.l1.as_deref(),
-                    self.shared.compression.as_deref(),
-                    self.shared.patterns.as_deref(),
-                    self.shared.preload.as_deref(),
-                );
+                let text = self.cache_section();
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
+                Flow::Continue
+            }
+            LocalCommand::InfoAll => {
+                let lane = if dedicated { Lane::Dedicated } else { self.pooled_lane() };
+                if self.in_transaction {
+                    // Queued: Redis answers it in EXEC's array, as it is.
+                    return self.forward(lane, command).await;
+                }
+                match self.call_now(lane, command.wire().clone(), 1).await {
+                    Ok(reply) => {
+                        let text = self.cache_section();
+                        self.reply_bytes(admin::append_section(&reply, &text)).await;
+                    }
+                    Err(error) => {
+                        self.shared.stats.upstream_error();
+                        self.reply(Reply::error(error.client_message())).await;
+                    }
+                }
                 Flow::Continue
             }
             LocalCommand::Proxy => self.proxy(command).await,
@@ -830,6 +842,21 @@ impl Session {
             [_, "HELP"] => Reply::Verbatim(Bytes::from_static(PROXY_HELP.as_bytes())),
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
+            [_, "FLUSHL1", rest @ ..] if rest.len() <= 1 => match &self.shared.l1 {
+                None => Reply::error("ERR L1 is off (memory_cache.enabled = false)"),
+                Some(_) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
+                    Reply::error("NOPERM PROXY FLUSHL1 needs the admin role")
+                }
+                // The keys dropped: all of L1's, or one namespace's.
+                Some(l1) => Reply::Integer(match args.get(2) {
+                    Some(namespace) => l1.store.flush_namespace(namespace) as i64,
+                    None => {
+                        let keys = l1.store.len() as i64;
+                        l1.store.flush();
+                        keys
+                    }
+                }),
+            },
             [_, "VERSION", "STATUS", rest @ ..] if rest.len() <= 1 => {
                 let only = args.get(3).map(String::as_str);
                 match self.shared.versions.clone() {
@@ -914,6 +941,17 @@ impl Session {
             Err(error) => self.reply(Reply::error(error)).await,
         }
         Flow::Continue
+    }
+
+    /// The proxy's `# Cache` INFO section.
+    fn cache_section(&self) -> String {
+        admin::info_cache(
+            &self.shared.stats,
+            self.shared.l1.as_deref(),
+            self.shared.compression.as_deref(),
+            self.shared.patterns.as_deref(),
+            self.shared.preload.as_deref(),
+        )
     }
 
     /// `PROXY PRELOAD STATUS` and `PROXY PRELOAD RUN` (a run now, its
@@ -2340,6 +2378,7 @@ PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times th
 PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
 PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, already cached, absent, deferred, errors; preloaded entries hit and wasted.\r\n\
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
+FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\
 VERSION CLEANUP <namespace> [KEEP <n>]\r\n    Remove the namespace's keys in versions older than its newest n (default 2), by SCAN and UNLINK in small batches.\r\n\
 HELP\r\n    This text.\r\n";

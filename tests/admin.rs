@@ -62,3 +62,83 @@ async fn replication_commands_are_refused_by_name() {
     );
     assert_eq!(client.cmd("PING").await, "+PONG\r\n", "the client stays usable");
 }
+
+/// `INFO`, `INFO all` and `INFO everything` answer Redis's sections with
+/// the proxy's `# Cache` appended, in the reply type Redis uses (a bulk
+/// string in RESP2, a verbatim string in RESP3), so INFO parsers read both;
+/// other sections are Redis's alone, and INFO queued in MULTI is Redis's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_appends_the_cache_section_to_redis_sections() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(&server.url()).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    for command in ["INFO", "INFO all", "INFO everything"] {
+        let reply = client.cmd(command).await;
+        let (header, body) = reply.split_once("\r\n").expect("a bulk string");
+        let len: usize = header.strip_prefix('$').expect("bulk").parse().expect("length");
+        assert_eq!(body.len(), len + 2, "{command}: length matches");
+        assert!(body.contains("# Server\r\n"), "{command}");
+        assert!(body.contains("redis_version:"), "{command}");
+        let cache = body
+            .find("\r\n# Cache\r\n")
+            .expect("the cache section, after a blank line");
+        assert!(body[cache..].contains("l1_enabled:"), "{command}");
+        assert!(body[cache..].contains("tracking_connected:"), "{command}");
+        assert!(body.ends_with("\r\n\r\n") || body.ends_with("\r\n"), "{command}");
+    }
+    // The sections a client asks for by name are Redis's.
+    let server_only = client.cmd("INFO server").await;
+    assert!(server_only.contains("redis_version:") && !server_only.contains("# Cache"));
+    // RESP3: a verbatim string, still with the section.
+    let mut resp3 = RawClient::connect(proxy.addr()).await;
+    resp3.cmd("HELLO 3").await;
+    let reply = resp3.cmd("INFO").await;
+    let (header, body) = reply.split_once("\r\n").expect("a verbatim string");
+    let len: usize = header.strip_prefix('=').expect("verbatim").parse().expect("length");
+    assert_eq!(body.len(), len + 2);
+    assert!(body.starts_with("txt:") && body.contains("# Cache\r\n"));
+    // Queued in MULTI: Redis's own answer in EXEC's array.
+    assert_eq!(client.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(client.cmd("INFO").await, "+QUEUED\r\n");
+    let exec = client.cmd("EXEC").await;
+    assert!(exec.contains("redis_version:") && !exec.contains("# Cache"));
+    // redis-cli reads it as it reads Redis's.
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &proxy.addr().port().to_string(), "INFO"])
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("# Cache") && text.contains("redis_version:"), "{text}");
+}
+
+/// `PROXY FLUSHL1 [namespace]` drops what L1 holds (of one namespace)
+/// and answers how many keys it dropped; Redis keeps its data, and the
+/// next read of a dropped key goes to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushl1_drops_l1_entries_of_one_namespace_or_all() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), common::l1_eager).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    for key in ["user:1", "user:2", "report:1"] {
+        direct.cmd(&format!("SET {key} v")).await;
+        common::read_until_cached(&proxy, &mut client, key).await;
+    }
+    assert_eq!(client.cmd("PROXY FLUSHL1 user").await, ":2\r\n");
+    let gets = common::redis_calls(&mut direct, "get").await;
+    assert_eq!(client.cmd("GET user:1").await, "$1\r\nv\r\n");
+    assert_eq!(
+        common::redis_calls(&mut direct, "get").await,
+        gets + 1,
+        "user:1 read from Redis"
+    );
+    let hits = common::l1_hits(&proxy);
+    assert_eq!(client.cmd("GET report:1").await, "$1\r\nv\r\n");
+    assert_eq!(common::l1_hits(&proxy), hits + 1, "report:1 still in L1");
+    // All of it (report:1, and user:1 if its read filled again).
+    let dropped = client.cmd("PROXY FLUSHL1").await;
+    assert!(dropped == ":1\r\n" || dropped == ":2\r\n", "{dropped}");
+    assert_eq!(proxy.handle().l1().expect("L1 on").store.len(), 0);
+    assert_eq!(direct.cmd("DBSIZE").await, ":3\r\n", "Redis keeps its data");
+    assert_eq!(client.cmd("PROXY FLUSHL1 a b").await.chars().next(), Some('-'));
+}

@@ -1035,6 +1035,34 @@ impl L1Store {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Drops every entry of the namespace `name` (`PROXY FLUSHL1 name`),
+    /// and voids its fills in flight; returns how many keys were dropped.
+    pub fn flush_namespace(&self, name: &str) -> usize {
+        let mut fills = self.lock_fills();
+        let voided: Vec<CacheKey> = fills
+            .filling
+            .keys()
+            .filter(|cached| self.namespaces.of(&cached.key).name() == name)
+            .cloned()
+            .collect();
+        for cached in &voided {
+            if let Some(fill) = fills.filling.remove(cached) {
+                fill.void();
+            }
+        }
+        let dropped = AtomicUsize::new(0);
+        self.cache.retain(|_, entry| {
+            let keep = entry.namespace().name() != name;
+            if !keep {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        drop(fills);
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        dropped.into_inner()
+    }
+
     /// Removes entries whose every reply has expired; returns how many.
     /// (An expired reply beside a live one is skipped by lookups and
     /// dropped by the next fill of that key.)
