@@ -842,6 +842,7 @@ impl Session {
             [_, "HELP"] => Reply::Verbatim(Bytes::from_static(PROXY_HELP.as_bytes())),
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
+            [_, "EXPLAIN", _] => return self.explain(command.args()[2].clone()).await,
             [_, "FLUSHL1", rest @ ..] if rest.len() <= 1 => match &self.shared.l1 {
                 None => Reply::error("ERR L1 is off (memory_cache.enabled = false)"),
                 Some(_) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
@@ -940,6 +941,151 @@ impl Session {
             Ok(bytes) => self.reply_bytes(bytes).await,
             Err(error) => self.reply(Reply::error(error)).await,
         }
+        Flow::Continue
+    }
+
+    /// `PROXY EXPLAIN key`: where the client's `key` lives and how: its
+    /// stored name and version, its type, TTL, stored size and codec in
+    /// Redis (one batch on the client's pooled connection), what L1 holds
+    /// of it and for how long, and what the pattern engine says of it.
+    async fn explain(&mut self, key: Bytes) -> Flow {
+        use crate::patterns::report::Value;
+        let versions = self.shared.versions.clone();
+        let stored = versions
+            .as_ref()
+            .map_or_else(|| key.clone(), |versions| versions.stored(&key));
+        let version = versions
+            .as_ref()
+            .and_then(|versions| versions.namespace_and_version(&stored))
+            .map(|(_, version)| version);
+        let mut request = Vec::new();
+        for (name, extra) in [
+            ("TYPE", &[][..]),
+            ("PTTL", &[]),
+            ("STRLEN", &[]),
+            ("GETRANGE", &["0", "63"]),
+        ] {
+            let mut command: Vec<Bytes> = vec![Bytes::from_static(name.as_bytes()), stored.clone()];
+            command.extend(extra.iter().map(|arg| Bytes::from_static(arg.as_bytes())));
+            request.extend_from_slice(Command::from_args(command).wire());
+        }
+        let lane = self.pooled_lane();
+        let replies = match self.call_now(lane, Bytes::from(request), 4).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                self.shared.stats.upstream_error();
+                self.reply(Reply::error(error.client_message())).await;
+                return Flow::Continue;
+            }
+        };
+        let starts = frame_starts(&replies, 4);
+        let frame = |at: usize| {
+            replies
+                .get(starts[at]..*starts.get(at + 1).unwrap_or(&starts[at]))
+                .unwrap_or_default()
+        };
+        let integer = |frame: &[u8]| {
+            frame
+                .strip_prefix(b":")
+                .and_then(|rest| std::str::from_utf8(rest).ok())
+                .and_then(|text| text.trim().parse::<i64>().ok())
+        };
+        let kind = String::from_utf8_lossy(frame(0).strip_prefix(b"+").unwrap_or_default())
+            .trim()
+            .to_string();
+        let pttl = integer(frame(1));
+        let strlen = integer(frame(2));
+        let head = versions::bulk(frame(3)).unwrap_or_default();
+        let (codec, original) = match crate::codec::envelope::parse_header(head) {
+            _ if kind != "string" => (Value::Nil, Value::Nil),
+            Some(header) => (
+                Value::Bulk(Bytes::from_static(header.codec.name().as_bytes())),
+                Value::Integer(header.original_len as i64),
+            ),
+            None => (
+                Value::Bulk(Bytes::from_static(b"raw")),
+                strlen.map_or(Value::Nil, Value::Integer),
+            ),
+        };
+        let optional = |value: Option<i64>| value.map_or(Value::Nil, Value::Integer);
+        let held = self.shared.l1.as_ref().map(|l1| {
+            [("string", Shape::String), ("hash", Shape::HashAll)]
+                .into_iter()
+                .filter_map(|(name, shape)| l1.store.remaining(self.db, &key, &shape).map(|left| (name, left)))
+                .collect::<Vec<_>>()
+        });
+        let insight = match self.shared.patterns.clone() {
+            Some(patterns) => {
+                let (db, key) = (self.db, key.clone());
+                tokio::task::spawn_blocking(move || patterns.insight(db, &key))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let namespace = self
+            .shared
+            .l1
+            .as_ref()
+            .map(|l1| l1.store.namespaces().of(&key).name().to_string())
+            .or_else(|| {
+                self.shared
+                    .patterns
+                    .as_ref()
+                    .map(|patterns| String::from_utf8_lossy(patterns.namespace_of(&key)).into_owned())
+            })
+            .unwrap_or_default();
+        let reply = Value::Map(vec![
+            ("key", Value::Bulk(key.clone())),
+            ("db", Value::Integer(i64::from(self.db))),
+            ("namespace", Value::Bulk(Bytes::from(namespace))),
+            ("stored_key", Value::Bulk(stored.clone())),
+            ("version", optional(version.map(i64::from))),
+            ("type", Value::Bulk(Bytes::from(kind.clone()))),
+            ("redis_ttl_ms", optional(pttl)),
+            (
+                "stored_bytes",
+                if kind == "string" { optional(strlen) } else { Value::Nil },
+            ),
+            ("codec", codec),
+            ("original_bytes", original),
+            (
+                "l1_cached",
+                Value::Array(
+                    held.iter()
+                        .flatten()
+                        .map(|(name, _)| Value::Bulk(Bytes::from_static(name.as_bytes())))
+                        .collect(),
+                ),
+            ),
+            (
+                "l1_ttl_ms",
+                optional(held.iter().flatten().map(|(_, left)| left.as_millis() as i64).max()),
+            ),
+            (
+                "pattern_class",
+                insight.as_ref().map_or(Value::Nil, |insight| {
+                    Value::Bulk(Bytes::from_static(insight.verdict.class.as_str().as_bytes()))
+                }),
+            ),
+            (
+                "pattern_priority",
+                optional(insight.as_ref().map(|insight| i64::from(insight.priority))),
+            ),
+            (
+                "next_access_ms",
+                optional(
+                    insight
+                        .as_ref()
+                        .and_then(|insight| insight.verdict.next_ms)
+                        .map(|ms| ms as i64),
+                ),
+            ),
+        ]);
+        let mut out = bytes::BytesMut::new();
+        reply.encode(self.protocol, &mut out);
+        self.reply_bytes(out.freeze()).await;
         Flow::Continue
     }
 
@@ -2378,6 +2524,7 @@ PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times th
 PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
 PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, already cached, absent, deferred, errors; preloaded entries hit and wasted.\r\n\
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
+EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\
 VERSION CLEANUP <namespace> [KEEP <n>]\r\n    Remove the namespace's keys in versions older than its newest n (default 2), by SCAN and UNLINK in small batches.\r\n\

@@ -142,3 +142,81 @@ async fn flushl1_drops_l1_entries_of_one_namespace_or_all() {
     assert_eq!(direct.cmd("DBSIZE").await, ":3\r\n", "Redis keeps its data");
     assert_eq!(client.cmd("PROXY FLUSHL1 a b").await.chars().next(), Some('-'));
 }
+
+/// `PROXY EXPLAIN key` says where a client's key lives: the stored name and
+/// version it resolves to, its type, TTL, stored size and codec in Redis,
+/// what L1 holds of it and for how long, and its pattern class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_says_where_a_key_lives_and_how() {
+    use common::values::{fields, int, text};
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::values::eager(config);
+        config.compression.enabled = true;
+        config.compression.threshold = 64;
+        config.namespaces.insert(
+            "doc".into(),
+            auracache::config::NamespaceConfig {
+                version: Some(2),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    let value = "lorem-ipsum-".repeat(100);
+    assert_eq!(client.cmd(&format!("SET doc:1 {value}")).await, "+OK\r\n");
+    common::read_until_cached(&proxy, &mut client, "doc:1").await;
+    let connection = proxy.client().await;
+    let explain = |key: &'static str| {
+        let mut connection = connection.clone();
+        async move {
+            let reply: redis::Value = redis::cmd("PROXY")
+                .arg("EXPLAIN")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+                .expect("PROXY EXPLAIN answers");
+            fields(reply)
+        }
+    };
+    let doc = explain("doc:1").await;
+    assert_eq!(text(&doc["key"]), "doc:1");
+    assert_eq!(text(&doc["namespace"]), "doc");
+    assert_eq!(text(&doc["stored_key"]), "v2:doc:1");
+    assert_eq!(int(&doc["version"]), 2);
+    assert_eq!(text(&doc["type"]), "string");
+    assert_eq!(int(&doc["redis_ttl_ms"]), -1);
+    assert_eq!(text(&doc["codec"]), "zstd");
+    assert_eq!(int(&doc["original_bytes"]), value.len() as i64);
+    assert!(int(&doc["stored_bytes"]) < value.len() as i64 / 4, "{doc:?}");
+    assert_eq!(
+        doc["l1_cached"],
+        redis::Value::Array(vec![redis::Value::BulkString(b"string".to_vec())])
+    );
+    assert!(int(&doc["l1_ttl_ms"]) > 0);
+    common::poll_until_async("the engine has heard doc:1", || {
+        let explain = explain("doc:1");
+        async move {
+            explain
+                .await
+                .get("pattern_class")
+                .is_some_and(|class| *class != redis::Value::Nil)
+        }
+    })
+    .await;
+    // A key nobody wrote, unversioned, never read.
+    let none = explain("plain:9").await;
+    assert_eq!(text(&none["stored_key"]), "plain:9");
+    assert_eq!(none["version"], redis::Value::Nil);
+    assert_eq!(text(&none["type"]), "none");
+    assert_eq!(int(&none["redis_ttl_ms"]), -2);
+    assert_eq!(none["codec"], redis::Value::Nil);
+    assert_eq!(none["l1_cached"], redis::Value::Array(vec![]));
+    assert_eq!(none["pattern_class"], redis::Value::Nil);
+    // A hash: no string size or codec.
+    client.cmd("HSET h:1 f v").await;
+    let hash = explain("h:1").await;
+    assert_eq!(text(&hash["type"]), "hash");
+    assert_eq!(hash["codec"], redis::Value::Nil);
+}

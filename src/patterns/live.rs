@@ -633,6 +633,12 @@ impl Patterns {
         due
     }
 
+    /// What the engine says of one key now (enough accesses to say it).
+    /// Takes the model's lock: call it off the event loop.
+    pub fn insight(&self, db: u32, key: &[u8]) -> Option<Insight> {
+        self.inner.engine().insight(db, key, self.now_ms())
+    }
+
     /// Waits (at most `wait`) until the engine has recorded the reads sent
     /// before the call; false if it did not answer in time.
     pub fn recorded(&self, wait: Duration) -> bool {
