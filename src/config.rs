@@ -991,6 +991,37 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Every setting as (dotted name, value), secrets hidden, in name
+    /// order: `PROXY CONFIG GET`. Strings are shown bare, other values as
+    /// TOML writes them.
+    pub fn settings_redacted(&self) -> Vec<(String, String)> {
+        fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (name, value) in table {
+                        let name = if prefix.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{prefix}.{name}")
+                        };
+                        flatten(&name, value, out);
+                    }
+                }
+                toml::Value::String(text) => out.push((prefix.to_string(), text.clone())),
+                other => out.push((prefix.to_string(), other.to_string())),
+            }
+        }
+        let shown: Config = toml::from_str(&self.to_redacted_toml()).unwrap_or_else(|_| self.clone());
+        let mut out = Vec::new();
+        if let Ok(value) = toml::Value::try_from(&shown) {
+            flatten("", &value, &mut out);
+        }
+        out.sort();
+        out
+    }
+}
+
 fn looks_like_host_port(text: &str) -> bool {
     match text.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),

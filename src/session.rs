@@ -843,6 +843,22 @@ impl Session {
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
             [_, "EXPLAIN", _] => return self.explain(command.args()[2].clone()).await,
+            [_, "CONFIG", "GET", _] => {
+                use crate::patterns::report::Value;
+                let pattern = command.args()[3].clone();
+                let settings = self
+                    .shared
+                    .config
+                    .settings_redacted()
+                    .into_iter()
+                    .filter(|(name, _)| crate::keys::glob::matches_nocase(&pattern, name.as_bytes()))
+                    .map(|(name, value)| (Value::Bulk(Bytes::from(name)), Value::Bulk(Bytes::from(value))))
+                    .collect();
+                let mut out = bytes::BytesMut::new();
+                Value::Pairs(settings).encode(self.protocol, &mut out);
+                self.reply_bytes(out.freeze()).await;
+                return Flow::Continue;
+            }
             [_, "FLUSHL1", rest @ ..] if rest.len() <= 1 => match &self.shared.l1 {
                 None => Reply::error("ERR L1 is off (memory_cache.enabled = false)"),
                 Some(_) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
@@ -2524,6 +2540,7 @@ PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times th
 PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
 PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, already cached, absent, deferred, errors; preloaded entries hit and wasted.\r\n\
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
+CONFIG GET <pattern>\r\n    The proxy's settings whose dotted names match the glob (secrets hidden), as CONFIG GET answers Redis's.\r\n\
 EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\

@@ -220,3 +220,33 @@ async fn explain_says_where_a_key_lives_and_how() {
     assert_eq!(text(&hash["type"]), "hash");
     assert_eq!(hash["codec"], redis::Value::Nil);
 }
+
+/// `PROXY CONFIG GET pattern` answers the effective settings whose dotted
+/// names match the glob, as Redis's CONFIG GET does (name/value pairs; a
+/// map in RESP3), with secrets hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_get_lists_settings_by_glob_with_secrets_hidden() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.auth.password = Some("s3cret".into());
+        config.preload.max_concurrent = 7;
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    assert_eq!(client.cmd("AUTH s3cret").await, "+OK\r\n");
+    let reply = client.cmd("PROXY CONFIG GET preload.max_concurrent").await;
+    assert_eq!(reply, "*2\r\n$22\r\npreload.max_concurrent\r\n$1\r\n7\r\n");
+    let preload = client.cmd("PROXY CONFIG GET PRELOAD.*").await;
+    assert!(preload.starts_with("*16\r\n"), "eight preload settings: {preload}");
+    assert!(
+        preload.contains("preload.interval_minutes\r\n$4\r\n30.0\r\n"),
+        "{preload}"
+    );
+    let all = client.cmd("PROXY CONFIG GET *").await;
+    assert!(all.contains("auth.password\r\n$8\r\n<hidden>\r\n"), "{all}");
+    assert!(!all.contains("s3cret"), "{all}");
+    assert_eq!(client.cmd("PROXY CONFIG GET nothing.like.this").await, "*0\r\n");
+    client.cmd("HELLO 3").await;
+    let map = client.cmd("PROXY CONFIG GET preload.enabled").await;
+    assert_eq!(map, "%1\r\n$15\r\npreload.enabled\r\n$4\r\ntrue\r\n");
+}

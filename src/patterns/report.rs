@@ -56,6 +56,8 @@ pub(crate) enum Value {
     Nil,
     Array(Vec<Value>),
     Map(Vec<(&'static str, Value)>),
+    /// A map whose names are values too (built at run time).
+    Pairs(Vec<(Value, Value)>),
 }
 
 impl Value {
@@ -78,6 +80,16 @@ impl Value {
             Value::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 items.iter().for_each(|item| item.encode(protocol, out));
+            }
+            Value::Pairs(pairs) => {
+                match protocol {
+                    Protocol::Resp2 => out.extend_from_slice(format!("*{}\r\n", pairs.len() * 2).as_bytes()),
+                    Protocol::Resp3 => out.extend_from_slice(format!("%{}\r\n", pairs.len()).as_bytes()),
+                }
+                for (name, value) in pairs {
+                    name.encode(protocol, out);
+                    value.encode(protocol, out);
+                }
             }
             Value::Map(fields) => {
                 match protocol {
