@@ -121,6 +121,17 @@ pub struct PreloadStats {
     pub max_in_flight: AtomicUsize,
 }
 
+impl PreloadStats {
+    /// The totals back to zero (`PROXY STATS RESET`); the schedule stays.
+    pub fn reset(&self) {
+        for counter in [&self.fetched, &self.absent, &self.errors, &self.deferred] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.max_in_flight
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
 /// The preloader as the rest of the proxy sees it: its schedule, its last
 /// run, and a way to ask for a run now.
 #[derive(Debug)]

@@ -843,6 +843,33 @@ impl Session {
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
             [_, "EXPLAIN", _] => return self.explain(command.args()[2].clone()).await,
+            [_, "STATS"] => {
+                // INFO cache's fields, as a map.
+                use crate::patterns::report::Value;
+                let text = self.cache_section();
+                let pairs = text
+                    .lines()
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(name, value)| {
+                        (
+                            Value::Bulk(Bytes::copy_from_slice(name.as_bytes())),
+                            Value::Bulk(Bytes::copy_from_slice(value.as_bytes())),
+                        )
+                    })
+                    .collect();
+                let mut out = bytes::BytesMut::new();
+                Value::Pairs(pairs).encode(self.protocol, &mut out);
+                self.reply_bytes(out.freeze()).await;
+                return Flow::Continue;
+            }
+            [_, "STATS", "RESET"] => {
+                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                    Reply::error("NOPERM PROXY STATS RESET needs the admin role")
+                } else {
+                    self.reset_stats();
+                    Reply::Status("OK")
+                }
+            }
             [_, "CONFIG", "GET", _] => {
                 use crate::patterns::report::Value;
                 let pattern = command.args()[3].clone();
@@ -1103,6 +1130,27 @@ impl Session {
         reply.encode(self.protocol, &mut out);
         self.reply_bytes(out.freeze()).await;
         Flow::Continue
+    }
+
+    /// Every counter of the proxy back to zero (gauges such as entries,
+    /// bytes and connections stay): `PROXY STATS RESET`.
+    fn reset_stats(&self) {
+        self.shared.stats.reset();
+        if let Some(l1) = &self.shared.l1 {
+            l1.store.stats().reset();
+            for namespace in l1.store.namespaces().all() {
+                namespace.stats.reset();
+            }
+        }
+        if let Some(compression) = &self.shared.compression {
+            compression.stats.reset();
+        }
+        if let Some(patterns) = &self.shared.patterns {
+            patterns.stats().reset();
+        }
+        if let Some(preload) = &self.shared.preload {
+            preload.stats().reset();
+        }
     }
 
     /// The proxy's `# Cache` INFO section.
@@ -2540,6 +2588,7 @@ PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times th
 PATTERNS SAVE\r\n    Write the pattern model to patterns.state_path now.\r\n\
 PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, already cached, absent, deferred, errors; preloaded entries hit and wasted.\r\n\
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
+STATS [RESET]\r\n    INFO cache's fields as a map; RESET sets every counter back to zero (gauges stay).\r\n\
 CONFIG GET <pattern>\r\n    The proxy's settings whose dotted names match the glob (secrets hidden), as CONFIG GET answers Redis's.\r\n\
 EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\

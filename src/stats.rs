@@ -28,6 +28,18 @@ pub enum ConnectionKind {
 }
 
 impl Stats {
+    /// The counters (not the gauges) back to zero (`PROXY STATS RESET`).
+    pub fn reset(&self) {
+        for counter in [
+            &self.clients_total,
+            &self.clients_rejected,
+            &self.upstream_errors,
+            &self.protocol_errors,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }

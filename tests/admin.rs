@@ -250,3 +250,37 @@ async fn config_get_lists_settings_by_glob_with_secrets_hidden() {
     let map = client.cmd("PROXY CONFIG GET preload.enabled").await;
     assert_eq!(map, "%1\r\n$15\r\npreload.enabled\r\n$4\r\ntrue\r\n");
 }
+
+/// `PROXY STATS` answers INFO cache's fields as a map; `PROXY STATS RESET`
+/// sets the counters back to zero and leaves the gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answers_the_counters_and_reset_zeroes_them() {
+    use common::values::{fields, text};
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), common::l1_eager).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client.cmd("SET k v").await;
+    common::read_until_cached(&proxy, &mut client, "k").await;
+    let stats = |proxy: &Proxy| {
+        let proxy_url = proxy.url();
+        async move {
+            let mut connection = common::connect(&proxy_url).await;
+            let reply: redis::Value = redis::cmd("PROXY")
+                .arg("STATS")
+                .query_async(&mut connection)
+                .await
+                .expect("PROXY STATS answers");
+            fields(reply)
+        }
+    };
+    let before = stats(&proxy).await;
+    assert!(text(&before["l1_hits"]).parse::<u64>().unwrap() >= 1, "{before:?}");
+    assert_eq!(text(&before["l1_entries"]), "1");
+    assert_eq!(client.cmd("PROXY STATS RESET").await, "+OK\r\n");
+    let after = stats(&proxy).await;
+    assert_eq!(text(&after["l1_hits"]), "0", "{after:?}");
+    assert_eq!(text(&after["l1_misses"]), "0");
+    assert_eq!(text(&after["l1_entries"]), "1", "a gauge stays");
+    assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
+    assert_eq!(text(&stats(&proxy).await["l1_hits"]), "1");
+}

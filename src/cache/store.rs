@@ -262,6 +262,28 @@ pub struct L1Stats {
     pub preload_waste: AtomicU64,
 }
 
+impl L1Stats {
+    /// Every counter back to zero (`PROXY STATS RESET`).
+    pub fn reset(&self) {
+        for counter in [
+            &self.hits,
+            &self.misses,
+            &self.fills,
+            &self.evictions,
+            &self.expirations,
+            &self.invalidations,
+            &self.fills_voided,
+            &self.coalesced_waits,
+            &self.too_large,
+            &self.preloads,
+            &self.preload_hits,
+            &self.preload_waste,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Sizes of the store.
 #[derive(Debug, Clone, Copy)]
 pub struct L1Limits {

@@ -373,6 +373,11 @@ pub struct CompressionStats {
 type ByNamespace = HashMap<Arc<str>, Arc<CodecStats>>;
 
 impl CompressionStats {
+    /// Forgets every codec's and namespace's counters (`PROXY STATS RESET`).
+    pub fn reset(&self) {
+        self.by.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
     pub fn new(max_namespaces: usize) -> CompressionStats {
         CompressionStats {
             max_namespaces: max_namespaces.max(1),

@@ -265,6 +265,21 @@ pub struct PatternStats {
     pub sampled_out: AtomicU64,
 }
 
+impl PatternStats {
+    /// The counters (not the gauges) back to zero (`PROXY STATS RESET`).
+    pub fn reset(&self) {
+        for counter in [
+            &self.events,
+            &self.dropped,
+            &self.snapshots_written,
+            &self.snapshot_errors,
+            &self.sampled_out,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Emptied batches kept for reuse, at most.
 const SPARES: usize = 256;
 /// How long `PROXY PATTERNS SAVE` waits for the engine's thread.
