@@ -54,6 +54,7 @@ pub struct Config {
     pub versioning: VersioningConfig,
     pub patterns: PatternsConfig,
     pub preload: PreloadConfig,
+    pub admin: AdminConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -432,6 +433,22 @@ pub enum Role {
     User,
 }
 
+/// The HTTP admin surface (issue #9): health, metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens (loopback by default); "" = off.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9121".into(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -457,6 +474,7 @@ impl Default for Config {
             versioning: VersioningConfig::default(),
             patterns: PatternsConfig::default(),
             preload: PreloadConfig::default(),
+            admin: AdminConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -501,6 +519,7 @@ impl Default for LogConfig {
 /// Environment variables and the settings they set.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_LISTEN", "listen"),
+    ("AURACACHE_ADMIN_LISTEN", "admin.listen"),
     ("AURACACHE_UPSTREAM", "upstream"),
     ("AURACACHE_THREADS", "threads"),
     ("AURACACHE_POOL_SIZE", "pool.size"),
@@ -616,6 +635,7 @@ impl Config {
         };
         match name {
             "listen" => self.listen = value.to_string(),
+            "admin.listen" => self.admin.listen = value.trim().to_string(),
             "upstream" => self.upstream = value.to_string(),
             "threads" => self.threads = whole(0)? as usize,
             "pool.size" => self.pool.size = whole(1)? as usize,
@@ -716,6 +736,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for name in [
             "listen",
+            "admin.listen",
             "upstream",
             "pool.size",
             "limits.max_clients",
@@ -748,6 +769,17 @@ impl Config {
 
     fn check_one(&self, name: &str) -> Result<(), ConfigError> {
         match name {
+            "admin.listen"
+                if !self.admin.listen.is_empty()
+                    && self.admin.listen.parse::<SocketAddr>().is_err()
+                    && !looks_like_host_port(&self.admin.listen) =>
+            {
+                return Err(invalid(
+                    name,
+                    &self.admin.listen,
+                    "expected host:port, for example 127.0.0.1:9121, or \"\" for off",
+                ));
+            }
             "listen" if self.listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&self.listen) => {
                 return Err(invalid(
                     name,

@@ -25,6 +25,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod gather;
+pub mod http;
 pub mod keys;
 pub mod patterns;
 pub mod preload;

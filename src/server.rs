@@ -48,6 +48,7 @@ pub struct ServerHandle {
     versions: Option<Arc<Versioning>>,
     patterns: Option<Arc<Patterns>>,
     preload: Option<Arc<crate::preload::Preload>>,
+    admin_addr: Option<SocketAddr>,
     trigger: ShutdownTrigger,
     accept_loop: JoinHandle<()>,
 }
@@ -73,6 +74,14 @@ impl Server {
                 address: config.listen.clone(),
                 reason,
             })?;
+        let admin_listener = match config.admin.listen.as_str() {
+            "" => None,
+            address => Some(TcpListener::bind(address).await.map_err(|reason| StartError::Listen {
+                address: address.to_string(),
+                reason,
+            })?),
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|listener| listener.local_addr().ok());
         let local_addr = listener.local_addr().map_err(|reason| StartError::Listen {
             address: config.listen.clone(),
             reason,
@@ -144,6 +153,9 @@ impl Server {
             crate::preload::start(preload.clone(), parts, shutdown.clone());
         }
         tokio::spawn(learn_databases(shared.clone()));
+        if let Some(listener) = admin_listener {
+            crate::http::start(listener, shared.clone(), shutdown.clone());
+        }
         let shared_l1 = l1.clone();
         if let Some(l1) = l1 {
             let namespaces = l1.store.namespaces();
@@ -168,6 +180,9 @@ impl Server {
             "listening on {local_addr}, upstream {}",
             shared.config.upstream_redacted()
         );
+        if let Some(admin) = admin_addr {
+            tracing::info!("HTTP admin (/health, /metrics) on http://{admin}");
+        }
         let compression = shared.compression.clone();
         let versions = shared.versions.clone();
         let accept_loop = tokio::spawn(accept_clients(listener, shared, shutdown));
@@ -179,6 +194,7 @@ impl Server {
             versions,
             patterns,
             preload,
+            admin_addr,
             trigger,
             accept_loop,
         })
@@ -207,6 +223,11 @@ impl ServerHandle {
     /// The pattern engine, when enabled.
     pub fn patterns(&self) -> Option<&Arc<Patterns>> {
         self.patterns.as_ref()
+    }
+
+    /// Where the HTTP admin listens, when on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The preloader, when enabled.

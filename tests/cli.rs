@@ -150,6 +150,7 @@ fn redis_cli_through_the_binary_and_sigterm_exits_zero() {
     let mut child = Command::new(binary())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &server.url()])
         .args(["--log-format", "json"])
+        .env("AURACACHE_ADMIN_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .expect("start auracache");

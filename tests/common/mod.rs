@@ -180,6 +180,8 @@ impl Proxy {
             ..Config::default()
         };
         config.pool.max_backoff_ms = 100;
+        // The HTTP admin is off unless a test turns it on (on port 0).
+        config.admin.listen = String::new();
         tweak(&mut config);
         let handle = Server::start_with_clock(config, clock).await.expect("proxy starts");
         let addr = handle.local_addr();

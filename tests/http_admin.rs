@@ -1,0 +1,152 @@
+//! The HTTP admin surface: `/health` flips when the upstream goes away and
+//! comes back, `/metrics` parses as Prometheus (OpenMetrics) text and
+//! agrees with `INFO cache`.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::values::info_field;
+use common::{Proxy, RawClient, RedisServer, poll_until_async};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A proxy with L1 on and the HTTP admin on a free port.
+async fn proxy_with_admin(server: &RedisServer) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::l1_eager(config);
+        config.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let admin = proxy.handle().admin_addr().expect("the HTTP admin is on");
+    (proxy, admin)
+}
+
+/// `GET path` over HTTP/1.1: the status code, the headers and the body.
+async fn get(admin: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(admin).await.expect("the admin listener accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response read");
+    let response = String::from_utf8(response).expect("UTF-8");
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, head.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_flips_when_the_upstream_goes_away_and_comes_back() {
+    let mut server = RedisServer::start();
+    let (proxy, admin) = proxy_with_admin(&server).await;
+    poll_until_async("healthy with tracking up", || async move {
+        let (status, _, body) = get(admin, "/health").await;
+        status == 200 && body.contains(r#""tracking":"up""#)
+    })
+    .await;
+    let (_, head, body) = get(admin, "/health").await;
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: application/json"),
+        "{head}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["upstream"], "up");
+    server.kill();
+    poll_until_async("unhealthy without Redis", || async move {
+        let (status, _, body) = get(admin, "/health").await;
+        status == 503 && body.contains("upstream unavailable")
+    })
+    .await;
+    let (_, _, body) = get(admin, "/health").await;
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["status"], "unavailable");
+    assert!(!health["reasons"].as_array().expect("reasons").is_empty());
+    server.restart();
+    poll_until_async("healthy again", || async move { get(admin, "/health").await.0 == 200 }).await;
+    drop(proxy);
+}
+
+/// Every line of an OpenMetrics text exposition: `# TYPE`/`# HELP`/`# UNIT`
+/// comments, samples `name{labels} value`, and `# EOF` last. Returns the
+/// samples as (name with labels, value).
+fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF");
+    let mut samples = Vec::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let kind = words.next().unwrap_or_default();
+            assert!(matches!(kind, "TYPE" | "HELP" | "UNIT"), "{line}");
+            let name = words.next().unwrap_or_default();
+            assert!(name.starts_with("auracache_"), "{line}");
+            if kind == "TYPE" {
+                assert!(matches!(words.next(), Some("counter" | "gauge")), "{line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        if name_end < series.len() {
+            let labels = &series[name_end..];
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            for pair in labels[1..labels.len() - 1].split(',').filter(|pair| !pair.is_empty()) {
+                let (key, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("label: {line}"));
+                assert!(
+                    !key.is_empty() && quoted.starts_with('"') && quoted.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+        samples.push((
+            series.to_string(),
+            value.parse().unwrap_or_else(|_| panic!("value: {line}")),
+        ));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_agree_with_info() {
+    let server = RedisServer::start();
+    let (proxy, admin) = proxy_with_admin(&server).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client.cmd("SET user:1 ada").await;
+    common::read_until_cached(&proxy, &mut client, "user:1").await;
+    for _ in 0..5 {
+        assert_eq!(client.cmd("GET user:1").await, "$3\r\nada\r\n");
+    }
+    let info = client.cmd("INFO cache").await;
+    let (status, head, body) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("application/openmetrics-text"),
+        "{head}"
+    );
+    let samples = parse_openmetrics(&body);
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(name, _)| name == series)
+            .map(|(_, value)| *value)
+            .unwrap_or_else(|| panic!("{series} in {body}"))
+    };
+    let hits = value(r#"auracache_l1_hits_total{namespace="user"}"#);
+    let info_hits: f64 = info_field(&info, "l1_hits").parse().expect("a number");
+    // INFO was read first; the scrape counts nothing more.
+    assert_eq!(hits, info_hits, "{body}");
+    assert!(hits >= 6.0);
+    assert_eq!(value(r#"auracache_l1_entries{namespace="user"}"#), 1.0);
+    assert_eq!(value(r#"auracache_upstream_connections{kind="tracking"}"#), 1.0);
+    assert_eq!(value("auracache_clients"), 1.0);
+}
