@@ -2,7 +2,10 @@
 //! default, off when empty): `/health` (200 while the upstream and, when
 //! L1 needs it, the tracking connection are up; 503 with the reason
 //! otherwise) and `/metrics` (the proxy's counters and gauges in the
-//! Prometheus / OpenMetrics text format, labelled by namespace and codec).
+//! Prometheus / OpenMetrics text format, labelled by namespace and codec),
+//! and JSON under `/api/v1/monitoring/cache/v2/`: `memory/stats`,
+//! `compression/stats` (with recommendations) and `patterns/analysis`
+//! (the top patterns, peak hours, the preloader and recommendations).
 //! It reads the same counters as `INFO cache` and never takes a lock the
 //! request path holds.
 
@@ -33,6 +36,9 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown)
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/v1/monitoring/cache/v2/memory/stats", get(memory_stats))
+        .route("/api/v1/monitoring/cache/v2/compression/stats", get(compression_stats))
+        .route("/api/v1/monitoring/cache/v2/patterns/analysis", get(patterns_analysis))
         .with_state(shared);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -281,4 +287,216 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, "metrics could not be encoded").into_response();
     }
     ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+}
+
+/// Values attempted in a namespace before its ratio is judged.
+const JUDGED_AFTER: u64 = 10;
+/// Stored bytes per original byte above which compression does not pay.
+const POOR_RATIO: f64 = 0.9;
+
+/// `memory/stats`: L1's totals and, per namespace, entries, bytes, bound,
+/// TTL and what left it.
+async fn memory_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(l1) = &shared.l1 else {
+        return axum::Json(serde_json::json!({ "l1": { "enabled": false }, "namespaces": [] })).into_response();
+    };
+    let totals = l1.store.stats();
+    let namespaces: Vec<serde_json::Value> = l1
+        .store
+        .namespaces()
+        .all()
+        .iter()
+        .map(|namespace| {
+            let stats = &namespace.stats;
+            serde_json::json!({
+                "name": namespace.name(),
+                "entries": load(&namespace.entries),
+                "bytes": load(&namespace.bytes),
+                "max_entries": namespace.rules.max_entries,
+                "ttl_secs": namespace.rules.ttl.as_secs(),
+                "consistency": match namespace.rules.consistency {
+                    crate::config::Consistency::Strict => "strict",
+                    crate::config::Consistency::TtlOnly => "ttl-only",
+                },
+                "hits": load(&stats.hits),
+                "misses": load(&stats.misses),
+                "evictions": load(&stats.evictions),
+                "expirations": load(&stats.expirations),
+                "invalidations": load(&stats.invalidations),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "l1": {
+            "enabled": true,
+            "entries": l1.store.len(),
+            "bytes": l1.store.bytes(),
+            "max_bytes": l1.store.capacity(),
+            "evictions": load(&totals.evictions),
+            "expirations": load(&totals.expirations),
+        },
+        "namespaces": namespaces,
+    }))
+    .into_response()
+}
+
+/// `compression/stats`: totals, per codec, per namespace and codec, and
+/// what to change (a namespace whose values barely shrink).
+async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(compression) = &shared.compression else {
+        return axum::Json(serde_json::json!({
+            "enabled": false, "totals": null, "by_algorithm": [], "by_namespace": [], "recommendations": [],
+        }))
+        .into_response();
+    };
+    let all = compression.stats.snapshot();
+    let ratio = |bytes_in: u64, bytes_out: u64| {
+        if bytes_in == 0 {
+            1.0
+        } else {
+            bytes_out as f64 / bytes_in as f64
+        }
+    };
+    let mut by_algorithm: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+    let mut by_namespace = Vec::new();
+    let mut recommendations = Vec::new();
+    for (codec, namespace, stats) in &all {
+        let (values, bytes_in, bytes_out) = (load(&stats.compressed), load(&stats.bytes_in), load(&stats.bytes_out));
+        let poor = load(&stats.poor_savings);
+        let raw = load(&stats.below_threshold) + poor + load(&stats.interpreted) + load(&stats.escaped);
+        let entry = by_algorithm.entry(codec.name()).or_default();
+        entry.0 += values;
+        entry.1 += bytes_in;
+        entry.2 += bytes_out;
+        let namespace_ratio = ratio(bytes_in, bytes_out);
+        // Values tried (compressed, or kept raw because they did not shrink).
+        let tried = values + poor;
+        if tried >= JUDGED_AFTER && (poor * 2 > tried || namespace_ratio > POOR_RATIO) {
+            let seen = if poor * 2 > tried {
+                format!("{poor} of {tried} values did not shrink enough")
+            } else {
+                format!("ratio {namespace_ratio:.2}")
+            };
+            recommendations.push(format!("namespace {namespace}: {seen}, disable compression"));
+        }
+        by_namespace.push(serde_json::json!({
+            "namespace": namespace.as_ref(),
+            "algorithm": codec.name(),
+            "values": values,
+            "raw_values": raw,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "ratio": namespace_ratio,
+        }));
+    }
+    let (values, bytes_in, bytes_out) = by_algorithm
+        .values()
+        .fold((0, 0, 0), |sum, each| (sum.0 + each.0, sum.1 + each.1, sum.2 + each.2));
+    let by_algorithm: Vec<serde_json::Value> = by_algorithm
+        .iter()
+        .map(|(algorithm, (values, bytes_in, bytes_out))| {
+            serde_json::json!({
+                "algorithm": algorithm, "values": values, "bytes_in": bytes_in,
+                "bytes_out": bytes_out, "ratio": ratio(*bytes_in, *bytes_out),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "enabled": true,
+        "totals": {
+            "values": values,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "ratio": ratio(bytes_in, bytes_out),
+            "saved_bytes": bytes_in.saturating_sub(bytes_out),
+        },
+        "by_algorithm": by_algorithm,
+        "by_namespace": by_namespace,
+        "recommendations": recommendations,
+    }))
+    .into_response()
+}
+
+/// `patterns/analysis`: the top keys by priority, the peak hours, the
+/// preloader's state, and recommendations.
+async fn patterns_analysis(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(patterns) = shared.patterns.clone() else {
+        return axum::Json(serde_json::json!({ "enabled": false, "top": [], "recommendations": [] })).into_response();
+    };
+    let ranking = patterns.clone();
+    let top = tokio::task::spawn_blocking(move || {
+        ranking.top(&crate::patterns::live::Query {
+            count: 20,
+            namespace: None,
+            min_priority: 1,
+        })
+    })
+    .await
+    .unwrap_or_default();
+    let (load_by_hour, peaks) = patterns.peaks();
+    let threshold = shared.config.preload.priority_threshold;
+    let preloadable = top.iter().filter(|insight| insight.priority >= threshold).count();
+    let mut recommendations = Vec::new();
+    let preload = match (&shared.preload, &shared.l1) {
+        (Some(preload), Some(l1)) => {
+            let stats = l1.store.stats();
+            let (hits, waste) = (load(&stats.preload_hits), load(&stats.preload_waste));
+            let hit_rate = crate::preload::hit_rate(hits, waste);
+            if hits + waste >= 20 && hit_rate < 0.5 {
+                recommendations.push(format!(
+                    "preloaded entries are hit {:.0} % of the time: raise preload.priority_threshold above {threshold}",
+                    hit_rate * 100.0
+                ));
+            }
+            serde_json::json!({
+                "enabled": true,
+                "priority_threshold": threshold,
+                "runs": preload.runs(),
+                "last_run_ms": preload.last().map(|report| report.started_ms),
+                "next_run_ms": load(&preload.stats().next_run_ms),
+                "stored": load(&stats.preloads),
+                "hits": hits,
+                "waste": waste,
+                "hit_rate": hit_rate,
+            })
+        }
+        _ => {
+            if preloadable > 0 {
+                recommendations.push(format!(
+                    "{preloadable} of the top keys have priority >= {threshold}: turn the preloader on (CACHE_PRELOAD_ENABLED, with L1 on)"
+                ));
+            }
+            serde_json::json!({ "enabled": false, "priority_threshold": threshold })
+        }
+    };
+    let now_ms = patterns.now_ms();
+    let top: Vec<serde_json::Value> = top
+        .iter()
+        .map(|insight| {
+            serde_json::json!({
+                "key": String::from_utf8_lossy(&insight.key),
+                "db": insight.db,
+                "namespace": String::from_utf8_lossy(patterns.namespace_of(&insight.key)),
+                "class": insight.verdict.class.as_str(),
+                "predictability": insight.verdict.predictability,
+                "priority": insight.priority,
+                "accesses": insight.accesses,
+                "next_access_ms": insight.verdict.next_ms,
+                "next_access_in_s": insight.verdict.next_ms.map(|next| (next as i64 - now_ms as i64).div_euclid(1_000)),
+                "period_ms": insight.verdict.period_ms,
+                "peak_hours": insight.verdict.hours,
+                "hourly": insight.hourly,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "enabled": true,
+        "keys_tracked": load(&patterns.stats().tracked),
+        "peak_hours": peaks,
+        "hourly_load": load_by_hour,
+        "top": top,
+        "preload": preload,
+        "recommendations": recommendations,
+    }))
+    .into_response()
 }

@@ -150,3 +150,115 @@ async fn metrics_parse_as_prometheus_text_and_agree_with_info() {
     assert_eq!(value(r#"auracache_upstream_connections{kind="tracking"}"#), 1.0);
     assert_eq!(value("auracache_clients"), 1.0);
 }
+
+/// The JSON endpoints answer the documented fields, consistent with what
+/// the test sent: memory per namespace, compression per codec and
+/// namespace with a recommendation for values that do not shrink, and the
+/// pattern analysis with the keys read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_endpoints_describe_memory_compression_and_patterns() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::values::eager(config);
+        config.compression.enabled = true;
+        config.compression.threshold = 64;
+        config.compression.min_savings = 0.0;
+        config.admin.listen = "127.0.0.1:0".into();
+    })
+    .await;
+    let admin = proxy.handle().admin_addr().expect("the HTTP admin is on");
+    let mut client = RawClient::connect(proxy.addr()).await;
+    let text = "lorem-ipsum-".repeat(100);
+    let mut writer = proxy.client().await;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..12 {
+        assert_eq!(client.cmd(&format!("SET docs:{i} {text}")).await, "+OK\r\n");
+        // Incompressible: xorshift bytes.
+        let noise: Vec<u8> = (0..1000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let () = redis::cmd("SET")
+            .arg(format!("logs:{i}"))
+            .arg(noise)
+            .query_async(&mut writer)
+            .await
+            .expect("SET");
+    }
+    common::read_until_cached(&proxy, &mut client, "docs:1").await;
+    let json = |path: &'static str| async move {
+        let (status, head, body) = get(admin, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(head.to_ascii_lowercase().contains("application/json"), "{head}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+    };
+    let memory = json("/api/v1/monitoring/cache/v2/memory/stats").await;
+    assert_eq!(memory["l1"]["enabled"], true);
+    assert!(memory["l1"]["entries"].as_u64().unwrap() >= 1, "{memory}");
+    let docs = memory["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|namespace| namespace["name"] == "docs")
+        .unwrap_or_else(|| panic!("docs listed: {memory}"));
+    assert!(
+        docs["entries"].as_u64().unwrap() >= 1 && docs["bytes"].as_u64().unwrap() > 0,
+        "{docs}"
+    );
+    for field in [
+        "max_entries",
+        "ttl_secs",
+        "consistency",
+        "hits",
+        "misses",
+        "evictions",
+        "expirations",
+    ] {
+        assert!(!docs[field].is_null(), "{field} in {docs}");
+    }
+    let compression = json("/api/v1/monitoring/cache/v2/compression/stats").await;
+    assert_eq!(compression["enabled"], true);
+    let totals = &compression["totals"];
+    assert!(
+        totals["bytes_out"].as_u64().unwrap() < totals["bytes_in"].as_u64().unwrap(),
+        "{compression}"
+    );
+    assert_eq!(compression["by_algorithm"][0]["algorithm"], "zstd");
+    let recommendations = compression["recommendations"].to_string();
+    assert!(
+        recommendations.contains("namespace logs") && recommendations.contains("disable compression"),
+        "{compression}"
+    );
+    assert!(!recommendations.contains("namespace docs"), "{compression}");
+    let patterns = json("/api/v1/monitoring/cache/v2/patterns/analysis").await;
+    assert_eq!(patterns["enabled"], true);
+    assert_eq!(patterns["hourly_load"].as_array().unwrap().len(), 24);
+    common::poll_until_async("docs:1 among the top patterns", || async move {
+        let patterns = json("/api/v1/monitoring/cache/v2/patterns/analysis").await;
+        patterns["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|key| key["key"] == "docs:1")
+    })
+    .await;
+    let patterns = json("/api/v1/monitoring/cache/v2/patterns/analysis").await;
+    let top = &patterns["top"][0];
+    for field in [
+        "key",
+        "db",
+        "namespace",
+        "class",
+        "predictability",
+        "priority",
+        "accesses",
+        "hourly",
+    ] {
+        assert!(!top[field].is_null(), "{field} in {top}");
+    }
+    assert_eq!(patterns["preload"]["enabled"], true);
+}
