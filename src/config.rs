@@ -1011,6 +1011,11 @@ impl Config {
 
     /// The effective configuration as TOML, secrets hidden.
     pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(&self.shown()).unwrap_or_else(|error| format!("# cannot render configuration: {error}\n"))
+    }
+
+    /// This configuration with its secrets hidden.
+    fn shown(&self) -> Config {
         let mut shown = self.clone();
         shown.upstream = self.upstream_redacted();
         if shown.auth.password.is_some() {
@@ -1019,18 +1024,18 @@ impl Config {
         for user in &mut shown.auth.users {
             user.password_sha256 = "<hidden>".into();
         }
-        toml::to_string(&shown).unwrap_or_else(|error| format!("# cannot render configuration: {error}\n"))
+        shown
     }
 }
 
 impl Config {
     /// Every setting as (dotted name, value), secrets hidden, in name
     /// order: `PROXY CONFIG GET`. Strings are shown bare, other values as
-    /// TOML writes them.
+    /// JSON writes them (an unset one empty).
     pub fn settings_redacted(&self) -> Vec<(String, String)> {
-        fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
+        fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
             match value {
-                toml::Value::Table(table) => {
+                serde_json::Value::Object(table) => {
                     for (name, value) in table {
                         let name = if prefix.is_empty() {
                             name.clone()
@@ -1040,13 +1045,15 @@ impl Config {
                         flatten(&name, value, out);
                     }
                 }
-                toml::Value::String(text) => out.push((prefix.to_string(), text.clone())),
+                serde_json::Value::String(text) => out.push((prefix.to_string(), text.clone())),
+                // An unset option (auth.password) is shown empty.
+                serde_json::Value::Null => out.push((prefix.to_string(), String::new())),
                 other => out.push((prefix.to_string(), other.to_string())),
             }
         }
-        let shown: Config = toml::from_str(&self.to_redacted_toml()).unwrap_or_else(|_| self.clone());
         let mut out = Vec::new();
-        if let Ok(value) = toml::Value::try_from(&shown) {
+        // (JSON, not TOML: TOML's integers stop at i64::MAX.)
+        if let Ok(value) = serde_json::to_value(self.shown()) {
             flatten("", &value, &mut out);
         }
         out.sort();

@@ -28,6 +28,8 @@ use crate::protocol::Protocol;
 use crate::session::Shared;
 use crate::shutdown::Shutdown;
 
+/// How long `/health` waits for Redis's PONG.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The OpenMetrics content type Prometheus asks for.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -55,8 +57,25 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown)
 /// needs them); 503 with the reason otherwise.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let db = shared.pools.target().db;
+    // Redis must answer a PING, not merely hold a connection open.
     let upstream = match shared.pools.get(db, Protocol::Resp2).connection(0).await {
-        Ok(_) => Ok(()),
+        Ok(connection) => {
+            let ping = connection
+                .send(bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1)
+                .await;
+            match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                Ok(Ok(Ok(reply))) if reply.as_ref() == b"+PONG\r\n" => Ok(()),
+                Ok(Ok(Ok(reply))) => Err(format!(
+                    "upstream unavailable: PING answered {}",
+                    String::from_utf8_lossy(&reply).trim()
+                )),
+                Ok(Ok(Err(error))) => Err(format!("upstream unavailable: {}", error.client_message())),
+                Ok(Err(_)) => Err("upstream unavailable: connection lost".to_string()),
+                Err(_) => Err(format!(
+                    "upstream unavailable: no answer to PING within {PING_TIMEOUT:?}"
+                )),
+            }
+        }
         Err(error) => Err(format!("upstream unavailable: {}", error.client_message())),
     };
     let needs_tracking = shared.l1.as_ref().is_some_and(|l1| l1.store.namespaces().any_strict());

@@ -124,7 +124,7 @@ pub struct PreloadStats {
 impl PreloadStats {
     /// The totals back to zero (`PROXY STATS RESET`); the schedule stays.
     pub fn reset(&self) {
-        for counter in [&self.fetched, &self.absent, &self.errors, &self.deferred] {
+        for counter in [&self.runs, &self.fetched, &self.absent, &self.errors, &self.deferred] {
             counter.store(0, Ordering::Relaxed);
         }
         self.max_in_flight
@@ -751,7 +751,7 @@ fn pttl_request(key: &[u8]) -> Vec<u8> {
 /// in RESP2 and a map in RESP3.
 pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol) -> Bytes {
     let last = preload.last().unwrap_or_default();
-    let ran = preload.runs() > 0;
+    let ran = preload.last().is_some();
     let stats = &preload.stats;
     let next = stats.next_run_ms.load(Ordering::Relaxed);
     let l1_stats = l1.store.stats();

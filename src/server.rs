@@ -74,12 +74,19 @@ impl Server {
                 address: config.listen.clone(),
                 reason,
             })?;
+        // The admin surface is not the data path: a port taken (9121 is
+        // also redis_exporter's) is reported, and clients are served anyway.
         let admin_listener = match config.admin.listen.as_str() {
             "" => None,
-            address => Some(TcpListener::bind(address).await.map_err(|reason| StartError::Listen {
-                address: address.to_string(),
-                reason,
-            })?),
+            address => match TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
+                Err(reason) => {
+                    tracing::error!(
+                        "HTTP admin not started: cannot listen on {address}: {reason} (set admin.listen, or \"\" for off)"
+                    );
+                    None
+                }
+            },
         };
         let admin_addr = admin_listener.as_ref().and_then(|listener| listener.local_addr().ok());
         let local_addr = listener.local_addr().map_err(|reason| StartError::Listen {

@@ -1012,7 +1012,18 @@ impl Session {
             command.extend(extra.iter().map(|arg| Bytes::from_static(arg.as_bytes())));
             request.extend_from_slice(Command::from_args(command).wire());
         }
-        let lane = self.pooled_lane();
+        // The client's own connection when it has one: it may be
+        // authenticated to Redis as a user who may not see the key.
+        if self.in_transaction {
+            self.reply(Reply::error("ERR PROXY EXPLAIN is not allowed inside MULTI"))
+                .await;
+            return Flow::Continue;
+        }
+        let lane = if self.dedicated.is_some() {
+            Lane::Dedicated
+        } else {
+            self.pooled_lane()
+        };
         let replies = match self.call_now(lane, Bytes::from(request), 4).await {
             Ok(replies) => replies,
             Err(error) => {
