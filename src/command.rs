@@ -34,8 +34,9 @@ pub enum LocalCommand {
     Reset,
     /// `INFO cache`: the proxy's own section.
     InfoCache,
-    /// `INFO`, `INFO all`, `INFO everything`: Redis's sections with the
-    /// proxy's appended.
+    /// `INFO`, `INFO all`, `INFO everything`, and `INFO` of several
+    /// sections one of which is `cache`: Redis's sections with the proxy's
+    /// appended.
     InfoAll,
     /// `CLIENT GETNAME` on a client that has no connection of its own.
     ClientGetName,
@@ -163,7 +164,8 @@ pub fn classify(command: &Command) -> CommandClass {
     }
     if command.is("INFO")
         && (command.args().len() == 1
-            || (command.args().len() == 2 && (arg_is(command, 1, "ALL") || arg_is(command, 1, "EVERYTHING"))))
+            || (command.args().len() == 2 && (arg_is(command, 1, "ALL") || arg_is(command, 1, "EVERYTHING")))
+            || (1..command.args().len()).any(|index| arg_is(command, index, "CACHE")))
     {
         return CommandClass::Local(LocalCommand::InfoAll);
     }
@@ -332,6 +334,10 @@ mod tests {
             CommandClass::Local(LocalCommand::InfoAll)
         );
         assert_eq!(classify(&command("INFO server")), CommandClass::Shared);
+        assert_eq!(
+            classify(&command("INFO server CACHE")),
+            CommandClass::Local(LocalCommand::InfoAll)
+        );
         assert_eq!(
             classify(&command("CLIENT GETNAME")),
             CommandClass::Local(LocalCommand::ClientGetName)

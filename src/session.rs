@@ -784,7 +784,14 @@ impl Session {
                     // Queued: Redis answers it in EXEC's array, as it is.
                     return self.forward(lane, command).await;
                 }
-                match self.call_now(lane, command.wire().clone(), 1).await {
+                // Redis is asked for its own sections (`cache` is ours).
+                let asked: Vec<Bytes> = command
+                    .args()
+                    .iter()
+                    .filter(|arg| !arg.eq_ignore_ascii_case(b"cache"))
+                    .cloned()
+                    .collect();
+                match self.call_now(lane, Command::from_args(asked).wire().clone(), 1).await {
                     Ok(reply) => {
                         let text = self.cache_section();
                         self.reply_bytes(admin::append_section(&reply, &text)).await;

@@ -86,6 +86,13 @@ async fn info_appends_the_cache_section_to_redis_sections() {
         assert!(body[cache..].contains("tracking_connected:"), "{command}");
         assert!(body.ends_with("\r\n\r\n") || body.ends_with("\r\n"), "{command}");
     }
+    // Several sections, one of them ours: Redis's, then ours.
+    let both = client.cmd("INFO server cache").await;
+    assert!(
+        both.contains("redis_version:") && both.contains("# Cache\r\n"),
+        "{both}"
+    );
+    assert!(!both.contains("# Clients"), "only the sections asked for: {both}");
     // The sections a client asks for by name are Redis's.
     let server_only = client.cmd("INFO server").await;
     assert!(server_only.contains("redis_version:") && !server_only.contains("# Cache"));
