@@ -8,24 +8,11 @@ use std::time::Duration;
 
 use common::values::{fields, text};
 use common::{Proxy, RawClient, RedisServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// `GET path` over HTTP/1.1: the status code and the body.
+/// `GET path`: the status code and the body.
 async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(admin).await.expect("the admin listener accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request sent");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response read");
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then a body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    (status, body.to_string())
+    let (status, _, body) = common::http_get(admin, path).await;
+    (status, body)
 }
 
 /// A client that authenticated to Redis itself (proxy auth off: AUTH goes

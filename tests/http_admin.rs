@@ -7,9 +7,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::values::info_field;
-use common::{Proxy, RawClient, RedisServer, poll_until_async};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::{Proxy, RawClient, RedisServer, http_get as get, poll_until_async};
 
 /// A proxy with L1 on and the HTTP admin on a free port.
 async fn proxy_with_admin(server: &RedisServer) -> (Proxy, SocketAddr) {
@@ -20,23 +18,6 @@ async fn proxy_with_admin(server: &RedisServer) -> (Proxy, SocketAddr) {
     .await;
     let admin = proxy.handle().admin_addr().expect("the HTTP admin is on");
     (proxy, admin)
-}
-
-/// `GET path` over HTTP/1.1: the status code, the headers and the body.
-async fn get(admin: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(admin).await.expect("the admin listener accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request sent");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response read");
-    let response = String::from_utf8(response).expect("UTF-8");
-    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then a body");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    (status, head.to_string(), body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

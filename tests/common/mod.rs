@@ -480,3 +480,21 @@ pub async fn settle_on(proxy: &Proxy, client: &mut RawClient, direct: &mut RawCl
     assert_eq!(direct.cmd(&format!("SET {sentinel} after")).await, "+OK\r\n");
     client.cmd_until(&format!("GET {sentinel}"), "$5\r\nafter\r\n").await;
 }
+
+/// `GET path` over HTTP/1.1 (the HTTP admin): the status code, the
+/// headers and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("the admin listener accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("response read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers, then a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, head.to_string(), body.to_string())
+}
