@@ -462,11 +462,10 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
         reads_per_sec: reads_per_sec as u64,
         ..Report::default()
     };
-    // The predictions of the freshest model: the reads sent so far counted.
     let patterns = parts.patterns.clone();
     let threshold = config.priority_threshold;
     let max_keys = config.max_keys_per_run;
-    // The model as of every read sent so far.
+    // The predictions of the freshest model: the reads sent so far counted.
     let recorded = patterns.clone();
     let _ = tokio::task::spawn_blocking(move || recorded.recorded(RECORDED_WAIT)).await;
     // Peak hours mean something once a whole day's load has been seen.
@@ -509,6 +508,8 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
             selected.set(selected.get() + 1);
             fetch
         });
+        // (Chosen again, for the ranked few only: the ranking sorts after
+        // the filter, so the filter cannot keep its fetches in order.)
         let fetches: Vec<Fetch> = due
             .iter()
             .filter_map(|insight| match Preload::choose(insight, now_ms, horizon, &l1) {
@@ -530,7 +531,7 @@ async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_m
     // What L1 holds already but not long enough is made to last, without
     // asking Redis (its entries are coherent, and capped by Redis's TTL).
     let store = &parts.l1.store;
-    let (store_now, fetches) = (store.now(), fetches);
+    let store_now = store.now();
     let fetches: Vec<Fetch> = fetches
         .into_iter()
         .filter(|fetch| {
