@@ -453,7 +453,12 @@ async fn patterns_analysis(State(shared): State<Arc<Shared>>) -> Response {
     .await
     .unwrap_or_default();
     let (load_by_hour, peaks) = patterns.peaks();
-    let threshold = shared.config.preload.priority_threshold;
+    let threshold = shared
+        .preload
+        .as_ref()
+        .map_or(shared.config.preload.priority_threshold, |preload| {
+            preload.config().priority_threshold
+        });
     let preloadable = top.iter().filter(|insight| insight.priority >= threshold).count();
     let mut recommendations = Vec::new();
     let preload = match (&shared.preload, &shared.l1) {

@@ -136,7 +136,8 @@ impl PreloadStats {
 /// run, and a way to ask for a run now.
 #[derive(Debug)]
 pub struct Preload {
-    config: PreloadConfig,
+    /// Its settings; `PROXY CONFIG SET` changes them between runs.
+    config: Mutex<PreloadConfig>,
     stats: PreloadStats,
     last: Mutex<Option<Report>>,
     wake: Notify,
@@ -180,7 +181,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Preload {
     pub fn new(config: &PreloadConfig) -> Arc<Preload> {
         Arc::new(Preload {
-            config: config.clone(),
+            config: Mutex::new(config.clone()),
             stats: PreloadStats::default(),
             last: Mutex::new(None),
             wake: Notify::new(),
@@ -194,8 +195,15 @@ impl Preload {
         &self.stats
     }
 
-    pub fn config(&self) -> &PreloadConfig {
-        &self.config
+    /// Its settings now.
+    pub fn config(&self) -> PreloadConfig {
+        lock(&self.config).clone()
+    }
+
+    /// New settings, from the next run on (a new interval from now).
+    pub fn set_config(&self, config: PreloadConfig) {
+        *lock(&self.config) = config;
+        self.wake.notify_one();
     }
 
     /// The last run's report, if any has run.
@@ -389,8 +397,8 @@ pub fn start(preload: Arc<Preload>, parts: Parts, shutdown: Shutdown) {
 }
 
 async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdown) {
-    let interval = preload.config.interval();
-    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let mut interval = preload.config().interval();
+    let mut interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
     // Scheduled on the monotonic clock (a wall clock stepped back does not
     // hold runs up); the wall time is for predictions and for reports.
     let mut next_at = parts.l1.store.now().checked_add(interval);
@@ -407,8 +415,19 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
             _ = shutdown.triggered() => break,
         }
         load.sample(parts.patterns.reads_offered());
-        let asked = preload.requested.load(Ordering::Acquire);
         let now = parts.l1.store.now();
+        let configured = preload.config().interval();
+        if configured != interval {
+            // Changed at run time: the next run one new interval from now.
+            interval = configured;
+            interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+            next_at = now.checked_add(interval);
+            preload
+                .stats
+                .next_run_ms
+                .store(parts.patterns.now_ms().saturating_add(interval_ms), Ordering::Relaxed);
+        }
+        let asked = preload.requested.load(Ordering::Acquire);
         let due = next_at.is_some_and(|at| now >= at);
         if asked <= *preload.served.borrow() && !due {
             continue;
@@ -455,7 +474,7 @@ async fn run_loop(preload: Arc<Preload>, parts: Arc<Parts>, mut shutdown: Shutdo
 /// One run, at `now_ms`, the next one due at `next_run_ms`, with the
 /// clients reading `reads_per_sec`.
 async fn run(preload: &Arc<Preload>, parts: &Arc<Parts>, now_ms: u64, next_run_ms: u64, reads_per_sec: f64) -> Report {
-    let config = &preload.config;
+    let config = &preload.config();
     let started = tokio::time::Instant::now();
     let mut report = Report {
         started_ms: now_ms,
@@ -759,14 +778,12 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
     let hits = l1_stats.preload_hits.load(Ordering::Relaxed);
     let waste = l1_stats.preload_waste.load(Ordering::Relaxed);
     let integer = |value: u64| Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
+    let config = preload.config();
     let reply = Value::Map(vec![
         ("enabled", integer(1)),
-        ("interval_secs", integer(preload.config.interval().as_secs())),
-        (
-            "priority_threshold",
-            integer(u64::from(preload.config.priority_threshold)),
-        ),
-        ("max_concurrent", integer(preload.config.max_concurrent as u64)),
+        ("interval_secs", integer(config.interval().as_secs())),
+        ("priority_threshold", integer(u64::from(config.priority_threshold))),
+        ("max_concurrent", integer(config.max_concurrent as u64)),
         ("runs", integer(preload.runs())),
         ("last_run_ms", if ran { integer(last.started_ms) } else { Value::Nil }),
         ("last_run_took_ms", integer(last.took_ms)),

@@ -137,6 +137,7 @@ impl Server {
             .then(|| Patterns::start(&config.patterns, separator, clock));
         let preload = (config.preload.enabled && l1.is_some() && patterns.is_some())
             .then(|| crate::preload::Preload::new(&config.preload));
+        let settings = std::sync::Mutex::new(config.clone());
         let shared = Arc::new(Shared {
             auth: Authenticator::new(&config.auth),
             config,
@@ -150,6 +151,7 @@ impl Server {
             versions: versions.clone(),
             patterns: patterns.clone(),
             preload: preload.clone(),
+            settings,
         });
         if let (Some(preload), Some(l1), Some(patterns)) = (&preload, &l1, &patterns) {
             let parts = crate::preload::Parts {

@@ -79,6 +79,8 @@ pub struct Shared {
     pub patterns: Option<Arc<Patterns>>,
     /// The preloader, when enabled (with L1 and the pattern engine).
     pub preload: Option<Arc<crate::preload::Preload>>,
+    /// The settings now: `config` with what `PROXY CONFIG SET` changed.
+    pub settings: std::sync::Mutex<Config>,
 }
 
 /// A read the pattern engine hears of once Redis answers it; its keys are
@@ -850,6 +852,16 @@ impl Session {
             [_, "PATTERNS", ..] => return self.patterns_command(&command.args()[2..]).await,
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
             [_, "EXPLAIN", _] => return self.explain(command.args()[2].clone()).await,
+            [_, "CONFIG", "SET", _, _] => {
+                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                    Reply::error("NOPERM PROXY CONFIG SET needs the admin role")
+                } else {
+                    match self.config_set(&args[3], &args[4]) {
+                        Ok(()) => Reply::Status("OK"),
+                        Err(error) => Reply::error(error),
+                    }
+                }
+            }
             [_, "STATS"] => {
                 // INFO cache's fields, as a map.
                 use crate::patterns::report::Value;
@@ -882,7 +894,9 @@ impl Session {
                 let pattern = command.args()[3].clone();
                 let settings = self
                     .shared
-                    .config
+                    .settings
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .settings_redacted()
                     .into_iter()
                     .filter(|(name, _)| crate::keys::glob::matches_nocase(&pattern, name.as_bytes()))
@@ -1148,6 +1162,36 @@ impl Session {
         reply.encode(self.protocol, &mut out);
         self.reply_bytes(out.freeze()).await;
         Flow::Continue
+    }
+
+    /// `PROXY CONFIG SET name value`: checked as at start-up, then applied
+    /// to the running proxy where that is safe (the preloader's settings,
+    /// from its next run); any other setting is refused, naming it.
+    fn config_set(&self, name: &str, value: &str) -> Result<(), String> {
+        let name = name.to_ascii_lowercase();
+        let mut settings = self
+            .shared
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = settings.clone();
+        next.set(&name, value).map_err(|error| format!("ERR {error}"))?;
+        if !RUNTIME_SETTINGS.contains(&name.as_str()) {
+            return Err(format!(
+                "ERR {name} cannot change while the proxy runs (set it in proxy.toml or the environment and restart); these can: {}",
+                RUNTIME_SETTINGS.join(", ")
+            ));
+        }
+        match &self.shared.preload {
+            Some(preload) => preload.set_config(next.preload.clone()),
+            None => {
+                return Err(format!(
+                    "ERR the preloader is off (it needs preload.enabled, memory_cache.enabled and patterns.enabled at start-up): {name} has nothing to change"
+                ));
+            }
+        }
+        *settings = next;
+        Ok(())
     }
 
     /// Every counter of the proxy back to zero (gauges such as entries,
@@ -2597,6 +2641,17 @@ impl Session {
 }
 
 /// `PROXY HELP`.
+/// What `PROXY CONFIG SET` changes in a running proxy.
+const RUNTIME_SETTINGS: &[&str] = &[
+    "preload.interval_minutes",
+    "preload.priority_threshold",
+    "preload.max_concurrent",
+    "preload.max_keys_per_run",
+    "preload.miss_channel",
+    "preload.peak_share",
+    "preload.busy_reads_per_sec",
+];
+
 /// How long `PROXY PRELOAD RUN` waits for its run.
 const PRELOAD_RUN_WAIT: Duration = Duration::from_secs(300);
 
@@ -2608,6 +2663,7 @@ PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, 
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
 STATS [RESET]\r\n    INFO cache's fields as a map; RESET sets every counter back to zero (gauges stay).\r\n\
 CONFIG GET <pattern>\r\n    The proxy's settings whose dotted names match the glob (secrets hidden), as CONFIG GET answers Redis's.\r\n\
+CONFIG SET <name> <value>\r\n    Change a setting in the running proxy (the preloader's, for now); others are refused, named.\r\n\
 EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\

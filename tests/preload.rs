@@ -422,3 +422,61 @@ async fn run_needs_the_admin_role_when_clients_authenticate() {
     assert_eq!(ops.cmd("AUTH ops secret").await, "+OK\r\n");
     assert!(ops.cmd("PROXY PRELOAD RUN").await.starts_with('*'));
 }
+
+/// `PROXY CONFIG SET` changes the preloader's settings in the running
+/// proxy, from its next run, and refuses what cannot change, naming it.
+#[tokio::test]
+async fn config_set_changes_the_preloader_without_a_restart() {
+    let mut fixture = Fixture::start(|_| {}).await;
+    fixture.direct.cmd("SET card:1 c").await;
+    fixture.train_periodic(&["card:1".to_string()], 10 * MINUTE, 20).await;
+    let client = &mut fixture.client;
+    assert_eq!(
+        client.cmd("PROXY CONFIG SET preload.priority_threshold 10").await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        client.cmd("PROXY CONFIG GET preload.priority_threshold").await,
+        "*2\r\n$26\r\npreload.priority_threshold\r\n$2\r\n10\r\n"
+    );
+    let strict = fixture.run().await;
+    assert_eq!(int(&strict["priority_threshold"]), 10, "{strict:?}");
+    assert_eq!(int(&strict["selected"]), 0, "{strict:?}");
+    let client = &mut fixture.client;
+    assert_eq!(
+        client.cmd("PROXY CONFIG SET preload.priority_threshold 5").await,
+        "+OK\r\n"
+    );
+    let run = fixture.run().await;
+    assert_eq!(int(&run["fetched"]), 1, "{run:?}");
+    // A new interval: the next run one new interval from now.
+    let client = &mut fixture.client;
+    assert_eq!(
+        client.cmd("PROXY CONFIG SET preload.interval_minutes 10").await,
+        "+OK\r\n"
+    );
+    let preload = fixture.proxy.handle().preload().expect("preloader on").clone();
+    poll_until_async("the new interval scheduled", || {
+        let preload = preload.clone();
+        async move { preload.config().interval() == Duration::from_secs(600) }
+    })
+    .await;
+    let status = fixture.status().await;
+    let next_in = int(&status["next_run_in_s"]);
+    assert!(next_in <= 600, "{status:?}");
+    // Refused: a bad value, and a setting that needs a restart.
+    let client = &mut fixture.client;
+    let bad = client.cmd("PROXY CONFIG SET preload.priority_threshold 11").await;
+    assert!(
+        bad.starts_with("-ERR invalid setting preload.priority_threshold"),
+        "{bad}"
+    );
+    let fixed = client.cmd("PROXY CONFIG SET memory_cache.max_bytes 1073741824").await;
+    assert!(
+        fixed.starts_with("-ERR memory_cache.max_bytes cannot change while the proxy runs"),
+        "{fixed}"
+    );
+    let unknown = client.cmd("PROXY CONFIG SET no.such 1").await;
+    assert!(unknown.starts_with("-ERR"), "{unknown}");
+    assert_eq!(int(&fixture.status().await["priority_threshold"]), 5);
+}
