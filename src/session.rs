@@ -1182,12 +1182,15 @@ impl Session {
                 RUNTIME_SETTINGS.join(", ")
             ));
         }
-        match &self.shared.preload {
-            Some(preload) => preload.set_config(next.preload.clone()),
-            None => {
-                return Err(format!(
-                    "ERR the preloader is off (it needs preload.enabled, memory_cache.enabled and patterns.enabled at start-up): {name} has nothing to change"
-                ));
+        let off = |what: &str| format!("ERR {what} is off (it is turned on at start-up): {name} has nothing to change");
+        if name.starts_with("preload.") {
+            let preload = self.shared.preload.as_ref().ok_or_else(|| off("the preloader"))?;
+            preload.set_config(next.preload.clone());
+        } else {
+            let patterns = self.shared.patterns.as_ref().ok_or_else(|| off("the pattern engine"))?;
+            match name.as_str() {
+                "patterns.max_events_per_sec" => patterns.set_budget(next.patterns.max_events_per_sec),
+                _ => patterns.set_min_accesses(next.patterns.min_access_count),
             }
         }
         *settings = next;
@@ -2650,6 +2653,8 @@ const RUNTIME_SETTINGS: &[&str] = &[
     "preload.miss_channel",
     "preload.peak_share",
     "preload.busy_reads_per_sec",
+    "patterns.max_events_per_sec",
+    "patterns.min_access_count",
 ];
 
 /// How long `PROXY PRELOAD RUN` waits for its run.
@@ -2663,7 +2668,7 @@ PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, 
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
 STATS [RESET]\r\n    INFO cache's fields as a map; RESET sets every counter back to zero (gauges stay).\r\n\
 CONFIG GET <pattern>\r\n    The proxy's settings whose dotted names match the glob (secrets hidden), as CONFIG GET answers Redis's.\r\n\
-CONFIG SET <name> <value>\r\n    Change a setting in the running proxy (the preloader's, for now); others are refused, named.\r\n\
+CONFIG SET <name> <value>\r\n    Change a setting in the running proxy (the preloader's, and the pattern engine's budget and minimum reads); others are refused, named.\r\n\
 EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\

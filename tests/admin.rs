@@ -291,3 +291,51 @@ async fn stats_answers_the_counters_and_reset_zeroes_them() {
     assert_eq!(client.cmd("GET k").await, "$1\r\nv\r\n");
     assert_eq!(text(&stats(&proxy).await["l1_hits"]), "1");
 }
+
+/// `PROXY CONFIG SET` changes the pattern engine's budget and its minimum
+/// reads in the running proxy: the next query and measuring window use them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_changes_the_pattern_engine_without_a_restart() {
+    use common::values::info_field;
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| config.memory_cache.enabled = false).await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client.cmd("SET once v").await;
+    client.cmd("GET once").await;
+    common::poll_until_async("the read recorded", || {
+        let patterns = proxy.handle().patterns().expect("engine on").clone();
+        async move { patterns.stats().events.load(std::sync::atomic::Ordering::Relaxed) >= 1 }
+    })
+    .await;
+    // One read is below the default minimum of 10: not listed.
+    assert_eq!(client.cmd("PROXY PATTERNS").await, "*0\r\n");
+    assert_eq!(
+        client.cmd("PROXY CONFIG SET patterns.min_access_count 1").await,
+        "+OK\r\n"
+    );
+    let proxy_url = proxy.url();
+    common::poll_until_async("the key listed from its first read", || {
+        let proxy_url = proxy_url.clone();
+        async move {
+            let mut connection = common::connect(&proxy_url).await;
+            let listed: redis::Value = redis::cmd("PROXY")
+                .arg("PATTERNS")
+                .query_async(&mut connection)
+                .await
+                .expect("PATTERNS");
+            format!("{listed:?}").contains("once")
+        }
+    })
+    .await;
+    assert_eq!(
+        client.cmd("PROXY CONFIG SET patterns.max_events_per_sec 123").await,
+        "+OK\r\n"
+    );
+    let info = client.cmd("INFO cache").await;
+    assert_eq!(info_field(&info, "pattern_max_events_per_sec"), "123");
+    let refused = client.cmd("PROXY CONFIG SET patterns.max_keys 5").await;
+    assert!(
+        refused.starts_with("-ERR patterns.max_keys cannot change while the proxy runs"),
+        "{refused}"
+    );
+}

@@ -123,6 +123,11 @@ impl Engine {
         self.settings
     }
 
+    /// Classifies keys from `min_accesses` reads on (at least 1).
+    pub fn set_min_accesses(&mut self, min_accesses: u64) {
+        self.settings.min_accesses = min_accesses.max(1);
+    }
+
     /// Keys tracked now.
     pub fn tracked(&self) -> usize {
         self.keys.len()

@@ -310,7 +310,10 @@ struct Inner {
     /// The sampling shift now, the budget it keeps to, and the reads
     /// offered since the start of the current measuring window (wall ms).
     shift: AtomicU32,
-    budget: u64,
+    budget: AtomicU64,
+    /// Reads before a key is classified, as set now (the queries pass it on
+    /// to the engine, whose lock they hold anyway).
+    min_accesses: AtomicU64,
     window_start_ms: AtomicU64,
     window_offered: AtomicU64,
     stats: PatternStats,
@@ -326,6 +329,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn engine(&self) -> MutexGuard<'_, Engine> {
         lock(&self.engine)
+    }
+
+    /// The engine for a query, with the settings queries read now.
+    fn engine_for_query(&self) -> MutexGuard<'_, Engine> {
+        let mut engine = self.engine();
+        engine.set_min_accesses(self.min_accesses.load(Ordering::Relaxed));
+        engine
     }
 
     /// Records the reads that came; how many.
@@ -453,7 +463,8 @@ impl Patterns {
             barriers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             shift: AtomicU32::new(0),
-            budget: config.max_events_per_sec,
+            budget: AtomicU64::new(config.max_events_per_sec),
+            min_accesses: AtomicU64::new(config.min_access_count),
             window_start_ms: AtomicU64::new(0),
             window_offered: AtomicU64::new(0),
             stats,
@@ -532,7 +543,8 @@ impl Patterns {
     /// within a window, whatever the engine's thread gets of the CPU).
     fn tune(&self, offered: u64, now: u64) {
         let inner = &self.inner;
-        if inner.budget == 0 {
+        let budget = inner.budget.load(Ordering::Relaxed);
+        if budget == 0 {
             return;
         }
         let start = inner.window_start_ms.load(Ordering::Relaxed);
@@ -551,9 +563,7 @@ impl Patterns {
         let total = inner.window_offered.swap(0, Ordering::Relaxed);
         let rate = total as f64 * 1_000.0 / elapsed as f64;
         let shift = inner.shift.load(Ordering::Relaxed);
-        inner
-            .shift
-            .store(next_shift(shift, rate, inner.budget), Ordering::Relaxed);
+        inner.shift.store(next_shift(shift, rate, budget), Ordering::Relaxed);
     }
 
     /// An empty batch of reads with the sampler of now: an emptied one if
@@ -594,7 +604,7 @@ impl Patterns {
 
     /// The reads-per-second budget (0 = none).
     pub fn budget(&self) -> u64 {
-        self.inner.budget
+        self.inner.budget.load(Ordering::Relaxed)
     }
 
     /// Events waiting for the engine now.
@@ -618,7 +628,7 @@ impl Patterns {
     /// tracked key: call it off the event loop.
     pub fn top(&self, query: &Query) -> Vec<Insight> {
         let now = self.now_ms();
-        let engine = self.inner.engine();
+        let engine = self.inner.engine_for_query();
         let mut ranked = engine.ranked(
             now,
             |key| {
@@ -638,7 +648,7 @@ impl Patterns {
     /// first, at most `count`. Walks every tracked key: call it off the
     /// event loop.
     pub fn due(&self, now_ms: u64, min_priority: u8, count: usize, keep: impl Fn(&Insight) -> bool) -> Vec<Insight> {
-        let engine = self.inner.engine();
+        let engine = self.inner.engine_for_query();
         let mut due = engine.ranked(
             now_ms,
             |_| true,
@@ -648,10 +658,22 @@ impl Patterns {
         due
     }
 
+    /// A new reads-per-second budget (`PROXY CONFIG SET
+    /// patterns.max_events_per_sec`), kept from the next measuring window.
+    pub fn set_budget(&self, budget: u64) {
+        self.inner.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// A new least number of reads before a key is classified (`PROXY
+    /// CONFIG SET patterns.min_access_count`): the next query uses it.
+    pub fn set_min_accesses(&self, min_accesses: u64) {
+        self.inner.min_accesses.store(min_accesses.max(1), Ordering::Relaxed);
+    }
+
     /// What the engine says of one key now (enough accesses to say it).
     /// Takes the model's lock: call it off the event loop.
     pub fn insight(&self, db: u32, key: &[u8]) -> Option<Insight> {
-        self.inner.engine().insight(db, key, self.now_ms())
+        self.inner.engine_for_query().insight(db, key, self.now_ms())
     }
 
     /// Waits (at most `wait`) until the engine has recorded the reads sent
