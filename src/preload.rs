@@ -673,7 +673,7 @@ async fn fetch_one(parts: &Parts, fetch: &Fetch, wanted: Duration, index: usize,
             replies += 1;
         }
         request.extend_from_slice(Command::from_args(args.clone()).wire());
-        request.extend_from_slice(&pttl_request(&args[1]));
+        request.extend_from_slice(&crate::session::pttl_request(&args[1]));
         let bytes = match connection.send(Bytes::from(request), replies).await.await {
             Ok(Ok(bytes)) => bytes,
             _ => return Fetched::Failed,
@@ -760,12 +760,6 @@ async fn announce(connection: &crate::upstream::UpstreamConnection, channel: &st
     )
 }
 
-fn pttl_request(key: &[u8]) -> Vec<u8> {
-    Command::from_args(vec![Bytes::from_static(b"PTTL"), Bytes::copy_from_slice(key)])
-        .wire()
-        .to_vec()
-}
-
 /// `PROXY PRELOAD STATUS` (and RUN's reply): the schedule, the last run,
 /// the totals and L1's effectiveness counters, as a flat field/value array
 /// in RESP2 and a map in RESP3.
@@ -821,9 +815,7 @@ pub fn status_reply(preload: &Preload, l1: &L1, now_ms: u64, protocol: Protocol)
             integer(stats.max_in_flight.load(Ordering::Relaxed) as u64),
         ),
     ]);
-    let mut out = bytes::BytesMut::new();
-    reply.encode(protocol, &mut out);
-    out.freeze()
+    reply.to_bytes(protocol)
 }
 
 /// Of the preloaded entries whose fate is known, the share hit at least once.

@@ -876,9 +876,7 @@ impl Session {
                         )
                     })
                     .collect();
-                let mut out = bytes::BytesMut::new();
-                Value::Pairs(pairs).encode(self.protocol, &mut out);
-                self.reply_bytes(out.freeze()).await;
+                self.reply_bytes(Value::Pairs(pairs).to_bytes(self.protocol)).await;
                 return Flow::Continue;
             }
             [_, "STATS", "RESET"] => {
@@ -902,9 +900,7 @@ impl Session {
                     .filter(|(name, _)| crate::keys::glob::matches_nocase(&pattern, name.as_bytes()))
                     .map(|(name, value)| (Value::Bulk(Bytes::from(name)), Value::Bulk(Bytes::from(value))))
                     .collect();
-                let mut out = bytes::BytesMut::new();
-                Value::Pairs(settings).encode(self.protocol, &mut out);
-                self.reply_bytes(out.freeze()).await;
+                self.reply_bytes(Value::Pairs(settings).to_bytes(self.protocol)).await;
                 return Flow::Continue;
             }
             [_, "FLUSHL1", rest @ ..] if rest.len() <= 1 => match &self.shared.l1 {
@@ -1158,9 +1154,7 @@ impl Session {
                 ),
             ),
         ]);
-        let mut out = bytes::BytesMut::new();
-        reply.encode(self.protocol, &mut out);
-        self.reply_bytes(out.freeze()).await;
+        self.reply_bytes(reply.to_bytes(self.protocol)).await;
         Flow::Continue
     }
 
@@ -3165,7 +3159,7 @@ fn cached_shape(command: &mut Command) -> Option<Shape> {
 }
 
 /// `PTTL <key>` as a request.
-fn pttl_request(key: &[u8]) -> Bytes {
+pub(crate) fn pttl_request(key: &[u8]) -> Bytes {
     use std::fmt::Write;
     let mut out = BytesMut::with_capacity(key.len() + 32);
     out.extend_from_slice(b"*2\r\n$4\r\nPTTL\r\n$");

@@ -61,6 +61,13 @@ pub(crate) enum Value {
 }
 
 impl Value {
+    /// The reply's bytes in `protocol`.
+    pub(crate) fn to_bytes(&self, protocol: Protocol) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(protocol, &mut out);
+        out.freeze()
+    }
+
     pub(crate) fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
         match self {
             Value::Bulk(bytes) => {
@@ -152,9 +159,7 @@ pub fn top_reply(top: &[Insight], namespace_of: impl Fn(&[u8]) -> Bytes, now_ms:
             ])
         })
         .collect();
-    let mut out = BytesMut::new();
-    Value::Array(entries).encode(protocol, &mut out);
-    out.freeze()
+    Value::Array(entries).to_bytes(protocol)
 }
 
 /// The global load per hour of the day and the peak hours (1.5 times the
@@ -167,9 +172,7 @@ pub fn peaks_reply(load: &[u64; 24], peaks: &[u8], protocol: Protocol) -> Bytes 
         ("events", Value::Integer(total as i64)),
         ("threshold", Value::Double(total as f64 / 24.0 * 1.5)),
     ]);
-    let mut out = BytesMut::new();
-    reply.encode(protocol, &mut out);
-    out.freeze()
+    reply.to_bytes(protocol)
 }
 
 #[cfg(test)]
