@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use crate::cache::{L1, Namespace};
 use crate::codec::Compression;
+use crate::levels::{Level, LevelsSnapshot};
 use crate::patterns::live::Patterns;
 use crate::preload::Preload;
 use crate::stats::Stats;
@@ -41,6 +42,7 @@ pub fn info_cache(
         "tracking_connected:{}\r\n",
         u8::from(stats.upstream_tracking() > 0)
     );
+    level_lines(&mut text, &stats.levels.snapshot());
     let _ = write!(text, "l1_enabled:{}\r\n", u8::from(l1.is_some()));
     if let Some(l1) = l1 {
         let counters = l1.store.stats();
@@ -87,6 +89,39 @@ pub fn info_cache(
         preload_lines(&mut text, preload, l1);
     }
     text
+}
+
+/// Reads per level (the ones L1 can answer: `crate::levels`) and writes,
+/// with their latencies in microseconds.
+fn level_lines(text: &mut String, levels: &LevelsSnapshot) {
+    let _ = write!(
+        text,
+        "reads_total:{}\r\nl1_answered:{}\r\nl2_hits:{}\r\nl2_misses:{}\r\nwrites_total:{}\r\n",
+        levels.reads(),
+        levels.l1.count(),
+        levels.l2.count(),
+        levels.miss.count(),
+        levels.writes.count(),
+    );
+    for level in Level::ALL {
+        let latency = levels.read(level);
+        let name = level.name();
+        let _ = write!(
+            text,
+            "read_latency_{name}_p50_us:{:.1}\r\nread_latency_{name}_p99_us:{:.1}\r\nread_latency_{name}_avg_us:{:.1}\r\n",
+            latency.quantile_us(0.5),
+            latency.quantile_us(0.99),
+            latency.mean_us(),
+        );
+    }
+    let writes = &levels.writes;
+    let _ = write!(
+        text,
+        "write_latency_p50_us:{:.1}\r\nwrite_latency_p99_us:{:.1}\r\nwrite_latency_avg_us:{:.1}\r\n",
+        writes.quantile_us(0.5),
+        writes.quantile_us(0.99),
+        writes.mean_us(),
+    );
 }
 
 /// Redis's INFO reply (a bulk string, or a RESP3 verbatim string) with
@@ -291,7 +326,10 @@ mod tests {
         assert!(text.contains("upstream_connections_pooled:1\r\n"));
         for line in text.split("\r\n").skip(1).filter(|line| !line.is_empty()) {
             let (name, value) = line.split_once(':').expect("field:value");
-            assert!(!name.is_empty() && value.parse::<u64>().is_ok(), "{line}");
+            assert!(
+                !name.is_empty() && value.parse::<f64>().is_ok_and(f64::is_finite),
+                "{line}"
+            );
         }
     }
 }

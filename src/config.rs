@@ -439,12 +439,16 @@ pub enum Role {
 pub struct AdminConfig {
     /// Where it listens (loopback by default); "" = off.
     pub listen: String,
+    /// Seconds between the samples of traffic the dashboard and
+    /// `/performance` chart (the last 180 are kept).
+    pub history_interval_secs: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: "127.0.0.1:9121".into(),
+            history_interval_secs: 10,
         }
     }
 }
@@ -520,6 +524,7 @@ impl Default for LogConfig {
 pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_LISTEN", "listen"),
     ("AURACACHE_ADMIN_LISTEN", "admin.listen"),
+    ("AURACACHE_ADMIN_HISTORY_INTERVAL_SECS", "admin.history_interval_secs"),
     ("AURACACHE_UPSTREAM", "upstream"),
     ("AURACACHE_THREADS", "threads"),
     ("AURACACHE_POOL_SIZE", "pool.size"),
@@ -636,6 +641,7 @@ impl Config {
         match name {
             "listen" => self.listen = value.to_string(),
             "admin.listen" => self.admin.listen = value.trim().to_string(),
+            "admin.history_interval_secs" => self.admin.history_interval_secs = whole(1)?,
             "upstream" => self.upstream = value.to_string(),
             "threads" => self.threads = whole(0)? as usize,
             "pool.size" => self.pool.size = whole(1)? as usize,

@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::levels::{Level, LevelsSnapshot, Sample, Snapshot};
 use crate::protocol::Protocol;
 use crate::session::Shared;
 use crate::shutdown::Shutdown;
@@ -41,7 +42,11 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown)
         .route("/api/v1/monitoring/cache/v2/memory/stats", get(memory_stats))
         .route("/api/v1/monitoring/cache/v2/compression/stats", get(compression_stats))
         .route("/api/v1/monitoring/cache/v2/patterns/analysis", get(patterns_analysis))
-        .with_state(shared);
+        .route("/api/v1/monitoring/cache/v2/performance", get(performance))
+        .route("/api/v1/monitoring/cache/v2/multi-level/flow", get(flow))
+        .route("/", get(dashboard))
+        .with_state(shared.clone());
+    tokio::spawn(sample_history(shared, shutdown.clone()));
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.triggered().await })
@@ -135,6 +140,45 @@ impl Scrape {
     }
 }
 
+/// A latency histogram as scraped (set once per scrape).
+#[derive(Debug, Default)]
+struct Latency(std::sync::Mutex<Snapshot>);
+
+impl prometheus_client::metrics::TypedMetric for Latency {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for Latency {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            snapshot.sum_us() / 1e6,
+            snapshot.count(),
+            &snapshot.prometheus_buckets(),
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
+impl Scrape {
+    fn histogram(&mut self, name: &str, help: &str, values: impl IntoIterator<Item = (Labels, Snapshot)>) {
+        let family = Family::<Labels, Latency>::default();
+        for (labels, snapshot) in values {
+            *family
+                .get_or_create(&labels)
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
+        }
+        self.registry
+            .register_with_unit(name, help, prometheus_client::registry::Unit::Seconds, family);
+    }
+}
+
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -153,6 +197,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         registry: Registry::with_prefix("auracache"),
     };
     let stats = &shared.stats;
+    let levels = stats.levels.snapshot();
+    scrape.histogram(
+        "read_latency",
+        "Reads (GET, HGET, HGETALL, MGET and HMGET items) by the level that answered them: l1, l2 (Redis had a value), miss",
+        Level::ALL
+            .iter()
+            .map(|level| (label("level", level.name()), levels.read(*level).clone())),
+    );
+    scrape.histogram(
+        "write_latency",
+        "Commands Redis flags as writes, until Redis answered",
+        [(none(), levels.writes.clone())],
+    );
     scrape.gauge("clients", "Clients connected", [(none(), stats.clients() as u64)]);
     scrape.counter(
         "clients_accepted",
@@ -523,4 +580,159 @@ async fn patterns_analysis(State(shared): State<Arc<Shared>>) -> Response {
         "recommendations": recommendations,
     }))
     .into_response()
+}
+
+/// Samples the traffic every `admin.history_interval_secs` into
+/// `shared.history`, until shutdown.
+async fn sample_history(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let every = std::time::Duration::from_secs(shared.config.admin.history_interval_secs.max(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut last = (shared.stats.levels.snapshot(), std::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.triggered() => return,
+        }
+        let now = (shared.stats.levels.snapshot(), std::time::Instant::now());
+        let delta = now.0.since(&last.0);
+        shared.history.push(Sample::of(
+            &delta,
+            now.1.duration_since(last.1).as_secs_f64(),
+            unix_ms(),
+        ));
+        last = now;
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// One latency summary, in microseconds.
+fn latency_json(snapshot: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "count": snapshot.count(),
+        "p50": snapshot.quantile_us(0.5),
+        "p90": snapshot.quantile_us(0.9),
+        "p99": snapshot.quantile_us(0.99),
+        "mean": snapshot.mean_us(),
+    })
+}
+
+/// The levels' shares of `levels`' reads.
+fn rates_json(levels: &LevelsSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "l1": levels.rate(Level::L1),
+        "l2": levels.rate(Level::L2),
+        "miss": levels.rate(Level::Miss),
+    })
+}
+
+/// `performance`: since start (or `PROXY STATS RESET`), per level: reads,
+/// share and latency; writes; throughput over the last sample and on
+/// average; the compression totals; and the sampled history.
+async fn performance(State(shared): State<Arc<Shared>>) -> Response {
+    let levels = shared.stats.levels.snapshot();
+    let uptime = shared.started.elapsed().as_secs_f64();
+    let level_json = |level: Level| {
+        let snapshot = levels.read(level);
+        serde_json::json!({
+            "reads": snapshot.count(),
+            "rate": levels.rate(level),
+            "latency_us": latency_json(snapshot),
+        })
+    };
+    let last = shared.history.last();
+    let compression = match &shared.compression {
+        None => serde_json::json!({ "enabled": false }),
+        Some(compression) => {
+            let (mut values, mut bytes_in, mut bytes_out) = (0, 0, 0);
+            for (_, _, stats) in compression.stats.snapshot() {
+                values += load(&stats.compressed);
+                bytes_in += load(&stats.bytes_in);
+                bytes_out += load(&stats.bytes_out);
+            }
+            serde_json::json!({
+                "enabled": true,
+                "values": values,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "ratio": if bytes_in == 0 { 1.0 } else { bytes_out as f64 / bytes_in as f64 },
+                "saved_bytes": bytes_in.saturating_sub(bytes_out),
+            })
+        }
+    };
+    axum::Json(serde_json::json!({
+        "uptime_secs": uptime,
+        "reads": levels.reads(),
+        "writes": levels.writes.count(),
+        "hit_rates": rates_json(&levels),
+        "levels": {
+            "l1": level_json(Level::L1),
+            "l2": level_json(Level::L2),
+            "miss": level_json(Level::Miss),
+        },
+        "write_latency_us": latency_json(&levels.writes),
+        "throughput": {
+            "interval_secs": shared.config.admin.history_interval_secs,
+            "reads_per_sec": last.as_ref().map_or(0.0, |sample| sample.reads_per_sec),
+            "writes_per_sec": last.as_ref().map_or(0.0, |sample| sample.writes_per_sec),
+            "average_reads_per_sec": if uptime > 0.0 { levels.reads() as f64 / uptime } else { 0.0 },
+            "average_writes_per_sec": if uptime > 0.0 { levels.writes.count() as f64 / uptime } else { 0.0 },
+        },
+        "compression": compression,
+        "history": shared.history.samples(),
+    }))
+    .into_response()
+}
+
+/// `multi-level/flow`: reads from clients into L1, on to L2 (Redis), and
+/// what Redis did not have, as counts since start and rates per second
+/// over the last sample.
+async fn flow(State(shared): State<Arc<Shared>>) -> Response {
+    let levels = shared.stats.levels.snapshot();
+    let (l1, l2, miss) = (levels.l1.count(), levels.l2.count(), levels.miss.count());
+    let reads = levels.reads();
+    let share = |part: u64, of: u64| if of == 0 { 0.0 } else { part as f64 / of as f64 };
+    let last = shared.history.last();
+    let per_sec = |pick: fn(&Sample) -> f64| last.as_ref().map_or(0.0, |sample| sample.reads_per_sec * pick(sample));
+    axum::Json(serde_json::json!({
+        "reads": reads,
+        "l1": { "requests": reads, "hits": l1, "misses": l2 + miss, "hit_rate": share(l1, reads) },
+        "l2": { "requests": l2 + miss, "hits": l2, "misses": miss, "hit_rate": share(l2, l2 + miss) },
+        "miss": { "count": miss, "rate": share(miss, reads) },
+        "flow": [
+            { "from": "client", "to": "l1", "count": reads },
+            { "from": "l1", "to": "client", "count": l1 },
+            { "from": "l1", "to": "l2", "count": l2 + miss },
+            { "from": "l2", "to": "client", "count": l2 },
+            { "from": "l2", "to": "miss", "count": miss },
+        ],
+        "rates_per_sec": {
+            "interval_secs": shared.config.admin.history_interval_secs,
+            "reads": last.as_ref().map_or(0.0, |sample| sample.reads_per_sec),
+            "l1_hits": per_sec(|sample| sample.l1_hit_rate),
+            "l2_hits": per_sec(|sample| sample.l2_hit_rate),
+            "misses": per_sec(|sample| sample.miss_rate),
+        },
+    }))
+    .into_response()
+}
+
+/// The dashboard page (`/`): one file, no external resources.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod gather;
 pub mod http;
 pub mod keys;
+pub mod levels;
 pub mod patterns;
 pub mod preload;
 pub mod protocol;

@@ -152,6 +152,8 @@ impl Server {
             patterns: patterns.clone(),
             preload: preload.clone(),
             settings,
+            history: crate::levels::History::default(),
+            started: std::time::Instant::now(),
         });
         if let (Some(preload), Some(l1), Some(patterns)) = (&preload, &l1, &patterns) {
             let parts = crate::preload::Parts {

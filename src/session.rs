@@ -31,13 +31,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
 use crate::auth::Authenticator;
-use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, WriteGuard, Written};
+use crate::cache::{ByName, CacheKey, FillTicket, L1, Lookup, Shape, WriteGuard, WriteTable, Written};
 use crate::codec::Compression;
 use crate::codec::strings::{self, Plan, ReadModifyWrite, ReplyDecode};
 use crate::command::{CommandClass, LocalCommand, classify, needs_arguments};
 use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
+use crate::levels::{Level, Levels};
 use crate::patterns::engine::Outcome;
 use crate::patterns::live::{Awaited, Patterns, Reads};
 use crate::protocol::{
@@ -81,6 +82,10 @@ pub struct Shared {
     pub preload: Option<Arc<crate::preload::Preload>>,
     /// The settings now: `config` with what `PROXY CONFIG SET` changed.
     pub settings: std::sync::Mutex<Config>,
+    /// Traffic sampled every `admin.history_interval_secs` (with the HTTP
+    /// admin on).
+    pub history: crate::levels::History,
+    pub started: Instant,
 }
 
 /// A read the pattern engine hears of once Redis answers it; its keys are
@@ -300,6 +305,9 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         read_key_ends: Vec::new(),
         read_wall_ms: 0,
         read_started: Instant::now(),
+        l1_answered: 0,
+        batch_reads: Vec::new(),
+        batch_writes: 0,
         forwarded: 0,
         in_transaction: false,
         db_before_transaction: None,
@@ -407,6 +415,13 @@ struct Session {
     /// pattern engine and on the monotonic clock for latencies.
     read_wall_ms: u64,
     read_started: Instant,
+    /// Reads of the requests being handled that L1 answered (their
+    /// latency is recorded once the requests are handled).
+    l1_answered: u64,
+    /// The batch's reads (by reply position) and writes, for the
+    /// statistics per level.
+    batch_reads: Vec<(usize, LevelRead)>,
+    batch_writes: u64,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
     /// Commands `forward` put in a batch, ever (so a caller can tell
@@ -583,14 +598,19 @@ impl Session {
         // These requests were read now: L1 may answer them with what was
         // live now, so one clock read serves the whole pipeline.
         self.read_at = l1.as_ref().map(|l1| l1.store.now());
+        self.read_started = Instant::now();
         let patterns = self.shared.patterns.is_some();
         if let Some(patterns) = &self.shared.patterns {
             self.read_wall_ms = patterns.now_ms();
-            self.read_started = Instant::now();
             self.events.sample_with(patterns.sampler());
             self.heard.sample_with(patterns.sampler());
         }
         let flow = self.handle_frames(buf, l1, patterns).await;
+        if self.l1_answered > 0 {
+            let answered = std::mem::take(&mut self.l1_answered);
+            let levels = &self.shared.stats.levels;
+            levels.read(Level::L1).record(self.read_started.elapsed(), answered);
+        }
         if let Some(patterns) = &self.shared.patterns
             && !self.events.is_untouched()
         {
@@ -614,6 +634,7 @@ impl Session {
                 && let Some(hit) = l1.store.hit_at(self.db, key, &Shape::String, self.now())
             {
                 let reply = hit.for_protocol(self.protocol);
+                self.l1_answered += 1;
                 if patterns {
                     self.events
                         .push(self.db, key, self.read_wall_ms, Outcome::L1Hit, 0, reply.len());
@@ -1627,6 +1648,14 @@ impl Session {
         }
         self.append(command.wire());
         self.forwarded += 1;
+        if !queued {
+            // (A transaction's replies come in EXEC's array: not counted.)
+            match level_read(&command) {
+                Some(read) => self.batch_reads.push((self.batch_replies - 1, read)),
+                None if WriteTable::builtin().flags_write(command.name()) => self.batch_writes += 1,
+                None => {}
+            }
+        }
         if let Some(read) = read {
             let mut heard = std::mem::take(&mut self.heard);
             let unrenamed = self.shared.versions.is_none().then_some(&command);
@@ -1933,6 +1962,7 @@ impl Session {
         match lookup {
             Lookup::Hit(reply) => {
                 let reply = reply.for_protocol(self.protocol).clone();
+                self.l1_answered += 1;
                 self.note_l1_hit(&key, reply.len());
                 self.reply_bytes(reply).await;
                 Flow::Continue
@@ -1950,6 +1980,7 @@ impl Session {
                 match shared_reply {
                     Some(reply) => {
                         let reply = reply.for_protocol(self.protocol).clone();
+                        self.l1_answered += 1;
                         self.note_l1_hit(&key, reply.len());
                         self.reply_bytes(reply).await;
                         Flow::Continue
@@ -2002,6 +2033,7 @@ impl Session {
                 hit.map(|hit| hit.for_protocol(self.protocol).clone())
             })
             .collect();
+        self.l1_answered += cached.iter().flatten().count() as u64;
         let missing: Vec<Bytes> = items
             .iter()
             .zip(&cached)
@@ -2308,7 +2340,20 @@ impl Session {
             }
             _ => None,
         };
-        let hook = then(then(then(decode, map_back), heard), l1_hook);
+        let levels: Option<Hook> = if self.batch_reads.is_empty() && self.batch_writes == 0 {
+            None
+        } else {
+            let reads = std::mem::take(&mut self.batch_reads);
+            let writes = std::mem::take(&mut self.batch_writes);
+            let (stats, started) = (self.shared.stats.clone(), self.read_started);
+            Some(Box::new(move |result| {
+                if let Ok(bytes) = &result {
+                    count_levels(&stats.levels, &reads, writes, bytes, started.elapsed());
+                }
+                result
+            }))
+        };
+        let hook = then(then(then(then(decode, map_back), heard), levels), l1_hook);
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -3137,6 +3182,64 @@ fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
             }
         }
     });
+}
+
+/// How a read's reply tells the level that answered it.
+#[derive(Debug, Clone, Copy)]
+enum LevelRead {
+    /// GET, HGET, HGETALL: the whole reply (nil or empty is a miss).
+    Whole,
+    /// MGET, HMGET of this many items: each item on its own.
+    Items(u32),
+}
+
+/// Whether `command` is one of the reads the statistics per level count.
+fn level_read(command: &Command) -> Option<LevelRead> {
+    let argc = command.argc();
+    match command.name().len() {
+        3 if argc == 2 && command.is("GET") => Some(LevelRead::Whole),
+        4 if argc == 3 && command.is("HGET") => Some(LevelRead::Whole),
+        7 if argc == 2 && command.is("HGETALL") => Some(LevelRead::Whole),
+        4 if argc >= 2 && command.is("MGET") => Some(LevelRead::Items(argc as u32 - 1)),
+        5 if argc >= 3 && command.is("HMGET") => Some(LevelRead::Items(argc as u32 - 2)),
+        _ => None,
+    }
+}
+
+/// Counts a batch's reads (by level, from their replies in `bytes`) and
+/// writes, all of which took `took`. Error replies are not reads.
+fn count_levels(levels: &Levels, reads: &[(usize, LevelRead)], writes: u64, bytes: &Bytes, took: Duration) {
+    levels.writes().record(took, writes);
+    let (mut found, mut missed) = (0u64, 0u64);
+    let mut lengths = FrameLengths::new();
+    let (mut at, mut offset) = (0usize, 0usize);
+    for &(reply, how) in reads {
+        while at < reply {
+            match lengths.of(&bytes[offset..]) {
+                Some(length) => offset += length,
+                None => break,
+            }
+            at += 1;
+        }
+        let Some(length) = lengths.of(&bytes[offset..]) else {
+            break;
+        };
+        let frame = &bytes[offset..offset + length];
+        match how {
+            _ if frame.first() == Some(&b'-') => {}
+            LevelRead::Whole if is_empty_reply(frame) => missed += 1,
+            LevelRead::Whole => found += 1,
+            LevelRead::Items(count) => {
+                if let Some(items) = array_items(&bytes.slice(offset..offset + length), count as usize) {
+                    let empty = items.iter().filter(|item| is_empty_reply(item)).count() as u64;
+                    missed += empty;
+                    found += items.len() as u64 - empty;
+                }
+            }
+        }
+    }
+    levels.read(Level::L2).record(took, found);
+    levels.read(Level::Miss).record(took, missed);
 }
 
 /// A nil, or an empty array or map (HGETALL of a missing key).

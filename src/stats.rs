@@ -14,6 +14,8 @@ pub struct Stats {
     upstream_tracking: AtomicUsize,
     upstream_errors: AtomicU64,
     protocol_errors: AtomicU64,
+    /// Reads per level and writes, with their latencies.
+    pub levels: crate::levels::Levels,
 }
 
 /// Which gauge an upstream connection counts in.
@@ -38,6 +40,7 @@ impl Stats {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
+        self.levels.reset();
     }
 
     pub fn clients(&self) -> usize {

@@ -67,7 +67,10 @@ fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
             let name = words.next().unwrap_or_default();
             assert!(name.starts_with("auracache_"), "{line}");
             if kind == "TYPE" {
-                assert!(matches!(words.next(), Some("counter" | "gauge")), "{line}");
+                assert!(
+                    matches!(words.next(), Some("counter" | "gauge" | "histogram")),
+                    "{line}"
+                );
             }
             continue;
         }

@@ -138,6 +138,27 @@ impl WriteTable {
         Ok(WriteTable { specs })
     }
 
+    /// Redis 7.0.15's table (embedded), built once per process: what the
+    /// statistics judge commands by before (or without) the upstream's.
+    pub fn builtin() -> &'static WriteTable {
+        static BUILTIN: std::sync::OnceLock<WriteTable> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            WriteTable::from_command_reply(crate::keys::table::builtin_command_reply())
+                .expect("the embedded COMMAND reply is a valid table")
+        })
+    }
+
+    /// Whether Redis flags the command of this name (any case) as writing.
+    pub fn flags_write(&self, name: &[u8]) -> bool {
+        let mut buffer = [0u8; 32];
+        let Some(lower) = buffer.get_mut(..name.len()) else {
+            return false;
+        };
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        self.specs.get(&*lower).is_some_and(|spec| spec.write)
+    }
+
     /// Whether a command of this name may write keys, judged by the name
     /// alone (so that only those commands need their arguments decoded).
     pub fn may_write(&self, name: &[u8]) -> bool {

@@ -237,12 +237,17 @@ impl KeyTable {
 }
 
 /// The embedded table, decoded once.
+/// Redis 7.0.15's `COMMAND` reply (RESP2), decompressed once per process.
+pub fn builtin_command_reply() -> &'static [u8] {
+    static REPLY: OnceLock<Vec<u8>> = OnceLock::new();
+    REPLY.get_or_init(|| zstd::decode_all(BUILTIN_REPLY).expect("the embedded COMMAND reply decompresses"))
+}
+
 fn builtin_table() -> &'static KeyTable {
     static BUILTIN: OnceLock<KeyTable> = OnceLock::new();
     BUILTIN.get_or_init(|| {
-        let reply = zstd::decode_all(BUILTIN_REPLY).expect("the embedded COMMAND reply decompresses");
         // No fallback: Redis 7.0 gives every command with moving keys specs.
-        read_command_reply(&reply, None).expect("the embedded COMMAND reply is a valid table")
+        read_command_reply(builtin_command_reply(), None).expect("the embedded COMMAND reply is a valid table")
     })
 }
 
