@@ -246,3 +246,211 @@ async fn json_endpoints_describe_memory_compression_and_patterns() {
     }
     assert_eq!(patterns["preload"]["enabled"], true);
 }
+
+/// Reads per level and writes, with latencies: `INFO cache` counts what
+/// the test sent (L1 hits, reads Redis answered with a value, reads it had
+/// nothing for, each MGET item on its own, writes), and `/metrics`,
+/// `/performance` and `/multi-level/flow` agree with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_counted_per_level_with_latencies_everywhere_alike() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::l1_eager(config);
+        config.admin.listen = "127.0.0.1:0".into();
+        config.admin.history_interval_secs = 1;
+    })
+    .await;
+    let admin = proxy.handle().admin_addr().expect("the HTTP admin is on");
+    let mut client = RawClient::connect(proxy.addr()).await;
+    client.cmd("SET user:1 ada").await;
+    common::read_until_cached(&proxy, &mut client, "user:1").await;
+    assert_eq!(client.cmd("PROXY STATS RESET").await, "+OK\r\n");
+    let number = |info: &str, field: &str| -> f64 {
+        info_field(info, field)
+            .parse()
+            .unwrap_or_else(|_| panic!("{field} in {info}"))
+    };
+    let info = client.cmd("INFO cache").await;
+    for field in [
+        "reads_total",
+        "l2_hits",
+        "l2_misses",
+        "writes_total",
+        "read_latency_l1_p99_us",
+    ] {
+        assert_eq!(number(&info, field), 0.0, "{field} after RESET: {info}");
+    }
+    // 2 writes; 5 L1 hits; 1 + 1 L2 hits (GET, an MGET item); 2 misses
+    // (GET, an MGET item); an HSET write and an HGETALL miss.
+    assert_eq!(client.cmd("SET fresh:1 one").await, "+OK\r\n");
+    assert_eq!(client.cmd("SET fresh:2 two").await, "+OK\r\n");
+    for _ in 0..5 {
+        assert_eq!(client.cmd("GET user:1").await, "$3\r\nada\r\n");
+    }
+    assert_eq!(client.cmd("GET fresh:1").await, "$3\r\none\r\n");
+    assert_eq!(client.cmd("GET nope:1").await, "$-1\r\n");
+    assert_eq!(client.cmd("MGET fresh:2 nope:2").await, "*2\r\n$3\r\ntwo\r\n$-1\r\n");
+    assert_eq!(client.cmd("HSET h:1 f v").await, ":1\r\n");
+    assert_eq!(client.cmd("HGETALL nope:3").await, "*0\r\n");
+    let info = client.cmd("INFO cache").await;
+    let expected = [
+        ("l1_answered", 5.0),
+        ("l2_hits", 2.0),
+        ("l2_misses", 3.0),
+        ("reads_total", 10.0),
+        ("writes_total", 3.0),
+    ];
+    for (field, value) in expected {
+        assert_eq!(number(&info, field), value, "{field}: {info}");
+    }
+    for level in ["l1", "l2", "miss"] {
+        let p50 = number(&info, &format!("read_latency_{level}_p50_us"));
+        let p99 = number(&info, &format!("read_latency_{level}_p99_us"));
+        let avg = number(&info, &format!("read_latency_{level}_avg_us"));
+        assert!(p50 > 0.0 && p99 >= p50 && avg > 0.0, "{level}: {info}");
+    }
+    assert!(number(&info, "write_latency_p99_us") >= number(&info, "write_latency_p50_us"));
+    assert!(number(&info, "write_latency_p50_us") > 0.0, "{info}");
+
+    // /metrics: one histogram per level, counts as INFO's.
+    let (_, _, body) = get(admin, "/metrics").await;
+    let samples = parse_openmetrics(&body);
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(name, _)| name == series)
+            .map(|(_, value)| *value)
+            .unwrap_or_else(|| panic!("{series} in {body}"))
+    };
+    for (level, count) in [("l1", 5.0), ("l2", 2.0), ("miss", 3.0)] {
+        assert_eq!(
+            value(&format!(r#"auracache_read_latency_seconds_count{{level="{level}"}}"#)),
+            count
+        );
+        assert_eq!(
+            value(&format!(
+                r#"auracache_read_latency_seconds_bucket{{le="+Inf",level="{level}"}}"#
+            )),
+            count,
+            "{body}"
+        );
+        let buckets: Vec<f64> = samples
+            .iter()
+            .filter(|(name, _)| {
+                name.starts_with("auracache_read_latency_seconds_bucket")
+                    && name.contains(&format!(r#"level="{level}""#))
+            })
+            .map(|(_, value)| *value)
+            .collect();
+        assert!(buckets.len() > 20, "{body}");
+        assert!(
+            buckets.windows(2).all(|pair| pair[0] <= pair[1]),
+            "cumulative: {buckets:?}"
+        );
+        assert!(value(&format!(r#"auracache_read_latency_seconds_sum{{level="{level}"}}"#)) > 0.0);
+    }
+    assert_eq!(value("auracache_write_latency_seconds_count"), 3.0);
+
+    let json = |path: &'static str| async move {
+        let (status, head, body) = get(admin, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(head.to_ascii_lowercase().contains("application/json"), "{head}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+    };
+    // The history samples every second; wait for one with the traffic.
+    let performance = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let performance = json("/api/v1/monitoring/cache/v2/performance").await;
+            let sampled: u64 = performance["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .map(|sample| sample["reads"].as_u64().expect("reads"))
+                .sum();
+            if sampled == 10 {
+                break performance;
+            }
+            assert!(std::time::Instant::now() < deadline, "history: {performance}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(performance["reads"], 10);
+    assert_eq!(performance["writes"], 3);
+    for (level, reads) in [("l1", 5), ("l2", 2), ("miss", 3)] {
+        let entry = &performance["levels"][level];
+        assert_eq!(entry["reads"], reads, "{performance}");
+        assert!((entry["rate"].as_f64().unwrap() - reads as f64 / 10.0).abs() < 1e-9);
+        assert_eq!(performance["hit_rates"][level], entry["rate"]);
+        for field in ["count", "p50", "p90", "p99", "mean"] {
+            assert!(
+                entry["latency_us"][field].as_f64().unwrap() > 0.0,
+                "{level}.{field}: {performance}"
+            );
+        }
+    }
+    assert_eq!(performance["write_latency_us"]["count"], 3);
+    for field in [
+        "interval_secs",
+        "reads_per_sec",
+        "writes_per_sec",
+        "average_reads_per_sec",
+        "average_writes_per_sec",
+    ] {
+        assert!(performance["throughput"][field].is_number(), "{field}: {performance}");
+    }
+    assert_eq!(performance["compression"]["enabled"], false);
+    let sample = performance["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sample| sample["reads"].as_u64() > Some(0))
+        .expect("a sample with reads");
+    for field in [
+        "at_ms",
+        "seconds",
+        "writes",
+        "reads_per_sec",
+        "writes_per_sec",
+        "l1_hit_rate",
+        "l2_hit_rate",
+        "miss_rate",
+        "l1_p50_us",
+        "l1_p99_us",
+        "l2_p50_us",
+        "l2_p99_us",
+        "miss_p50_us",
+        "miss_p99_us",
+        "write_p50_us",
+        "write_p99_us",
+    ] {
+        assert!(sample[field].is_number(), "{field}: {sample}");
+    }
+
+    let flow = json("/api/v1/monitoring/cache/v2/multi-level/flow").await;
+    assert_eq!(flow["reads"], 10);
+    assert_eq!(flow["l1"]["hits"], 5);
+    assert_eq!(flow["l1"]["misses"], 5);
+    assert_eq!(flow["l2"]["requests"], 5);
+    assert_eq!(flow["l2"]["hits"], 2);
+    assert_eq!(flow["l2"]["misses"], 3);
+    assert_eq!(flow["miss"]["count"], 3);
+    assert!((flow["l2"]["hit_rate"].as_f64().unwrap() - 0.4).abs() < 1e-9);
+    let edges: Vec<(String, String, u64)> = flow["flow"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|edge| {
+            (
+                edge["from"].as_str().unwrap().to_string(),
+                edge["to"].as_str().unwrap().to_string(),
+                edge["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(edges.contains(&("l1".into(), "l2".into(), 5)), "{flow}");
+    assert!(edges.contains(&("l2".into(), "miss".into(), 3)), "{flow}");
+    for field in ["reads", "l1_hits", "l2_hits", "misses", "interval_secs"] {
+        assert!(flow["rates_per_sec"][field].is_number(), "{field}: {flow}");
+    }
+}
