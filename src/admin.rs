@@ -290,6 +290,7 @@ fn compression_lines(text: &mut String, compression: &Compression) {
         sum(&|stats| count(&stats.decode_errors))
     );
     for (codec, namespace, stats) in all {
+        let (compress, decompress) = (stats.compress_ns.snapshot(), stats.decompress_ns.snapshot());
         let _ = write!(
             text,
             "compression_{}_{namespace}:compressed={},below_threshold={},poor_savings={},interpreted={},escaped={},bytes_in={},bytes_out={},ratio={:.4},compress_total_us={},compress_p99_us={},decoded={},decompress_total_us={},decompress_p99_us={},decode_errors={}\r\n",
@@ -302,11 +303,11 @@ fn compression_lines(text: &mut String, compression: &Compression) {
             count(&stats.bytes_in),
             count(&stats.bytes_out),
             stats.ratio(),
-            stats.compress_ns.sum() / 1000,
-            stats.compress_ns.quantile(0.99) / 1000,
+            compress.sum_us() as u64,
+            compress.quantile_us(0.99) as u64,
             count(&stats.decoded),
-            stats.decompress_ns.sum() / 1000,
-            stats.decompress_ns.quantile(0.99) / 1000,
+            decompress.sum_us() as u64,
+            decompress.quantile_us(0.99) as u64,
             count(&stats.decode_errors),
         );
     }

@@ -2,6 +2,7 @@
 //! Plain relaxed atomics: they are reported, never used to decide anything.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Process-wide counters and gauges.
 #[derive(Debug, Default)]
@@ -127,114 +128,222 @@ mod tests {
     }
 }
 
-/// Buckets of [`Histogram`]: four per power of two.
-const HISTOGRAM_BUCKETS: usize = 252;
+/// Sub-buckets per power of two.
+const SUBS: usize = 4;
+/// Values below this many nanoseconds have a bucket each.
+const LINEAR: u64 = SUBS as u64;
+/// Enough buckets for 2^40 ns (18 minutes); longer goes in the last.
+pub const BUCKETS: usize = SUBS + (40 - 2) * SUBS;
 
-/// A lock-free histogram of `u64` samples (durations in nanoseconds, sizes)
-/// with four buckets per power of two, so a quantile is within 25% of the
-/// true value; fixed size (about 2 KB), whatever the samples.
+/// A lock-free histogram of durations in nanoseconds: four buckets per
+/// power of two (so a quantile is within about 12 % of the truth), fixed
+/// size (about 1.3 KB), relaxed atomics.
 #[derive(Debug)]
 pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    sum: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+    sum_ns: AtomicU64,
 }
 
 impl Default for Histogram {
-    fn default() -> Self {
+    fn default() -> Histogram {
         Histogram {
-            buckets: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
         }
     }
+}
+
+/// The bucket of `ns`.
+fn bucket_of(ns: u64) -> usize {
+    if ns < LINEAR {
+        return ns as usize;
+    }
+    let power = 63 - ns.leading_zeros() as usize; // >= 2
+    let sub = ((ns >> (power - 2)) & (SUBS as u64 - 1)) as usize;
+    (SUBS + (power - 2) * SUBS + sub).min(BUCKETS - 1)
+}
+
+/// The nanoseconds bucket `index` starts at, and where the next starts.
+fn bounds_of(index: usize) -> (u64, u64) {
+    if index < SUBS {
+        return (index as u64, index as u64 + 1);
+    }
+    let power = (index - SUBS) / SUBS + 2;
+    let sub = ((index - SUBS) % SUBS) as u64;
+    let step = 1u64 << (power - 2);
+    ((LINEAR + sub) * step, (LINEAR + sub + 1) * step)
 }
 
 impl Histogram {
-    fn bucket(value: u64) -> usize {
-        if value < 4 {
-            return value as usize;
+    /// Counts `count` requests that each took `took`.
+    pub fn record(&self, took: Duration, count: u64) {
+        if count == 0 {
+            return;
         }
-        let exponent = 63 - value.leading_zeros() as usize;
-        let sub = ((value >> (exponent - 2)) & 3) as usize;
-        4 + (exponent - 2) * 4 + sub
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(ns)].fetch_add(count, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns.saturating_mul(count), Ordering::Relaxed);
     }
 
-    /// The largest value that falls in `bucket`.
-    fn upper_edge(bucket: usize) -> u64 {
-        if bucket < 4 {
-            return bucket as u64;
+    /// What it holds now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|bucket| bucket.load(Ordering::Relaxed))
+                .collect(),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
         }
-        let exponent = (bucket - 4) / 4 + 2;
-        let sub = ((bucket - 4) % 4) as u64;
-        (((4 + sub + 1) as u128) << (exponent - 2))
-            .saturating_sub(1)
-            .min(u64::MAX as u128) as u64
     }
 
-    pub fn record(&self, value: u64) {
-        self.buckets[Self::bucket(value)].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// The sum of all samples.
-    pub fn sum(&self) -> u64 {
-        self.sum.load(Ordering::Relaxed)
-    }
-
-    /// The value at quantile `q` (0..=1), as its bucket's upper edge; 0
-    /// with no samples.
-    pub fn quantile(&self, q: f64) -> u64 {
-        let total = self.count();
-        if total == 0 {
-            return 0;
+    pub fn reset(&self) {
+        for bucket in &self.buckets {
+            bucket.store(0, Ordering::Relaxed);
         }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (bucket, count) in self.buckets.iter().enumerate() {
-            seen += count.load(Ordering::Relaxed);
-            if seen >= rank {
-                return Self::upper_edge(bucket);
-            }
-        }
-        Self::upper_edge(HISTOGRAM_BUCKETS - 1)
+        self.sum_ns.store(0, Ordering::Relaxed);
     }
 }
 
+/// A histogram's counts at one moment (or between two moments).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    buckets: Vec<u64>,
+    sum_ns: u64,
+}
+
+impl Snapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The mean in microseconds (0 when empty).
+    pub fn mean_us(&self) -> f64 {
+        match self.count() {
+            0 => 0.0,
+            count => self.sum_ns as f64 / count as f64 / 1_000.0,
+        }
+    }
+
+    pub fn sum_us(&self) -> f64 {
+        self.sum_ns as f64 / 1_000.0
+    }
+
+    /// The `quantile` (0..=1) in microseconds, interpolated within its
+    /// bucket (0 when empty).
+    pub fn quantile_us(&self, quantile: f64) -> f64 {
+        let count = self.count();
+        if count == 0 {
+            return 0.0;
+        }
+        let rank = (quantile.clamp(0.0, 1.0) * count as f64).max(1.0);
+        let mut below = 0u64;
+        for (index, &in_bucket) in self.buckets.iter().enumerate() {
+            if in_bucket > 0 && (below + in_bucket) as f64 >= rank {
+                let (low, high) = bounds_of(index);
+                let within = (rank - below as f64) / in_bucket as f64;
+                return (low as f64 + within * (high - low) as f64) / 1_000.0;
+            }
+            below += in_bucket;
+        }
+        bounds_of(BUCKETS - 1).1 as f64 / 1_000.0
+    }
+
+    /// What was added since `earlier`.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(index, now)| now.saturating_sub(earlier.buckets.get(index).copied().unwrap_or(0)))
+                .collect(),
+            sum_ns: self.sum_ns.saturating_sub(earlier.sum_ns),
+        }
+    }
+
+    /// Counts per Prometheus bucket, not cumulative: one bucket per power
+    /// of two of nanoseconds from 2^10 (about 1 µs) to 2^34 (about 17 s),
+    /// as `(upper bound in seconds, count)`, then `+Inf`. The bounds are the
+    /// same at every scrape.
+    pub fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
+        let mut out = Vec::with_capacity(26);
+        let mut from = 0;
+        for power in PROMETHEUS_POWERS {
+            // Values below 2^power ns are in the buckets before its group.
+            let until = SUBS + (power - 2) * SUBS;
+            out.push(((1u64 << power) as f64 / 1e9, self.buckets[from..until].iter().sum()));
+            from = until;
+        }
+        out.push((f64::INFINITY, self.buckets[from..].iter().sum()));
+        out
+    }
+}
+
+/// The powers of two of nanoseconds that bound the Prometheus buckets.
+const PROMETHEUS_POWERS: std::ops::RangeInclusive<usize> = 10..=34;
+
 #[cfg(test)]
 mod histogram_tests {
-    use super::Histogram;
+    use super::*;
 
     #[test]
-    fn quantiles_are_within_a_quarter_of_the_truth() {
-        let histogram = Histogram::default();
-        for value in 1..=10_000u64 {
-            histogram.record(value);
+    fn buckets_cover_every_value_in_order() {
+        let mut previous_end = 0;
+        for index in 0..BUCKETS {
+            let (low, high) = bounds_of(index);
+            assert_eq!(
+                low,
+                previous_end,
+                "bucket {index} starts where {} ended",
+                index.max(1) - 1
+            );
+            assert!(high > low);
+            assert_eq!(bucket_of(low), index);
+            assert_eq!(bucket_of(high - 1), index);
+            previous_end = high;
         }
-        assert_eq!(histogram.count(), 10_000);
-        assert_eq!(histogram.sum(), 10_000 * 10_001 / 2);
-        for (q, truth) in [(0.5, 5_000u64), (0.99, 9_900), (1.0, 10_000)] {
-            let got = histogram.quantile(q);
-            assert!(got >= truth && got <= truth + truth / 4, "q{q}: {got} for {truth}");
-        }
-        assert_eq!(Histogram::default().quantile(0.99), 0);
-        histogram.record(u64::MAX);
-        assert_eq!(histogram.quantile(1.0), u64::MAX);
     }
 
     #[test]
-    fn every_value_lands_in_a_bucket_whose_edge_covers_it() {
-        for value in (0..64).flat_map(|shift| [1u64 << shift, (1u64 << shift) + 1, (1u64 << shift).wrapping_sub(1)]) {
-            let bucket = Histogram::bucket(value);
-            assert!(Histogram::upper_edge(bucket) >= value, "{value}");
-            if bucket > 0 {
-                assert!(Histogram::upper_edge(bucket - 1) < value, "{value}");
-            }
+    fn quantiles_are_within_a_bucket_of_the_truth() {
+        let histogram = Histogram::default();
+        for us in 1..=1000u64 {
+            histogram.record(Duration::from_micros(us), 1);
         }
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.count(), 1000);
+        for (quantile, truth) in [(0.5, 500.0), (0.99, 990.0), (0.01, 10.0)] {
+            let seen = snapshot.quantile_us(quantile);
+            assert!((seen - truth).abs() / truth < 0.13, "p{quantile}: {seen} vs {truth}");
+        }
+        assert!((snapshot.mean_us() - 500.5).abs() < 0.01);
+        assert_eq!(Snapshot::default().quantile_us(0.5), 0.0);
+    }
+
+    #[test]
+    fn a_delta_holds_only_what_came_after() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(10), 5);
+        let before = histogram.snapshot();
+        histogram.record(Duration::from_millis(2), 3);
+        let delta = histogram.snapshot().since(&before);
+        assert_eq!(delta.count(), 3);
+        assert!((delta.quantile_us(0.5) - 2000.0).abs() / 2000.0 < 0.13);
+    }
+
+    #[test]
+    fn prometheus_buckets_hold_every_request_once() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_nanos(300), 2);
+        histogram.record(Duration::from_micros(3), 4);
+        histogram.record(Duration::from_secs(100), 1);
+        let buckets = histogram.snapshot().prometheus_buckets();
+        assert_eq!(buckets.iter().map(|bucket| bucket.1).sum::<u64>(), 7);
+        assert!(buckets.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        // 300 ns is under the first bound (1.024 µs); 3 µs under 4.096 µs.
+        assert_eq!(buckets[0], (1.024e-6, 2));
+        assert_eq!(buckets[2], (4.096e-6, 4));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
     }
 }
