@@ -289,6 +289,21 @@ fn compression_lines(text: &mut String, compression: &Compression) {
         "compression_decode_errors:{}\r\n",
         sum(&|stats| count(&stats.decode_errors))
     );
+    // Per algorithm (over its namespaces): stored / original.
+    let mut by_algorithm: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for (codec, _, stats) in &all {
+        let entry = by_algorithm.entry(codec.name()).or_default();
+        entry.0 += count(&stats.bytes_in);
+        entry.1 += count(&stats.bytes_out);
+    }
+    for (algorithm, (bytes_in, bytes_out)) in by_algorithm {
+        let ratio = if bytes_in == 0 {
+            1.0
+        } else {
+            bytes_out as f64 / bytes_in as f64
+        };
+        let _ = write!(text, "compression_ratio_{algorithm}:{ratio:.4}\r\n");
+    }
     for (codec, namespace, stats) in all {
         let (compress, decompress) = (stats.compress_ns.snapshot(), stats.decompress_ns.snapshot());
         let _ = write!(

@@ -339,3 +339,86 @@ async fn config_set_changes_the_pattern_engine_without_a_restart() {
         "{refused}"
     );
 }
+
+/// `redis-cli INFO cache` through the proxy lists every field an operator
+/// reads, with every stage on, each a number (INFO parsers read
+/// `field:value` lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_info_cache_lists_every_field() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        common::values::eager(config);
+        config.compression.enabled = true;
+        config.compression.threshold = 16;
+        config.patterns.enabled = true;
+        config.preload.enabled = true;
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr()).await;
+    let long = "abc".repeat(100);
+    assert_eq!(client.cmd(&format!("SET doc:1 {long}")).await, "+OK\r\n");
+    common::read_until_cached(&proxy, &mut client, "doc:1").await;
+    client.cmd("GET doc:2").await;
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &proxy.addr().port().to_string(), "INFO", "cache"])
+        .output()
+        .expect("redis-cli is installed (scripts/test.sh installs redis-tools)");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(text.starts_with("# Cache\r\n"), "{text}");
+    let fields: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim_end()
+                .split_once(':')
+                .unwrap_or_else(|| panic!("field:value: {line}"))
+        })
+        .collect();
+    let mut expected = vec![
+        "l1_hits",
+        "l1_misses",
+        "l1_hit_ratio",
+        "l1_entries",
+        "l1_bytes",
+        "l1_max_bytes",
+        "l1_evictions",
+        "l1_invalidations",
+        "l2_hits",
+        "l2_misses",
+        "write_latency_p50_us",
+        "write_latency_p99_us",
+        "compression_values",
+        "compression_bytes_in",
+        "compression_bytes_out",
+        "compression_ratio",
+        "compression_ratio_zstd",
+        "pattern_keys_tracked",
+        "pattern_events_dropped",
+        "preload_last_run",
+        "preload_hits",
+        "preload_waste",
+        "upstream_connections_pooled",
+        "upstream_connections_dedicated",
+        "upstream_errors",
+        "tracking_connected",
+    ];
+    let latencies: Vec<String> = ["l1", "l2", "miss"]
+        .iter()
+        .flat_map(|level| ["p50", "p99"].map(|q| format!("read_latency_{level}_{q}_us")))
+        .collect();
+    expected.extend(latencies.iter().map(String::as_str));
+    for field in expected {
+        let value = fields.get(field).unwrap_or_else(|| panic!("{field} in {text}"));
+        assert!(value.parse::<f64>().is_ok(), "{field}:{value}");
+    }
+    assert_eq!(fields["tracking_connected"], "1");
+    // doc:1, and doc:2's "no such key" (kept memory_cache.nil_ttl).
+    assert_eq!(fields["l1_entries"], "2", "{text}");
+    assert_eq!(fields["compression_values"], "1", "{text}");
+    // stored / original: 300 repeated bytes shrink well.
+    let ratio: f64 = fields["compression_ratio_zstd"].parse().unwrap();
+    assert!(ratio > 0.0 && ratio < 0.5, "{text}");
+    assert!(fields["l2_misses"].parse::<u64>().unwrap() >= 1, "{text}");
+}
