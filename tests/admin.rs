@@ -421,4 +421,10 @@ async fn redis_cli_info_cache_lists_every_field() {
     let ratio: f64 = fields["compression_ratio_zstd"].parse().unwrap();
     assert!(ratio > 0.0 && ratio < 0.5, "{text}");
     assert!(fields["l2_misses"].parse::<u64>().unwrap() >= 1, "{text}");
+    // The redis crate's INFO parser reads the whole INFO, Redis's sections and ours.
+    let mut connection = proxy.client().await;
+    let info: redis::InfoDict = redis::cmd("INFO").query_async(&mut connection).await.expect("INFO");
+    assert!(info.get::<String>("redis_version").is_some());
+    assert_eq!(info.get::<u64>("l1_entries"), Some(2));
+    assert!(info.get::<f64>("read_latency_l2_p99_us").is_some_and(|p99| p99 > 0.0));
 }
