@@ -1596,6 +1596,10 @@ impl Session {
                         let decoded = decode_batch(compression, &[(0, decode)], Ok(reply.clone()));
                         reply = decoded.unwrap_or(reply);
                     }
+                    if let Some(how) = level_read(&command) {
+                        let took = self.read_started.elapsed();
+                        count_levels(&self.shared.stats.levels, &[(0, how)], 0, &reply, took);
+                    }
                     if let (Some(patterns), Some(read)) = (&self.shared.patterns, read) {
                         let mut events = patterns.batch();
                         self.hear(&mut events, read, 0, None);
