@@ -76,7 +76,10 @@ pub fn info_cache(
             namespace_line(&mut text, &namespace);
         }
     }
-    let _ = write!(text, "compression_enabled:{}\r\n", u8::from(compression.is_some()));
+    // (Whether values are compressed now: PROXY CONFIG SET may have
+    // turned it off; what was stored compressed is still decoded.)
+    let compressing = compression.is_some_and(Compression::compresses);
+    let _ = write!(text, "compression_enabled:{}\r\n", u8::from(compressing));
     if let Some(compression) = compression {
         compression_lines(&mut text, compression);
     }
@@ -238,7 +241,7 @@ fn namespace_line(text: &mut String, namespace: &Namespace) {
             }
         })
         .collect();
-    let rules = &namespace.rules;
+    let rules = namespace.rules();
     let _ = write!(
         text,
         "l1_namespace_{name}:entries={},bytes={},hits={hits},misses={misses},hit_ratio={ratio:.4},\

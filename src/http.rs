@@ -388,9 +388,9 @@ async fn memory_stats(State(shared): State<Arc<Shared>>) -> Response {
                 "name": namespace.name(),
                 "entries": load(&namespace.entries),
                 "bytes": load(&namespace.bytes),
-                "max_entries": namespace.rules.max_entries,
-                "ttl_secs": namespace.rules.ttl.as_secs(),
-                "consistency": match namespace.rules.consistency {
+                "max_entries": namespace.rules().max_entries,
+                "ttl_secs": namespace.rules().ttl.as_secs(),
+                "consistency": match namespace.rules().consistency {
                     crate::config::Consistency::Strict => "strict",
                     crate::config::Consistency::TtlOnly => "ttl-only",
                 },
@@ -478,7 +478,7 @@ async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     axum::Json(serde_json::json!({
-        "enabled": true,
+        "enabled": compression.compresses(),
         "totals": {
             "values": values,
             "bytes_in": bytes_in,

@@ -248,7 +248,7 @@ impl Preload {
         if insight.mean_size > l1.store.max_reply_bytes(insight.key.len()) {
             return Choice::TooLarge;
         }
-        let rules = &l1.store.namespaces().of(&insight.key).rules;
+        let rules = l1.store.namespaces().of(&insight.key).rules();
         let until_ms = covered_until(insight, next_ms, now_ms, horizon_ms, rules.ttl);
         let mut needed = Duration::from_millis(until_ms.saturating_sub(now_ms));
         if rules.consistency == Consistency::TtlOnly {
@@ -636,9 +636,9 @@ async fn fetch_one(parts: &Parts, fetch: &Fetch, wanted: Duration, index: usize,
         return Fetched::Skipped;
     }
     let namespace = parts.l1.store.namespaces().of(&fetch.key);
-    let wanted = match namespace.rules.consistency {
+    let wanted = match namespace.rules().consistency {
         // Without invalidations, the namespace's TTL is its staleness bound.
-        Consistency::TtlOnly => wanted.min(namespace.rules.ttl),
+        Consistency::TtlOnly => wanted.min(namespace.rules().ttl),
         Consistency::Strict => wanted,
     };
     let pool = parts.shared.pools.get(fetch.db, Protocol::Resp2);

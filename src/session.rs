@@ -1179,9 +1179,10 @@ impl Session {
         Flow::Continue
     }
 
-    /// `PROXY CONFIG SET name value`: checked as at start-up, then applied
-    /// to the running proxy where that is safe (the preloader's settings,
-    /// from its next run); any other setting is refused, naming it.
+    /// `PROXY CONFIG SET name value`: checked as at start-up (with the
+    /// settings it depends on), then applied to the running proxy where
+    /// that is safe (`RUNTIME_SETTINGS`); any other setting is refused,
+    /// naming it.
     fn config_set(&self, name: &str, value: &str) -> Result<(), String> {
         let name = name.to_ascii_lowercase();
         let mut settings = self
@@ -1197,16 +1198,48 @@ impl Session {
                 RUNTIME_SETTINGS.join(", ")
             ));
         }
+        // What one setting's check leaves to the others (max_entry_bytes
+        // below max_bytes, each namespace's level for a new algorithm).
+        next.validate().map_err(|error| format!("ERR {error}"))?;
         let off = |what: &str| format!("ERR {what} is off (it is turned on at start-up): {name} has nothing to change");
-        if name.starts_with("preload.") {
-            let preload = self.shared.preload.as_ref().ok_or_else(|| off("the preloader"))?;
-            preload.set_config(next.preload.clone());
-        } else {
-            let patterns = self.shared.patterns.as_ref().ok_or_else(|| off("the pattern engine"))?;
-            match name.as_str() {
-                "patterns.max_events_per_sec" => patterns.set_budget(next.patterns.max_events_per_sec),
-                _ => patterns.set_min_accesses(next.patterns.min_access_count),
+        match name.split_once('.').map_or("", |(section, _)| section) {
+            "preload" => {
+                let preload = self.shared.preload.as_ref().ok_or_else(|| off("the preloader"))?;
+                preload.set_config(next.preload.clone());
             }
+            "patterns" => {
+                let patterns = self.shared.patterns.as_ref().ok_or_else(|| off("the pattern engine"))?;
+                match name.as_str() {
+                    "patterns.max_events_per_sec" => patterns.set_budget(next.patterns.max_events_per_sec),
+                    _ => patterns.set_min_accesses(next.patterns.min_access_count),
+                }
+            }
+            "compression" => {
+                // Without the stage, reads do not decode envelopes: values
+                // compressed from now on would reach clients as stored.
+                let compression = self.shared.compression.as_ref().ok_or_else(|| {
+                    format!(
+                        "ERR compression was off at start-up, so the proxy does not decode stored values: {name} needs a restart with compression.enabled = true (after which compression can be turned off and on while the proxy runs)"
+                    )
+                })?;
+                compression.set_policies(&next);
+            }
+            "memory_cache" => {
+                let l1 = self
+                    .shared
+                    .l1
+                    .as_ref()
+                    .ok_or_else(|| off("L1 (memory_cache.enabled)"))?;
+                let (before, after) = (settings.memory_cache.default_ttl, next.memory_cache.default_ttl);
+                if name == "memory_cache.default_ttl" && before != after && (before == 0 || after == 0) {
+                    return Err(format!(
+                        "ERR memory_cache.default_ttl cannot change from {before} to {after} while the proxy runs: 0 means not cached, which decides at start-up whether L1 needs Redis's invalidations (the tracking connection); set it in proxy.toml or the environment and restart"
+                    ));
+                }
+                l1.reconfigure(&next);
+            }
+            // (RUNTIME_SETTINGS names settings of the sections above only.)
+            _ => return Err(format!("ERR {name} has no way to change while the proxy runs")),
         }
         *settings = next;
         Ok(())
@@ -2686,8 +2719,9 @@ impl Session {
     }
 }
 
-/// `PROXY HELP`.
-/// What `PROXY CONFIG SET` changes in a running proxy.
+/// What `PROXY CONFIG SET` changes in a running proxy (applied in
+/// `Session::config_set`: each stage keeps what it changes in atomics or
+/// behind a lock only its fill or write side reads).
 const RUNTIME_SETTINGS: &[&str] = &[
     "preload.interval_minutes",
     "preload.priority_threshold",
@@ -2698,11 +2732,22 @@ const RUNTIME_SETTINGS: &[&str] = &[
     "preload.busy_reads_per_sec",
     "patterns.max_events_per_sec",
     "patterns.min_access_count",
+    "compression.enabled",
+    "compression.threshold",
+    "compression.algorithm",
+    "compression.level",
+    "compression.min_savings",
+    "memory_cache.default_ttl",
+    "memory_cache.nil_ttl",
+    "memory_cache.size_per_namespace",
+    "memory_cache.max_bytes",
+    "memory_cache.max_entry_bytes",
 ];
 
 /// How long `PROXY PRELOAD RUN` waits for its run.
 const PRELOAD_RUN_WAIT: Duration = Duration::from_secs(300);
 
+/// `PROXY HELP`.
 const PROXY_HELP: &str = "PROXY <subcommand> [<arg> ...]. Subcommands are:\r\n\
 PATTERNS [COUNT <n>] [NAMESPACE <ns>] [MINPRIORITY <p>]\r\n    The keys the pattern engine ranks highest (default 20): class, predictability, priority, next expected read, hourly profile.\r\n\
 PATTERNS PEAKS\r\n    Reads per hour of the day and the peak hours (1.5 times the mean or more).\r\n\
@@ -2711,7 +2756,7 @@ PRELOAD STATUS\r\n    The preloader: last and next run, keys selected, fetched, 
 PRELOAD RUN\r\n    Run the preloader now and answer its status when it is over.\r\n\
 STATS [RESET]\r\n    INFO cache's fields as a map; RESET sets every counter back to zero (gauges stay).\r\n\
 CONFIG GET <pattern>\r\n    The proxy's settings whose dotted names match the glob (secrets hidden), as CONFIG GET answers Redis's.\r\n\
-CONFIG SET <name> <value>\r\n    Change a setting in the running proxy (the preloader's, and the pattern engine's budget and minimum reads); others are refused, named.\r\n\
+CONFIG SET <name> <value>\r\n    Change a setting in the running proxy: the preloader's; the pattern engine's budget and minimum reads; compression.enabled, threshold, algorithm, level, min_savings (for values written from then on; compression must have been on at start-up); memory_cache.default_ttl, nil_ttl (for entries stored from then on), size_per_namespace, max_bytes, max_entry_bytes (at once). Others are refused, named.\r\n\
 EXPLAIN <key>\r\n    Where a key lives: its stored name and version, type, TTL, stored size and codec in Redis, what L1 holds of it and how long, its pattern class and priority.\r\n\
 FLUSHL1 [<namespace>]\r\n    Drop what L1 holds (of one namespace); Redis is untouched. Answers the keys dropped.\r\n\
 VERSION STATUS [<namespace>]\r\n    Key versioning per namespace: versions, keys migrated, fallback hits, keys per version, cleanup progress.\r\n\

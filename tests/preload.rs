@@ -471,9 +471,9 @@ async fn config_set_changes_the_preloader_without_a_restart() {
         bad.starts_with("-ERR invalid setting preload.priority_threshold"),
         "{bad}"
     );
-    let fixed = client.cmd("PROXY CONFIG SET memory_cache.max_bytes 1073741824").await;
+    let fixed = client.cmd("PROXY CONFIG SET memory_cache.max_namespaces 10").await;
     assert!(
-        fixed.starts_with("-ERR memory_cache.max_bytes cannot change while the proxy runs"),
+        fixed.starts_with("-ERR memory_cache.max_namespaces cannot change while the proxy runs"),
         "{fixed}"
     );
     let unknown = client.cmd("PROXY CONFIG SET no.such 1").await;

@@ -16,6 +16,7 @@ pub mod store;
 pub mod tracking;
 pub mod writes;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,7 +34,9 @@ use crate::protocol::Command;
 pub struct L1 {
     pub store: Arc<L1Store>,
     writes: OnceLock<WriteTable>,
-    nil_ttl: Duration,
+    /// How long "no such key" is kept, in milliseconds (`memory_cache.nil_ttl`;
+    /// `PROXY CONFIG SET` changes it, for fills from then on).
+    nil_ttl_ms: AtomicU64,
     /// Some namespace is cached without Redis's invalidations.
     any_ttl_only: bool,
 }
@@ -44,8 +47,25 @@ impl L1 {
             any_ttl_only: store.namespaces().any_ttl_only(),
             store,
             writes: OnceLock::new(),
-            nil_ttl: Duration::from_secs(config.nil_ttl),
+            nil_ttl_ms: AtomicU64::new(config.nil_ttl.saturating_mul(1000)),
         }
+    }
+
+    /// Takes `config`'s TTLs and bounds in the running proxy (`PROXY
+    /// CONFIG SET memory_cache.*`): nil TTL and namespace TTLs for fills
+    /// from now on (what is stored keeps its expiry), entry bounds and
+    /// byte bounds at once (see [`L1Store::reconfigure`] and
+    /// [`L1Store::set_limits`]).
+    pub fn reconfigure(&self, config: &crate::config::Config) {
+        let cache = &config.memory_cache;
+        self.nil_ttl_ms
+            .store(cache.nil_ttl.saturating_mul(1000), Ordering::Relaxed);
+        self.store.reconfigure(config);
+        self.store.set_limits(cache.max_bytes, cache.max_entry_bytes);
+    }
+
+    fn nil_ttl(&self) -> Duration {
+        Duration::from_millis(self.nil_ttl_ms.load(Ordering::Relaxed))
     }
 
     /// Installs the write table learned from Redis; caching starts then.
@@ -96,7 +116,7 @@ impl L1 {
     /// other protocol's encoding is derived. Errors and replies that do not
     /// fit are not kept; waiters are released either way.
     pub fn complete_read(&self, ticket: FillTicket, read: &Bytes, pttl: &[u8]) -> bool {
-        let ttl = ticket.namespace().rules.ttl;
+        let ttl = ticket.namespace().rules().ttl;
         self.complete_read_with(ticket, read, pttl, ttl, Vec::new())
     }
 
@@ -134,11 +154,11 @@ impl L1 {
             self.store.abandon(ticket);
             return false;
         }
-        let namespace_ttl = ticket.namespace().rules.ttl;
+        let namespace_ttl = ticket.namespace().rules().ttl;
         let ttl = match remaining {
-            _ if nil => self.nil_ttl.min(namespace_ttl),
+            _ if nil => self.nil_ttl().min(namespace_ttl),
             // HGETALL of a missing key: an empty hash, cached like nil.
-            Some(-2) if empty => self.nil_ttl.min(namespace_ttl),
+            Some(-2) if empty => self.nil_ttl().min(namespace_ttl),
             // A value, but the key vanished between the two commands.
             Some(-2) => {
                 self.store.abandon(ticket);

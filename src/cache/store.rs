@@ -226,6 +226,19 @@ fn shape_weight(cached: &Cached) -> u64 {
     field + cached.reply.bytes()
 }
 
+/// A reply of `max_entry_bytes`, with room for its key (and fields).
+fn wanted_entry_weight(max_entry_bytes: u64) -> u64 {
+    max_entry_bytes.saturating_add(ENTRY_OVERHEAD + SHAPE_OVERHEAD + KEY_ALLOWANCE)
+}
+
+/// The heaviest entry `cache` takes for `max_entry_bytes`: what quick_cache
+/// really made of its capacity decides (it silently refuses an entry above
+/// a shard's hot share).
+fn heaviest_entry(max_entry_bytes: u64, cache: &EntryCache) -> u64 {
+    let shard_share = (cache.shard_capacity() as f64 * SHARD_ENTRY_SHARE) as u64;
+    wanted_entry_weight(max_entry_bytes).min(shard_share)
+}
+
 /// Counts evictions as quick_cache makes them.
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<L1Stats>);
@@ -472,9 +485,11 @@ impl Fill {
     }
 }
 
+type EntryCache = Cache<Slot, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>;
+
 /// The L1 store. Cheap to share (`Arc`).
 pub struct L1Store {
-    cache: Cache<Slot, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>,
+    cache: EntryCache,
     namespaces: Arc<Namespaces>,
     /// How often keys were read lately: decides which misses fill.
     frequency: Frequency,
@@ -482,7 +497,9 @@ pub struct L1Store {
     fill_on_first_miss: bool,
     fills: Arc<Mutex<Fills>>,
     next_fill: AtomicU64,
-    max_entry_weight: u64,
+    /// The heaviest entry stored (from `max_entry_bytes` and a shard's
+    /// share of `max_bytes`; [`L1Store::set_limits`] changes both).
+    max_entry_weight: AtomicU64,
     /// Redis's `databases`: invalidations from Redis name keys, not databases.
     databases: AtomicU32,
     /// False while invalidations from Redis cannot be trusted to arrive (the
@@ -505,8 +522,7 @@ impl std::fmt::Debug for L1Store {
 impl L1Store {
     pub fn new(limits: L1Limits, namespaces: Arc<Namespaces>, clock: Arc<dyn Clock>) -> L1Store {
         let stats = Arc::new(L1Stats::default());
-        // A reply of max_entry_bytes, with room for its key (and fields).
-        let wanted_entry_weight = limits.max_entry_bytes + ENTRY_OVERHEAD + SHAPE_OVERHEAD + KEY_ALLOWANCE;
+        let wanted_entry_weight = wanted_entry_weight(limits.max_entry_bytes);
         // As many shards as keep the largest entry within one shard's share.
         let fitting = (limits.max_bytes as f64 * SHARD_ENTRY_SHARE / wanted_entry_weight as f64).floor() as usize;
         let shards = prev_power_of_two(fitting.clamp(1, MAX_SHARDS));
@@ -522,10 +538,8 @@ impl L1Store {
             DefaultHashBuilder::default(),
             CountEvictions(stats.clone()),
         );
-        // What quick_cache really made of it decides the largest entry.
-        let shard_share = (cache.shard_capacity() as f64 * SHARD_ENTRY_SHARE) as u64;
         L1Store {
-            max_entry_weight: wanted_entry_weight.min(shard_share),
+            max_entry_weight: AtomicU64::new(heaviest_entry(limits.max_entry_bytes, &cache)),
             frequency: Frequency::new(limits.estimated_entries),
             fill_on_first_miss: limits.fill_on_first_miss,
             namespaces,
@@ -543,6 +557,76 @@ impl L1Store {
         &self.stats
     }
 
+    /// New byte bounds in the running store (`PROXY CONFIG SET
+    /// memory_cache.max_bytes` / `max_entry_bytes`): a smaller `max_bytes`
+    /// evicts at once down to it (quick_cache's eviction, counted as
+    /// evictions, each entry leaving its namespace's counts as it goes);
+    /// entries heavier than the new largest entry are dropped, counted as
+    /// evictions too. The shard count stays as chosen at start-up, so a
+    /// `max_bytes` far below the start-up one also caps the largest entry
+    /// at a shard's share (`too_large` counts what that refuses).
+    pub fn set_limits(&self, max_bytes: u64, max_entry_bytes: u64) {
+        // Under the fills lock: a fill stores under the old largest entry
+        // before the heavier entries are dropped, or under the new one.
+        let _fills = self.lock_fills();
+        self.cache.set_capacity(max_bytes.max(1));
+        let heaviest = heaviest_entry(max_entry_bytes, &self.cache);
+        let before = self.max_entry_weight.swap(heaviest, Ordering::Relaxed);
+        if heaviest < before {
+            self.cache.retain(|slot, entry| {
+                let fits = entry_weight(slot, &entry.0.shapes) <= heaviest;
+                if !fits {
+                    let shapes = entry.0.shapes.len() as u64;
+                    self.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+                    entry.namespace().stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+                }
+                fits
+            });
+        }
+    }
+
+    /// The heaviest entry stored now (key, replies and overhead).
+    fn max_entry_weight(&self) -> u64 {
+        self.max_entry_weight.load(Ordering::Relaxed)
+    }
+
+    /// New namespace TTLs and entry bounds from `config` (`PROXY CONFIG
+    /// SET memory_cache.default_ttl` / `size_per_namespace`, see
+    /// [`Namespaces::reconfigure`]). A TTL applies to what is stored from
+    /// now on; an entry bound at once: each namespace over its bound
+    /// evicts its oldest keys down to it (one that had no bound kept no
+    /// order, so its keys are listed first, oldest unknown).
+    pub fn reconfigure(&self, config: &crate::config::Config) {
+        // Under the fills lock, as fills make room: no fill sees half of it.
+        let _fills = self.lock_fills();
+        let newly_bounded = self.namespaces.reconfigure(config);
+        if !newly_bounded.is_empty() {
+            for namespace in &newly_bounded {
+                namespace
+                    .order
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clear();
+            }
+            for (slot, entry) in self.cache.iter() {
+                if let Some(namespace) = newly_bounded
+                    .iter()
+                    .find(|namespace| Arc::ptr_eq(namespace, entry.namespace()))
+                {
+                    let mut order = namespace.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    order.push_back((slot.db, slot.key));
+                }
+            }
+        }
+        for namespace in self.namespaces.all() {
+            let max_entries = namespace.rules().max_entries;
+            if max_entries > 0 {
+                let mut order = namespace.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.evict_oldest(&namespace, &mut order, max_entries);
+            }
+        }
+    }
+
     /// Whether the store may keep what fills bring in namespaces that
     /// rely on Redis's invalidations. Either way those start empty: what
     /// was cached before tracking (re)started may be stale.
@@ -554,7 +638,7 @@ impl L1Store {
             fill.void();
         }
         self.cache
-            .retain(|_, entry| entry.namespace().rules.consistency == Consistency::TtlOnly);
+            .retain(|_, entry| entry.namespace().rules().consistency == Consistency::TtlOnly);
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -645,7 +729,7 @@ impl L1Store {
             None => self.namespaces.of(&key.key),
         };
         count(&self.stats, &namespace, |stats| &stats.misses);
-        if !namespace.rules.cacheable(self.accepting.load(Ordering::Acquire)) {
+        if !namespace.rules().cacheable(self.accepting.load(Ordering::Acquire)) {
             return Lookup::Pass;
         }
         let mut fills = self.lock_fills();
@@ -687,7 +771,7 @@ impl L1Store {
     /// write of it in flight, no other fill, invalidations flowing).
     pub fn preload_ticket(&self, key: &CacheKey) -> Result<FillTicket, NoPreload> {
         let namespace = self.namespaces.of(&key.key);
-        if !namespace.rules.cacheable(self.accepting.load(Ordering::Acquire)) {
+        if !namespace.rules().cacheable(self.accepting.load(Ordering::Acquire)) {
             return Err(NoPreload::NotCached);
         }
         let mut fills = self.lock_fills();
@@ -717,7 +801,7 @@ impl L1Store {
         if seen == 0 && !self.fill_on_first_miss {
             return false;
         }
-        let max_entries = namespace.rules.max_entries;
+        let max_entries = namespace.rules().max_entries;
         if max_entries == 0 || namespace.entries.load(Ordering::Relaxed) < max_entries {
             return true;
         }
@@ -800,7 +884,7 @@ impl L1Store {
             .or_else(|| ticket.started.checked_add(FOREVER))
             .unwrap_or(ticket.started);
         let limit = limit.map(|limit| ticket.started.checked_add(limit).unwrap_or(deadline));
-        let cacheable = deadline > now && namespace.rules.cacheable(self.accepting.load(Ordering::Acquire));
+        let cacheable = deadline > now && namespace.rules().cacheable(self.accepting.load(Ordering::Acquire));
         let kept = shapes.len();
         let cached = |shape: Shape, reply: CachedReply| Cached {
             shape,
@@ -815,11 +899,12 @@ impl L1Store {
             .iter()
             .map(|(shape, reply)| shape_weight(&cached(shape.clone(), reply.clone())))
             .sum();
-        if alone + extra > self.max_entry_weight {
+        let max_entry_weight = self.max_entry_weight();
+        if alone + extra > max_entry_weight {
             also.clear();
         }
         shapes.extend(also.into_iter().map(|(shape, reply)| cached(shape, reply)));
-        let fits = entry_weight(&slot, &shapes) <= self.max_entry_weight;
+        let fits = entry_weight(&slot, &shapes) <= max_entry_weight;
         let mut new_bet = false;
         if ticket.preload && cacheable && fits {
             // Preloaded again before any hit: the same bet, extended (one
@@ -887,7 +972,7 @@ impl L1Store {
             return false;
         };
         let namespace = entry.member.namespace().clone();
-        if namespace.rules.consistency != Consistency::Strict || !self.accepting.load(Ordering::Acquire) {
+        if namespace.rules().consistency != Consistency::Strict || !self.accepting.load(Ordering::Acquire) {
             return false;
         }
         let now = self.clock.now();
@@ -930,21 +1015,12 @@ impl L1Store {
     /// Keeps a namespace within its entry bound before `slot` joins it:
     /// evicts its oldest stored keys. Called under the fills lock.
     fn make_room(&self, namespace: &Namespace, slot: &Slot) {
-        let max_entries = namespace.rules.max_entries;
+        let max_entries = namespace.rules().max_entries;
         if max_entries == 0 {
             return;
         }
         let mut order = namespace.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while namespace.entries.load(Ordering::Relaxed) >= max_entries {
-            let Some((db, key)) = order.pop_front() else {
-                break;
-            };
-            if let Some((_, entry)) = self.cache.remove(&SlotRef { db, key: &key }) {
-                let shapes = entry.0.shapes.len() as u64;
-                self.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
-                namespace.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
-            }
-        }
+        self.evict_oldest(namespace, &mut order, max_entries - 1);
         order.push_back((slot.db, slot.key.clone()));
         // Keys removed by other means stay listed until popped; when they
         // are most of the list, keep only the stored ones, once each.
@@ -959,6 +1035,21 @@ impl L1Store {
                 .collect();
             kept.make_contiguous().reverse();
             *order = kept;
+        }
+    }
+
+    /// Evicts a namespace's oldest stored keys (`order`, its list) until
+    /// it holds at most `keep`. Called under the fills lock.
+    fn evict_oldest(&self, namespace: &Namespace, order: &mut std::collections::VecDeque<(u32, Bytes)>, keep: u64) {
+        while namespace.entries.load(Ordering::Relaxed) > keep {
+            let Some((db, key)) = order.pop_front() else {
+                break;
+            };
+            if let Some((_, entry)) = self.cache.remove(&SlotRef { db, key: &key }) {
+                let shapes = entry.0.shapes.len() as u64;
+                self.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+                namespace.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
+            }
         }
     }
 
@@ -1139,7 +1230,7 @@ impl L1Store {
     /// The largest reply (in bytes, for a key of `key_len` bytes) the store
     /// accepts as a key's only cached reply.
     pub fn max_reply_bytes(&self, key_len: usize) -> u64 {
-        self.max_entry_weight
+        self.max_entry_weight()
             .saturating_sub(ENTRY_OVERHEAD + SHAPE_OVERHEAD + key_len as u64)
     }
 }
@@ -1501,6 +1592,75 @@ mod tests {
             small.order.lock().unwrap().len() <= 2 * 3 + 64,
             "the order list stays bounded"
         );
+    }
+
+    /// `PROXY CONFIG SET memory_cache.size_per_namespace`: a lower bound
+    /// evicts the oldest keys at once, and a namespace that had none (so
+    /// kept no order) is brought within its new one too.
+    #[test]
+    fn a_lowered_entry_bound_evicts_at_once_even_from_an_unbounded_namespace() {
+        let mut config = crate::config::Config::default();
+        config.memory_cache.size_per_namespace = 0;
+        config.namespaces.insert(
+            "small".into(),
+            crate::config::NamespaceConfig {
+                memory_cache_size: Some(5),
+                ..Default::default()
+            },
+        );
+        let store = store_in(Namespaces::from_config(&config), true);
+        for i in 0..5 {
+            assert!(fill_key(&store, &format!("small:{i}")));
+            assert!(fill_key(&store, &format!("wide:{i}")));
+        }
+        config.memory_cache.size_per_namespace = 2;
+        config.namespaces.get_mut("small").unwrap().memory_cache_size = Some(3);
+        store.reconfigure(&config);
+        let (small, wide) = (store.namespaces().of(b"small:"), store.namespaces().of(b"wide:"));
+        assert_eq!(small.entries.load(Ordering::Relaxed), 3);
+        assert!(
+            store.hit(0, b"small:0", &Shape::String).is_none(),
+            "the oldest went first"
+        );
+        assert!(store.hit(0, b"small:4", &Shape::String).is_some());
+        assert_eq!(wide.entries.load(Ordering::Relaxed), 2);
+        assert_eq!(wide.stats.evictions.load(Ordering::Relaxed), 3);
+        assert_eq!(store.len(), 5);
+        // And it stays bounded as keys keep coming (read often enough to
+        // be admitted into a full namespace).
+        for i in 5..10 {
+            let name = format!("wide:{i}");
+            assert!((0..12).any(|_| fill_key(&store, &name)), "{name}");
+            assert_eq!(wide.entries.load(Ordering::Relaxed), 2);
+        }
+        assert!(store.hit(0, b"wide:9", &Shape::String).is_some());
+    }
+
+    /// `PROXY CONFIG SET memory_cache.max_bytes` / `max_entry_bytes`: the
+    /// bound shrinks at once (evictions counted, namespace bytes still the
+    /// store's), and an entry larger than the new largest goes and is no
+    /// longer stored.
+    #[test]
+    fn lowered_byte_bounds_evict_at_once_and_keep_the_counts() {
+        let (store, _) = store(1 << 20, 8192);
+        for i in 0..300 {
+            fill(&store, &format!("n:{i}"), &[b'v'; 3000], Duration::from_secs(60));
+        }
+        let namespace = store.namespaces().of(b"n:");
+        let before = store.bytes();
+        assert!(before > 256 * 1024, "{before}");
+        store.set_limits(256 * 1024, 8192);
+        assert!(store.bytes() <= 256 * 1024, "{}", store.bytes());
+        assert_eq!(store.capacity(), 256 * 1024);
+        assert_eq!(namespace.bytes.load(Ordering::Relaxed), store.bytes());
+        assert_eq!(namespace.entries.load(Ordering::Relaxed), store.len() as u64);
+        assert!(!store.is_empty());
+        assert!(store.stats().evictions.load(Ordering::Relaxed) > 0);
+        store.set_limits(256 * 1024, 1000);
+        assert_eq!(store.len(), 0, "every 3000-byte value is above the new largest");
+        assert_eq!(namespace.bytes.load(Ordering::Relaxed), 0);
+        assert!(!fill(&store, "n:big", &[b'v'; 3000], Duration::from_secs(60)));
+        assert!(fill(&store, "n:small", &[b'v'; 900], Duration::from_secs(60)));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! that is not a number stays one that is not a number once compressed, so
 //! those commands give Redis's own error either way.
 //!
-//! Not wired into the session yet: the command rewrites (SET family encode,
-//! GET family decode, APPEND/SETRANGE read-modify-write) come next.
+//! [`strings`] applies it to the string commands (SET family encoded, GET
+//! family decoded, APPEND/SETRANGE as a read-modify-write).
 
 pub mod envelope;
 pub mod strings;
@@ -24,7 +24,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 pub use envelope::{Codec, DecodeError};
@@ -100,7 +100,7 @@ impl Finish for flate2::write::ZlibEncoder<Vec<u8>> {
 }
 
 /// How one namespace's values are encoded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     pub enabled: bool,
     /// Zstd, Gzip or Zlib.
@@ -232,10 +232,15 @@ fn looks_like_number(value: &[u8]) -> bool {
 
 /// The compression stage as the session uses it: each namespace's policy,
 /// the statistics, and the bomb limit.
+///
+/// The policies change at run time (`PROXY CONFIG SET compression.*`,
+/// [`Compression::set_policies`]); a write copies its namespace's policy
+/// out under a read lock and encodes without it. Decoding reads no policy:
+/// an envelope says how it was made, so values stored under an earlier
+/// policy (or with compression since turned off) still decode.
 #[derive(Debug)]
 pub struct Compression {
-    default: Policy,
-    namespaces: HashMap<String, Policy>,
+    policies: RwLock<Policies>,
     separator: u8,
     /// Largest original length an envelope may declare.
     pub limit: u64,
@@ -244,11 +249,17 @@ pub struct Compression {
     pub stats: CompressionStats,
 }
 
-/// The namespace of keys without a separator.
-pub const NO_NAMESPACE: &str = "(none)";
+/// The default policy and each configured namespace's.
+#[derive(Debug)]
+struct Policies {
+    default: Policy,
+    namespaces: HashMap<String, Policy>,
+}
 
-impl Compression {
-    pub fn new(config: &crate::config::Config) -> Compression {
+impl Policies {
+    /// The policies `config` gives: `[compression]` for every namespace,
+    /// a `[namespaces.<name>]` section's own settings winning over it.
+    fn from_config(config: &crate::config::Config) -> Policies {
         let codec = |algorithm: crate::config::CompressionAlgorithm| match algorithm {
             crate::config::CompressionAlgorithm::Zstd => Codec::Zstd,
             crate::config::CompressionAlgorithm::Gzip => Codec::Gzip,
@@ -276,20 +287,42 @@ impl Compression {
                 (name.clone(), policy)
             })
             .collect();
+        Policies { default, namespaces }
+    }
+}
+
+/// The namespace of keys without a separator.
+pub const NO_NAMESPACE: &str = "(none)";
+
+impl Compression {
+    pub fn new(config: &crate::config::Config) -> Compression {
         Compression {
-            default,
-            namespaces,
+            policies: RwLock::new(Policies::from_config(config)),
             separator: config.namespace_separator.as_bytes().first().copied().unwrap_or(b':'),
             limit: config.limits.max_value_bytes,
-            hashes: settings.hashes,
+            hashes: config.compression.hashes,
             stats: CompressionStats::new(config.memory_cache.max_namespaces),
         }
+    }
+
+    /// Encodes values from now on as `config` says (`PROXY CONFIG SET
+    /// compression.*`): the default policy and each namespace's, rebuilt,
+    /// so a namespace's own settings keep winning over a changed default.
+    /// Writes already planned keep the policy they read.
+    pub fn set_policies(&self, config: &crate::config::Config) {
+        *self.policies.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Policies::from_config(config);
     }
 
     /// Whether any namespace compresses (otherwise the stage only decodes
     /// what earlier configurations stored, and escapes).
     pub fn compresses(&self) -> bool {
-        self.default.enabled || self.namespaces.values().any(|policy| policy.enabled)
+        let policies = self.read_policies();
+        policies.default.enabled || policies.namespaces.values().any(|policy| policy.enabled)
+    }
+
+    fn read_policies(&self) -> std::sync::RwLockReadGuard<'_, Policies> {
+        // Every change is one assignment: a poisoned lock still holds a whole value.
+        self.policies.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A key's namespace: its part before the separator.
@@ -300,8 +333,10 @@ impl Compression {
         }
     }
 
-    fn policy(&self, namespace: &str) -> &Policy {
-        self.namespaces.get(namespace).unwrap_or(&self.default)
+    /// `namespace`'s policy now (a copy: the lock is not held while encoding).
+    fn policy(&self, namespace: &str) -> Policy {
+        let policies = self.read_policies();
+        *policies.namespaces.get(namespace).unwrap_or(&policies.default)
     }
 
     /// What to store for `value` under `key` (None: the value as it is),
@@ -312,7 +347,7 @@ impl Compression {
             return None;
         }
         let namespace = self.namespace_of(key);
-        match self.stats.encode(self.policy(namespace), namespace, value) {
+        match self.stats.encode(&self.policy(namespace), namespace, value) {
             Cow::Borrowed(_) => None,
             Cow::Owned(stored) => Some(bytes::Bytes::from(stored)),
         }
@@ -566,6 +601,42 @@ mod tests {
         ] {
             assert!(!is_interpreted_by_redis(text.as_bytes()), "{text:?}");
         }
+    }
+
+    /// `PROXY CONFIG SET compression.*` rebuilds the policies: the new
+    /// default applies to namespaces without their own settings, and a
+    /// namespace's own keep winning.
+    #[test]
+    fn changed_policies_keep_namespace_overrides() {
+        let mut config = crate::config::Config::default();
+        config.compression.enabled = true;
+        config.namespaces.insert(
+            "logs".into(),
+            crate::config::NamespaceConfig {
+                compression_threshold: Some(10_000),
+                compression_algorithm: Some(crate::config::CompressionAlgorithm::Zlib),
+                ..Default::default()
+            },
+        );
+        let compression = Compression::new(&config);
+        let value = json(10);
+        assert!(value.len() < 1024, "{}", value.len());
+        assert_eq!(compression.encode(b"user:1", &value), None, "below the threshold");
+        config.compression.threshold = 64;
+        config.compression.algorithm = crate::config::CompressionAlgorithm::Gzip;
+        compression.set_policies(&config);
+        let stored = compression.encode(b"user:1", &value).expect("compressed now");
+        assert_eq!(
+            envelope::parse_header(&stored).map(|header| header.codec),
+            Some(Codec::Gzip)
+        );
+        assert_eq!(compression.encode(b"logs:1", &value), None, "logs keeps its threshold");
+        assert_eq!(compression.policy("logs").codec, Codec::Zlib, "and its algorithm");
+        config.compression.enabled = false;
+        compression.set_policies(&config);
+        assert!(!compression.compresses());
+        assert_eq!(compression.encode(b"user:1", &value), None);
+        assert_eq!(compression.decode(b"user:1", &stored), Ok(Some(value)), "still decoded");
     }
 
     #[test]
