@@ -4,8 +4,10 @@
 //! otherwise) and `/metrics` (the proxy's counters and gauges in the
 //! Prometheus / OpenMetrics text format, labelled by namespace and codec),
 //! and JSON under `/api/v1/monitoring/cache/v2/`: `memory/stats`,
-//! `compression/stats` (with recommendations) and `patterns/analysis`
-//! (the top patterns, peak hours, the preloader and recommendations).
+//! `compression/stats` (with recommendations), `patterns/analysis`
+//! (the top patterns, peak hours, the preloader and recommendations),
+//! `performance` and `multi-level/flow`; and the dashboard at `/`
+//! (`dashboard.html`, which draws those JSON answers in the browser).
 //! It reads the same counters as `INFO cache` and never takes a lock the
 //! request path holds.
 
