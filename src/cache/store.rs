@@ -243,10 +243,18 @@ fn heaviest_entry(max_entry_bytes: u64, cache: &EntryCache) -> u64 {
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<L1Stats>);
 
-impl Lifecycle<Slot, Entry> for CountEvictions {
-    type RequestState = ();
+/// The slot an insert stores: quick_cache hands the entry it replaces to
+/// the eviction hook too, and that one was replaced, not evicted.
+#[derive(Debug, Default)]
+struct Inserting(Option<Slot>);
 
-    fn on_evict(&self, _state: &mut Self::RequestState, _slot: Slot, entry: Entry) {
+impl Lifecycle<Slot, Entry> for CountEvictions {
+    type RequestState = Inserting;
+
+    fn on_evict(&self, state: &mut Self::RequestState, slot: Slot, entry: Entry) {
+        if state.0.as_ref() == Some(&slot) {
+            return;
+        }
         let shapes = entry.0.shapes.len() as u64;
         self.0.evictions.fetch_add(shapes, Ordering::Relaxed);
         entry.namespace().stats.evictions.fetch_add(shapes, Ordering::Relaxed);
@@ -931,7 +939,7 @@ impl L1Store {
                 self.make_room(&namespace, &slot);
             }
             let entry = Entry::new(&slot, shapes, namespace.clone());
-            self.cache.insert(slot, entry);
+            self.insert(slot, entry);
         }
         drop(fills);
         if let Some(done) = fill.done {
@@ -1004,7 +1012,7 @@ impl L1Store {
         };
         let replacement = Entry::new(&slot, shapes, namespace);
         drop(entry);
-        self.cache.insert(slot, replacement);
+        self.insert(slot, replacement);
         drop(fills);
         if new_bet {
             self.stats.preloads.fetch_add(1, Ordering::Relaxed);
@@ -1051,6 +1059,12 @@ impl L1Store {
                 namespace.stats.evictions.fetch_add(shapes, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Stores `entry` in `slot`; what it replaces is not an eviction.
+    fn insert(&self, slot: Slot, entry: Entry) {
+        let mut inserting = Inserting(Some(slot.clone()));
+        self.cache.insert_with_lifecycle(slot, entry, &mut inserting);
     }
 
     fn lock_fills(&self) -> std::sync::MutexGuard<'_, Fills> {
@@ -1387,6 +1401,24 @@ mod tests {
         store.abandon(ticket);
         assert_eq!(store.sweep(), 0);
         assert_eq!(store.stats().expirations.load(Ordering::Relaxed), 1);
+    }
+
+    /// A second shape of a key (its hash beside its string) re-stores the
+    /// key's entry: quick_cache reports the entry replaced, which is no
+    /// eviction.
+    #[test]
+    fn storing_another_shape_of_a_key_is_not_an_eviction() {
+        let (store, _) = store(1 << 20, 1024);
+        assert!(fill(&store, "k", b"v", Duration::from_secs(60)));
+        let hash = CacheKey::new(0, Bytes::from_static(b"k"), Shape::HashAll);
+        let Lookup::Miss(ticket) = store.lookup(&hash) else {
+            panic!("the hash shape is not cached yet");
+        };
+        assert!(store.complete(ticket, bulk(b"h"), Duration::from_secs(60)));
+        assert!(matches!(store.lookup(&key("k")), Lookup::Hit(_)));
+        assert!(matches!(store.lookup(&hash), Lookup::Hit(_)));
+        assert_eq!(store.stats().evictions.load(Ordering::Relaxed), 0);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]
