@@ -219,6 +219,25 @@ fn pattern_lines(text: &mut String, patterns: &Patterns) {
     let _ = write!(text, "pattern_peak_hours:{}\r\n", hours.join(","));
 }
 
+/// A namespace as part of an INFO field name, one to one: letters, digits,
+/// `_`, `-` and `.` as they are, any other byte as `%XX`, so no key can
+/// break a line, forge a field or share another namespace's name; the
+/// proxy's own `(none)` and `(other)` (`reserved`) as they are.
+pub fn field_name(name: &str, reserved: bool) -> String {
+    if reserved {
+        return name.to_string();
+    }
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"_-.".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 /// `l1_namespace_<name>:entries=..,bytes=..,...` (like Redis's `db0:keys=..`
 /// lines): one namespace's counters and rules.
 fn namespace_line(text: &mut String, namespace: &Namespace) {
@@ -230,17 +249,7 @@ fn namespace_line(text: &mut String, namespace: &Namespace) {
     } else {
         hits as f64 / (hits + misses) as f64
     };
-    let name: String = namespace
-        .name()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_-.()".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = field_name(namespace.name(), namespace.is_reserved());
     let rules = namespace.rules();
     let _ = write!(
         text,
@@ -308,6 +317,8 @@ fn compression_lines(text: &mut String, compression: &Compression) {
         let _ = write!(text, "compression_ratio_{algorithm}:{ratio:.4}\r\n");
     }
     for (codec, namespace, stats) in all {
+        let reserved = [crate::codec::NO_NAMESPACE, crate::codec::OTHER_NAMESPACE].contains(&namespace.as_ref());
+        let namespace = field_name(&namespace, reserved);
         let (compress, decompress) = (stats.compress_ns.snapshot(), stats.decompress_ns.snapshot());
         let _ = write!(
             text,

@@ -376,7 +376,12 @@ const POOR_RATIO: f64 = 0.9;
 /// TTL and what left it.
 async fn memory_stats(State(shared): State<Arc<Shared>>) -> Response {
     let Some(l1) = &shared.l1 else {
-        return axum::Json(serde_json::json!({ "l1": { "enabled": false }, "namespaces": [] })).into_response();
+        // The same shape with L1 off: zeros.
+        return axum::Json(serde_json::json!({
+            "l1": { "enabled": false, "entries": 0, "bytes": 0, "max_bytes": 0, "evictions": 0, "expirations": 0 },
+            "namespaces": [],
+        }))
+        .into_response();
     };
     let totals = l1.store.stats();
     let namespaces: Vec<serde_json::Value> = l1
@@ -423,7 +428,9 @@ async fn memory_stats(State(shared): State<Arc<Shared>>) -> Response {
 async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
     let Some(compression) = &shared.compression else {
         return axum::Json(serde_json::json!({
-            "enabled": false, "totals": null, "by_algorithm": [], "by_namespace": [], "recommendations": [],
+            "enabled": false,
+            "totals": { "values": 0, "bytes_in": 0, "bytes_out": 0, "ratio": 1.0, "saved_bytes": 0 },
+            "by_algorithm": [], "by_namespace": [], "recommendations": [],
         }))
         .into_response();
     };
@@ -499,7 +506,12 @@ async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
 /// preloader's state, and recommendations.
 async fn patterns_analysis(State(shared): State<Arc<Shared>>) -> Response {
     let Some(patterns) = shared.patterns.clone() else {
-        return axum::Json(serde_json::json!({ "enabled": false, "top": [], "recommendations": [] })).into_response();
+        return axum::Json(serde_json::json!({
+            "enabled": false, "keys_tracked": 0, "peak_hours": [], "hourly_load": vec![0u64; 24], "top": [],
+            "preload": { "enabled": false, "priority_threshold": shared.config.preload.priority_threshold },
+            "recommendations": [],
+        }))
+        .into_response();
     };
     let ranking = patterns.clone();
     let top = tokio::task::spawn_blocking(move || {
@@ -650,7 +662,9 @@ async fn performance(State(shared): State<Arc<Shared>>) -> Response {
     };
     let last = shared.history.last();
     let compression = match &shared.compression {
-        None => serde_json::json!({ "enabled": false }),
+        None => serde_json::json!({
+            "enabled": false, "values": 0, "bytes_in": 0, "bytes_out": 0, "ratio": 1.0, "saved_bytes": 0,
+        }),
         Some(compression) => {
             let (mut values, mut bytes_in, mut bytes_out) = (0, 0, 0);
             for (_, _, stats) in compression.stats.snapshot() {

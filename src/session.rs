@@ -306,6 +306,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         read_wall_ms: 0,
         read_started: Instant::now(),
         l1_answered: 0,
+        client_writes: None,
         batch_reads: Vec::new(),
         batch_writes: 0,
         forwarded: 0,
@@ -418,6 +419,9 @@ struct Session {
     /// Reads of the requests being handled that L1 answered (their
     /// latency is recorded once the requests are handled).
     l1_answered: u64,
+    /// Whether the command being handled writes, judged before compression
+    /// rewrote it.
+    client_writes: Option<bool>,
     /// The batch's reads (by reply position) and writes, for the
     /// statistics per level.
     batch_reads: Vec<(usize, LevelRead)>,
@@ -662,6 +666,7 @@ impl Session {
             self.pending_decode = None;
             self.pending_versions = None;
             self.pending_read = None;
+            self.client_writes = None;
             if let Flow::Stop = flow {
                 self.flush().await;
                 return Ok(Flow::Stop);
@@ -732,6 +737,9 @@ impl Session {
         if let Some(compression) = &self.shared.compression
             && matches!(class, CommandClass::Shared | CommandClass::Stateful)
         {
+            // Judged by the client's command: compression may rewrite it
+            // (SETBIT to a script).
+            self.client_writes = Some(WriteTable::builtin().flags_write(command.name()));
             let compression = compression.clone();
             match self.plan_compression(&compression, &mut command, boundary) {
                 Ok(Some(rmw)) => return self.read_modify_write(&compression, rmw).await,
@@ -797,6 +805,13 @@ impl Session {
                 Flow::Stop
             }
             LocalCommand::InfoCache => {
+                if self.in_transaction {
+                    // Queued: Redis answers it in EXEC's array, as it is.
+                    let lane = if dedicated { Lane::Dedicated } else { self.pooled_lane() };
+                    return self.forward(lane, command).await;
+                }
+                // After what the client sent before, which it counts.
+                self.settle().await;
                 let text = self.cache_section();
                 self.reply(Reply::Verbatim(Bytes::from(text))).await;
                 Flow::Continue
@@ -884,8 +899,9 @@ impl Session {
                 }
             }
             [_, "STATS"] => {
-                // INFO cache's fields, as a map.
+                // INFO cache's fields, as a map, counting what came before.
                 use crate::patterns::report::Value;
+                self.settle().await;
                 let text = self.cache_section();
                 let pairs = text
                     .lines()
@@ -904,6 +920,8 @@ impl Session {
                 if self.shared.auth.required() && self.role != Some(Role::Admin) {
                     Reply::error("NOPERM PROXY STATS RESET needs the admin role")
                 } else {
+                    // What the client sent before counts before the reset.
+                    self.settle().await;
                     self.reset_stats();
                     Reply::Status("OK")
                 }
@@ -1032,9 +1050,42 @@ impl Session {
     async fn explain(&mut self, key: Bytes) -> Flow {
         use crate::patterns::report::Value;
         let versions = self.shared.versions.clone();
-        let stored = versions
+        // (Checked before any round trip.)
+        if self.in_transaction {
+            self.reply(Reply::error("ERR PROXY EXPLAIN is not allowed inside MULTI"))
+                .await;
+            return Flow::Continue;
+        }
+        let lane = if self.dedicated.is_some() {
+            Lane::Dedicated
+        } else {
+            self.pooled_lane()
+        };
+        let candidates = versions
             .as_ref()
-            .map_or_else(|| key.clone(), |versions| versions.stored(&key));
+            .map_or_else(|| vec![key.clone()], |versions| versions.candidates(&key));
+        // Where reads would find it: the first name that exists (the current
+        // one when none does), looked at without migrating it.
+        let mut stored = candidates[0].clone();
+        if candidates.len() > 1 {
+            let mut request = Vec::new();
+            for name in &candidates {
+                request.extend_from_slice(Command::from_args(vec![Bytes::from_static(b"EXISTS"), name.clone()]).wire());
+            }
+            match self.call_now(lane, Bytes::from(request), candidates.len()).await {
+                Ok(replies) => {
+                    let starts = frame_starts(&replies, candidates.len());
+                    if let Some(found) = starts.iter().position(|&at| replies[at..].starts_with(b":1\r\n")) {
+                        stored = candidates[found].clone();
+                    }
+                }
+                Err(error) => {
+                    self.shared.stats.upstream_error();
+                    self.reply(Reply::error(error.client_message())).await;
+                    return Flow::Continue;
+                }
+            }
+        }
         let version = versions
             .as_ref()
             .and_then(|versions| versions.namespace_and_version(&stored))
@@ -1050,18 +1101,8 @@ impl Session {
             command.extend(extra.iter().map(|arg| Bytes::from_static(arg.as_bytes())));
             request.extend_from_slice(Command::from_args(command).wire());
         }
-        // The client's own connection when it has one: it may be
-        // authenticated to Redis as a user who may not see the key.
-        if self.in_transaction {
-            self.reply(Reply::error("ERR PROXY EXPLAIN is not allowed inside MULTI"))
-                .await;
-            return Flow::Continue;
-        }
-        let lane = if self.dedicated.is_some() {
-            Lane::Dedicated
-        } else {
-            self.pooled_lane()
-        };
+        // On the client's own connection when it has one (`lane`): it may
+        // be authenticated to Redis as a user who may not see the key.
         let replies = match self.call_now(lane, Bytes::from(request), 4).await {
             Ok(replies) => replies,
             Err(error) => {
@@ -1191,6 +1232,20 @@ impl Session {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = settings.clone();
+        // A smaller byte bound takes the largest entry down with it, to one
+        // shard's share (CONFIG GET shows what holds then).
+        if let (Some(l1), "memory_cache.max_bytes", Ok(max_bytes)) =
+            (&self.shared.l1, name.as_str(), value.trim().parse::<u64>())
+        {
+            let possible = l1.store.largest_entry_possible(max_bytes);
+            if next.memory_cache.max_entry_bytes > possible {
+                tracing::warn!(
+                    "memory_cache.max_bytes {max_bytes} lowers memory_cache.max_entry_bytes from {} to {possible} (one shard's share)",
+                    next.memory_cache.max_entry_bytes
+                );
+                next.memory_cache.max_entry_bytes = possible.max(1);
+            }
+        }
         next.set(&name, value).map_err(|error| format!("ERR {error}"))?;
         if !RUNTIME_SETTINGS.contains(&name.as_str()) {
             return Err(format!(
@@ -1234,6 +1289,14 @@ impl Session {
                 if name == "memory_cache.default_ttl" && before != after && (before == 0 || after == 0) {
                     return Err(format!(
                         "ERR memory_cache.default_ttl cannot change from {before} to {after} while the proxy runs: 0 means not cached, which decides at start-up whether L1 needs Redis's invalidations (the tracking connection); set it in proxy.toml or the environment and restart"
+                    ));
+                }
+                let (max_bytes, max_entry) = (next.memory_cache.max_bytes, next.memory_cache.max_entry_bytes);
+                let possible = l1.store.largest_entry_possible(max_bytes);
+                if max_entry > possible {
+                    return Err(format!(
+                        "ERR memory_cache.max_entry_bytes {max_entry} is more than L1 can hold in one entry with memory_cache.max_bytes {max_bytes} ({possible} at most: an entry fits in one of the {} shards chosen at start-up); set both in proxy.toml or the environment and restart for larger entries",
+                        l1.store.shards()
                     ));
                 }
                 l1.reconfigure(&next);
@@ -1689,7 +1752,13 @@ impl Session {
             // (A transaction's replies come in EXEC's array: not counted.)
             match level_read(&command) {
                 Some(read) => self.batch_reads.push((self.batch_replies - 1, read)),
-                None if WriteTable::builtin().flags_write(command.name()) => self.batch_writes += 1,
+                None if self
+                    .client_writes
+                    .take()
+                    .unwrap_or_else(|| WriteTable::builtin().flags_write(command.name())) =>
+                {
+                    self.batch_writes += 1
+                }
                 None => {}
             }
         }
@@ -2273,6 +2342,8 @@ impl Session {
                 &mut |stored: &[u8]| compression.decode(&key, stored),
             )
             .await;
+        // One write for the statistics, however many round trips it took.
+        self.shared.stats.levels.writes().record(self.read_started.elapsed(), 1);
         self.reply_bytes(reply).await;
         Flow::Continue
     }

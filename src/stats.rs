@@ -163,7 +163,9 @@ fn bucket_of(ns: u64) -> usize {
     (SUBS + (power - 2) * SUBS + sub).min(BUCKETS - 1)
 }
 
-/// The nanoseconds bucket `index` starts at, and where the next starts.
+/// The nanoseconds bucket `index` starts at, and where the next starts,
+/// for [`bucket_of`]'s input: a latency of `ns` is counted at
+/// `bucket_of(ns - 1)`, so the bucket holds latencies in (low, high].
 fn bounds_of(index: usize) -> (u64, u64) {
     if index < SUBS {
         return (index as u64, index as u64 + 1);
@@ -181,7 +183,9 @@ impl Histogram {
             return;
         }
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.buckets[bucket_of(ns)].fetch_add(count, Ordering::Relaxed);
+        // Bucket i holds (low, high] of its bounds: a value at a bound
+        // counts under it, as Prometheus's `le` means.
+        self.buckets[bucket_of(ns.saturating_sub(1))].fetch_add(count, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns.saturating_mul(count), Ordering::Relaxed);
     }
 
@@ -229,8 +233,9 @@ impl Snapshot {
         self.sum_ns as f64 / 1_000.0
     }
 
-    /// The `quantile` (0..=1) in microseconds, interpolated within its
-    /// bucket (0 when empty).
+    /// The `quantile` (0..=1) in microseconds: the middle of its bucket,
+    /// so within an eighth of the truth however the values in the bucket
+    /// lie (0 when empty).
     pub fn quantile_us(&self, quantile: f64) -> f64 {
         let count = self.count();
         if count == 0 {
@@ -241,8 +246,7 @@ impl Snapshot {
         for (index, &in_bucket) in self.buckets.iter().enumerate() {
             if in_bucket > 0 && (below + in_bucket) as f64 >= rank {
                 let (low, high) = bounds_of(index);
-                let within = (rank - below as f64) / in_bucket as f64;
-                return (low as f64 + within * (high - low) as f64) / 1_000.0;
+                return (low + 1 + high) as f64 / 2.0 / 1_000.0;
             }
             below += in_bucket;
         }

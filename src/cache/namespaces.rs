@@ -63,6 +63,8 @@ impl Rules {
 #[derive(Debug)]
 pub struct Namespace {
     name: String,
+    /// [`UNNAMED`] or [`OVERFLOW`] itself, not a key's namespace of that name.
+    reserved: bool,
     /// [`Rules::ttl`] in milliseconds.
     ttl_ms: AtomicU64,
     max_entries: AtomicU64,
@@ -83,6 +85,7 @@ impl Namespace {
     fn new(name: String, rules: Rules) -> Namespace {
         Namespace {
             name,
+            reserved: false,
             ttl_ms: AtomicU64::new(millis(rules.ttl)),
             max_entries: AtomicU64::new(rules.max_entries),
             consistency: rules.consistency,
@@ -92,6 +95,12 @@ impl Namespace {
             bytes: AtomicU64::new(0),
             order: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Whether this is [`UNNAMED`] or [`OVERFLOW`] (a key's namespace can
+    /// be named so too, and is shown escaped).
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
     }
 
     pub fn name(&self) -> &str {
@@ -185,8 +194,14 @@ impl Namespaces {
         Namespaces {
             separator,
             max_namespaces,
-            unnamed: Arc::new(Namespace::new(UNNAMED.into(), defaults)),
-            overflow: Arc::new(Namespace::new(OVERFLOW.into(), overflow_rules(defaults))),
+            unnamed: Arc::new(Namespace {
+                reserved: true,
+                ..Namespace::new(UNNAMED.into(), defaults)
+            }),
+            overflow: Arc::new(Namespace {
+                reserved: true,
+                ..Namespace::new(OVERFLOW.into(), overflow_rules(defaults))
+            }),
             known: RwLock::new(Known {
                 by_name: HashMap::default(),
                 defaults,

@@ -239,6 +239,13 @@ fn heaviest_entry(max_entry_bytes: u64, cache: &EntryCache) -> u64 {
     wanted_entry_weight(max_entry_bytes).min(shard_share)
 }
 
+/// `max_bytes` rounded down to a whole share per shard (quick_cache
+/// rounds each share up), so the shards never hold more than it.
+fn within_shards(max_bytes: u64, shards: usize) -> u64 {
+    let shards = shards.max(1) as u64;
+    (max_bytes - max_bytes % shards).max(shards)
+}
+
 /// Counts evictions as quick_cache makes them.
 #[derive(Debug, Clone)]
 struct CountEvictions(Arc<L1Stats>);
@@ -515,6 +522,9 @@ pub struct L1Store {
     accepting: AtomicBool,
     clock: Arc<dyn Clock>,
     stats: Arc<L1Stats>,
+    /// `max_bytes` as set; the shards together hold at most this (each
+    /// gets an equal whole share, rounded down).
+    max_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for L1Store {
@@ -537,7 +547,7 @@ impl L1Store {
         let options = OptionsBuilder::new()
             .shards(shards)
             .estimated_items_capacity(limits.estimated_entries.max(16))
-            .weight_capacity(limits.max_bytes.max(1))
+            .weight_capacity(within_shards(limits.max_bytes, shards))
             .build()
             .expect("valid cache options");
         let cache = Cache::with_options(
@@ -558,6 +568,7 @@ impl L1Store {
             accepting: AtomicBool::new(true),
             clock,
             stats,
+            max_bytes: AtomicU64::new(limits.max_bytes),
         }
     }
 
@@ -577,7 +588,9 @@ impl L1Store {
         // Under the fills lock: a fill stores under the old largest entry
         // before the heavier entries are dropped, or under the new one.
         let _fills = self.lock_fills();
-        self.cache.set_capacity(max_bytes.max(1));
+        self.cache
+            .set_capacity(within_shards(max_bytes, self.cache.num_shards()));
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
         let heaviest = heaviest_entry(max_entry_bytes, &self.cache);
         let before = self.max_entry_weight.swap(heaviest, Ordering::Relaxed);
         if heaviest < before {
@@ -673,8 +686,23 @@ impl L1Store {
     }
 
     /// The total byte bound.
+    /// The byte bound as set (the shards' shares add up to at most this).
     pub fn capacity(&self) -> u64 {
-        self.cache.capacity()
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The shard count (fixed at start-up).
+    pub fn shards(&self) -> usize {
+        self.cache.num_shards()
+    }
+
+    /// The largest `max_entry_bytes` L1 can honour under `max_bytes`: an
+    /// entry must fit in one shard's share, and the shard count is chosen
+    /// at start-up.
+    pub fn largest_entry_possible(&self, max_bytes: u64) -> u64 {
+        let shards = self.cache.num_shards() as u64;
+        let share = (within_shards(max_bytes, shards as usize) / shards) as f64 * SHARD_ENTRY_SHARE;
+        (share as u64).saturating_sub(wanted_entry_weight(0))
     }
 
     /// The fast path: a live cached reply for (db, key, shape), if any,

@@ -672,6 +672,16 @@ impl Versioning {
             .is_some_and(|namespace| !namespace.migrate_on_read && namespace.has_fallbacks())
     }
 
+    /// Every name the client's `key` may be stored under, in the order
+    /// reads try them: the current version's, then the fallbacks' (the
+    /// unversioned name last); the key itself outside versioned namespaces.
+    pub fn candidates(&self, key: &[u8]) -> Vec<Bytes> {
+        match self.namespace_of(key) {
+            Some(namespace) => namespace.names(&self.pattern, key),
+            None => vec![Bytes::copy_from_slice(key)],
+        }
+    }
+
     /// The name Redis stores the client's `key` under now.
     pub fn stored(&self, key: &[u8]) -> Bytes {
         match self.namespace_of(key) {
