@@ -150,6 +150,8 @@ enum Slot {
         protocol: Protocol,
         /// What L1 changes in the replies before the client sees them.
         edits: Option<Box<ReplyEdits>>,
+        /// The batch's reads and writes, counted when the replies are in.
+        levels: LevelWork,
     },
     /// Fires once every earlier slot has been written.
     Barrier(oneshot::Sender<()>),
@@ -264,7 +266,12 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
     let (read, write) = stream.into_split();
     let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
     let answered = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_replies(write, slot_receiver, answered.clone()));
+    let writer = tokio::spawn(write_replies(
+        write,
+        slot_receiver,
+        answered.clone(),
+        shared.stats.clone(),
+    ));
     let db = shared.pools.target().db;
     let authenticated = !shared.auth.required();
     let mut session = Session {
@@ -307,8 +314,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         read_started: Instant::now(),
         l1_answered: 0,
         client_writes: None,
-        batch_reads: Vec::new(),
-        batch_writes: 0,
+        batch_levels: LevelWork::default(),
         forwarded: 0,
         in_transaction: false,
         db_before_transaction: None,
@@ -424,8 +430,7 @@ struct Session {
     client_writes: Option<bool>,
     /// The batch's reads (by reply position) and writes, for the
     /// statistics per level.
-    batch_reads: Vec<(usize, LevelRead)>,
-    batch_writes: u64,
+    batch_levels: LevelWork,
     /// Keyspace channels a piped client subscribed to, as rewritten.
     subscriptions: Arc<versions::Subscriptions>,
     /// Commands `forward` put in a batch, ever (so a caller can tell
@@ -698,6 +703,23 @@ impl Session {
                 // No batch to attach it to: the invalidation just made and
                 // Redis's own messages cover a piped client's writes.
                 self.current_writes.clear();
+            }
+            if let Some(compression) = self.shared.compression.clone() {
+                match self.plan_compression(&compression, &mut command, boundary) {
+                    // Values written are encoded (and escaped) as anywhere.
+                    Ok(None) if self.pending_decode.is_none() => {}
+                    // A reply to decode, or a read-modify-write: a piped
+                    // reply cannot be told apart from what Redis pushes, so
+                    // Redis itself answers an error, in its place.
+                    Ok(_) => {
+                        self.pending_decode = None;
+                        command = piped_refusal(&command);
+                    }
+                    Err(error) => {
+                        self.reply(Reply::error(format!("ERR {error}"))).await;
+                        return Flow::Stop;
+                    }
+                }
             }
             return self.forward_piped(command).await;
         }
@@ -1694,7 +1716,11 @@ impl Session {
                     }
                     if let Some(how) = level_read(&command) {
                         let took = self.read_started.elapsed();
-                        count_levels(&self.shared.stats.levels, &[(0, how)], 0, &reply, took);
+                        let work = LevelWork {
+                            first: Some((0, how)),
+                            ..LevelWork::default()
+                        };
+                        count_levels(&self.shared.stats.levels, &work, &reply, took);
                     }
                     if let (Some(patterns), Some(read)) = (&self.shared.patterns, read) {
                         let mut events = patterns.batch();
@@ -1751,13 +1777,13 @@ impl Session {
         if !queued {
             // (A transaction's replies come in EXEC's array: not counted.)
             match level_read(&command) {
-                Some(read) => self.batch_reads.push((self.batch_replies - 1, read)),
+                Some(read) => self.batch_levels.read(self.batch_replies - 1, read),
                 None if self
                     .client_writes
                     .take()
                     .unwrap_or_else(|| WriteTable::builtin().flags_write(command.name())) =>
                 {
-                    self.batch_writes += 1
+                    self.batch_levels.writes += 1
                 }
                 None => {}
             }
@@ -2448,20 +2474,11 @@ impl Session {
             }
             _ => None,
         };
-        let levels: Option<Hook> = if self.batch_reads.is_empty() && self.batch_writes == 0 {
-            None
-        } else {
-            let reads = std::mem::take(&mut self.batch_reads);
-            let writes = std::mem::take(&mut self.batch_writes);
-            let (stats, started) = (self.shared.stats.clone(), self.read_started);
-            Some(Box::new(move |result| {
-                if let Ok(bytes) = &result {
-                    count_levels(&stats.levels, &reads, writes, bytes, started.elapsed());
-                }
-                result
-            }))
+        let hook = then(then(then(decode, map_back), heard), l1_hook);
+        let levels = LevelWork {
+            started: Some(self.read_started),
+            ..std::mem::take(&mut self.batch_levels)
         };
-        let hook = then(then(then(then(decode, map_back), heard), levels), l1_hook);
         let bytes = match self.batch_first.take() {
             Some(only) => only,
             None => self.batch.split().freeze(),
@@ -2476,6 +2493,7 @@ impl Session {
                 count,
                 protocol: self.protocol,
                 edits,
+                levels,
             },
             Err(error) => {
                 self.shared.stats.upstream_error();
@@ -3304,6 +3322,23 @@ fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
     });
 }
 
+/// What a piped client (CLIENT TRACKING, SUBSCRIBE, MONITOR, CLIENT
+/// REPLY) sends instead of a command whose reply compression would have to
+/// decode: a script that answers the error, so it comes in order with the
+/// other replies Redis sends on the client's connection.
+fn piped_refusal(command: &Command) -> Command {
+    let name = String::from_utf8_lossy(command.name()).to_uppercase();
+    let message = format!(
+        "ERR {name} is not available with compression on, on a connection with CLIENT TRACKING, SUBSCRIBE, MONITOR or CLIENT REPLY: the proxy cannot decode its reply there; read on another connection"
+    );
+    Command::from_args(vec![
+        Bytes::from_static(b"EVAL"),
+        Bytes::from_static(b"return redis.error_reply(ARGV[1])"),
+        Bytes::from_static(b"0"),
+        Bytes::from(message),
+    ])
+}
+
 /// How a read's reply tells the level that answered it.
 #[derive(Debug, Clone, Copy)]
 enum LevelRead {
@@ -3326,14 +3361,44 @@ fn level_read(command: &Command) -> Option<LevelRead> {
     }
 }
 
+/// A batch's reads (by reply position) and writes, for the statistics per
+/// level: carried with its slot and counted by the reply writer when the
+/// replies are in. One read needs no allocation.
+#[derive(Debug, Default)]
+struct LevelWork {
+    /// When the requests were read (set as the batch is sent).
+    started: Option<Instant>,
+    first: Option<(usize, LevelRead)>,
+    more: Vec<(usize, LevelRead)>,
+    writes: u64,
+}
+
+impl LevelWork {
+    fn read(&mut self, reply: usize, how: LevelRead) {
+        if self.first.is_none() {
+            self.first = Some((reply, how));
+        } else {
+            self.more.push((reply, how));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.writes == 0
+    }
+
+    fn reads(&self) -> impl Iterator<Item = (usize, LevelRead)> + '_ {
+        self.first.into_iter().chain(self.more.iter().copied())
+    }
+}
+
 /// Counts a batch's reads (by level, from their replies in `bytes`) and
 /// writes, all of which took `took`. Error replies are not reads.
-fn count_levels(levels: &Levels, reads: &[(usize, LevelRead)], writes: u64, bytes: &Bytes, took: Duration) {
-    levels.writes().record(took, writes);
+fn count_levels(levels: &Levels, work: &LevelWork, bytes: &Bytes, took: Duration) {
+    levels.writes().record(took, work.writes);
     let (mut found, mut missed) = (0u64, 0u64);
     let mut lengths = FrameLengths::new();
     let (mut at, mut offset) = (0usize, 0usize);
-    for &(reply, how) in reads {
+    for (reply, how) in work.reads() {
         while at < reply {
             match lengths.of(&bytes[offset..]) {
                 Some(length) => offset += length,
@@ -3417,11 +3482,17 @@ fn parse_u32(bytes: &[u8]) -> Option<u32> {
 
 /// The reply side: writes slots in order until the request side is done
 /// and everything owed is written, or the client goes away.
-async fn write_replies(mut write: OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>, answered: Arc<AtomicU64>) {
+async fn write_replies(
+    mut write: OwnedWriteHalf,
+    mut slots: mpsc::Receiver<Slot>,
+    answered: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+) {
     let mut out = ReplyWriter {
         write: &mut write,
         buffer: Gather::default(),
         answered,
+        stats,
     };
     let _ = out.run(&mut slots).await;
     let _ = write.shutdown().await;
@@ -3432,6 +3503,8 @@ struct ReplyWriter<'a> {
     buffer: Gather,
     /// Batches whose replies have arrived (see `Session::sent_batches`).
     answered: Arc<AtomicU64>,
+    /// Where the batches' reads and writes are counted.
+    stats: Arc<Stats>,
 }
 
 impl ReplyWriter<'_> {
@@ -3455,6 +3528,7 @@ impl ReplyWriter<'_> {
                     count,
                     protocol,
                     edits,
+                    levels,
                 } => {
                     let result = match replies.try_recv() {
                         Ok(result) => result,
@@ -3464,6 +3538,11 @@ impl ReplyWriter<'_> {
                         }
                         Err(oneshot::error::TryRecvError::Closed) => Err(UpstreamError::lost()),
                     };
+                    if let (Ok(bytes), Some(started)) = (&result, levels.started)
+                        && !levels.is_empty()
+                    {
+                        count_levels(&self.stats.levels, &levels, bytes, started.elapsed());
+                    }
                     self.answered.fetch_add(1, Ordering::Release);
                     match (result, edits) {
                         (Ok(bytes), Some(edits)) => {

