@@ -18,11 +18,7 @@ trap 'stop_started "$work"' EXIT
 cargo build --release --locked --example compression_report >&2
 cargo build --release --locked >&2
 
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --logfile "$work/redis.log" &
-pids+=($!)
-wait_for "$redis_port"
+start_redis "$work"
 
 proxies=()
 for algorithm in zstd gzip zlib; do

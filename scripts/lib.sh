@@ -36,3 +36,14 @@ wait_for() {
     echo "nothing answers on port $1" >&2
     exit 1
 }
+
+# start_redis <work dir>: a throwaway redis-server (no persistence) on a
+# free port, logging to the work directory, added to `pids`; sets
+# `redis_port` and returns once it answers.
+start_redis() {
+    redis_port="$(free_port)"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$1" \
+        --logfile "$1/redis.log" &
+    pids+=($!)
+    wait_for "$redis_port"
+}

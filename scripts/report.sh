@@ -20,11 +20,7 @@ trap 'stop_started "$work"' EXIT
 cargo build --release --locked --example report >&2
 cargo build --release --locked >&2
 
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
-    --logfile "$work/redis.log" &
-pids+=($!)
-wait_for "$redis_port"
+start_redis "$work"
 
 proxy_port="$(free_port)"
 CACHE_COMPRESSION_ENABLED=true AURACACHE_ADMIN_LISTEN="" \

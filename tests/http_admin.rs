@@ -100,6 +100,15 @@ fn parse_openmetrics(text: &str) -> Vec<(String, f64)> {
     samples
 }
 
+/// The value of `series` (name with labels) among `samples` of `body`.
+fn sample(samples: &[(String, f64)], series: &str, body: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(name, _)| name == series)
+        .map(|(_, value)| *value)
+        .unwrap_or_else(|| panic!("{series} in {body}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_agree_with_info() {
     let server = RedisServer::start();
@@ -118,13 +127,7 @@ async fn metrics_parse_as_prometheus_text_and_agree_with_info() {
         "{head}"
     );
     let samples = parse_openmetrics(&body);
-    let value = |series: &str| {
-        samples
-            .iter()
-            .find(|(name, _)| name == series)
-            .map(|(_, value)| *value)
-            .unwrap_or_else(|| panic!("{series} in {body}"))
-    };
+    let value = |series: &str| sample(&samples, series, &body);
     let hits = value(r#"auracache_l1_hits_total{namespace="user"}"#);
     let info_hits: f64 = info_field(&info, "l1_hits").parse().expect("a number");
     // INFO was read first; the scrape counts nothing more.
@@ -315,13 +318,7 @@ async fn reads_are_counted_per_level_with_latencies_everywhere_alike() {
     // /metrics: one histogram per level, counts as INFO's.
     let (_, _, body) = get(admin, "/metrics").await;
     let samples = parse_openmetrics(&body);
-    let value = |series: &str| {
-        samples
-            .iter()
-            .find(|(name, _)| name == series)
-            .map(|(_, value)| *value)
-            .unwrap_or_else(|| panic!("{series} in {body}"))
-    };
+    let value = |series: &str| sample(&samples, series, &body);
     for (level, count) in [("l1", 5.0), ("l2", 2.0), ("miss", 3.0)] {
         assert_eq!(
             value(&format!(r#"auracache_read_latency_seconds_count{{level="{level}"}}"#)),
