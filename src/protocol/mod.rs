@@ -97,23 +97,14 @@ impl Command {
         }
     }
 
-    /// Decodes the arguments (with redis-protocol) if not done yet.
+    /// Decodes the arguments if not done yet, as the scanner read them
+    /// (so exactly as Redis reads the same bytes).
     pub fn decode_args(&mut self) -> Result<(), ProtocolError> {
         if self.decoded {
             return Ok(());
         }
-        let decoded = redis_protocol::resp2::decode::decode_bytes(&self.wire)
-            .map_err(|error| ProtocolError::new(error.to_string()))?;
-        let Some((Resp2Frame::Array(items), _)) = decoded else {
-            return Err(ProtocolError::new("expected a multibulk request"));
-        };
-        self.args = items
-            .into_iter()
-            .map(|item| match item {
-                Resp2Frame::BulkString(bytes) => Ok(bytes),
-                _ => Err(ProtocolError::new("expected a bulk string argument")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        self.args =
+            scan::multibulk_args(&self.wire).ok_or_else(|| ProtocolError::new("expected a multibulk request"))?;
         self.decoded = true;
         Ok(())
     }

@@ -228,6 +228,32 @@ impl RequestScanner {
     }
 }
 
+/// The arguments of a multibulk request [`RequestScanner`] accepted
+/// (`frame` is exactly its bytes), read as the scanner (and Redis) reads
+/// them: each header's digits end at its `\r`, and the two bytes after a
+/// header or a bulk are skipped unchecked.
+pub fn multibulk_args(frame: &bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
+    let buf = frame.as_ref();
+    let count_end = header_line(buf, 1, "mbulk count").ok()??;
+    let count = usize::try_from(parse_len(&buf[1..count_end - 2])?).ok()?;
+    let mut args = Vec::with_capacity(count.min(1024));
+    let mut pos = count_end;
+    for _ in 0..count {
+        if buf.get(pos) != Some(&b'$') {
+            return None;
+        }
+        let body = header_line(buf, pos + 1, "bulk count").ok()??;
+        let len = usize::try_from(parse_len(&buf[pos + 1..body - 2])?).ok()?;
+        let end = body.checked_add(len)?;
+        if end + 2 > buf.len() {
+            return None;
+        }
+        args.push(frame.slice(body..end));
+        pos = end + 2;
+    }
+    Some(args)
+}
+
 /// Finds the `\r\n` ending the header line whose digits start at `from`.
 /// Returns the offset just past it.
 fn header_line(buf: &[u8], from: usize, what: &str) -> Result<Option<usize>, ProtocolError> {
@@ -328,7 +354,8 @@ impl ReplyScanner {
             let Some(line_end) = memchr(b'\n', &buf[pos..]).map(|offset| pos + offset) else {
                 return Ok(None);
             };
-            if line_end == pos || buf[line_end - 1] != b'\r' {
+            // (A line must hold its type byte before the CR: "\r\n" alone is none.)
+            if line_end < pos + 2 || buf[line_end - 1] != b'\r' {
                 return Err(ProtocolError::new("reply line without CRLF"));
             }
             let header = &buf[pos + 1..line_end - 1];
@@ -420,6 +447,44 @@ impl ReplyScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/reply_frames/regression-*): a reply
+    /// line that is only "\r\n" panicked slicing its header.
+    #[test]
+    fn a_bare_crlf_in_a_reply_is_an_error_not_a_panic() {
+        for input in [
+            &b"\r\n"[..],
+            b"*2\r\n\r\n",
+            b"!21\r\nS)NTAX 5ind$5\r\nhelloval\r\nid synta",
+        ] {
+            let mut scanner = ReplyScanner::new(ReplyLimits::default());
+            let mut buf = input;
+            while let Ok(Some(frame)) = scanner.scan(buf) {
+                buf = &buf[frame.len..];
+            }
+        }
+        let mut scanner = ReplyScanner::new(ReplyLimits::default());
+        assert!(scanner.scan(b"\r\n").is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/request_frames/regression-*): Redis
+    /// reads a bulk header's digits up to its CR and skips the next byte
+    /// unchecked, and so does the scanner; the arguments are read the same
+    /// way (redis-protocol refused them, which cut the client off).
+    #[test]
+    fn arguments_are_read_as_the_scanner_and_redis_read_them() {
+        let wire = bytes::Bytes::from_static(b"*2\r\n$4\r\x0fMG;T\r\n$1\r\na\r\n");
+        let mut scanner = RequestScanner::new(RequestLimits::default());
+        let frame = scanner.scan(&wire).unwrap().expect("a frame, as Redis takes it");
+        assert_eq!(frame.len(), wire.len());
+        let args = multibulk_args(&wire).expect("its arguments");
+        assert_eq!(
+            args,
+            vec![bytes::Bytes::from_static(b"MG;T"), bytes::Bytes::from_static(b"a")]
+        );
+        let proper = bytes::Bytes::from_static(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+        assert_eq!(multibulk_args(&proper).unwrap(), vec![&b"SET"[..], b"k", b""]);
+    }
 
     fn scan_request(bytes: &[u8]) -> Result<Option<RequestFrame>, ProtocolError> {
         RequestScanner::new(RequestLimits::default()).scan(bytes)
