@@ -47,6 +47,7 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown)
         .route("/api/v1/monitoring/cache/v2/performance", get(performance))
         .route("/api/v1/monitoring/cache/v2/multi-level/flow", get(flow))
         .route("/", get(dashboard))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), admin_only))
         .with_state(shared.clone());
     tokio::spawn(sample_history(shared, shutdown.clone()));
     tokio::spawn(async move {
@@ -57,6 +58,50 @@ pub fn start(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown)
             tracing::error!("the HTTP admin listener failed: {error}");
         }
     });
+}
+
+/// With `[auth]` on, every endpoint but `/health` (which load balancers
+/// probe) needs HTTP Basic credentials of a user with the admin role (the
+/// `default` user is `auth.password`'s): 401 without or with wrong ones,
+/// 403 for a user without the role.
+async fn admin_only(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !shared.auth.required() || request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let credentials = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()
+        });
+    let role = credentials.as_deref().and_then(|decoded| {
+        let at = decoded.iter().position(|byte| *byte == b':')?;
+        shared.auth.check(Some(&decoded[..at]), &decoded[at + 1..])
+    });
+    match role {
+        Some(crate::config::Role::Admin) => next.run(request).await,
+        Some(_) => (
+            StatusCode::FORBIDDEN,
+            "the HTTP admin needs a user with the admin role\n",
+        )
+            .into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"auracache admin\", charset=\"UTF-8\"",
+            )],
+            "credentials needed: a user with the admin role ([auth])\n",
+        )
+            .into_response(),
+    }
 }
 
 /// 200 `{"status":"ok",...}` while the upstream answers (a pooled

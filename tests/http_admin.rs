@@ -451,3 +451,44 @@ async fn reads_are_counted_per_level_with_latencies_everywhere_alike() {
         assert!(flow["rates_per_sec"][field].is_number(), "{field}: {flow}");
     }
 }
+
+/// With `[auth]` on, the HTTP admin needs Basic credentials of a user with
+/// the admin role (`default` is `auth.password`'s): 401 (with a Basic
+/// challenge, so a browser asks) without or with wrong ones, 403 for a
+/// user without the role; `/health` stays open for load balancers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_admin_needs_the_admin_role_when_auth_is_on() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let server = RedisServer::start();
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.admin.listen = "127.0.0.1:0".into();
+        config.auth.password = Some("pw".into());
+        config.auth.users.push(auracache::config::UserConfig {
+            name: "bob".into(),
+            password_sha256: hex::encode(Sha256::digest(b"bobpw")),
+            role: auracache::config::Role::User,
+        });
+    })
+    .await;
+    let admin = proxy.handle().admin_addr().expect("the HTTP admin is on");
+    let basic = |credentials: &str| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    };
+    for path in ["/metrics", "/", "/api/v1/monitoring/cache/v2/performance"] {
+        let (status, head, _) = common::http_get_with(admin, path, "").await;
+        assert_eq!(status, 401, "{path}");
+        assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
+        let (status, _, _) = common::http_get_with(admin, path, &basic("default:wrong")).await;
+        assert_eq!(status, 401, "{path}: a wrong password");
+        let (status, _, _) = common::http_get_with(admin, path, &basic("bob:bobpw")).await;
+        assert_eq!(status, 403, "{path}: a user without the admin role");
+        let (status, _, _) = common::http_get_with(admin, path, &basic("default:pw")).await;
+        assert_eq!(status, 200, "{path}: the admin");
+    }
+    let (status, _, body) = get(admin, "/health").await;
+    assert_eq!(status, 200, "{body}");
+}

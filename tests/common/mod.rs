@@ -484,8 +484,13 @@ pub async fn settle_on(proxy: &Proxy, client: &mut RawClient, direct: &mut RawCl
 /// `GET path` over HTTP/1.1 (the HTTP admin): the status code, the
 /// headers and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_get_with(addr, path, "").await
+}
+
+/// [`http_get`] with extra header lines (each ending in CRLF).
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("the admin listener accepts");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.expect("request sent");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("response read");
