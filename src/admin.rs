@@ -279,42 +279,29 @@ fn compression_lines(text: &mut String, compression: &Compression) {
     let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     let sum =
         |pick: &dyn Fn(&crate::codec::CodecStats) -> u64| all.iter().map(|(_, _, stats)| pick(stats)).sum::<u64>();
-    let compressed = sum(&|stats| count(&stats.compressed));
     let raw = sum(&|stats| {
         count(&stats.below_threshold) + count(&stats.poor_savings) + count(&stats.interpreted) + count(&stats.escaped)
     });
-    let bytes_in = sum(&|stats| count(&stats.bytes_in));
-    let bytes_out = sum(&|stats| count(&stats.bytes_out));
-    let ratio = if bytes_in == 0 {
-        1.0
-    } else {
-        bytes_out as f64 / bytes_in as f64
-    };
-    let _ = write!(text, "compression_values:{compressed}\r\n");
+    let mut totals = crate::codec::Totals::default();
+    // Per algorithm too (over its namespaces).
+    let mut by_algorithm: std::collections::BTreeMap<&str, crate::codec::Totals> = Default::default();
+    for (codec, _, stats) in &all {
+        totals.add(stats);
+        by_algorithm.entry(codec.name()).or_default().add(stats);
+    }
+    let _ = write!(text, "compression_values:{}\r\n", totals.values);
     let _ = write!(text, "compression_values_raw:{raw}\r\n");
-    let _ = write!(text, "compression_bytes_in:{bytes_in}\r\n");
-    let _ = write!(text, "compression_bytes_out:{bytes_out}\r\n");
-    let _ = write!(text, "compression_ratio:{ratio:.4}\r\n");
+    let _ = write!(text, "compression_bytes_in:{}\r\n", totals.bytes_in);
+    let _ = write!(text, "compression_bytes_out:{}\r\n", totals.bytes_out);
+    let _ = write!(text, "compression_ratio:{:.4}\r\n", totals.ratio());
     let _ = write!(text, "compression_decoded:{}\r\n", sum(&|stats| count(&stats.decoded)));
     let _ = write!(
         text,
         "compression_decode_errors:{}\r\n",
         sum(&|stats| count(&stats.decode_errors))
     );
-    // Per algorithm (over its namespaces): stored / original.
-    let mut by_algorithm: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-    for (codec, _, stats) in &all {
-        let entry = by_algorithm.entry(codec.name()).or_default();
-        entry.0 += count(&stats.bytes_in);
-        entry.1 += count(&stats.bytes_out);
-    }
-    for (algorithm, (bytes_in, bytes_out)) in by_algorithm {
-        let ratio = if bytes_in == 0 {
-            1.0
-        } else {
-            bytes_out as f64 / bytes_in as f64
-        };
-        let _ = write!(text, "compression_ratio_{algorithm}:{ratio:.4}\r\n");
+    for (algorithm, totals) in by_algorithm {
+        let _ = write!(text, "compression_ratio_{algorithm}:{:.4}\r\n", totals.ratio());
     }
     for (codec, namespace, stats) in all {
         let reserved = [crate::codec::NO_NAMESPACE, crate::codec::OTHER_NAMESPACE].contains(&namespace.as_ref());

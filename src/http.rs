@@ -26,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::codec::Totals;
 use crate::levels::{Level, LevelsSnapshot, Sample, Snapshot};
 use crate::protocol::Protocol;
 use crate::session::Shared;
@@ -474,31 +475,28 @@ async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
     let Some(compression) = &shared.compression else {
         return axum::Json(serde_json::json!({
             "enabled": false,
-            "totals": { "values": 0, "bytes_in": 0, "bytes_out": 0, "ratio": 1.0, "saved_bytes": 0 },
+            "totals": totals_json(&Totals::default()),
             "by_algorithm": [], "by_namespace": [], "recommendations": [],
         }))
         .into_response();
     };
     let all = compression.stats.snapshot();
-    let ratio = |bytes_in: u64, bytes_out: u64| {
-        if bytes_in == 0 {
-            1.0
-        } else {
-            bytes_out as f64 / bytes_in as f64
-        }
-    };
-    let mut by_algorithm: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+    let mut totals = Totals::default();
+    let mut by_algorithm: std::collections::BTreeMap<&str, Totals> = Default::default();
     let mut by_namespace = Vec::new();
     let mut recommendations = Vec::new();
     for (codec, namespace, stats) in &all {
-        let (values, bytes_in, bytes_out) = (load(&stats.compressed), load(&stats.bytes_in), load(&stats.bytes_out));
+        let namespace_totals = stats.totals();
+        let (values, bytes_in, bytes_out) = (
+            namespace_totals.values,
+            namespace_totals.bytes_in,
+            namespace_totals.bytes_out,
+        );
         let poor = load(&stats.poor_savings);
         let raw = load(&stats.below_threshold) + poor + load(&stats.interpreted) + load(&stats.escaped);
-        let entry = by_algorithm.entry(codec.name()).or_default();
-        entry.0 += values;
-        entry.1 += bytes_in;
-        entry.2 += bytes_out;
-        let namespace_ratio = ratio(bytes_in, bytes_out);
+        totals.add(stats);
+        by_algorithm.entry(codec.name()).or_default().add(stats);
+        let namespace_ratio = namespace_totals.ratio();
         // Values tried (compressed, or kept raw because they did not shrink).
         let tried = values + poor;
         if tried >= JUDGED_AFTER && (poor * 2 > tried || namespace_ratio > POOR_RATIO) {
@@ -519,27 +517,18 @@ async fn compression_stats(State(shared): State<Arc<Shared>>) -> Response {
             "ratio": namespace_ratio,
         }));
     }
-    let (values, bytes_in, bytes_out) = by_algorithm
-        .values()
-        .fold((0, 0, 0), |sum, each| (sum.0 + each.0, sum.1 + each.1, sum.2 + each.2));
     let by_algorithm: Vec<serde_json::Value> = by_algorithm
         .iter()
-        .map(|(algorithm, (values, bytes_in, bytes_out))| {
+        .map(|(algorithm, totals)| {
             serde_json::json!({
-                "algorithm": algorithm, "values": values, "bytes_in": bytes_in,
-                "bytes_out": bytes_out, "ratio": ratio(*bytes_in, *bytes_out),
+                "algorithm": algorithm, "values": totals.values, "bytes_in": totals.bytes_in,
+                "bytes_out": totals.bytes_out, "ratio": totals.ratio(),
             })
         })
         .collect();
     axum::Json(serde_json::json!({
         "enabled": compression.compresses(),
-        "totals": {
-            "values": values,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "ratio": ratio(bytes_in, bytes_out),
-            "saved_bytes": bytes_in.saturating_sub(bytes_out),
-        },
+        "totals": totals_json(&totals),
         "by_algorithm": by_algorithm,
         "by_namespace": by_namespace,
         "recommendations": recommendations,
@@ -671,6 +660,17 @@ fn unix_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
+/// Compression totals: values, bytes before and after, ratio, saved bytes.
+fn totals_json(totals: &Totals) -> serde_json::Value {
+    serde_json::json!({
+        "values": totals.values,
+        "bytes_in": totals.bytes_in,
+        "bytes_out": totals.bytes_out,
+        "ratio": totals.ratio(),
+        "saved_bytes": totals.saved_bytes(),
+    })
+}
+
 /// One latency summary, in microseconds.
 fn latency_json(snapshot: &Snapshot) -> serde_json::Value {
     serde_json::json!({
@@ -706,27 +706,12 @@ async fn performance(State(shared): State<Arc<Shared>>) -> Response {
         })
     };
     let last = shared.history.last();
-    let compression = match &shared.compression {
-        None => serde_json::json!({
-            "enabled": false, "values": 0, "bytes_in": 0, "bytes_out": 0, "ratio": 1.0, "saved_bytes": 0,
-        }),
-        Some(compression) => {
-            let (mut values, mut bytes_in, mut bytes_out) = (0, 0, 0);
-            for (_, _, stats) in compression.stats.snapshot() {
-                values += load(&stats.compressed);
-                bytes_in += load(&stats.bytes_in);
-                bytes_out += load(&stats.bytes_out);
-            }
-            serde_json::json!({
-                "enabled": true,
-                "values": values,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "ratio": if bytes_in == 0 { 1.0 } else { bytes_out as f64 / bytes_in as f64 },
-                "saved_bytes": bytes_in.saturating_sub(bytes_out),
-            })
-        }
-    };
+    let totals = shared
+        .compression
+        .as_ref()
+        .map(|compression| compression.stats.totals());
+    let mut compression = totals_json(&totals.unwrap_or_default());
+    compression["enabled"] = shared.compression.is_some().into();
     axum::Json(serde_json::json!({
         "uptime_secs": uptime,
         "reads": levels.reads(),

@@ -384,13 +384,46 @@ pub struct CodecStats {
 }
 
 impl CodecStats {
+    /// What it counts, as [`Totals`].
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        totals.add(self);
+        totals
+    }
+
     /// Stored bytes per original byte of the compressed values (1 when none).
     pub fn ratio(&self) -> f64 {
-        let before = self.bytes_in.load(Ordering::Relaxed);
-        if before == 0 {
-            return 1.0;
+        self.totals().ratio()
+    }
+}
+
+/// Values compressed and their bytes before and after, summed over
+/// (codec, namespace) counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub values: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, stats: &CodecStats) {
+        self.values += stats.compressed.load(Ordering::Relaxed);
+        self.bytes_in += stats.bytes_in.load(Ordering::Relaxed);
+        self.bytes_out += stats.bytes_out.load(Ordering::Relaxed);
+    }
+
+    /// Stored bytes per original byte (1 when nothing was compressed).
+    pub fn ratio(&self) -> f64 {
+        if self.bytes_in == 0 {
+            1.0
+        } else {
+            self.bytes_out as f64 / self.bytes_in as f64
         }
-        self.bytes_out.load(Ordering::Relaxed) as f64 / before as f64
+    }
+
+    pub fn saved_bytes(&self) -> u64 {
+        self.bytes_in.saturating_sub(self.bytes_out)
     }
 }
 
@@ -432,6 +465,15 @@ impl CompressionStats {
         let room = known.len() < self.max_namespaces || known.iter().any(|name| name.as_ref() == namespace);
         let name: Arc<str> = Arc::from(if room { namespace } else { OTHER_NAMESPACE });
         by.entry(codec).or_default().entry(name).or_default().clone()
+    }
+
+    /// Every (codec, namespace) counted so far, summed.
+    pub fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for (_, _, stats) in self.snapshot() {
+            totals.add(&stats);
+        }
+        totals
     }
 
     /// Every (codec, namespace) counted so far, sorted.
