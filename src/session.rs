@@ -829,7 +829,7 @@ impl Session {
             LocalCommand::InfoCache => {
                 if self.in_transaction {
                     // Queued: Redis answers it in EXEC's array, as it is.
-                    let lane = if dedicated { Lane::Dedicated } else { self.pooled_lane() };
+                    let lane = self.own_lane();
                     return self.forward(lane, command).await;
                 }
                 // After what the client sent before, which it counts.
@@ -839,7 +839,7 @@ impl Session {
                 Flow::Continue
             }
             LocalCommand::InfoAll => {
-                let lane = if dedicated { Lane::Dedicated } else { self.pooled_lane() };
+                let lane = self.own_lane();
                 if self.in_transaction {
                     // Queued: Redis answers it in EXEC's array, as it is.
                     return self.forward(lane, command).await;
@@ -911,7 +911,7 @@ impl Session {
             [_, "PRELOAD", "STATUS"] | [_, "PRELOAD", "RUN"] => return self.preload_command(words[2] == "RUN").await,
             [_, "EXPLAIN", _] => return self.explain(command.args()[2].clone()).await,
             [_, "CONFIG", "SET", _, _] => {
-                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                if self.lacks_admin() {
                     Reply::error("NOPERM PROXY CONFIG SET needs the admin role")
                 } else {
                     match self.config_set(&args[3], &args[4]) {
@@ -939,7 +939,7 @@ impl Session {
                 return Flow::Continue;
             }
             [_, "STATS", "RESET"] => {
-                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                if self.lacks_admin() {
                     Reply::error("NOPERM PROXY STATS RESET needs the admin role")
                 } else {
                     // What the client sent before counts before the reset.
@@ -966,9 +966,7 @@ impl Session {
             }
             [_, "FLUSHL1", rest @ ..] if rest.len() <= 1 => match &self.shared.l1 {
                 None => Reply::error("ERR L1 is off (memory_cache.enabled = false)"),
-                Some(_) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
-                    Reply::error("NOPERM PROXY FLUSHL1 needs the admin role")
-                }
+                Some(_) if self.lacks_admin() => Reply::error("NOPERM PROXY FLUSHL1 needs the admin role"),
                 // The keys dropped: all of L1's, or one namespace's.
                 Some(l1) => Reply::Integer(match args.get(2) {
                     Some(namespace) => l1.store.flush_namespace(namespace) as i64,
@@ -998,7 +996,7 @@ impl Session {
                 match (keep, self.shared.versions.clone()) {
                     (None, _) => Reply::error("ERR syntax: PROXY VERSION CLEANUP namespace [KEEP n], n >= 1"),
                     (_, None) => Reply::error("ERR key versioning is off: no namespace has a version"),
-                    (Some(_), Some(_)) if self.shared.auth.required() && self.role != Some(Role::Admin) => {
+                    (Some(_), Some(_)) if self.lacks_admin() => {
                         Reply::error("NOPERM PROXY VERSION CLEANUP needs the admin role")
                     }
                     (Some(keep), Some(versions)) => {
@@ -1037,7 +1035,7 @@ impl Session {
                 Ok(report::peaks_reply(&load, &peaks, protocol))
             }
             Some(b"SAVE") if args.len() == 1 => {
-                if self.shared.auth.required() && self.role != Some(Role::Admin) {
+                if self.lacks_admin() {
                     Err("NOPERM PROXY PATTERNS SAVE needs the admin role".to_string())
                 } else {
                     match tokio::task::spawn_blocking(move || patterns.save()).await {
@@ -1078,11 +1076,7 @@ impl Session {
                 .await;
             return Flow::Continue;
         }
-        let lane = if self.dedicated.is_some() {
-            Lane::Dedicated
-        } else {
-            self.pooled_lane()
-        };
+        let lane = self.own_lane();
         let candidates = versions
             .as_ref()
             .map_or_else(|| vec![key.clone()], |versions| versions.candidates(&key));
@@ -1382,7 +1376,7 @@ impl Session {
             return Flow::Continue;
         };
         if run {
-            if self.shared.auth.required() && self.role != Some(Role::Admin) {
+            if self.lacks_admin() {
                 self.reply(Reply::error("NOPERM PROXY PRELOAD RUN needs the admin role"))
                     .await;
                 return Flow::Continue;
@@ -1645,6 +1639,21 @@ impl Session {
             .versions
             .as_ref()
             .is_some_and(|versions| versions.reads_unmigrated(key))
+    }
+
+    /// The client's own connection when it has one, else its pool's.
+    fn own_lane(&self) -> Lane {
+        if self.dedicated.is_some() {
+            Lane::Dedicated
+        } else {
+            self.pooled_lane()
+        }
+    }
+
+    /// With `[auth]` on, whether this client is not authenticated as a user
+    /// with the admin role (what changes the proxy's state needs).
+    fn lacks_admin(&self) -> bool {
+        self.shared.auth.required() && self.role != Some(Role::Admin)
     }
 
     fn pooled_lane(&self) -> Lane {
@@ -1997,11 +2006,7 @@ impl Session {
     /// drawn again (a bounded number of times) while it is one no client
     /// key reaches.
     async fn random_key(&mut self, versions: &Versioning) -> Flow {
-        let lane = if self.dedicated.is_some() {
-            Lane::Dedicated
-        } else {
-            self.pooled_lane()
-        };
+        let lane = self.own_lane();
         let request = Command::from_args(vec![Bytes::from_static(b"RANDOMKEY")])
             .wire()
             .clone();
@@ -2338,11 +2343,7 @@ impl Session {
     /// natively for a raw value, or a read-modify-write for an envelope.
     async fn read_modify_write(&mut self, compression: &Arc<Compression>, rmw: ReadModifyWrite) -> Flow {
         self.flush().await;
-        let lane = if self.dedicated.is_some() {
-            Lane::Dedicated
-        } else {
-            self.pooled_lane()
-        };
+        let lane = self.own_lane();
         self.enter_lane(lane).await;
         let mut upstream = match self.connection_for(lane).await {
             Ok(connection) => OneAtATime {
