@@ -425,8 +425,9 @@ struct Session {
     /// Reads of the requests being handled that L1 answered (their
     /// latency is recorded once the requests are handled).
     l1_answered: u64,
-    /// Whether the command being handled writes, judged before compression
-    /// rewrote it.
+    /// Whether the command being handled writes, as L1's write check (or,
+    /// before compression rewrites it, Redis's flags) judged it; None:
+    /// judged from its name when it is forwarded.
     client_writes: Option<bool>,
     /// The batch's reads (by reply position) and writes, for the
     /// statistics per level.
@@ -761,7 +762,9 @@ impl Session {
         {
             // Judged by the client's command: compression may rewrite it
             // (SETBIT to a script).
-            self.client_writes = Some(WriteTable::builtin().flags_write(command.name()));
+            if self.client_writes.is_none() {
+                self.client_writes = Some(WriteTable::builtin().flags_write(command.name()));
+            }
             let compression = compression.clone();
             match self.plan_compression(&compression, &mut command, boundary) {
                 Ok(Some(rmw)) => return self.read_modify_write(&compression, rmw).await,
@@ -2393,7 +2396,14 @@ impl Session {
             None => {}
         }
         let name = command.name();
-        let written = match l1.by_name(name) {
+        let by_name = l1.by_name(name);
+        // What the name says is what the statistics count too (one look-up).
+        self.client_writes = match by_name {
+            ByName::Reads => Some(false),
+            ByName::WritesFirstArgument => Some(true),
+            ByName::NeedsArguments => None,
+        };
+        let written = match by_name {
             ByName::Reads => return Ok(()),
             ByName::WritesFirstArgument => match command.first_arg() {
                 Some(key) => Written::Keys(vec![key.clone()]),
