@@ -3288,9 +3288,7 @@ fn elapsed_us(since: Instant) -> u32 {
 /// outcome and size from its reply (an item of it, for MGET); error
 /// replies are not accesses. Walks the replies once, in order.
 fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
-    let mut lengths = FrameLengths::new();
-    let (mut at, mut offset) = (0u32, 0usize);
-    let mut frame_len = |from: usize| lengths.of(bytes.get(from..)?);
+    let mut cursor = ReplyCursor::default();
     let mut items: Option<(u32, Vec<Bytes>)> = None;
     let outcome_of = |reply: &[u8]| {
         if is_empty_reply(reply) {
@@ -3300,11 +3298,7 @@ fn settle(reads: &mut Reads, bytes: &Bytes, latency_us: u32) {
         }
     };
     reads.settle(latency_us, |reply, how| {
-        while at < reply {
-            offset += frame_len(offset)?;
-            at += 1;
-        }
-        let length = frame_len(offset)?;
+        let (offset, length) = cursor.find(bytes, reply as usize)?;
         let frame = &bytes[offset..offset + length];
         if frame.first() == Some(&b'-') {
             return None;
@@ -3402,22 +3396,36 @@ impl LevelWork {
     }
 }
 
+/// Walks a batch's replies forward to the ones asked for, in order.
+#[derive(Default)]
+struct ReplyCursor {
+    lengths: Option<FrameLengths>,
+    /// The reply `offset` starts.
+    at: usize,
+    offset: usize,
+}
+
+impl ReplyCursor {
+    /// Where reply `reply` (at or after the last one asked for) starts in
+    /// `bytes`, and its length; None if the replies end before it.
+    fn find(&mut self, bytes: &[u8], reply: usize) -> Option<(usize, usize)> {
+        let lengths = self.lengths.get_or_insert_with(FrameLengths::new);
+        while self.at < reply {
+            self.offset += lengths.of(bytes.get(self.offset..)?)?;
+            self.at += 1;
+        }
+        Some((self.offset, lengths.of(bytes.get(self.offset..)?)?))
+    }
+}
+
 /// Counts a batch's reads (by level, from their replies in `bytes`) and
 /// writes, all of which took `took`. Error replies are not reads.
 fn count_levels(levels: &Levels, work: &LevelWork, bytes: &Bytes, took: Duration) {
     levels.writes().record(took, work.writes);
     let (mut found, mut missed) = (0u64, 0u64);
-    let mut lengths = FrameLengths::new();
-    let (mut at, mut offset) = (0usize, 0usize);
+    let mut cursor = ReplyCursor::default();
     for (reply, how) in work.reads() {
-        while at < reply {
-            match lengths.of(&bytes[offset..]) {
-                Some(length) => offset += length,
-                None => break,
-            }
-            at += 1;
-        }
-        let Some(length) = lengths.of(&bytes[offset..]) else {
+        let Some((offset, length)) = cursor.find(bytes, reply) else {
             break;
         };
         let frame = &bytes[offset..offset + length];
