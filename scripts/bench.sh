@@ -14,13 +14,15 @@
 #   SECTIONS=patterns ROUNDS=7 scripts/bench.sh
 #   BASELINE=/path/to/older/auracache SECTIONS=patterns scripts/bench.sh
 #                                    # the patterns section also runs an older build
+#   SECTIONS=slowreaders scripts/bench.sh
+#                                    # a bystander's throughput while clients never read
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_packages redis-server=redis-server redis-benchmark=redis-tools
 
 rounds="${ROUNDS:-3}"
-sections="${SECTIONS:-passthrough l1 compression patterns}"
+sections="${SECTIONS:-passthrough l1 compression patterns slowreaders}"
 requests="${REQUESTS:-100000}"
 out_dir="target/bench"
 mkdir -p "$out_dir"
@@ -399,6 +401,75 @@ for label, (taken, dropped, sampled) in (("random keys, L1 off", values[:3]), ("
     total = taken + dropped + sampled
     share = lambda part: f"{part / total:.1%}" if total else "0.0%"
     print(f"engine on, {label}: {total:,} reads; recorded {taken:,}, sampled out {sampled:,} ({share(sampled)}), dropped {dropped:,} ({share(dropped)})")
+print()
+PY
+fi
+
+# Slow readers: clients that ask for 100 KB replies and never read them
+# (examples/never_reads.rs: 8 connections, each reconnecting when cut off)
+# against a proxy with limits.max_output_bytes = 8 MiB, and a bystander's
+# redis-benchmark GETs through the same proxy with and without them, in
+# the same run. Also the proxy's largest RSS while they ran.
+if [[ " $sections " == *" slowreaders "* ]]; then
+    cargo build --release --locked --example never_reads >&2
+    slow_port="$(free_port)"
+    AURACACHE_MAX_OUTPUT_BYTES=8388608 target/release/auracache --listen "127.0.0.1:$slow_port" \
+        --upstream "redis://127.0.0.1:$redis_port" --log-level error 2>"$work/auracache-slow.log" &
+    pids+=($!)
+    slow_pid=$!
+    serving[auracache-slow]="$slow_pid $redis_pid"
+    wait_for "$slow_port"
+    head -c 100000 /dev/urandom | redis-cli -p "$redis_port" -x set slowreader:big >/dev/null
+    redis-benchmark -p "$redis_port" -t set -c 50 -d 100 -r 100000 -n 200000 -q >/dev/null
+    slow_results="$work/slow.csv"
+    : >"$slow_results"
+    most_rss=0
+    for round in $(seq "$rounds"); do
+        for flood in off on; do
+            flooder=""
+            if [ "$flood" = on ]; then
+                target/release/examples/never_reads "127.0.0.1:$slow_port" slowreader:big 8 >"$work/never_reads.log" &
+                flooder=$!
+                sleep 1
+            fi
+            for pipeline in 1 16; do
+                for target in "direct:$redis_port" "auracache-slow:$slow_port"; do
+                    name="${target%%:*}"
+                    port="${target##*:}"
+                    [ "$flood" = on ] && [ "$name" = direct ] && continue
+                    n="$(requests_for "$pipeline")"
+                    line="$(run_benchmark "$name" "$n" -p "$port" -t get -c 50 -P "$pipeline" -d 100 -r 100000)"
+                    echo "$round,$flood,$pipeline,100,$name,$line" >>"$slow_results"
+                    echo "slow readers round $round flood $flood GET -P $pipeline $name: $line" >&2
+                    rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$slow_pid/status")"
+                    [ "$rss" -gt "$most_rss" ] && most_rss="$rss"
+                done
+            done
+            if [ -n "$flooder" ]; then
+                kill "$flooder"
+                wait "$flooder" 2>/dev/null || true
+                echo "slow readers round $round: $(tail -1 "$work/never_reads.log")" >&2
+            fi
+        done
+    done
+    cut_offs="$(redis-cli -p "$slow_port" info cache | tr -d '\r' | awk -F: '$1 == "output_limit_disconnects" { print $2 }')"
+    python3 - "$slow_results" "$cut_offs" "$most_rss" <<'PY' | tee -a "$out_dir/latest.md"
+import csv, statistics, sys
+rows = {}
+for rec in csv.reader(open(sys.argv[1])):
+    rnd, flood, pipeline, size, target, _name, rps, avg, mn, p50, p95, p99, mx, cpu = rec
+    rows.setdefault(int(pipeline), {}).setdefault((target, flood), []).append((float(rps), float(p99)))
+med = lambda xs, i: statistics.median(x[i] for x in xs)
+print("| bystander GET | -P | direct ops/s | proxy ops/s, no slow readers | proxy ops/s, 8 slow readers | with/without | proxy/direct without | proxy/direct with | p99 ms without/with |")
+print("|---|---|---|---|---|---|---|---|---|")
+for pipeline, data in sorted(rows.items()):
+    direct = med(data[("direct", "off")], 0)
+    off, on = med(data[("auracache-slow", "off")], 0), med(data[("auracache-slow", "on")], 0)
+    p99 = f"{med(data[('auracache-slow', 'off')], 1):.3f}/{med(data[('auracache-slow', 'on')], 1):.3f}"
+    print(f"| random keys | {pipeline} | {direct:,.0f} | {off:,.0f} | {on:,.0f} | {on / off:.2f} | {off / direct:.2f}x | {on / direct:.2f}x | {p99} |")
+rounds = max(len(v) for d in rows.values() for v in d.values())
+print()
+print(f"slow readers: 8 connections sending GETRANGE of a 100 KB value without reading, cut off at limits.max_output_bytes = 8 MiB ({sys.argv[2]} cut-offs); proxy RSS at most {int(sys.argv[3]) // 1024} MiB; median of {rounds} rounds")
 print()
 PY
 fi

@@ -22,7 +22,7 @@ pub fn info_cache(
     patterns: Option<&Patterns>,
     preload: Option<&Preload>,
 ) -> String {
-    let fields: [(&str, u64); 8] = [
+    let fields: [(&str, u64); 9] = [
         ("clients_connected", stats.clients() as u64),
         ("clients_total", stats.clients_total()),
         ("clients_rejected", stats.clients_rejected()),
@@ -31,6 +31,7 @@ pub fn info_cache(
         ("upstream_connections_tracking", stats.upstream_tracking() as u64),
         ("upstream_errors", stats.upstream_errors()),
         ("protocol_errors", stats.protocol_errors()),
+        ("output_limit_disconnects", stats.output_limit_disconnects()),
     ];
     let mut text = String::from("# Cache\r\n");
     for (name, value) in fields {

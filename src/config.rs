@@ -394,6 +394,9 @@ pub struct LimitsConfig {
     pub max_nesting_depth: usize,
     /// Most unparsed bytes buffered for one client (Redis `client-query-buffer-limit`).
     pub max_query_buffer_bytes: usize,
+    /// Most reply bytes held for one client that it has not read: past
+    /// this the client is cut off (Redis `client-output-buffer-limit`).
+    pub max_output_bytes: usize,
     /// Close clients idle this long (seconds); 0 = never (Redis `timeout`).
     pub idle_timeout_secs: u64,
     /// On shutdown, how long in-flight replies may take to drain.
@@ -504,6 +507,7 @@ impl Default for LimitsConfig {
             max_inline_bytes: 64 * 1024,
             max_nesting_depth: 1024,
             max_query_buffer_bytes: 1024 * 1024 * 1024,
+            max_output_bytes: 1024 * 1024 * 1024,
             idle_timeout_secs: 0,
             drain_timeout_ms: 5000,
             max_value_bytes: 512 * 1024 * 1024,
@@ -536,6 +540,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_MAX_INLINE_BYTES", "limits.max_inline_bytes"),
     ("AURACACHE_MAX_NESTING_DEPTH", "limits.max_nesting_depth"),
     ("AURACACHE_MAX_QUERY_BUFFER_BYTES", "limits.max_query_buffer_bytes"),
+    ("AURACACHE_MAX_OUTPUT_BYTES", "limits.max_output_bytes"),
     ("AURACACHE_IDLE_TIMEOUT_SECS", "limits.idle_timeout_secs"),
     ("AURACACHE_DRAIN_TIMEOUT_MS", "limits.drain_timeout_ms"),
     ("AURACACHE_AUTH_PASSWORD", "auth.password"),
@@ -653,6 +658,7 @@ impl Config {
             "limits.max_inline_bytes" => self.limits.max_inline_bytes = whole(16)? as usize,
             "limits.max_nesting_depth" => self.limits.max_nesting_depth = whole(1)? as usize,
             "limits.max_query_buffer_bytes" => self.limits.max_query_buffer_bytes = whole(1024)? as usize,
+            "limits.max_output_bytes" => self.limits.max_output_bytes = whole(1024)? as usize,
             "limits.idle_timeout_secs" => self.limits.idle_timeout_secs = whole(0)?,
             "limits.drain_timeout_ms" => self.limits.drain_timeout_ms = whole(0)?,
             "auth.password" => {
@@ -747,6 +753,7 @@ impl Config {
             "pool.size",
             "limits.max_clients",
             "limits.max_inline_bytes",
+            "limits.max_output_bytes",
             "auth.users",
             "log.level",
             "log.format",
@@ -808,6 +815,13 @@ impl Config {
                     name,
                     &self.limits.max_inline_bytes.to_string(),
                     "expected a whole number >= 16",
+                ));
+            }
+            "limits.max_output_bytes" if self.limits.max_output_bytes < 1024 => {
+                return Err(invalid(
+                    name,
+                    &self.limits.max_output_bytes.to_string(),
+                    "expected a whole number >= 1024",
                 ));
             }
             "auth.users" => {

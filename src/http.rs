@@ -288,6 +288,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         "Clients cut off for malformed requests",
         [(none(), stats.protocol_errors())],
     );
+    scrape.counter(
+        "output_limit_disconnects",
+        "Clients cut off for not reading their replies (limits.max_output_bytes)",
+        [(none(), stats.output_limit_disconnects())],
+    );
     if let Some(l1) = &shared.l1 {
         let namespaces = l1.store.namespaces().all();
         let per = |pick: fn(&crate::cache::L1Stats) -> &AtomicU64| {

@@ -28,6 +28,7 @@ pub mod gather;
 pub mod http;
 pub mod keys;
 pub mod levels;
+pub mod output;
 pub mod patterns;
 pub mod preload;
 pub mod protocol;

@@ -39,6 +39,7 @@ use crate::config::{Config, Role};
 use crate::gather::Gather;
 use crate::keys::versions::{self, KeyReply, MIGRATE_SCRIPT, Migration, Versioning};
 use crate::levels::{Level, Levels};
+use crate::output::OutputBuffer;
 use crate::patterns::engine::Outcome;
 use crate::patterns::live::{Awaited, Patterns, Reads};
 use crate::protocol::{
@@ -266,10 +267,12 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
     let (read, write) = stream.into_split();
     let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
     let answered = Arc::new(AtomicU64::new(0));
+    let output = Arc::new(OutputBuffer::new(shared.config.limits.max_output_bytes));
     let writer = tokio::spawn(write_replies(
         write,
         slot_receiver,
         answered.clone(),
+        output.clone(),
         shared.stats.clone(),
     ));
     let db = shared.pools.target().db;
@@ -323,6 +326,7 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         batch_lane: None,
         last_lane: None,
         lost_own_connection: false,
+        output,
     };
     let drain = Duration::from_millis(session.shared.config.limits.drain_timeout_ms);
     match session.serve(read, shutdown).await {
@@ -451,6 +455,8 @@ struct Session {
     /// The client's own connection died with its state (MULTI, subscriptions,
     /// name...); like Redis going away, that ends the client's connection.
     lost_own_connection: bool,
+    /// The replies held for this client (see [`OutputBuffer`]).
+    output: Arc<OutputBuffer>,
 }
 
 impl Session {
@@ -495,10 +501,15 @@ impl Session {
             } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
+            if self.slots.is_closed() {
+                // The writer is gone: the client left, or was cut off.
+                return Ended::Client;
+            }
             let read_more = read.read_buf(&mut buf);
             let result = tokio::select! {
                 result = read_more => result,
                 _ = &mut stop => return Ended::Shutdown,
+                _ = self.output.overflowed() => return Ended::Client,
                 _ = idle_timer(idle, self.exempt_from_idle_timeout()) => {
                     tracing::debug!(client = self.id, "closing idle client");
                     return Ended::Client;
@@ -677,7 +688,7 @@ impl Session {
                 self.flush().await;
                 return Ok(Flow::Stop);
             }
-            if self.lost_own_connection {
+            if self.lost_own_connection || self.output.is_over() {
                 return Ok(Flow::Stop);
             }
             if self.batch_count >= MAX_BATCH_COMMANDS {
@@ -2500,7 +2511,9 @@ impl Session {
         self.enter_lane(lane).await;
         let slot = match self.connection_for(lane).await {
             Ok(connection) => Slot::Pending {
-                replies: connection.send_with(bytes, replies, hook).await,
+                replies: connection
+                    .send_with(bytes, replies, hook, Some(self.output.clone()))
+                    .await,
                 count,
                 protocol: self.protocol,
                 edits,
@@ -2510,7 +2523,9 @@ impl Session {
                 self.shared.stats.upstream_error();
                 // Dropped unsent: its fills are given up, its writes end.
                 drop(hook);
-                Slot::Ready(repeat_error(&error, count, self.protocol))
+                let bytes = repeat_error(&error, count, self.protocol);
+                self.output.add(bytes.len());
+                Slot::Ready(bytes)
             }
         };
         self.sent_batches += 1;
@@ -2796,6 +2811,7 @@ impl Session {
             self.flush().await;
         }
         self.flush_ready().await;
+        self.output.add(bytes.len());
         let _ = self.slots.send(Slot::Ready(bytes)).await;
     }
 
@@ -2814,6 +2830,7 @@ impl Session {
     async fn flush_ready(&mut self) {
         if !self.ready.is_empty() {
             let bytes = self.ready.split().freeze();
+            self.output.add(bytes.len());
             let _ = self.slots.send(Slot::Ready(bytes)).await;
         }
     }
@@ -3505,15 +3522,28 @@ async fn write_replies(
     mut write: OwnedWriteHalf,
     mut slots: mpsc::Receiver<Slot>,
     answered: Arc<AtomicU64>,
+    output: Arc<OutputBuffer>,
     stats: Arc<Stats>,
 ) {
     let mut out = ReplyWriter {
         write: &mut write,
         buffer: Gather::default(),
         answered,
+        output,
+        held: 0,
         stats,
     };
     let _ = out.run(&mut slots).await;
+    if out.output.is_over() {
+        // Cut off like Redis: what the client was owed is dropped, and the
+        // request side stops once it sees the slots closed (or the limit).
+        out.stats.output_limit_disconnect();
+        tracing::warn!(
+            limit = out.output.limit(),
+            "closing a client over the output buffer limit (limits.max_output_bytes): it does not read its replies"
+        );
+        return;
+    }
     let _ = write.shutdown().await;
 }
 
@@ -3522,6 +3552,10 @@ struct ReplyWriter<'a> {
     buffer: Gather,
     /// Batches whose replies have arrived (see `Session::sent_batches`).
     answered: Arc<AtomicU64>,
+    /// The replies held for the client, and the limit on them.
+    output: Arc<OutputBuffer>,
+    /// Of those, the bytes taken into `buffer` (counted out once written).
+    held: usize,
     /// Where the batches' reads and writes are counted.
     stats: Arc<Stats>,
 }
@@ -3541,7 +3575,10 @@ impl ReplyWriter<'_> {
                 Err(mpsc::error::TryRecvError::Disconnected) => return self.flush().await,
             };
             match slot {
-                Slot::Ready(bytes) => self.queue(bytes).await?,
+                Slot::Ready(bytes) => {
+                    self.held += bytes.len();
+                    self.queue(bytes).await?
+                }
                 Slot::Pending {
                     mut replies,
                     count,
@@ -3563,6 +3600,9 @@ impl ReplyWriter<'_> {
                         count_levels(&self.stats.levels, &levels, bytes, started.elapsed());
                     }
                     self.answered.fetch_add(1, Ordering::Release);
+                    if let Ok(bytes) = &result {
+                        self.held += bytes.len();
+                    }
                     match (result, edits) {
                         (Ok(bytes), Some(edits)) => {
                             for segment in edit_replies(&edits, bytes) {
@@ -3603,7 +3643,10 @@ impl ReplyWriter<'_> {
                     (None, _) => return Ok(()),
                 },
                 slot = slots.recv() => match slot {
-                    Some(Slot::Ready(bytes)) => self.write.write_all(&bytes).await?,
+                    Some(Slot::Ready(bytes)) => {
+                        self.write.write_all(&bytes).await?;
+                        self.output.remove(bytes.len());
+                    }
                     Some(Slot::Barrier(done)) => { let _ = done.send(()); }
                     Some(Slot::Pending { .. } | Slot::Pipe(..)) => {}
                     Some(Slot::Close) | None => return Ok(()),
@@ -3620,10 +3663,22 @@ impl ReplyWriter<'_> {
         Ok(())
     }
 
+    /// Writes what is gathered; a client that stops reading until its
+    /// output buffer is over the limit fails here, mid-write.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buffer.is_empty() {
-            self.buffer.write_to(self.write).await?;
+        if self.output.is_over() {
+            return Err(std::io::Error::other("the client does not read its replies"));
         }
+        if !self.buffer.is_empty() {
+            tokio::select! {
+                biased;
+                written = self.buffer.write_to(self.write) => written?,
+                _ = self.output.overflowed() => {
+                    return Err(std::io::Error::other("the client does not read its replies"));
+                }
+            }
+        }
+        self.output.remove(std::mem::take(&mut self.held));
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ pub struct Stats {
     upstream_tracking: AtomicUsize,
     upstream_errors: AtomicU64,
     protocol_errors: AtomicU64,
+    output_limit_disconnects: AtomicU64,
     /// Reads per level and writes, with their latencies.
     pub levels: crate::levels::Levels,
 }
@@ -38,6 +39,7 @@ impl Stats {
             &self.clients_rejected,
             &self.upstream_errors,
             &self.protocol_errors,
+            &self.output_limit_disconnects,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -67,6 +69,9 @@ impl Stats {
     }
     pub fn protocol_errors(&self) -> u64 {
         self.protocol_errors.load(Ordering::Relaxed)
+    }
+    pub fn output_limit_disconnects(&self) -> u64 {
+        self.output_limit_disconnects.load(Ordering::Relaxed)
     }
 
     /// Counts a client in if there is room under `max`; false when full.
@@ -98,6 +103,9 @@ impl Stats {
     }
     pub fn protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn output_limit_disconnect(&self) {
+        self.output_limit_disconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     fn gauge(&self, kind: ConnectionKind) -> &AtomicUsize {

@@ -152,3 +152,156 @@ async fn a_client_sending_a_byte_at_a_time_is_served_and_holds_up_no_one() {
         .expect("the bystander was answered correctly throughout");
     assert_eq!(answered_meanwhile.len(), command.len());
 }
+
+/// The proxy's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the proxy's /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status");
+    kib * 1024
+}
+
+/// Kills the proxy process when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client that sends `count` copies of `command` and reads nothing, with
+/// a small receive buffer so that little of what it is owed fits in the
+/// kernel. Returns the socket's reading half once everything is sent (or
+/// the proxy stopped taking it).
+async fn never_reads(proxy: std::net::SocketAddr, command: Vec<u8>, count: usize) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy).await.expect("connect to the proxy");
+    let pipeline = command.repeat(100);
+    for _ in 0..count / 100 {
+        use tokio::io::AsyncWriteExt;
+        // Once cut off, the writes fail (or block until the close is seen).
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&pipeline)).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    stream
+}
+
+/// A client that never reads its replies is cut off once the proxy holds
+/// `limits.max_output_bytes` of them (both replies forwarded from Redis and
+/// L1's own), as Redis cuts off a client over its output-buffer limit; the
+/// proxy's memory stays bounded meanwhile, and a bystander is answered
+/// throughout. Each flooder asks for 300 MB of replies: without the limit
+/// the proxy would hold them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_at_the_output_limit() {
+    let server = RedisServer::start();
+    let mut direct = RawClient::connect(server.addr()).await;
+    let big: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_eq!(direct.command(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+
+    let port = common::free_port();
+    let limit = 1024 * 1024;
+    let child = std::process::Command::new(common::binary())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &server.url()])
+        .env("AURACACHE_ADMIN_LISTEN", "")
+        .env("AURACACHE_MAX_OUTPUT_BYTES", limit.to_string())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start auracache");
+    let proxy = Running(child);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    common::poll_until("the proxy to listen", || std::net::TcpStream::connect(addr).is_ok());
+    let mut admin = RawClient::connect(addr).await;
+    // L1 is on: after its first read, `big` is answered from L1.
+    admin.cmd_until("EXISTS big", ":1\r\n").await;
+    assert_eq!(admin.command(&[b"GET", b"big"]).await.len(), big.len() + 11);
+    let deadline = Instant::now() + common::DEADLINE;
+    while common::values::info_field(&admin.cmd("INFO cache").await, "l1_answered") == "0" {
+        assert!(Instant::now() < deadline, "big never became an L1 hit");
+        assert_eq!(admin.command(&[b"GET", b"big"]).await.len(), big.len() + 11);
+    }
+
+    let (stop, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let bystanding = bystander(addr, stop.clone(), answered.clone());
+    let rss_before = rss_bytes(proxy.0.id());
+    let mut rss_most = rss_before;
+    let floods: [(&str, Vec<u8>); 2] = [
+        (
+            "forwarded replies (GETRANGE)",
+            encode(&[b"GETRANGE", b"big", b"0", b"-1"]),
+        ),
+        ("L1's replies (GET)", encode(&[b"GET", b"big"])),
+    ];
+    for (round, (what, command)) in floods.iter().enumerate() {
+        let flooding = tokio::spawn(never_reads(addr, command.clone(), 3000));
+        let before = answered.load(Ordering::Relaxed);
+        let cut_off = (round + 1).to_string();
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            rss_most = rss_most.max(rss_bytes(proxy.0.id()));
+            let info = admin.cmd("INFO cache").await;
+            if common::values::info_field(&info, "output_limit_disconnects") == cut_off {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what}: the flooder was not cut off: {info}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut flooder = flooding.await.unwrap();
+        // What the flooder is shown before the close is a prefix of what it
+        // asked for (maybe nothing: like Redis, the proxy drops what the
+        // client is owed), and then the connection ends.
+        let mut seen = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let ended = tokio::time::timeout(common::DEADLINE, async {
+            loop {
+                let mut chunk = vec![0; 1 << 16];
+                match flooder.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => seen.extend_from_slice(&chunk[..read]),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{what}: the flooder's connection was closed");
+        let reply = format!("${}\r\n", big.len()).into_bytes();
+        assert!(
+            seen.len() < 3000 * big.len() / 2,
+            "{what}: most of the replies were dropped"
+        );
+        assert!(
+            seen.is_empty() || seen.starts_with(&reply),
+            "{what}: replies in order until the cut"
+        );
+        common::poll_until_async("the bystander answered meanwhile", || {
+            let answered = answered.clone();
+            async move { answered.load(Ordering::Relaxed) > before }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    bystanding
+        .await
+        .expect("the bystander was answered correctly throughout");
+    let grown = rss_most.saturating_sub(rss_before);
+    println!(
+        "proxy RSS {} MiB before, at most {} MiB while 2 clients asked for 300 MB each without reading",
+        rss_before >> 20,
+        rss_most >> 20
+    );
+    assert!(
+        grown < 64 << 20,
+        "the proxy held what the flooders did not read: RSS grew by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(admin.cmd("GET missing").await, "$-1\r\n", "the proxy goes on serving");
+}

@@ -195,3 +195,93 @@ fn redis_cli_through_the_binary_and_sigterm_exits_zero() {
     let status = proxy.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit 0 after SIGTERM");
 }
+
+/// Secrets never reach the logs (at the most verbose level, through a
+/// client's right and wrong passwords, the admin's CONFIG GET, and Redis
+/// going away and coming back) nor `--check-config`: not the upstream
+/// password, not the client password, not a user's password or its hash.
+#[test]
+fn secrets_appear_in_no_log_and_no_shown_configuration() {
+    use sha2::{Digest, Sha256};
+    let upstream_secret = "upstream-S3CRET-pw";
+    let client_secret = "client-S3CRET-pw";
+    let user_secret = "alice-S3CRET-pw";
+    let guess = "guess-S3CRET-pw";
+    let user_hash = hex::encode(Sha256::digest(user_secret.as_bytes()));
+    let mut server = RedisServer::start_with(&["--requirepass", upstream_secret]);
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"redis://:{upstream_secret}@127.0.0.1:{}\"\n\
+             [admin]\nlisten = \"\"\n[auth]\npassword = \"{client_secret}\"\n\
+             [[auth.users]]\nname = \"alice\"\npassword_sha256 = \"{user_hash}\"\nrole = \"admin\"\n",
+            server.port()
+        ),
+    )
+    .unwrap();
+    let secrets = [upstream_secret, client_secret, user_secret, guess, &user_hash];
+    let leaked = |what: &str, text: &str| {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+    };
+
+    let shown = run(&["--config", file.to_str().unwrap(), "--check-config"], &[]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout) + &text(&shown.stderr);
+    assert!(shown.contains("<hidden>"), "{shown}");
+    leaked("--check-config", &shown);
+
+    let child = Command::new(binary())
+        .args(["--config", file.to_str().unwrap(), "--log-level", "trace"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start auracache");
+    let mut proxy = Running(child);
+    let stderr = proxy.0.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    common::poll_until("the proxy to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--no-auth-warning"])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        text(&output.stdout) + &text(&output.stderr)
+    };
+    common::poll_until("the proxy to reach Redis", || {
+        cli(&["-a", client_secret, "SET", "k", "v"]) == "OK\n"
+    });
+    assert_eq!(cli(&["-a", client_secret, "GET", "k"]), "v\n");
+    assert!(cli(&["-a", guess, "GET", "k"]).contains("WRONGPASS"));
+    assert!(cli(&["--user", "alice", "--pass", guess, "GET", "k"]).contains("WRONGPASS"));
+    assert_eq!(cli(&["--user", "alice", "--pass", user_secret, "GET", "k"]), "v\n");
+    let settings = cli(&["--user", "alice", "--pass", user_secret, "PROXY", "CONFIG", "GET", "*"]);
+    assert!(settings.contains("<hidden>"), "{settings}");
+    leaked("PROXY CONFIG GET", &settings);
+    // Redis goes away and comes back: the reconnects are logged.
+    server.kill();
+    assert!(cli(&["-a", client_secret, "GET", "k"]).contains("upstream unavailable"));
+    server.restart();
+    common::poll_until("the proxy to reach Redis again", || {
+        cli(&["-a", client_secret, "SET", "k", "again"]) == "OK\n"
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    proxy.0.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(
+        log.lines().count() > 5 && log.contains("listening on"),
+        "the trace log says something:\n{log}"
+    );
+    leaked("the trace log", &log);
+}

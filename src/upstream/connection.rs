@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::UpstreamError;
 use crate::gather::Gather;
+use crate::output::OutputBuffer;
 use crate::protocol::{ReplyLimits, ReplyScanner};
 use crate::stats::{ConnectionKind, Stats};
 
@@ -38,9 +39,17 @@ pub type Hook = Box<dyn FnOnce(BatchResult) -> BatchResult + Send>;
 struct Responder {
     respond: Option<oneshot::Sender<BatchResult>>,
     hook: Option<Hook>,
+    /// The client's output buffer, where the replies count as held.
+    output: Option<Arc<OutputBuffer>>,
 }
 
 impl Responder {
+    /// Whether `pending` more bytes of replies would take the client over
+    /// its output-buffer limit (which then counts as reached).
+    fn over_output_limit(&self, pending: usize) -> bool {
+        self.output.as_ref().is_some_and(|output| output.over_with(pending))
+    }
+
     fn answer(mut self, result: BatchResult) {
         self.finish(result);
     }
@@ -50,6 +59,9 @@ impl Responder {
             Some(hook) => hook(result),
             None => result,
         };
+        if let (Some(output), Ok(bytes)) = (self.output.take(), &result) {
+            output.add(bytes.len());
+        }
         if let Some(respond) = self.respond.take() {
             let _ = respond.send(result);
         }
@@ -71,6 +83,10 @@ const REQUEST_QUEUE: usize = 1024;
 const CLOCKED_BELOW: usize = 4096;
 /// Largest write assembled from queued requests before it is sent.
 const MAX_WRITE: usize = 256 * 1024;
+/// A batch's replies gathered past this size are checked against the
+/// client's output-buffer limit as they arrive (a batch of 512 large
+/// replies could otherwise be held whole before its client is counted).
+const DISCARD_CHECK_ABOVE: usize = 64 * 1024;
 
 enum Request {
     Batch {
@@ -185,12 +201,19 @@ impl UpstreamConnection {
 
     /// Queues a batch of `replies` commands; the receiver yields their replies.
     pub async fn send(&self, bytes: Bytes, replies: usize) -> oneshot::Receiver<BatchResult> {
-        self.send_with(bytes, replies, None).await
+        self.send_with(bytes, replies, None, None).await
     }
 
     /// As [`Self::send`], running `hook` on the replies (or the failure) as
-    /// soon as they arrive.
-    pub async fn send_with(&self, bytes: Bytes, replies: usize, hook: Option<Hook>) -> oneshot::Receiver<BatchResult> {
+    /// soon as they arrive, and counting what it returns in `output` (the
+    /// client's output buffer) until the client's writer takes it out.
+    pub async fn send_with(
+        &self,
+        bytes: Bytes,
+        replies: usize,
+        hook: Option<Hook>,
+        output: Option<Arc<OutputBuffer>>,
+    ) -> oneshot::Receiver<BatchResult> {
         let (respond, receiver) = oneshot::channel();
         let request = Request::Batch {
             bytes,
@@ -198,6 +221,7 @@ impl UpstreamConnection {
             respond: Responder {
                 respond: Some(respond),
                 hook,
+                output,
             },
         };
         if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = self.requests.send(request).await {
@@ -362,6 +386,9 @@ struct ReplyMatcher {
     taken: usize,
     /// Replies of `current` copied aside because a push frame came between them.
     carried: BytesMut,
+    /// The replies of `current` are being dropped as they come: its client
+    /// went over its output-buffer limit.
+    discarding: bool,
     pipe: Option<mpsc::Sender<Bytes>>,
     outstanding: Option<Arc<Outstanding>>,
 }
@@ -373,6 +400,7 @@ impl ReplyMatcher {
             current: None,
             taken: 0,
             carried: BytesMut::new(),
+            discarding: false,
             pipe: None,
             outstanding,
         }
@@ -436,10 +464,20 @@ impl ReplyMatcher {
                 }
             }
             self.taken += frame.len;
-            let Some((remaining, _)) = self.current.as_mut() else {
+            let Some((remaining, respond)) = self.current.as_mut() else {
                 continue;
             };
             *remaining -= 1;
+            if self.taken + self.carried.len() > DISCARD_CHECK_ABOVE
+                && respond.over_output_limit(self.taken + self.carried.len())
+            {
+                // The client will be cut off and never see these replies:
+                // they are read and dropped, not gathered.
+                buf.advance(self.taken);
+                self.taken = 0;
+                self.carried = BytesMut::new();
+                self.discarding = true;
+            }
             if *remaining == 0 {
                 let mut replies = buf.split_to(self.taken);
                 self.taken = 0;
@@ -448,7 +486,11 @@ impl ReplyMatcher {
                     replies = std::mem::take(&mut self.carried);
                 }
                 if let Some((_, respond)) = self.current.take() {
-                    respond.answer(Ok(replies.freeze()));
+                    if std::mem::take(&mut self.discarding) {
+                        respond.answer(Err(UpstreamError::Unavailable("output buffer limit reached".into())));
+                    } else {
+                        respond.answer(Ok(replies.freeze()));
+                    }
                 }
                 if let Some(outstanding) = &self.outstanding {
                     outstanding.answered_one();

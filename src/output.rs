@@ -1,0 +1,111 @@
+//! A client's output buffer: the reply bytes the proxy holds for one client
+//! that it has not yet read, and the limit on them (`limits.max_output_bytes`,
+//! Redis's `client-output-buffer-limit`).
+//!
+//! Replies to a client's forwarded batches arrive on shared upstream
+//! connections, which never wait for the client (that would stall everyone
+//! else on the connection). So a client that sends requests and never reads
+//! the replies would make the proxy hold them without end. Every reply held
+//! is counted here instead: as it arrives (on the upstream reader, or when
+//! the proxy queues its own reply) and until the writer has handed it to the
+//! socket. Past the limit the client is cut off, as Redis cuts off a client
+//! over its output-buffer limit, and what it was owed is dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// Reply bytes held for one client, shared by whoever adds to them.
+#[derive(Debug)]
+pub struct OutputBuffer {
+    held: AtomicUsize,
+    limit: usize,
+    over: AtomicBool,
+    overflowed: Notify,
+}
+
+impl OutputBuffer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            limit,
+            over: AtomicBool::new(false),
+            overflowed: Notify::new(),
+        }
+    }
+
+    /// Counts `bytes` more held for the client; past the limit the buffer
+    /// is over for good, and whoever waits in [`Self::overflowed`] wakes.
+    pub fn add(&self, bytes: usize) {
+        let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if held > self.limit && !self.over.swap(true, Ordering::AcqRel) {
+            // notify_one keeps a permit when the writer is not waiting yet.
+            self.overflowed.notify_one();
+        }
+    }
+
+    /// Whether `pending` bytes more would take the client over the limit;
+    /// if so it is over, as if they had been added.
+    pub fn over_with(&self, pending: usize) -> bool {
+        if self.is_over() {
+            return true;
+        }
+        if self.held() + pending > self.limit {
+            self.add(pending);
+            self.remove(pending);
+            return true;
+        }
+        false
+    }
+
+    /// `bytes` counted before have been written to the client.
+    pub fn remove(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// True once the client went over the limit.
+    pub fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the client has gone over the limit.
+    pub async fn overflowed(&self) {
+        while !self.is_over() {
+            self.overflowed.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn going_over_the_limit_is_noticed_once_and_for_good() {
+        let buffer = OutputBuffer::new(100);
+        buffer.add(60);
+        buffer.add(40);
+        assert!(!buffer.is_over(), "at the limit is not over it");
+        buffer.remove(50);
+        buffer.add(50);
+        assert_eq!(buffer.held(), 100);
+        assert!(!buffer.is_over());
+        buffer.add(1);
+        assert!(buffer.is_over());
+        // The permit was kept for a waiter that comes later.
+        tokio::time::timeout(std::time::Duration::from_secs(5), buffer.overflowed())
+            .await
+            .expect("the overflow is seen");
+        buffer.remove(101);
+        assert!(buffer.is_over(), "reading afterwards does not undo it");
+    }
+}
