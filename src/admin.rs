@@ -56,7 +56,7 @@ pub fn info_cache(
         };
         let _ = write!(text, "l1_ready:{}\r\n", u8::from(l1.ready()));
         let _ = write!(text, "l1_hit_ratio:{ratio:.4}\r\n");
-        let l1_fields: [(&str, u64); 12] = [
+        let l1_fields: [(&str, u64); 13] = [
             ("l1_hits", hits),
             ("l1_misses", misses),
             ("l1_entries", l1.store.len() as u64),
@@ -69,6 +69,7 @@ pub fn info_cache(
             ("l1_fills_voided", count(&counters.fills_voided)),
             ("l1_coalesced_waits", count(&counters.coalesced_waits)),
             ("l1_too_large", count(&counters.too_large)),
+            ("l1_stale_served", count(&counters.stale_served)),
         ];
         for (name, value) in l1_fields {
             let _ = write!(text, "{name}:{value}\r\n");
@@ -256,7 +257,7 @@ fn namespace_line(text: &mut String, namespace: &Namespace) {
         text,
         "l1_namespace_{name}:entries={},bytes={},hits={hits},misses={misses},hit_ratio={ratio:.4},\
          fills={},evictions={},expirations={},invalidations={},fills_voided={},coalesced_waits={},\
-         too_large={},ttl={},max_entries={},consistency={}\r\n",
+         too_large={},stale_served={},ttl={},max_entries={},consistency={},serve_stale_max={}\r\n",
         count(&namespace.entries),
         count(&namespace.bytes),
         count(&stats.fills),
@@ -266,9 +267,11 @@ fn namespace_line(text: &mut String, namespace: &Namespace) {
         count(&stats.fills_voided),
         count(&stats.coalesced_waits),
         count(&stats.too_large),
+        count(&stats.stale_served),
         rules.ttl.as_secs(),
         rules.max_entries,
         rules.consistency.as_str(),
+        rules.serve_stale.as_secs(),
     );
 }
 

@@ -98,6 +98,11 @@ pub struct NamespaceConfig {
     /// strict or ttl-only; default memory_cache.consistency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// While Redis is down, reads may be answered from L1 entries up to
+    /// this many seconds past their TTL (or kept since invalidations
+    /// stopped); 0 (the default) = never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve_stale_max_secs: Option<u64>,
     /// Compress this namespace's values; default compression.enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression_enabled: Option<bool>,

@@ -311,6 +311,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         );
         scrape.counter("l1_expirations", "L1 entries expired", per(|stats| &stats.expirations));
         scrape.counter(
+            "l1_stale_served",
+            "Reads answered with a stale L1 entry while Redis was down (serve_stale_max_secs)",
+            per(|stats| &stats.stale_served),
+        );
+        scrape.counter(
             "l1_invalidations",
             "L1 invalidations (writes, Redis's messages)",
             per(|stats| &stats.invalidations),

@@ -11,7 +11,7 @@
 //! socket. Past the limit the client is cut off, as Redis cuts off a client
 //! over its output-buffer limit, and what it was owed is dropped.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -22,7 +22,18 @@ pub struct OutputBuffer {
     limit: usize,
     over: AtomicBool,
     overflowed: Notify,
+    /// Replies (counted per command) that have come from Redis, or failed,
+    /// and the bytes of those that came.
+    arrived: AtomicU64,
+    arrived_bytes: AtomicU64,
+    arrival: Notify,
 }
+
+/// Replies a client may be owed by Redis at once before the first of its
+/// replies has arrived (and so before their size is known).
+const FIRST_WINDOW: u64 = 32;
+/// Most replies a client may be owed at once however small they are.
+const MOST_WINDOW: u64 = 8192;
 
 impl OutputBuffer {
     pub fn new(limit: usize) -> Self {
@@ -31,6 +42,46 @@ impl OutputBuffer {
             limit,
             over: AtomicBool::new(false),
             overflowed: Notify::new(),
+            arrived: AtomicU64::new(0),
+            arrived_bytes: AtomicU64::new(0),
+            arrival: Notify::new(),
+        }
+    }
+
+    /// A batch of `replies` replies of `bytes` bytes has come from Redis
+    /// (or failed: `bytes` 0).
+    pub fn batch_arrived(&self, replies: usize, bytes: usize) {
+        self.arrived_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.arrived.fetch_add(replies as u64, Ordering::Release);
+        self.arrival.notify_one();
+    }
+
+    /// How many replies the client may be owed by Redis at once: as many
+    /// as half its limit holds at the size its replies have had so far
+    /// (few before the first has come). A client that pipelines without
+    /// reading so puts about its limit's worth of work on Redis and a
+    /// shared connection, not a pipeline's worth, ahead of everyone else.
+    pub fn window(&self) -> u64 {
+        let arrived = self.arrived.load(Ordering::Acquire);
+        if arrived == 0 {
+            return FIRST_WINDOW;
+        }
+        let average = (self.arrived_bytes.load(Ordering::Relaxed) / arrived).max(1);
+        (self.limit as u64 / 2 / average).clamp(1, MOST_WINDOW)
+    }
+
+    /// Waits until `sent` replies minus those arrived leave room for
+    /// `more` within the window (a client owed nothing may always send),
+    /// or the client is over its limit.
+    pub async fn wait_for_room(&self, sent: u64, more: u64) {
+        loop {
+            let owed = sent - self.arrived.load(Ordering::Acquire);
+            if owed == 0 || owed + more <= self.window() || self.is_over() {
+                return;
+            }
+            // notify_one keeps a permit, so an arrival between the check
+            // and this wait is not missed.
+            self.arrival.notified().await;
         }
     }
 

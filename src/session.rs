@@ -322,6 +322,8 @@ pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shut
         in_transaction: false,
         db_before_transaction: None,
         sent_batches: 0,
+        sent_replies: 0,
+        batch_most: (output.window() as usize).min(MAX_BATCH_COMMANDS),
         answered,
         batch_lane: None,
         last_lane: None,
@@ -449,6 +451,12 @@ struct Session {
     /// so L1 must not answer its reads ahead of them.
     sent_batches: u64,
     answered: Arc<AtomicU64>,
+    /// Replies asked of Redis, ever (the output buffer counts those that
+    /// came): how far ahead of its replies a client may run.
+    sent_replies: u64,
+    /// Most commands in the next batch: [`MAX_BATCH_COMMANDS`], or fewer
+    /// while the client's window is smaller (see `OutputBuffer::window`).
+    batch_most: usize,
     batch_lane: Option<Lane>,
     /// The lane of the last batch sent, to notice a switch.
     last_lane: Option<Lane>,
@@ -691,7 +699,7 @@ impl Session {
             if self.lost_own_connection || self.output.is_over() {
                 return Ok(Flow::Stop);
             }
-            if self.batch_count >= MAX_BATCH_COMMANDS {
+            if self.batch_count >= self.batch_most {
                 self.flush().await;
             }
         }
@@ -2139,6 +2147,12 @@ impl Session {
                     None => self.forward(self.pooled_lane(), command).await,
                 }
             }
+            Lookup::Pass | Lookup::Miss(_) if let Some(reply) = self.stale_reply(l1, &cache_key) => {
+                self.l1_answered += 1;
+                self.note_l1_hit(&key, reply.len());
+                self.reply_bytes(reply).await;
+                Flow::Continue
+            }
             Lookup::Pass => self.forward(self.pooled_lane(), command).await,
             Lookup::Miss(ticket) => {
                 let lane = self.pooled_lane();
@@ -2155,6 +2169,17 @@ impl Session {
                 Flow::Continue
             }
         }
+    }
+
+    /// While this client's pooled connection is down, a read that L1 would
+    /// forward may be answered with an entry past its TTL, or kept since
+    /// invalidations stopped, in a namespace with `serve_stale_max_secs`.
+    fn stale_reply(&mut self, l1: &L1, key: &CacheKey) -> Option<Bytes> {
+        if !l1.store.serves_stale() || !self.pool(self.db, self.protocol).is_down(self.id) {
+            return None;
+        }
+        let reply = l1.store.stale(key)?;
+        Some(reply.for_protocol(self.protocol).clone())
     }
 
     /// MGET and HMGET: what L1 holds is answered from it; only the rest
@@ -2510,15 +2535,21 @@ impl Session {
         };
         self.enter_lane(lane).await;
         let slot = match self.connection_for(lane).await {
-            Ok(connection) => Slot::Pending {
-                replies: connection
-                    .send_with(bytes, replies, hook, Some(self.output.clone()))
-                    .await,
-                count,
-                protocol: self.protocol,
-                edits,
-                levels,
-            },
+            Ok(connection) => {
+                self.output.wait_for_room(self.sent_replies, replies as u64).await;
+                self.sent_replies += replies as u64;
+                self.batch_most = self.output.window().min(MAX_BATCH_COMMANDS as u64) as usize;
+                self.sent_batches += 1;
+                Slot::Pending {
+                    replies: connection
+                        .send_with(bytes, replies, hook, Some(self.output.clone()))
+                        .await,
+                    count,
+                    protocol: self.protocol,
+                    edits,
+                    levels,
+                }
+            }
             Err(error) => {
                 self.shared.stats.upstream_error();
                 // Dropped unsent: its fills are given up, its writes end.
@@ -2528,7 +2559,6 @@ impl Session {
                 Slot::Ready(bytes)
             }
         };
-        self.sent_batches += 1;
         let _ = self.slots.send(slot).await;
         if lane == Lane::Dedicated && self.dedicated.as_ref().is_none_or(|c| c.is_closed()) {
             self.lost_own_connection = true;

@@ -610,3 +610,24 @@ async fn proxy_commands_leave_l1_alone() {
         assert_eq!(common::l1_hits(&proxy), before + 1, "after {command}");
     }
 }
+
+/// A batch that could not be sent (Redis down) is answered with errors and
+/// is not owed any more: once Redis is back, L1 serves this client again
+/// (it used to wait forever for the failed batch's replies, so the client
+/// never had an L1 hit again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_served_errors_while_redis_was_down_gets_l1_hits_again() {
+    let mut server = RedisServer::start();
+    let proxy = proxy_with_l1(&server).await;
+    let mut client = proxy.raw().await;
+    server.kill();
+    let started = Instant::now();
+    while !client.cmd("GET k").await.starts_with("-ERR upstream unavailable") {
+        assert!(started.elapsed() < DEADLINE, "the proxy never saw Redis go");
+    }
+    server.restart();
+    client.cmd_until("SET k v", "+OK\r\n").await;
+    let l1 = proxy.handle().l1().unwrap().clone();
+    common::poll_until("L1 to be ready again", || l1.ready());
+    assert_eq!(common::read_until_cached(&proxy, &mut client, "k").await, "$1\r\nv\r\n");
+}

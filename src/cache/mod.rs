@@ -75,9 +75,10 @@ impl L1 {
 
     /// True when reads may be answered and filled: the write table is known
     /// and Redis's invalidations are flowing (or some namespace does not
-    /// need them; the store decides per key).
+    /// need them, or may be served stale while Redis is down; the store
+    /// decides per key).
     pub fn ready(&self) -> bool {
-        self.writes.get().is_some() && (self.store.is_accepting() || self.any_ttl_only)
+        self.writes.get().is_some() && (self.store.is_accepting() || self.any_ttl_only || self.store.serves_stale())
     }
 
     /// What a command's name says about the keys it writes. Until the

@@ -30,6 +30,9 @@ pub struct Rules {
     /// Redis's invalidation messages cover these keys (always, unless
     /// tracking is limited to the configured namespaces' prefixes).
     pub tracked: bool,
+    /// While Redis is down, entries may be served up to this long past
+    /// their deadline (zero: never; `serve_stale_max_secs`).
+    pub serve_stale: Duration,
 }
 
 impl Rules {
@@ -40,6 +43,7 @@ impl Rules {
             max_entries: 0,
             consistency: Consistency::Strict,
             tracked: true,
+            serve_stale: Duration::ZERO,
         }
     }
 
@@ -70,6 +74,7 @@ pub struct Namespace {
     max_entries: AtomicU64,
     consistency: Consistency,
     tracked: bool,
+    serve_stale: Duration,
     pub stats: L1Stats,
     /// Keys with cached replies now (entries count themselves in and out).
     pub entries: AtomicU64,
@@ -90,6 +95,7 @@ impl Namespace {
             max_entries: AtomicU64::new(rules.max_entries),
             consistency: rules.consistency,
             tracked: rules.tracked,
+            serve_stale: rules.serve_stale,
             stats: L1Stats::default(),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -107,6 +113,12 @@ impl Namespace {
         &self.name
     }
 
+    /// How long past its deadline an entry may be served while Redis is
+    /// down (zero: never).
+    pub fn serve_stale(&self) -> Duration {
+        self.serve_stale
+    }
+
     /// Its rules now.
     pub fn rules(&self) -> Rules {
         Rules {
@@ -114,6 +126,7 @@ impl Namespace {
             max_entries: self.max_entries.load(Ordering::Relaxed),
             consistency: self.consistency,
             tracked: self.tracked,
+            serve_stale: self.serve_stale,
         }
     }
 
@@ -162,6 +175,7 @@ fn rules_from(config: &Config) -> (Rules, HashMap<Bytes, Rules>) {
         max_entries: cache.size_per_namespace,
         consistency: cache.consistency,
         tracked: !cache.tracking_prefixes,
+        serve_stale: Duration::ZERO,
     };
     let configured = config
         .namespaces
@@ -172,6 +186,7 @@ fn rules_from(config: &Config) -> (Rules, HashMap<Bytes, Rules>) {
                 max_entries: section.memory_cache_size.unwrap_or(cache.size_per_namespace),
                 consistency: section.consistency.unwrap_or(cache.consistency),
                 tracked: true,
+                serve_stale: Duration::from_secs(section.serve_stale_max_secs.unwrap_or(0)),
             };
             (Bytes::copy_from_slice(name.as_bytes()), rules)
         })
@@ -208,6 +223,12 @@ impl Namespaces {
                 configured,
             }),
         }
+    }
+
+    /// Whether any namespace may be served stale while Redis is down.
+    pub fn serve_stale_anywhere(&self) -> bool {
+        let known = self.read();
+        !known.defaults.serve_stale.is_zero() || known.configured.values().any(|rules| !rules.serve_stale.is_zero())
     }
 
     /// Takes the TTLs and entry bounds `config` gives (`PROXY CONFIG SET
@@ -378,6 +399,7 @@ mod tests {
             max_entries: 10,
             consistency: Consistency::Strict,
             tracked: true,
+            serve_stale: Duration::ZERO,
         }
     }
 

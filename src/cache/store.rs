@@ -192,6 +192,13 @@ struct EntryInner {
 }
 
 impl Entry {
+    /// Whether the entry is kept at `now`: a reply is live, or (in a
+    /// namespace that serves stale while Redis is down) within that grace.
+    fn kept_past(&self, now: Instant) -> bool {
+        let grace = self.namespace().serve_stale();
+        self.0.shapes.iter().any(|cached| cached.deadline + grace > now)
+    }
+
     fn new(slot: &Slot, shapes: Vec<Cached>, namespace: Arc<Namespace>) -> Entry {
         let weight = entry_weight(slot, &shapes);
         Entry(Arc::new(EntryInner {
@@ -288,6 +295,9 @@ pub struct L1Stats {
     pub preloads: AtomicU64,
     pub preload_hits: AtomicU64,
     pub preload_waste: AtomicU64,
+    /// Reads answered with a stale entry while Redis was down
+    /// (`serve_stale_max_secs`).
+    pub stale_served: AtomicU64,
 }
 
 impl L1Stats {
@@ -306,6 +316,7 @@ impl L1Stats {
             &self.preloads,
             &self.preload_hits,
             &self.preload_waste,
+            &self.stale_served,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -525,6 +536,13 @@ pub struct L1Store {
     /// `max_bytes` as set; the shards together hold at most this (each
     /// gets an equal whole share, rounded down).
     max_bytes: AtomicU64,
+    /// Some namespace has `serve_stale_max_secs` (fixed at start-up).
+    serves_stale: bool,
+    /// Entries of serve-stale namespaces kept aside when invalidations
+    /// stopped (the tracking connection went down): served only while Redis
+    /// is down, dropped when tracking is back or a write through the proxy
+    /// touches them.
+    stale: Mutex<HashMap<Slot, Entry, DefaultHashBuilder>>,
 }
 
 impl std::fmt::Debug for L1Store {
@@ -556,6 +574,7 @@ impl L1Store {
             DefaultHashBuilder::default(),
             CountEvictions(stats.clone()),
         );
+        let namespaces_serve_stale = namespaces.serve_stale_anywhere();
         L1Store {
             max_entry_weight: AtomicU64::new(heaviest_entry(limits.max_entry_bytes, &cache)),
             frequency: Frequency::new(limits.estimated_entries),
@@ -569,6 +588,8 @@ impl L1Store {
             clock,
             stats,
             max_bytes: AtomicU64::new(limits.max_bytes),
+            serves_stale: namespaces_serve_stale,
+            stale: Mutex::new(HashMap::default()),
         }
     }
 
@@ -658,8 +679,75 @@ impl L1Store {
         for (_, fill) in fills.filling.drain() {
             fill.void();
         }
+        if self.serves_stale {
+            let mut stale = self.lock_stale();
+            if accepting {
+                // Invalidations flow again, and may not cover what changed
+                // while they did not: nothing kept aside is served.
+                stale.clear();
+            } else {
+                for (slot, entry) in self.cache.iter() {
+                    let namespace = entry.namespace();
+                    if !namespace.serve_stale().is_zero() && namespace.rules().consistency == Consistency::Strict {
+                        stale.insert(slot, entry);
+                    }
+                }
+            }
+        }
         self.cache
             .retain(|_, entry| entry.namespace().rules().consistency == Consistency::TtlOnly);
+    }
+
+    fn lock_stale(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, Entry, DefaultHashBuilder>> {
+        self.stale.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether some namespace may be served stale while Redis is down.
+    pub fn serves_stale(&self) -> bool {
+        self.serves_stale
+    }
+
+    /// For a read while Redis is down: the reply cached for `key` if its
+    /// namespace serves stale and the reply is at most the namespace's
+    /// `serve_stale_max_secs` past its deadline (an entry kept aside when
+    /// invalidations stopped counts too), counted as served stale.
+    pub fn stale(&self, key: &CacheKey) -> Option<CachedReply> {
+        if !self.serves_stale {
+            return None;
+        }
+        let slot = SlotRef {
+            db: key.db,
+            key: &key.key,
+        };
+        let now = self.clock.now();
+        let usable = |entry: &Entry| {
+            let grace = entry.namespace().serve_stale();
+            if grace.is_zero() {
+                return None;
+            }
+            let cached = entry.0.shapes.iter().find(|cached| cached.shape == key.shape)?;
+            (cached.deadline + grace > now).then(|| cached.reply.clone())
+        };
+        let found = self.cache.peek(&slot).and_then(|entry| Some((usable(&entry)?, entry)));
+        let found = found.or_else(|| {
+            let stale = self.lock_stale();
+            let entry = stale.get(&Slot {
+                db: key.db,
+                key: key.key.clone(),
+            })?;
+            Some((usable(entry)?, entry.clone()))
+        });
+        let (reply, entry) = found?;
+        self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        entry.namespace().stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        Some(reply)
+    }
+
+    /// Drops what was kept aside for serving stale that `keep` refuses.
+    fn forget_stale(&self, keep: impl Fn(&Slot, &Entry) -> bool) {
+        if self.serves_stale {
+            self.lock_stale().retain(|slot, entry| keep(slot, entry));
+        }
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -1162,6 +1250,7 @@ impl L1Store {
         for db in databases {
             self.cache.remove(&SlotRef { db, key });
         }
+        self.forget_stale(|slot, _| slot.key != *key || db.is_some_and(|db| slot.db != db));
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         if let Some(namespace) = self.namespaces.find(key) {
@@ -1174,6 +1263,7 @@ impl L1Store {
         let mut fills = self.lock_fills();
         fills.filling.retain(|cached, _| cached.db != db);
         self.cache.retain(|slot, _| slot.db != db);
+        self.forget_stale(|slot, _| slot.db != db);
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -1186,6 +1276,7 @@ impl L1Store {
             fill.void();
         }
         self.cache.clear();
+        self.forget_stale(|_, _| false);
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -1213,6 +1304,7 @@ impl L1Store {
             }
             keep
         });
+        self.forget_stale(|_, entry| entry.namespace().name() != name);
         drop(fills);
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         dropped.into_inner()
@@ -1225,7 +1317,7 @@ impl L1Store {
         let now = self.clock.now();
         let removed = std::sync::atomic::AtomicUsize::new(0);
         self.cache.retain(|_, entry| {
-            let live = entry.0.shapes.iter().any(|cached| cached.deadline > now);
+            let live = entry.kept_past(now);
             if !live {
                 let shapes = entry.0.shapes.len();
                 removed.fetch_add(shapes, Ordering::Relaxed);
@@ -1246,7 +1338,7 @@ impl L1Store {
     /// still the key's entry), counting its expirations once: later lookups
     /// find nothing, and the sweep never sees it.
     fn remove_if_expired(&self, db: u32, key: &[u8], entry: &Entry, now: Instant) {
-        if entry.0.shapes.iter().any(|cached| cached.deadline > now) {
+        if entry.kept_past(now) {
             return;
         }
         let removed = self
@@ -1834,5 +1926,34 @@ mod tests {
         let store = store_in(Namespaces::new(b':', 16, Rules::test_default(), configured), true);
         assert!(matches!(store.lookup(&key("live:1")), Lookup::Pass));
         assert!(fill_key(&store, "other:1"));
+    }
+
+    /// Entries of a serve-stale namespace are kept aside when invalidations
+    /// stop, served by `stale` within the grace past their deadline, and
+    /// dropped by a write of the key or when invalidations flow again.
+    #[test]
+    fn stale_entries_are_kept_aside_until_invalidations_flow_again() {
+        let stale_rules = Rules {
+            serve_stale: Duration::from_secs(30),
+            ..Rules::test_default()
+        };
+        let configured = HashMap::from([(Bytes::from_static(b"keep"), stale_rules)]);
+        let store = store_in(Namespaces::new(b':', 16, Rules::test_default(), configured), true);
+        assert!(store.serves_stale());
+        for name in ["keep:1", "keep:2", "other:1"] {
+            assert!(fill_key(&store, name));
+        }
+        store.set_accepting(false);
+        assert!(store.is_empty(), "nothing is served as usual");
+        assert!(store.stale(&key("keep:1")).is_some());
+        assert!(store.stale(&key("other:1")).is_none(), "not a serve-stale namespace");
+        store.invalidate(0, &Bytes::from_static(b"keep:2"));
+        assert!(store.stale(&key("keep:2")).is_none(), "a write drops it");
+        assert_eq!(store.stats().stale_served.load(Ordering::Relaxed), 1);
+        store.set_accepting(true);
+        assert!(
+            store.stale(&key("keep:1")).is_none(),
+            "tracking is back: nothing kept aside"
+        );
     }
 }

@@ -39,15 +39,18 @@ pub type Hook = Box<dyn FnOnce(BatchResult) -> BatchResult + Send>;
 struct Responder {
     respond: Option<oneshot::Sender<BatchResult>>,
     hook: Option<Hook>,
-    /// The client's output buffer, where the replies count as held.
-    output: Option<Arc<OutputBuffer>>,
+    /// The client's output buffer, where the replies count as held, and
+    /// how many replies the batch brings.
+    output: Option<(Arc<OutputBuffer>, usize)>,
 }
 
 impl Responder {
     /// Whether `pending` more bytes of replies would take the client over
     /// its output-buffer limit (which then counts as reached).
     fn over_output_limit(&self, pending: usize) -> bool {
-        self.output.as_ref().is_some_and(|output| output.over_with(pending))
+        self.output
+            .as_ref()
+            .is_some_and(|(output, _)| output.over_with(pending))
     }
 
     fn answer(mut self, result: BatchResult) {
@@ -59,8 +62,10 @@ impl Responder {
             Some(hook) => hook(result),
             None => result,
         };
-        if let (Some(output), Ok(bytes)) = (self.output.take(), &result) {
-            output.add(bytes.len());
+        if let Some((output, replies)) = self.output.take() {
+            let bytes = result.as_ref().map_or(0, |bytes| bytes.len());
+            output.add(bytes);
+            output.batch_arrived(replies, bytes);
         }
         if let Some(respond) = self.respond.take() {
             let _ = respond.send(result);
@@ -221,7 +226,7 @@ impl UpstreamConnection {
             respond: Responder {
                 respond: Some(respond),
                 hook,
-                output,
+                output: output.map(|output| (output, replies)),
             },
         };
         if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = self.requests.send(request).await {

@@ -112,6 +112,17 @@ impl Pools {
 }
 
 impl Pool {
+    /// Whether the connection a client with `client_id` uses is down (its
+    /// last attempt failed, or it was lost and is being re-established).
+    pub fn is_down(&self, client_id: u64) -> bool {
+        let slot = &self.slots[(client_id % self.slots.len() as u64) as usize];
+        match &*slot.borrow() {
+            SlotState::Down(_) => true,
+            SlotState::Up(connection) => connection.is_closed(),
+            SlotState::Connecting => false,
+        }
+    }
+
     /// The connection a client with `client_id` uses, or why there is none.
     pub async fn connection(&self, client_id: u64) -> Result<UpstreamConnection, UpstreamError> {
         let slot = &self.slots[(client_id % self.slots.len() as u64) as usize];
