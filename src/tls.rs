@@ -158,6 +158,26 @@ impl UpstreamTls {
     }
 }
 
+/// What to do about a TLS failure the error alone does not make plain.
+/// In TLS 1.3 a client's handshake completes before the server has checked
+/// its certificate, so Redis's refusal arrives as an alert on the first read.
+pub fn hint(error: &std::io::Error) -> Option<&'static str> {
+    let error = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match error {
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            Some("Redis asks for a client certificate: set upstream_tls.cert and upstream_tls.key")
+        }
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::CertificateUnknown,
+        ) => {
+            Some("Redis refused the proxy's certificate (upstream_tls.cert): is it signed by Redis's tls-ca-cert-file?")
+        }
+        _ => None,
+    }
+}
+
 /// Reads and checks every TLS file the configuration names, as start-up
 /// would (for `--check-config`).
 pub fn check(config: &Config) -> Result<(), ConfigError> {

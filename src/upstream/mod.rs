@@ -146,7 +146,12 @@ async fn set_up(
     for (args, _) in &commands {
         encode_array(&mut out, args);
     }
-    let io_error = |error: std::io::Error| UpstreamError::Unavailable(format!("set-up failed: {error}"));
+    let io_error = |error: std::io::Error| {
+        let hint = crate::tls::hint(&error)
+            .map(|hint| format!(" ({hint})"))
+            .unwrap_or_default();
+        UpstreamError::Unavailable(format!("set-up failed: {error}{hint}"))
+    };
     stream.write_all(&out).await.map_err(io_error)?;
     stream.flush().await.map_err(io_error)?;
     let mut buf = BytesMut::with_capacity(1024);
