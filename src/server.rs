@@ -173,7 +173,7 @@ impl Server {
             // Only namespaces with strict consistency need invalidations.
             if namespaces.any_strict() {
                 let tracker = TrackerConfig {
-                    upstream: shared.pools.upstream().clone(),
+                    target: shared.pools.upstream().clone(),
                     prefixes: stored_prefixes(namespaces.tracking_prefixes(), versions.as_deref()),
                     connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
                     max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),

@@ -28,7 +28,7 @@ pub const TRACKING_CONNECTION_NAME: &str = "auracache:tracking";
 
 /// What the tracker needs.
 pub struct TrackerConfig {
-    pub upstream: Arc<Upstream>,
+    pub target: Arc<Upstream>,
     /// Only keys with these prefixes are tracked; empty = every key.
     pub prefixes: Vec<Bytes>,
     pub connect_timeout: Duration,
@@ -89,7 +89,7 @@ async fn track(
         kind: ConnectionKind::Tracking,
         timeout: config.connect_timeout,
     };
-    let connection = connect(&config.upstream, options, config.limits, stats.clone()).await?;
+    let connection = connect(&config.target, options, config.limits, stats.clone()).await?;
     let (sink, mut incoming) = mpsc::channel(64);
     connection.pipe_to(sink).await?;
     let mut args: Vec<Bytes> = ["CLIENT", "TRACKING", "ON", "BCAST"]
