@@ -56,17 +56,6 @@ impl Stream {
             }
         }
     }
-
-    /// Whether the bytes are encrypted.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-}
-
-impl From<TcpStream> for Stream {
-    fn from(stream: TcpStream) -> Self {
-        Stream::Plain(stream)
-    }
 }
 
 impl AsyncRead for Stream {
