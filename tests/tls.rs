@@ -33,24 +33,32 @@ impl Certs {
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).expect("write PEM");
         let (ca_pem, ca) = certificate_authority("auracache test CA");
         write("ca.pem", ca_pem);
-        let (other_pem, _) = certificate_authority("a CA nobody trusts");
+        let (other_pem, other) = certificate_authority("a CA nobody trusts");
         write("other-ca.pem", other_pem);
-        for (name, names, usage) in [
+        for (name, names, usage, issuer) in [
             (
                 "server",
                 vec!["localhost".to_string(), "127.0.0.1".to_string()],
                 ExtendedKeyUsagePurpose::ServerAuth,
+                &ca,
             ),
             (
                 "client",
                 vec!["auracache-client".to_string()],
                 ExtendedKeyUsagePurpose::ClientAuth,
+                &ca,
+            ),
+            (
+                "stranger",
+                vec!["auracache-client".to_string()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &other,
             ),
         ] {
             let mut params = CertificateParams::new(names).expect("names");
             params.extended_key_usages = vec![usage];
             let key = KeyPair::generate().expect("key");
-            let certificate = params.signed_by(&key, &ca).expect("signed by the CA");
+            let certificate = params.signed_by(&key, issuer).expect("signed by its CA");
             write(&format!("{name}.pem"), certificate.pem());
             write(&format!("{name}.key"), key.serialize_pem());
         }
@@ -106,6 +114,16 @@ fn listen_with_tls(config: &mut Config, certs: &Certs) {
     config.tls.key = certs.path("server.key");
 }
 
+/// Which client certificate a [`TlsClient`] presents.
+#[derive(Clone, Copy, PartialEq)]
+enum Identity {
+    None,
+    /// Signed by the CA the servers trust.
+    Client,
+    /// Signed by a CA nobody trusts.
+    Stranger,
+}
+
 /// A RESP client over TLS (rustls) that reads whole replies as exact bytes.
 struct TlsClient {
     stream: TlsStream<TcpStream>,
@@ -114,8 +132,8 @@ struct TlsClient {
 }
 
 impl TlsClient {
-    /// Connects trusting the test CA, with the client certificate if `with_cert`.
-    async fn connect(addr: SocketAddr, certs: &Certs, with_cert: bool) -> std::io::Result<TlsClient> {
+    /// Connects trusting the test CA, presenting `identity`.
+    async fn connect(addr: SocketAddr, certs: &Certs, identity: Identity) -> std::io::Result<TlsClient> {
         let mut roots = RootCertStore::empty();
         for certificate in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("CA file") {
             roots.add(certificate.expect("CA certificate")).expect("CA added");
@@ -125,17 +143,23 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots);
-        let config = if with_cert {
-            let chain = CertificateDer::pem_file_iter(certs.path("client.pem"))
-                .expect("client certificate file")
-                .collect::<Result<Vec<_>, _>>()
-                .expect("client certificate");
-            let key = PrivateKeyDer::from_pem_file(certs.path("client.key")).expect("client key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client certificate usable")
-        } else {
-            builder.with_no_client_auth()
+        let name = match identity {
+            Identity::None => None,
+            Identity::Client => Some("client"),
+            Identity::Stranger => Some("stranger"),
+        };
+        let config = match name {
+            None => builder.with_no_client_auth(),
+            Some(name) => {
+                let chain = CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
+                    .expect("client certificate file")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("client certificate");
+                let key = PrivateKeyDer::from_pem_file(certs.path(&format!("{name}.key"))).expect("client key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client certificate usable")
+            }
         };
         let tcp = tokio::time::timeout(DEADLINE, TcpStream::connect(addr)).await??;
         let name = ServerName::try_from("127.0.0.1").expect("an IP address");
@@ -259,7 +283,7 @@ async fn a_rediss_upstream_with_a_client_certificate_serves_reads_writes_l1_hits
     assert_eq!(transaction.cmd("EXEC").await, "*1\r\n:1\r\n");
     // An L1 hit, then a write straight to Redis (over TLS) arrives as an
     // invalidation on the tracking connection, itself over TLS.
-    let mut direct = TlsClient::connect(redis.addr(), &certs, true)
+    let mut direct = TlsClient::connect(redis.addr(), &certs, Identity::Client)
         .await
         .expect("TLS to Redis");
     assert_eq!(
@@ -334,6 +358,24 @@ async fn redis_without_a_client_certificate_from_the_proxy_refuses_it_readably()
 }
 
 #[tokio::test]
+async fn redis_refusing_the_proxy_s_certificate_is_reported_with_what_to_check() {
+    let certs = Certs::generate();
+    let redis = tls_redis(&certs, true);
+    let proxy = Proxy::start_with(&rediss(&redis), |config| {
+        config.upstream_tls.ca = certs.path("ca.pem");
+        config.upstream_tls.cert = certs.path("stranger.pem");
+        config.upstream_tls.key = certs.path("stranger.key");
+    })
+    .await;
+    let reply = proxy.raw().await.cmd("PING").await;
+    assert!(
+        reply.starts_with("-ERR upstream unavailable: set-up failed: received fatal alert: "),
+        "{reply}"
+    );
+    assert!(reply.contains("is it signed by Redis's tls-ca-cert-file?"), "{reply}");
+}
+
+#[tokio::test]
 async fn redis_cli_speaks_tls_to_the_proxy() {
     let certs = Certs::generate();
     let redis = RedisServer::start();
@@ -366,14 +408,18 @@ async fn with_client_ca_a_client_without_a_certificate_is_refused_and_others_kee
         config.tls.client_ca = certs.path("ca.pem");
     })
     .await;
-    let mut certified = TlsClient::connect(proxy.addr(), &certs, true).await.expect("handshake");
+    let mut certified = TlsClient::connect(proxy.addr(), &certs, Identity::Client)
+        .await
+        .expect("handshake");
     assert_eq!(certified.cmd("SET k v").await, "+OK\r\n");
     assert_eq!(redis_cli(&proxy, &certs, true, &["GET", "k"]).await, Ok("v\n".into()));
     // In TLS 1.3 the client may finish its side before the proxy refuses
     // its empty certificate: then the refusal comes instead of a reply.
-    match TlsClient::connect(proxy.addr(), &certs, false).await {
-        Err(_) => {}
-        Ok(mut refused) => assert_eq!(refused.try_cmd("PING").await, None),
+    for identity in [Identity::None, Identity::Stranger] {
+        match TlsClient::connect(proxy.addr(), &certs, identity).await {
+            Err(_) => {}
+            Ok(mut refused) => assert_eq!(refused.try_cmd("PING").await, None),
+        }
     }
     let refused = redis_cli(&proxy, &certs, false, &["GET", "k"]).await;
     assert!(refused.is_err(), "{refused:?}");
@@ -389,14 +435,14 @@ async fn a_plain_text_or_silent_client_on_the_tls_listener_is_dropped_and_tls_cl
         config.tls.handshake_timeout_ms = 300;
     })
     .await;
-    let mut tls = TlsClient::connect(proxy.addr(), &certs, false)
+    let mut tls = TlsClient::connect(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     assert_eq!(tls.cmd("SET k v").await, "+OK\r\n");
     // A silent client (never a handshake) is dropped after the timeout,
     // and holds up no one meanwhile: the accept loop is not waiting on it.
     let mut silent = RawClient::connect(proxy.addr()).await;
-    let mut late = TlsClient::connect(proxy.addr(), &certs, false)
+    let mut late = TlsClient::connect(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake while a silent client waits");
     assert_eq!(late.cmd("GET k").await, "$1\r\nv\r\n");
@@ -420,11 +466,11 @@ async fn over_max_clients_a_tls_client_is_told_so_over_tls() {
         config.limits.max_clients = 1;
     })
     .await;
-    let mut first = TlsClient::connect(proxy.addr(), &certs, false)
+    let mut first = TlsClient::connect(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     assert_eq!(first.cmd("PING").await, "+PONG\r\n");
-    let mut second = TlsClient::connect(proxy.addr(), &certs, false)
+    let mut second = TlsClient::connect(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     let reply = tokio::time::timeout(DEADLINE, second.next_reply())
@@ -444,13 +490,15 @@ async fn tls_on_both_sides_at_once() {
         l1_eager(config);
     })
     .await;
-    let mut client = TlsClient::connect(proxy.addr(), &certs, true).await.expect("handshake");
+    let mut client = TlsClient::connect(proxy.addr(), &certs, Identity::Client)
+        .await
+        .expect("handshake");
     assert_eq!(client.cmd("SET both:1 encrypted").await, "+OK\r\n");
     assert_eq!(
         read_until_cached(&proxy, &mut client, "both:1").await,
         "$9\r\nencrypted\r\n"
     );
-    let mut direct = TlsClient::connect(redis.addr(), &certs, true)
+    let mut direct = TlsClient::connect(redis.addr(), &certs, Identity::Client)
         .await
         .expect("TLS to Redis");
     assert_eq!(direct.cmd("SET both:1 changed").await, "+OK\r\n");

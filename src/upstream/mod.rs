@@ -1,8 +1,9 @@
 //! Everything that talks to Redis: opening and setting up a connection
 //! ([`connect`], over TLS for a `rediss://` [`Upstream`]), the pipelined
-//! connection itself ([`UpstreamConnection`]), and the shared pools ([`Pools`]). The session asks for "a connection for
-//! database D in protocol P" and never learns how it is made; a cluster-aware
-//! upstream can later answer "the owner of this key's slot" the same way.
+//! connection itself ([`UpstreamConnection`]), and the shared pools
+//! ([`Pools`]). The session asks for "a connection for database D in
+//! protocol P" and never learns how it is made; a cluster-aware upstream can
+//! later answer "the owner of this key's slot" the same way.
 
 mod connection;
 mod pool;
