@@ -454,7 +454,10 @@ async fn a_plain_text_or_silent_client_on_the_tls_listener_is_dropped_and_tls_cl
     let got = plain.read_until_closed().await;
     assert!(!String::from_utf8_lossy(&got).contains("$1\r\nv"), "{got:?}");
     assert_eq!(tls.cmd("GET k").await, "$1\r\nv\r\n");
-    assert_eq!(proxy.handle().stats().clients(), 2, "only the TLS clients remain");
+    common::poll_until_async("only the TLS clients to remain", || async {
+        proxy.handle().stats().clients() == 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -514,12 +517,13 @@ async fn tls_on_both_sides_at_once() {
     );
 }
 
-/// The binary with `--check-config` and only the given AURACACHE_ variables.
+/// The binary with `--check-config` and only the given AURACACHE_ (and
+/// SSL_CERT_) variables.
 fn check_config(env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(binary());
     command.arg("--check-config");
     for (name, _) in std::env::vars() {
-        if name.starts_with("AURACACHE_") {
+        if name.starts_with("AURACACHE_") || name.starts_with("SSL_CERT_") {
             command.env_remove(name);
         }
     }
@@ -661,4 +665,66 @@ async fn start_error(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String 
         Ok(_) => panic!("the proxy started"),
         Err(error) => error.to_string(),
     }
+}
+
+/// The auracache binary, killed on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Without `upstream_tls.ca`, Redis's certificate is checked against the
+/// system's roots, found as OpenSSL finds them (here `SSL_CERT_FILE`): the
+/// binary is run so the variable is its own.
+#[tokio::test]
+async fn without_upstream_tls_ca_the_system_roots_are_trusted() {
+    let certs = Certs::generate();
+    let redis = tls_redis(&certs, true);
+    let port = common::free_port();
+    let (client_cert, client_key) = (certs.path("client.pem"), certs.path("client.key"));
+    let mut command = std::process::Command::new(binary());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AURACACHE_") || name.starts_with("SSL_CERT_") {
+            command.env_remove(name);
+        }
+    }
+    let _proxy = Running(
+        command
+            .envs([
+                ("AURACACHE_LISTEN", format!("127.0.0.1:{port}").as_str()),
+                ("AURACACHE_UPSTREAM", rediss(&redis).as_str()),
+                ("AURACACHE_UPSTREAM_TLS_CERT", &client_cert),
+                ("AURACACHE_UPSTREAM_TLS_KEY", &client_key),
+                ("AURACACHE_ADMIN_LISTEN", ""),
+                ("SSL_CERT_FILE", &certs.path("ca.pem")),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start auracache"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    common::poll_until_async("the proxy to listen", || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let mut client = RawClient::connect(addr).await;
+    client.cmd_until("SET k through-system-roots", "+OK\r\n").await;
+    assert_eq!(client.cmd("GET k").await, "$20\r\nthrough-system-roots\r\n");
+    // No roots at all is a start-up error that says what to set.
+    let empty = certs.path("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let output = check_config(&[("AURACACHE_UPSTREAM", &rediss(&redis)), ("SSL_CERT_FILE", &empty)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "invalid setting upstream_tls.ca = \"\": expected a PEM CA file: no system root certificates were found"
+        ),
+        "{stderr}"
+    );
 }
