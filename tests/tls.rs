@@ -728,3 +728,31 @@ async fn without_upstream_tls_ca_the_system_roots_are_trusted() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_scheme_that_does_not_match_redis_is_reported_with_the_fix() {
+    let certs = Certs::generate();
+    let tls_only = tls_redis(&certs, false);
+    let plain = RedisServer::start();
+    let proxy = Proxy::start_with(&format!("redis://127.0.0.1:{}", tls_only.port()), |_| {}).await;
+    let reply = proxy.raw().await.cmd("PING").await;
+    assert!(
+        reply.starts_with("-ERR upstream unavailable: set-up failed: "),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("(if Redis speaks TLS on that port, use rediss://)"),
+        "{reply}"
+    );
+    let proxy = Proxy::start_with(&rediss(&plain), |config| {
+        config.upstream_tls.ca = certs.path("ca.pem");
+        config.pool.connect_timeout_ms = 300;
+    })
+    .await;
+    let reply = proxy.raw().await.cmd("PING").await;
+    assert!(
+        reply.starts_with("-ERR upstream unavailable: TLS handshake with 127.0.0.1:")
+            && reply.contains("not answered within 300 ms (does Redis speak TLS on that port?)"),
+        "{reply}"
+    );
+}

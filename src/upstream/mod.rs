@@ -9,6 +9,7 @@ mod connection;
 mod pool;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -88,6 +89,9 @@ pub async fn connect(
     stats: Arc<Stats>,
 ) -> Result<UpstreamConnection, UpstreamError> {
     let target = &upstream.url;
+    // A timeout during the handshake is told apart: a Redis that speaks
+    // plain text waits for the end of a line that a ClientHello never sends.
+    let handshaking = AtomicBool::new(false);
     let attempt = async {
         let tcp = TcpStream::connect(target.address())
             .await
@@ -95,15 +99,25 @@ pub async fn connect(
         let _ = tcp.set_nodelay(true);
         let mut stream = match &upstream.tls {
             None => Stream::Plain(tcp),
-            Some(tls) => tls.connect(tcp).await.map_err(|error| {
-                UpstreamError::Unavailable(format!("TLS handshake with {} failed: {error}", target.address()))
-            })?,
+            Some(tls) => {
+                handshaking.store(true, Ordering::Relaxed);
+                let stream = tls.connect(tcp).await.map_err(|error| {
+                    UpstreamError::Unavailable(format!("TLS handshake with {} failed: {error}", target.address()))
+                })?;
+                handshaking.store(false, Ordering::Relaxed);
+                stream
+            }
         };
         let leftover = set_up(&mut stream, target, options, limits).await?;
         Ok(UpstreamConnection::start(stream, leftover, limits, stats, options.kind))
     };
     match tokio::time::timeout(options.timeout, attempt).await {
         Ok(result) => result,
+        Err(_) if handshaking.load(Ordering::Relaxed) => Err(UpstreamError::Unavailable(format!(
+            "TLS handshake with {} not answered within {} ms (does Redis speak TLS on that port?)",
+            target.address(),
+            options.timeout.as_millis()
+        ))),
         Err(_) => Err(UpstreamError::Unavailable(format!(
             "connecting to {} timed out after {} ms",
             target.address(),
@@ -148,7 +162,10 @@ async fn set_up(
         encode_array(&mut out, args);
     }
     let io_error = |error: std::io::Error| {
+        // A TLS-only Redis resets a connection that speaks plain text.
+        let plain_to_tls = !target.tls && error.kind() == std::io::ErrorKind::ConnectionReset;
         let hint = crate::tls::hint(&error)
+            .or(plain_to_tls.then_some("if Redis speaks TLS on that port, use rediss://"))
             .map(|hint| format!(" ({hint})"))
             .unwrap_or_default();
         UpstreamError::Unavailable(format!("set-up failed: {error}{hint}"))
