@@ -67,8 +67,14 @@ async fn a_client_with_its_own_acl_user_never_reads_what_l1_holds() {
     assert_eq!(direct.cmd("SET allowed:1 fine").await, "+OK\r\n");
     let proxy = proxy_with_l1(&server.url()).await;
     let mut owner = proxy.raw().await;
-    assert_eq!(read_until_cached(&proxy, &mut owner, "secret:1").await, "$7\r\nhunter2\r\n");
-    assert_eq!(read_until_cached(&proxy, &mut owner, "allowed:1").await, "$4\r\nfine\r\n");
+    assert_eq!(
+        read_until_cached(&proxy, &mut owner, "secret:1").await,
+        "$7\r\nhunter2\r\n"
+    );
+    assert_eq!(
+        read_until_cached(&proxy, &mut owner, "allowed:1").await,
+        "$4\r\nfine\r\n"
+    );
 
     let mut limited = proxy.raw().await;
     assert_eq!(limited.cmd("AUTH limited pw").await, "+OK\r\n");
@@ -79,7 +85,10 @@ async fn a_client_with_its_own_acl_user_never_reads_what_l1_holds() {
         assert_eq!(client.cmd("ACL WHOAMI").await, "$7\r\nlimited\r\n");
         for _ in 0..3 {
             let refused = client.cmd("GET secret:1").await;
-            assert!(refused.starts_with("-NOPERM"), "Redis's refusal, not L1's value: {refused}");
+            assert!(
+                refused.starts_with("-NOPERM"),
+                "Redis's refusal, not L1's value: {refused}"
+            );
             let refused = client.cmd("MGET allowed:1 secret:1").await;
             assert!(refused.starts_with("-NOPERM"), "{refused}");
             assert_eq!(client.cmd("GET allowed:1").await, "$4\r\nfine\r\n");
