@@ -25,7 +25,7 @@ pub enum ConfigError {
     File { path: String, reason: String },
 }
 
-fn invalid(name: &str, value: &str, allowed: &str) -> ConfigError {
+pub(crate) fn invalid(name: &str, value: &str, allowed: &str) -> ConfigError {
     ConfigError::Invalid {
         name: name.to_string(),
         value: value.to_string(),
@@ -39,7 +39,8 @@ fn invalid(name: &str, value: &str, allowed: &str) -> ConfigError {
 pub struct Config {
     /// Address clients connect to.
     pub listen: String,
-    /// The Redis behind the proxy: `redis://[user:password@]host:port[/db]`.
+    /// The Redis behind the proxy: `redis://[user:password@]host:port[/db]`,
+    /// or `rediss://...` for TLS (set up by `[upstream_tls]`).
     pub upstream: String,
     /// Threads serving clients: 1 = a single-threaded event loop (the
     /// default; no cross-thread wake-ups, best where the proxy shares a few
@@ -55,6 +56,10 @@ pub struct Config {
     pub patterns: PatternsConfig,
     pub preload: PreloadConfig,
     pub admin: AdminConfig,
+    /// TLS for clients: with a certificate and key, `listen` speaks TLS only.
+    pub tls: TlsConfig,
+    /// TLS to a `rediss://` upstream.
+    pub upstream_tls: UpstreamTlsConfig,
     /// Separates a key's namespace from the rest (`user` in `user:42`).
     pub namespace_separator: String,
     /// Per-namespace overrides: `[namespaces.<name>]`.
@@ -461,6 +466,72 @@ impl Default for AdminConfig {
     }
 }
 
+/// TLS on the client listener. With `cert` and `key` set, every client
+/// connection must complete a TLS handshake first (like Redis with
+/// `tls-port` and `port 0`); file contents are never shown, paths are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the proxy presents; "" = no TLS.
+    pub cert: String,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM CA certificates: when set, a client must present a certificate
+    /// one of them signed, or its handshake is refused; "" = none asked.
+    pub client_ca: String,
+    /// A client that has not completed its handshake by then is dropped.
+    pub handshake_timeout_ms: u64,
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty()
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// TLS to a `rediss://` upstream, used by every upstream connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA certificates Redis's certificate must chain to; "" = the
+    /// system's roots.
+    pub ca: String,
+    /// Name sent as SNI and checked against Redis's certificate; "" = the
+    /// upstream URL's host (a DNS name or an IP address).
+    pub sni: String,
+    /// PEM client certificate chain, for a Redis with `tls-auth-clients yes`.
+    pub cert: String,
+    /// PEM private key of `cert`.
+    pub key: String,
+}
+
+impl UpstreamTlsConfig {
+    /// The settings that are set: (dotted name, value).
+    fn set_settings(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("upstream_tls.ca", &self.ca),
+            ("upstream_tls.sni", &self.sni),
+            ("upstream_tls.cert", &self.cert),
+            ("upstream_tls.key", &self.key),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name, value.as_str()))
+        .filter(|(_, value)| !value.is_empty())
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -487,6 +558,8 @@ impl Default for Config {
             patterns: PatternsConfig::default(),
             preload: PreloadConfig::default(),
             admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
+            upstream_tls: UpstreamTlsConfig::default(),
             namespace_separator: ":".into(),
             namespaces: BTreeMap::new(),
         }
@@ -596,6 +669,14 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_PRELOAD_MISS_CHANNEL", "preload.miss_channel"),
     ("AURACACHE_PRELOAD_PEAK_SHARE", "preload.peak_share"),
     ("AURACACHE_PRELOAD_BUSY_READS_PER_SEC", "preload.busy_reads_per_sec"),
+    ("AURACACHE_TLS_CERT", "tls.cert"),
+    ("AURACACHE_TLS_KEY", "tls.key"),
+    ("AURACACHE_TLS_CLIENT_CA", "tls.client_ca"),
+    ("AURACACHE_TLS_HANDSHAKE_TIMEOUT_MS", "tls.handshake_timeout_ms"),
+    ("AURACACHE_UPSTREAM_TLS_CA", "upstream_tls.ca"),
+    ("AURACACHE_UPSTREAM_TLS_SNI", "upstream_tls.sni"),
+    ("AURACACHE_UPSTREAM_TLS_CERT", "upstream_tls.cert"),
+    ("AURACACHE_UPSTREAM_TLS_KEY", "upstream_tls.key"),
 ];
 
 impl Config {
@@ -730,6 +811,14 @@ impl Config {
                     .map_err(|_| invalid(name, value, "expected a fraction from 0 to 1"))?
             }
             "preload.busy_reads_per_sec" => self.preload.busy_reads_per_sec = whole(0)?,
+            "tls.cert" => self.tls.cert = value.trim().to_string(),
+            "tls.key" => self.tls.key = value.trim().to_string(),
+            "tls.client_ca" => self.tls.client_ca = value.trim().to_string(),
+            "tls.handshake_timeout_ms" => self.tls.handshake_timeout_ms = whole(1)?,
+            "upstream_tls.ca" => self.upstream_tls.ca = value.trim().to_string(),
+            "upstream_tls.sni" => self.upstream_tls.sni = value.trim().to_string(),
+            "upstream_tls.cert" => self.upstream_tls.cert = value.trim().to_string(),
+            "upstream_tls.key" => self.upstream_tls.key = value.trim().to_string(),
             "compression.threshold" => self.compression.threshold = whole(1)? as usize,
             "compression.algorithm" => self.compression.algorithm = CompressionAlgorithm::parse(name, value)?,
             "compression.level" => {
@@ -779,6 +868,8 @@ impl Config {
             "preload.peak_share",
             "namespace_separator",
             "namespaces",
+            "tls",
+            "upstream_tls",
         ] {
             self.check_one(name)?;
         }
@@ -1018,6 +1109,63 @@ impl Config {
                     ));
                 }
             }
+            // Pairs are checked on the whole configuration only: the
+            // environment sets tls.cert before tls.key.
+            "tls" => {
+                let tls = &self.tls;
+                if tls.cert.is_empty() && !tls.key.is_empty() {
+                    return Err(invalid(
+                        "tls.cert",
+                        "",
+                        "expected a PEM certificate file, since tls.key is set",
+                    ));
+                }
+                if tls.key.is_empty() && !tls.cert.is_empty() {
+                    return Err(invalid(
+                        "tls.key",
+                        "",
+                        "expected a PEM private key file, since tls.cert is set",
+                    ));
+                }
+                if !tls.client_ca.is_empty() && !tls.enabled() {
+                    return Err(invalid(
+                        "tls.client_ca",
+                        &tls.client_ca,
+                        "only used with tls.cert and tls.key set (clients are asked for a certificate over TLS)",
+                    ));
+                }
+            }
+            "upstream_tls" => {
+                let tls = &self.upstream_tls;
+                if tls.cert.is_empty() && !tls.key.is_empty() {
+                    return Err(invalid(
+                        "upstream_tls.cert",
+                        "",
+                        "expected a PEM certificate file, since upstream_tls.key is set",
+                    ));
+                }
+                if tls.key.is_empty() && !tls.cert.is_empty() {
+                    return Err(invalid(
+                        "upstream_tls.key",
+                        "",
+                        "expected a PEM private key file, since upstream_tls.cert is set",
+                    ));
+                }
+                // Plain text where TLS was meant must not pass unnoticed.
+                let secure = UpstreamUrl::parse(&self.upstream).is_ok_and(|url| url.tls);
+                if let Some((name, value)) = tls.set_settings().next()
+                    && !secure
+                {
+                    return Err(invalid(
+                        name,
+                        value,
+                        &format!(
+                            "only used with a rediss:// upstream, and upstream is {}",
+                            self.upstream_redacted()
+                        ),
+                    ));
+                }
+            }
             "log.format" if !["text", "json"].contains(&self.log.format.as_str()) => {
                 return Err(invalid(name, &self.log.format, "expected text or json"));
             }
@@ -1093,9 +1241,11 @@ fn looks_like_host_port(text: &str) -> bool {
     }
 }
 
-/// A parsed `redis://` URL.
+/// A parsed `redis://` or `rediss://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
+    /// `rediss://`: every connection speaks TLS (`[upstream_tls]`).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
@@ -1104,16 +1254,16 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    /// Parses `redis://[user:password@]host[:port][/db]`; the error says what
-    /// is allowed.
+    /// Parses `redis[s]://[user:password@]host[:port][/db]`; the error says
+    /// what is allowed.
     pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
-        const ALLOWED: &str = "expected redis://[user:password@]host:port[/db]";
+        const ALLOWED: &str = "expected redis://[user:password@]host:port[/db] (rediss:// for TLS)";
         let url = url::Url::parse(text).map_err(|error| format!("{ALLOWED} ({error})"))?;
-        match url.scheme() {
-            "redis" => {}
-            "rediss" => return Err("TLS upstreams (rediss://) are not supported yet; use redis://".into()),
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
             other => return Err(format!("{ALLOWED}, not scheme {other:?}")),
-        }
+        };
         let host = url
             .host_str()
             .filter(|host| !host.is_empty())
@@ -1136,6 +1286,7 @@ impl UpstreamUrl {
                 .map_err(|_| format!("{ALLOWED} (database {path:?} is not a number)"))?,
         };
         Ok(UpstreamUrl {
+            tls,
             host,
             port: url.port().unwrap_or(6379),
             username,
@@ -1161,7 +1312,8 @@ impl UpstreamUrl {
             (Some(user), None) => format!("{user}@"),
             (None, None) => String::new(),
         };
-        format!("redis://{credentials}{}/{}", self.address(), self.db)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{credentials}{}/{}", self.address(), self.db)
     }
 }
 
@@ -1238,6 +1390,43 @@ mod tests {
         );
         assert_eq!(url.redacted(), "redis://:<hidden>@localhost:6379/0");
         assert!(UpstreamUrl::parse("redis://h:1/notanumber").is_err());
+        assert!(!url.tls);
+        let url = UpstreamUrl::parse("rediss://:secret@127.0.0.1:6390/2").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.redacted(), "rediss://:<hidden>@127.0.0.1:6390/2");
+    }
+
+    #[test]
+    fn tls_settings_come_in_pairs_and_upstream_tls_needs_rediss() {
+        let mut config = Config::default();
+        // The environment sets tls.cert before tls.key: neither alone is refused then.
+        config
+            .apply_environment(env(&[
+                ("AURACACHE_TLS_CERT", "/etc/auracache/cert.pem"),
+                ("AURACACHE_TLS_KEY", "/etc/auracache/key.pem"),
+            ]))
+            .unwrap();
+        assert!(config.tls.enabled());
+        config.validate().unwrap();
+        config.tls.key.clear();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid setting tls.key = \"\": expected a PEM private key file, since tls.cert is set"
+        );
+        let mut config = Config::default();
+        config.tls.client_ca = "/ca.pem".into();
+        assert!(config.validate().unwrap_err().to_string().contains("tls.client_ca"));
+        let mut config = Config::default();
+        config.upstream_tls.ca = "/ca.pem".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("upstream_tls.ca") && error.contains("only used with a rediss:// upstream"),
+            "{error}"
+        );
+        config.upstream = "rediss://127.0.0.1:6390".into();
+        config.validate().unwrap();
+        config.upstream_tls.key = "/key.pem".into();
+        assert!(config.validate().unwrap_err().to_string().contains("upstream_tls.cert"));
     }
 
     #[test]

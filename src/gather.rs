@@ -52,13 +52,16 @@ impl Gather {
         }
     }
 
-    /// Writes everything queued, in order, and empties the queue.
+    /// Writes everything queued, in order, and empties the queue. Flushes
+    /// too: a TLS stream holds encrypted bytes back until then (for plain
+    /// TCP the flush does nothing).
     pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, write: &mut W) -> std::io::Result<()> {
         self.seal_small();
         let result = write_chunks(write, &self.chunks).await;
         self.chunks.clear();
         self.len = 0;
-        result
+        result?;
+        write.flush().await
     }
 }
 

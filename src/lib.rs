@@ -2,7 +2,8 @@
 //!
 //! A request's path, stage by stage (see ARCHITECTURE.md):
 //!
-//! - [`server`] accepts a client and starts a [`session`] for it;
+//! - [`server`] accepts a client (over [`tls`] when configured; either way
+//!   a [`stream::Stream`]) and starts a [`session`] for it;
 //! - [`protocol`] finds frames (with limits) and decodes [`protocol::Command`]s;
 //! - [`command`] classifies each command (shared, stateful, streaming, local);
 //! - [`auth`] and [`admin`] answer what the proxy answers itself;
@@ -36,6 +37,8 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod stats;
+pub mod stream;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{Server, ServerHandle, StartError};

@@ -19,7 +19,8 @@ struct Flags {
     /// Address to listen on for clients, e.g. 127.0.0.1:6380.
     #[arg(long)]
     listen: Option<String>,
-    /// Redis behind the proxy: redis://[user:password@]host:port[/db].
+    /// Redis behind the proxy: redis://[user:password@]host:port[/db]
+    /// (rediss:// for TLS).
     #[arg(long)]
     upstream: Option<String>,
     /// Threads serving clients: 1 = single-threaded event loop, 0 = one per core.
@@ -80,7 +81,8 @@ fn main() -> ExitCode {
     })
 }
 
-/// Defaults < proxy.toml < environment < flags, then checked as a whole.
+/// Defaults < proxy.toml < environment < flags, then checked as a whole,
+/// the TLS files named included.
 fn effective_config(flags: &Flags) -> Result<Config, ConfigError> {
     let mut config = match &flags.config {
         Some(path) => Config::from_file(path)?,
@@ -100,6 +102,7 @@ fn effective_config(flags: &Flags) -> Result<Config, ConfigError> {
         }
     }
     config.validate()?;
+    auracache::tls::check(&config)?;
     Ok(config)
 }
 

@@ -1,4 +1,5 @@
-//! The listening side: accepts clients within `limits.max_clients`, starts a
+//! The listening side: accepts clients within `limits.max_clients`, runs
+//! the TLS handshake of each (with `[tls]`) in its own task, starts a
 //! session for each, and on shutdown stops accepting and lets in-flight
 //! replies drain (bounded by `limits.drain_timeout_ms`).
 
@@ -17,7 +18,7 @@ use crate::auth::Authenticator;
 use crate::cache::tracking::{self, TrackerConfig};
 use crate::cache::{L1, L1Limits, L1Store, Namespaces, WriteTable};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, UpstreamUrl};
+use crate::config::{Config, ConfigError};
 use crate::keys::table::KeyTable;
 use crate::keys::versions::Versioning;
 use crate::patterns::live::Patterns;
@@ -25,7 +26,9 @@ use crate::protocol::{Command, Protocol, ReplyLimits, RequestLimits};
 use crate::session::{self, Shared};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
-use crate::upstream::Pools;
+use crate::stream::Stream;
+use crate::tls::ListenerTls;
+use crate::upstream::{Pools, Upstream};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +66,8 @@ impl Server {
     /// time read from `clock` (tests move time by hand).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<ServerHandle, StartError> {
         config.validate()?;
-        let target = UpstreamUrl::parse(&config.upstream).map_err(|allowed| ConfigError::Invalid {
-            name: "upstream".into(),
-            value: config.upstream_redacted(),
-            allowed,
-        })?;
+        let upstream = Upstream::from_config(&config)?;
+        let listener_tls = ListenerTls::from_config(&config.tls)?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|reason| StartError::Listen {
@@ -106,7 +106,7 @@ impl Server {
             max_bulk_bytes: limits.max_bulk_bytes,
         };
         let pools = Pools::new(
-            Arc::new(target),
+            Arc::new(upstream),
             config.pool.clone(),
             reply_limits,
             stats.clone(),
@@ -173,7 +173,7 @@ impl Server {
             // Only namespaces with strict consistency need invalidations.
             if namespaces.any_strict() {
                 let tracker = TrackerConfig {
-                    target: shared.pools.target().clone(),
+                    target: shared.pools.upstream().clone(),
                     prefixes: stored_prefixes(namespaces.tracking_prefixes(), versions.as_deref()),
                     connect_timeout: Duration::from_millis(shared.config.pool.connect_timeout_ms),
                     max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
@@ -188,7 +188,8 @@ impl Server {
             tokio::spawn(learn_commands(shared.clone(), shutdown.clone()));
         }
         tracing::info!(
-            "listening on {local_addr}, upstream {}",
+            "listening on {local_addr}{}, upstream {}",
+            if listener_tls.is_some() { " (TLS)" } else { "" },
             shared.config.upstream_redacted()
         );
         if let Some(admin) = admin_addr {
@@ -196,7 +197,7 @@ impl Server {
         }
         let compression = shared.compression.clone();
         let versions = shared.versions.clone();
-        let accept_loop = tokio::spawn(accept_clients(listener, shared, shutdown));
+        let accept_loop = tokio::spawn(accept_clients(listener, listener_tls, shared, shutdown));
         Ok(ServerHandle {
             local_addr,
             stats,
@@ -269,7 +270,7 @@ impl ServerHandle {
     }
 }
 
-async fn accept_clients(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+async fn accept_clients(listener: TcpListener, tls: Option<ListenerTls>, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let next_id = AtomicU64::new(1);
     let sessions_done = Arc::new(Notify::new());
     loop {
@@ -277,8 +278,8 @@ async fn accept_clients(listener: TcpListener, shared: Arc<Shared>, mut shutdown
             accepted = listener.accept() => accepted,
             _ = shutdown.triggered() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly
                 // rather than spin.
@@ -287,15 +288,28 @@ async fn accept_clients(listener: TcpListener, shared: Arc<Shared>, mut shutdown
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         if !shared.stats.try_add_client(shared.config.limits.max_clients) {
-            tokio::spawn(reject(stream));
+            tokio::spawn(reject(stream, tls.clone()));
             continue;
         }
-        let _ = stream.set_nodelay(true);
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), sessions_done.clone());
+        let (shared, mut shutdown, done, tls) = (shared.clone(), shutdown.clone(), sessions_done.clone(), tls.clone());
         tokio::spawn(async move {
-            session::run(stream, id, shared.clone(), shutdown).await;
+            // The handshake runs here, never in the accept loop: a client
+            // that is slow to shake hands (or never does) holds up no one.
+            let stream = match &tls {
+                None => Some(Stream::Plain(stream)),
+                Some(tls) => tokio::select! {
+                    handshake = tls.accept(stream) => handshake
+                        .inspect_err(|reason| tracing::debug!(%peer, %reason, "client TLS handshake failed"))
+                        .ok(),
+                    _ = shutdown.triggered() => None,
+                },
+            };
+            if let Some(stream) = stream {
+                session::run(stream, id, shared.clone(), shutdown).await;
+            }
             shared.stats.remove_client();
             done.notify_waiters();
         });
@@ -322,8 +336,16 @@ async fn accept_clients(listener: TcpListener, shared: Arc<Shared>, mut shutdown
     }
 }
 
-/// Redis's answer when `maxclients` is reached, then the door closes.
-async fn reject(mut stream: TcpStream) {
+/// Redis's answer when `maxclients` is reached (over TLS on a TLS
+/// listener, as Redis does), then the door closes.
+async fn reject(stream: TcpStream, tls: Option<ListenerTls>) {
+    let mut stream = match tls {
+        None => Stream::Plain(stream),
+        Some(tls) => match tls.accept(stream).await {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+    };
     let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
     let _ = stream.shutdown().await;
 }

@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
@@ -47,6 +45,7 @@ use crate::protocol::{
 };
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::{BatchResult, ConnectOptions, Hook, Pool, Pools, UpstreamConnection, UpstreamError, connect};
 
 /// Reply slots queued between the two sides; when full, the request side
@@ -263,8 +262,8 @@ enum Flow {
 
 /// Serves one client until it disconnects, misbehaves, or the proxy shuts
 /// down. `id` pins the client to one connection of each pool.
-pub async fn run(stream: TcpStream, id: u64, shared: Arc<Shared>, shutdown: Shutdown) {
-    let (read, write) = stream.into_split();
+pub async fn run(stream: Stream, id: u64, shared: Arc<Shared>, shutdown: Shutdown) {
+    let (read, write) = stream.split();
     let (slots, slot_receiver) = mpsc::channel(SLOT_QUEUE);
     let answered = Arc::new(AtomicU64::new(0));
     let output = Arc::new(OutputBuffer::new(shared.config.limits.max_output_bytes));
@@ -470,7 +469,7 @@ struct Session {
 impl Session {
     /// Serves the client until it leaves or breaks the protocol, or the
     /// proxy shuts down; tells which.
-    async fn serve(&mut self, mut read: OwnedReadHalf, mut shutdown: Shutdown) -> Ended {
+    async fn serve(&mut self, mut read: ReadHalf, mut shutdown: Shutdown) -> Ended {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = Duration::from_secs(self.shared.config.limits.idle_timeout_secs);
         // One future for the whole session, not one per read.
@@ -1712,7 +1711,7 @@ impl Session {
             timeout: Duration::from_millis(self.shared.config.pool.connect_timeout_ms),
         };
         let connection = connect(
-            self.shared.pools.target(),
+            self.shared.pools.upstream(),
             options,
             self.shared.reply_limits,
             self.shared.stats.clone(),
@@ -3549,7 +3548,7 @@ fn parse_u32(bytes: &[u8]) -> Option<u32> {
 /// The reply side: writes slots in order until the request side is done
 /// and everything owed is written, or the client goes away.
 async fn write_replies(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     mut slots: mpsc::Receiver<Slot>,
     answered: Arc<AtomicU64>,
     output: Arc<OutputBuffer>,
@@ -3578,7 +3577,7 @@ async fn write_replies(
 }
 
 struct ReplyWriter<'a> {
-    write: &'a mut OwnedWriteHalf,
+    write: &'a mut WriteHalf,
     buffer: Gather,
     /// Batches whose replies have arrived (see `Session::sent_batches`).
     answered: Arc<AtomicU64>,
@@ -3664,17 +3663,18 @@ impl ReplyWriter<'_> {
         loop {
             tokio::select! {
                 data = piped.recv() => match (data, &mut mapper) {
-                    (Some(bytes), None) => self.write.write_all(&bytes).await?,
+                    (Some(bytes), None) => self.write_now(&bytes).await?,
                     (Some(bytes), Some(mapper)) => {
                         for frame in mapper.feed(&bytes) {
                             self.write.write_all(&frame).await?;
                         }
+                        self.write.flush().await?;
                     }
                     (None, _) => return Ok(()),
                 },
                 slot = slots.recv() => match slot {
                     Some(Slot::Ready(bytes)) => {
-                        self.write.write_all(&bytes).await?;
+                        self.write_now(&bytes).await?;
                         self.output.remove(bytes.len());
                     }
                     Some(Slot::Barrier(done)) => { let _ = done.send(()); }
@@ -3683,6 +3683,12 @@ impl ReplyWriter<'_> {
                 },
             }
         }
+    }
+
+    /// Writes `bytes` at once (flushed: TLS would hold them back).
+    async fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(bytes).await?;
+        self.write.flush().await
     }
 
     async fn queue(&mut self, bytes: Bytes) -> std::io::Result<()> {

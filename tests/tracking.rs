@@ -14,6 +14,7 @@ use auracache::clock::SystemClock;
 use auracache::config::UpstreamUrl;
 use auracache::protocol::ReplyLimits;
 use auracache::stats::Stats;
+use auracache::upstream::Upstream;
 use bytes::Bytes;
 use common::{DEADLINE, RawClient, RedisServer};
 
@@ -78,7 +79,10 @@ fn start_tracker_with(server: &RedisServer, prefixes: Vec<Bytes>) -> Tracked {
     ));
     let (trigger, shutdown) = auracache::shutdown::channel();
     let config = TrackerConfig {
-        target: Arc::new(UpstreamUrl::parse(&server.url()).unwrap()),
+        target: Arc::new(Upstream {
+            url: UpstreamUrl::parse(&server.url()).unwrap(),
+            tls: None,
+        }),
         prefixes,
         connect_timeout: Duration::from_secs(2),
         max_backoff: Duration::from_millis(100),

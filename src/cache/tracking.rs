@@ -17,19 +17,18 @@ use redis_protocol::resp3::types::BytesFrame as Resp3Frame;
 use tokio::sync::{mpsc, watch};
 
 use super::L1Store;
-use crate::config::UpstreamUrl;
 use crate::keys::versions::{Mapped, Versioning};
 use crate::protocol::{Command, Protocol, ReplyLimits, ReplyScanner};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
-use crate::upstream::{ConnectOptions, UpstreamError, connect};
+use crate::upstream::{ConnectOptions, Upstream, UpstreamError, connect};
 
 /// The name the tracking connection carries in Redis's CLIENT LIST.
 pub const TRACKING_CONNECTION_NAME: &str = "auracache:tracking";
 
 /// What the tracker needs.
 pub struct TrackerConfig {
-    pub target: Arc<UpstreamUrl>,
+    pub target: Arc<Upstream>,
     /// Only keys with these prefixes are tracked; empty = every key.
     pub prefixes: Vec<Bytes>,
     pub connect_timeout: Duration,

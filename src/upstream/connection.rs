@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::UpstreamError;
@@ -24,6 +22,7 @@ use crate::gather::Gather;
 use crate::output::OutputBuffer;
 use crate::protocol::{ReplyLimits, ReplyScanner};
 use crate::stats::{ConnectionKind, Stats};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 
 /// The replies to one batch, or why they will never come.
 pub type BatchResult = Result<Bytes, UpstreamError>;
@@ -175,13 +174,13 @@ impl UpstreamConnection {
     /// Starts the reader and writer tasks over an established, set-up stream.
     /// `leftover` holds bytes already read past the set-up replies.
     pub(super) fn start(
-        stream: TcpStream,
+        stream: Stream,
         leftover: BytesMut,
         limits: ReplyLimits,
         stats: Arc<Stats>,
         kind: ConnectionKind,
     ) -> UpstreamConnection {
-        let (read, write) = stream.into_split();
+        let (read, write) = stream.split();
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (expect_tx, expect_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = watch::channel(false);
@@ -266,7 +265,7 @@ impl UpstreamConnection {
 }
 
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     mut requests: mpsc::Receiver<Request>,
     expects: mpsc::UnboundedSender<Expect>,
     write_failed: Arc<Notify>,
@@ -344,7 +343,7 @@ async fn write_loop(
 /// Reads replies and hands them to their batches until the connection ends;
 /// returns why it ended, after failing everything still owed.
 async fn read_loop(
-    mut read: OwnedReadHalf,
+    mut read: ReadHalf,
     mut buf: BytesMut,
     mut expects: mpsc::UnboundedReceiver<Expect>,
     limits: ReplyLimits,

@@ -1,13 +1,15 @@
 //! Everything that talks to Redis: opening and setting up a connection
-//! ([`connect`]), the pipelined connection itself ([`UpstreamConnection`]),
-//! and the shared pools ([`Pools`]). The session asks for "a connection for
-//! database D in protocol P" and never learns how it is made; a cluster-aware
-//! upstream can later answer "the owner of this key's slot" the same way.
+//! ([`connect`], over TLS for a `rediss://` [`Upstream`]), the pipelined
+//! connection itself ([`UpstreamConnection`]), and the shared pools
+//! ([`Pools`]). The session asks for "a connection for database D in
+//! protocol P" and never learns how it is made; a cluster-aware upstream can
+//! later answer "the owner of this key's slot" the same way.
 
 mod connection;
 mod pool;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -17,9 +19,32 @@ use tokio::net::TcpStream;
 pub use connection::{BatchResult, Hook, UpstreamConnection};
 pub use pool::{Pool, Pools};
 
-use crate::config::UpstreamUrl;
+use crate::config::{Config, ConfigError, UpstreamUrl};
 use crate::protocol::{Protocol, ReplyLimits, ReplyScanner, encode_array};
 use crate::stats::{ConnectionKind, Stats};
+use crate::stream::Stream;
+use crate::tls::UpstreamTls;
+
+/// The Redis behind the proxy and how to reach it: its URL and, for
+/// `rediss://`, the TLS set-up every connection to it uses.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: UpstreamUrl,
+    pub tls: Option<UpstreamTls>,
+}
+
+impl Upstream {
+    /// From `upstream` and `[upstream_tls]` (its files read and checked).
+    pub fn from_config(config: &Config) -> Result<Upstream, ConfigError> {
+        let url = UpstreamUrl::parse(&config.upstream).map_err(|allowed| ConfigError::Invalid {
+            name: "upstream".into(),
+            value: config.upstream_redacted(),
+            allowed,
+        })?;
+        let tls = UpstreamTls::from_config(&url, &config.upstream_tls)?;
+        Ok(Upstream { url, tls })
+    }
+}
 
 /// Why Redis could not answer. The client sees
 /// `-ERR upstream unavailable: <reason>`.
@@ -54,24 +79,45 @@ pub struct ConnectOptions {
 /// The name pooled connections carry in Redis's CLIENT LIST.
 pub const POOL_CONNECTION_NAME: &str = "auracache:pool";
 
-/// Opens a connection and sets it up (AUTH or HELLO, SELECT, CLIENT SETNAME),
-/// all within `options.timeout`.
+/// Opens a connection (TCP, then the TLS handshake for `rediss://`) and
+/// sets it up (AUTH or HELLO, SELECT, CLIENT SETNAME), all within
+/// `options.timeout`.
 pub async fn connect(
-    target: &UpstreamUrl,
+    upstream: &Upstream,
     options: ConnectOptions,
     limits: ReplyLimits,
     stats: Arc<Stats>,
 ) -> Result<UpstreamConnection, UpstreamError> {
+    let target = &upstream.url;
+    // A timeout during the handshake is told apart: a Redis that speaks
+    // plain text waits for the end of a line that a ClientHello never sends.
+    let handshaking = AtomicBool::new(false);
     let attempt = async {
-        let mut stream = TcpStream::connect(target.address())
+        let tcp = TcpStream::connect(target.address())
             .await
             .map_err(|error| UpstreamError::Unavailable(format!("cannot connect to {}: {error}", target.address())))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = match &upstream.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                handshaking.store(true, Ordering::Relaxed);
+                let stream = tls.connect(tcp).await.map_err(|error| {
+                    UpstreamError::Unavailable(format!("TLS handshake with {} failed: {error}", target.address()))
+                })?;
+                handshaking.store(false, Ordering::Relaxed);
+                stream
+            }
+        };
         let leftover = set_up(&mut stream, target, options, limits).await?;
         Ok(UpstreamConnection::start(stream, leftover, limits, stats, options.kind))
     };
     match tokio::time::timeout(options.timeout, attempt).await {
         Ok(result) => result,
+        Err(_) if handshaking.load(Ordering::Relaxed) => Err(UpstreamError::Unavailable(format!(
+            "TLS handshake with {} not answered within {} ms (does Redis speak TLS on that port?)",
+            target.address(),
+            options.timeout.as_millis()
+        ))),
         Err(_) => Err(UpstreamError::Unavailable(format!(
             "connecting to {} timed out after {} ms",
             target.address(),
@@ -82,7 +128,7 @@ pub async fn connect(
 
 /// Sends the set-up commands as one pipeline and checks their replies.
 async fn set_up(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     target: &UpstreamUrl,
     options: ConnectOptions,
     limits: ReplyLimits,
@@ -115,8 +161,17 @@ async fn set_up(
     for (args, _) in &commands {
         encode_array(&mut out, args);
     }
-    let io_error = |error: std::io::Error| UpstreamError::Unavailable(format!("set-up failed: {error}"));
+    let io_error = |error: std::io::Error| {
+        // A TLS-only Redis resets a connection that speaks plain text.
+        let plain_to_tls = !target.tls && error.kind() == std::io::ErrorKind::ConnectionReset;
+        let hint = crate::tls::hint(&error)
+            .or(plain_to_tls.then_some("if Redis speaks TLS on that port, use rediss://"))
+            .map(|hint| format!(" ({hint})"))
+            .unwrap_or_default();
+        UpstreamError::Unavailable(format!("set-up failed: {error}{hint}"))
+    };
     stream.write_all(&out).await.map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = ReplyScanner::new(limits);
     for (args, required) in &commands {

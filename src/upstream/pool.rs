@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{ConnectOptions, POOL_CONNECTION_NAME, UpstreamConnection, UpstreamError, connect};
+use super::{ConnectOptions, POOL_CONNECTION_NAME, Upstream, UpstreamConnection, UpstreamError, connect};
 use crate::config::{PoolConfig, UpstreamUrl};
 use crate::protocol::{Protocol, ReplyLimits};
 use crate::shutdown::Shutdown;
@@ -23,7 +23,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Every pool of the proxy, created on first use.
 pub struct Pools {
-    target: Arc<UpstreamUrl>,
+    upstream: Arc<Upstream>,
     config: PoolConfig,
     limits: ReplyLimits,
     stats: Arc<Stats>,
@@ -47,14 +47,14 @@ enum SlotState {
 
 impl Pools {
     pub fn new(
-        target: Arc<UpstreamUrl>,
+        upstream: Arc<Upstream>,
         config: PoolConfig,
         limits: ReplyLimits,
         stats: Arc<Stats>,
         shutdown: Shutdown,
     ) -> Self {
         Self {
-            target,
+            upstream,
             config,
             limits,
             stats,
@@ -64,8 +64,13 @@ impl Pools {
     }
 
     /// Where upstream connections go.
-    pub fn target(&self) -> &Arc<UpstreamUrl> {
-        &self.target
+    pub fn target(&self) -> &UpstreamUrl {
+        &self.upstream.url
+    }
+
+    /// Where upstream connections go and how ([`connect`] takes it).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     /// The pool for `db` in `protocol`, starting it if it is new.
@@ -90,7 +95,7 @@ impl Pools {
             .map(|_| {
                 let (state, receiver) = watch::channel(SlotState::Connecting);
                 let supervisor = Supervisor {
-                    target: self.target.clone(),
+                    upstream: self.upstream.clone(),
                     options,
                     limits: self.limits,
                     stats: self.stats.clone(),
@@ -152,7 +157,7 @@ impl Pool {
 
 /// Keeps one pool slot connected.
 struct Supervisor {
-    target: Arc<UpstreamUrl>,
+    upstream: Arc<Upstream>,
     options: ConnectOptions,
     limits: ReplyLimits,
     stats: Arc<Stats>,
@@ -164,7 +169,7 @@ impl Supervisor {
     async fn run(self) {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match connect(&self.target, self.options, self.limits, self.stats.clone()).await {
+            match connect(&self.upstream, self.options, self.limits, self.stats.clone()).await {
                 Ok(connection) => {
                     backoff = FIRST_BACKOFF;
                     self.state.send_replace(SlotState::Up(connection.clone()));

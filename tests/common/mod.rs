@@ -27,6 +27,8 @@ const INSTALL_HINT: &str = "redis-server is not installed: run scripts/test.sh (
 /// A throwaway `redis-server` on a free loopback port; killed on drop.
 pub struct RedisServer {
     port: u16,
+    /// Listens with TLS only (`--port 0 --tls-port <port>`).
+    tls: bool,
     extra: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -47,15 +49,29 @@ impl RedisServer {
         RedisServer::start_on_with(port, &[])
     }
 
+    /// Starts speaking TLS only on its port, as Redis with `port 0` and
+    /// `tls-port`; `extra` names the files (`--tls-cert-file`, ...).
+    pub fn start_tls(extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer::new(free_port(), extra);
+        server.tls = true;
+        server.spawn();
+        server
+    }
+
     fn start_on_with(port: u16, extra: &[&str]) -> RedisServer {
-        let mut server = RedisServer {
+        let mut server = RedisServer::new(port, extra);
+        server.spawn();
+        server
+    }
+
+    fn new(port: u16, extra: &[&str]) -> RedisServer {
+        RedisServer {
             port,
+            tls: false,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
-        };
-        server.spawn();
-        server
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -90,8 +106,14 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        if self.tls {
+            command.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            command.args(["--port", &port]);
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -105,6 +127,14 @@ impl RedisServer {
         };
         self.child = Some(child);
         let port = self.port;
+        if self.tls {
+            // Plain text gets no answer from a TLS port: listening is enough
+            // (Redis opens its port once it is ready to serve).
+            poll_until("redis-server to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            return;
+        }
         poll_until("redis-server to answer PING", || {
             let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
                 return false;
