@@ -2,9 +2,10 @@
 //! slow-reader section (`scripts/bench.sh`, SECTIONS=slowreaders): each
 //! connection has a small receive buffer and sends `GETRANGE <key> 0 -1`
 //! pipelines until the proxy cuts it off (`limits.max_output_bytes`), then
-//! connects again, until the process is killed.
+//! waits `pause_ms` (default 1000; 0 = a reconnect storm) and connects
+//! again, until the process is killed.
 //!
-//! Usage: never_reads <host:port> <key> [connections]
+//! Usage: never_reads <host:port> <key> [connections] [pause_ms]
 //!
 //! Prints, every second, how many times its connections were cut off.
 
@@ -17,10 +18,11 @@ use tokio::io::AsyncWriteExt;
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: never_reads <host:port> <key> [connections]";
+    let usage = "usage: never_reads <host:port> <key> [connections] [pause_ms]";
     let address: std::net::SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
     let key = args.next().expect(usage);
     let connections: usize = args.next().map_or(4, |n| n.parse().expect(usage));
+    let pause = Duration::from_millis(args.next().map_or(1000, |n| n.parse().expect(usage)));
     let mut command = Vec::new();
     for _ in 0..100 {
         let key_header = format!("*4\r\n$8\r\nGETRANGE\r\n${}\r\n", key.len());
@@ -44,6 +46,7 @@ async fn main() {
                 // stops reading it, which a timeout notices).
                 while let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&command)).await {}
                 cut_off.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(pause).await;
             }
         });
     }

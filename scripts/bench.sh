@@ -406,7 +406,8 @@ PY
 fi
 
 # Slow readers: clients that ask for 100 KB replies and never read them
-# (examples/never_reads.rs: 8 connections, each reconnecting when cut off)
+# (examples/never_reads.rs: 8 connections, each reconnecting a second
+# after it is cut off; SLOW_PAUSE_MS=0 makes it a reconnect storm)
 # against a proxy with limits.max_output_bytes = 8 MiB, and a bystander's
 # redis-benchmark GETs through the same proxy with and without them, in
 # the same run. Also the proxy's largest RSS while they ran.
@@ -428,7 +429,8 @@ if [[ " $sections " == *" slowreaders "* ]]; then
         for flood in off on; do
             flooder=""
             if [ "$flood" = on ]; then
-                target/release/examples/never_reads "127.0.0.1:$slow_port" slowreader:big 8 >"$work/never_reads.log" &
+                target/release/examples/never_reads "127.0.0.1:$slow_port" slowreader:big 8 "${SLOW_PAUSE_MS:-1000}" \
+                    >"$work/never_reads.log" &
                 flooder=$!
                 sleep 1
             fi
@@ -453,7 +455,7 @@ if [[ " $sections " == *" slowreaders "* ]]; then
         done
     done
     cut_offs="$(redis-cli -p "$slow_port" info cache | tr -d '\r' | awk -F: '$1 == "output_limit_disconnects" { print $2 }')"
-    python3 - "$slow_results" "$cut_offs" "$most_rss" <<'PY' | tee -a "$out_dir/latest.md"
+    python3 - "$slow_results" "$cut_offs" "$most_rss" "${SLOW_PAUSE_MS:-1000}" <<'PY' | tee -a "$out_dir/latest.md"
 import csv, statistics, sys
 rows = {}
 for rec in csv.reader(open(sys.argv[1])):
@@ -469,7 +471,7 @@ for pipeline, data in sorted(rows.items()):
     print(f"| random keys | {pipeline} | {direct:,.0f} | {off:,.0f} | {on:,.0f} | {on / off:.2f} | {off / direct:.2f}x | {on / direct:.2f}x | {p99} |")
 rounds = max(len(v) for d in rows.values() for v in d.values())
 print()
-print(f"slow readers: 8 connections sending GETRANGE of a 100 KB value without reading, cut off at limits.max_output_bytes = 8 MiB ({sys.argv[2]} cut-offs); proxy RSS at most {int(sys.argv[3]) // 1024} MiB; median of {rounds} rounds")
+print(f"slow readers: 8 connections sending GETRANGE of a 100 KB value without reading, cut off at limits.max_output_bytes = 8 MiB and reconnecting {sys.argv[4]} ms later ({sys.argv[2]} cut-offs); proxy RSS at most {int(sys.argv[3]) // 1024} MiB; median of {rounds} rounds")
 print()
 PY
 fi
