@@ -224,6 +224,10 @@ struct Ledger {
     /// Rounds each client completed without an error.
     clean_rounds: Vec<AtomicU64>,
     stop: AtomicBool,
+    /// While set, new rounds write nothing (the test takes over writing).
+    hold_writes: AtomicBool,
+    /// Rounds with writes between being built and settled.
+    writing: AtomicU64,
 }
 
 impl Ledger {
@@ -277,6 +281,8 @@ impl Ledger {
             tally: Tally::default(),
             clean_rounds: (0..WORKERS.len()).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
+            hold_writes: AtomicBool::new(false),
+            writing: AtomicU64::new(0),
         }
     }
 
@@ -287,11 +293,20 @@ impl Ledger {
     fn round(&self, w: usize, rng: &mut Rng, nonce: &mut u64) -> Vec<Op> {
         let own = &self.owned[w];
         let mut ops = Vec::new();
-        for _ in 0..1 + rng.below(2) {
-            ops.push(Op::Write {
-                slot: own[rng.below(own.len())],
-                seq: 0,
-            });
+        // Counted before the hold is looked at, so that a test that sets
+        // the hold and then sees no writing round knows none will start.
+        self.writing.fetch_add(1, SeqCst);
+        let writes = !self.hold_writes.load(SeqCst);
+        if writes {
+            for _ in 0..1 + rng.below(2) {
+                ops.push(Op::Write {
+                    slot: own[rng.below(own.len())],
+                    seq: 0,
+                });
+            }
+            ops.push(Op::Incr);
+        } else {
+            self.writing.fetch_sub(1, SeqCst);
         }
         ops.push(Op::Read {
             slot: own[rng.below(own.len())],
@@ -302,7 +317,6 @@ impl Ledger {
         ops.push(Op::Mget {
             slots: (0..3).map(|_| self.strings[rng.below(self.strings.len())]).collect(),
         });
-        ops.push(Op::Incr);
         *nonce += 1;
         ops.push(Op::Echo(format!("{}:w{w}:{nonce}", self.scenario)));
         rng.shuffle(&mut ops);
@@ -342,6 +356,9 @@ impl Ledger {
     /// every command succeeded.
     fn settle(&self, w: usize, ops: &[Op], floors: &[Vec<u64>], replies: Vec<Reply>, last_incr: &mut i64) -> bool {
         let tally = &self.tally;
+        if ops.iter().any(|op| matches!(op, Op::Write { .. })) {
+            self.writing.fetch_sub(1, SeqCst);
+        }
         tally.requests.fetch_add(ops.len() as u64, SeqCst);
         let mut clean = replies.len() == ops.len();
         // Writes acknowledged earlier in this round: a later read of the
@@ -1079,8 +1096,13 @@ async fn redis_made_a_read_only_replica() -> Row {
     assert_eq!(s.direct.cmd("SET chaos:readonly:probe before").await, "+OK\r\n");
     let cached = s.cached(&mut client, "chaos:readonly:probe").await;
     s.expect(cached, "the probe is in L1 before the fault");
-    // The master's values are 1000 seqs ahead of anything sent so far, and
-    // the clients' next writes go beyond them.
+    // The clients' writes are held while the master is given values 1000
+    // seqs ahead of anything sent so far and Redis becomes its replica;
+    // their next writes (refused, then accepted again) go beyond them.
+    s.ledger.hold_writes.store(true, SeqCst);
+    let ledger = &s.ledger;
+    let held = wait_for(async || ledger.writing.load(SeqCst) == 0).await;
+    s.expect(held, "the clients' writes pause");
     let mut newer = Vec::new();
     for slot in &s.ledger.slots {
         let seq = slot.attempted.fetch_add(1000, SeqCst) + 1000;
@@ -1099,6 +1121,7 @@ async fn redis_made_a_read_only_replica() -> Row {
     let replicaof = format!("REPLICAOF 127.0.0.1 {}", master.port());
     assert_eq!(s.direct.cmd(&replicaof).await, "+OK\r\n");
     s.faults += 1;
+    s.ledger.hold_writes.store(false, SeqCst);
     s.same_error(&mut client, "SET chaos:readonly:probe after", "READONLY")
         .await;
     s.same_error(&mut client, "INCR chaos:readonly:count", "READONLY").await;
