@@ -364,6 +364,7 @@ impl Ledger {
         // Writes acknowledged earlier in this round: a later read of the
         // same value on the same connection must see them.
         let mut written: HashMap<usize, u64> = HashMap::new();
+        let who = format!("w{w}");
         for (i, (op, reply)) in ops.iter().zip(replies).enumerate() {
             if let Reply::Error(line) = &reply {
                 clean = false;
@@ -391,13 +392,13 @@ impl Ledger {
                 }
                 Op::Read { slot } => {
                     let floor = floors[i][0].max(written.get(slot).copied().unwrap_or(0));
-                    self.check_value(w, *slot, floor, &reply);
+                    self.check_value(&who, *slot, floor, &reply);
                 }
                 Op::Mget { slots } => match reply {
                     Reply::Array(items) if items.len() == slots.len() => {
                         for (j, (slot, item)) in slots.iter().zip(items).enumerate() {
                             let floor = floors[i][j].max(written.get(slot).copied().unwrap_or(0));
-                            self.check_value(w, *slot, floor, &item);
+                            self.check_value(&who, *slot, floor, &item);
                         }
                     }
                     other => misrouted(format!("MGET of {} keys answered {other:?}", slots.len())),
@@ -427,7 +428,7 @@ impl Ledger {
     }
 
     /// A value read for `slot` must name it and be at least `floor`.
-    fn check_value(&self, w: usize, slot: usize, floor: u64, reply: &Reply) {
+    fn check_value(&self, who: &str, slot: usize, floor: u64, reply: &Reply) {
         let slot_ref = &self.slots[slot];
         let tally = &self.tally;
         let parsed = match reply {
@@ -438,7 +439,7 @@ impl Ledger {
             // Every value exists from the start: nil is an old answer.
             Reply::Nil => {
                 tally.stale.fetch_add(1, SeqCst);
-                tally.note(format!("w{w}: {} read as nil (acked {floor})", slot_ref.label()));
+                tally.note(format!("{who}: {} read as nil (acked {floor})", slot_ref.label()));
                 return;
             }
             _ => None,
@@ -447,15 +448,15 @@ impl Ledger {
             Some((label, seq)) if label == slot_ref.label() => {
                 if seq < floor {
                     tally.stale.fetch_add(1, SeqCst);
-                    tally.note(format!("w{w}: {label} read seq {seq}, acked {floor} before the read"));
+                    tally.note(format!("{who}: {label} read seq {seq}, acked {floor} before the read"));
                 } else if seq > slot_ref.attempted.load(SeqCst) {
                     tally.misrouted.fetch_add(1, SeqCst);
-                    tally.note(format!("w{w}: {label} read seq {seq}, never written"));
+                    tally.note(format!("{who}: {label} read seq {seq}, never written"));
                 }
             }
             _ => {
                 tally.misrouted.fetch_add(1, SeqCst);
-                tally.note(format!("w{w}: read of {} answered {reply:?}", slot_ref.label()));
+                tally.note(format!("{who}: read of {} answered {reply:?}", slot_ref.label()));
             }
         }
     }
@@ -647,6 +648,9 @@ struct Row {
     misrouted: u64,
     anomalies: u64,
     recovered: bool,
+    l1_hits: u64,
+    /// Errors the workload was answered, by kind.
+    error_kinds: String,
     notes: Vec<String>,
 }
 
@@ -762,6 +766,21 @@ impl Scenario {
         );
     }
 
+    /// Reads each of `slots` twice through `client`, one command at a time
+    /// (so L1 may answer the second), checked like the workload's reads.
+    async fn read_back(&self, client: &mut RawClient, slots: &[usize]) {
+        for _ in 0..2 {
+            for &slot in slots {
+                let floor = self.ledger.slots[slot].acked.load(SeqCst);
+                let args = self.ledger.slots[slot].read_args();
+                let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                let reply = parse(&client.command(&args).await);
+                self.ledger.tally.requests.fetch_add(1, SeqCst);
+                self.ledger.check_value("read-back", slot, floor, &reply);
+            }
+        }
+    }
+
     /// A key through the proxy until L1 answers it.
     async fn cached(&self, client: &mut RawClient, key: &str) -> bool {
         let proxy = &self.proxy;
@@ -857,6 +876,20 @@ impl Scenario {
             }
         }
         anomalies += self.problems.len() as u64;
+        let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for (line, count) in tally.error_lines.lock().unwrap().iter() {
+            let kind = if line.starts_with(UNAVAILABLE) {
+                line.as_str()
+            } else {
+                line.split(' ').next().unwrap_or_default()
+            };
+            *kinds.entry(kind.to_string()).or_default() += count;
+        }
+        let error_kinds = kinds
+            .iter()
+            .map(|(kind, count)| format!("{count} × {kind}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut notes = tally.notes.lock().unwrap().clone();
         notes.extend(self.problems.iter().cloned());
         let row = Row {
@@ -870,6 +903,8 @@ impl Scenario {
             misrouted: tally.misrouted.load(SeqCst),
             anomalies,
             recovered,
+            l1_hits: common::l1_hits(&self.proxy),
+            error_kinds,
             notes,
         };
         self.proxy.shutdown().await;
@@ -1012,6 +1047,7 @@ async fn tracking_connection_killed() -> Row {
         }
         let more = s.progress(3).await;
         s.expect(more, "clients complete rounds while tracking is down");
+        s.read_back(&mut reader, &direct_slots).await;
     }
     s.expect(
         !store.is_accepting(),
@@ -1020,8 +1056,10 @@ async fn tracking_connection_killed() -> Row {
     assert_eq!(s.direct.cmd("ACL SETUSER default +client|tracking").await, "+OK\r\n");
     let on = wait_for(async || store.is_accepting()).await;
     s.expect(on, "the tracking connection comes back");
+    s.read_back(&mut reader, &direct_slots).await;
     let more = s.progress(5).await;
     s.expect(more, "clients complete rounds after tracking is back");
+    s.read_back(&mut reader, &direct_slots).await;
     // Killed again; it reconnects at once.
     let ids = client_ids(&mut s.direct, auracache::cache::tracking::TRACKING_CONNECTION_NAME).await;
     for id in &ids {
@@ -1252,6 +1290,7 @@ fn table(rows: &[Row]) -> String {
         "misrouted replies",
         "other anomalies",
         "recovered",
+        "L1 hits",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -1267,6 +1306,7 @@ fn table(rows: &[Row]) -> String {
                 row.misrouted.to_string(),
                 row.anomalies.to_string(),
                 if row.recovered { "yes" } else { "NO" }.to_string(),
+                row.l1_hits.to_string(),
             ]
         })
         .collect();
@@ -1299,6 +1339,10 @@ fn table(rows: &[Row]) -> String {
     out.push_str(&line(widths.iter().map(|_| "").collect()).replace(' ', "-"));
     for row in &cells {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out.push_str("\nerrors returned, by kind:\n");
+    for row in rows {
+        out.push_str(&format!("{}: {}\n", row.fault, row.error_kinds));
     }
     for row in rows {
         for note in &row.notes {
