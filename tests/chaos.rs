@@ -33,9 +33,13 @@ use common::{DEADLINE, Proxy, RawClient, RedisServer};
 
 const UNAVAILABLE: &str = "-ERR upstream unavailable: ";
 
-/// Clients through the proxy: raw RESP2 pipelines, raw RESP3 pipelines and
-/// the `redis` crate.
-const WORKERS: [Flavor; 4] = [Flavor::Raw, Flavor::Raw3, Flavor::Raw, Flavor::Crate];
+/// Clients through the proxy: raw RESP2 pipelines, raw RESP3 pipelines,
+/// the `redis` crate, and MULTI/EXEC (on the client's own upstream
+/// connection). The faults that make Redis answer errors run without the
+/// last: what Redis does to a transaction it refuses part of (EXECABORT,
+/// a MULTI left open by a BUSY EXEC) is checked by a direct probe instead.
+const WORKERS: [Flavor; 5] = [Flavor::Raw, Flavor::Raw3, Flavor::Raw, Flavor::Crate, Flavor::Multi];
+const NO_TRANSACTIONS: &[Flavor] = &[Flavor::Raw, Flavor::Raw3, Flavor::Raw, Flavor::Crate];
 /// String keys each client (and the direct writer) owns.
 const KEYS_PER_OWNER: usize = 4;
 /// Hash fields each client owns (in one hash of its own).
@@ -52,6 +56,8 @@ enum Flavor {
     Raw3,
     /// The `redis` crate's multiplexed connection.
     Crate,
+    /// RawClient, each round one MULTI ... EXEC.
+    Multi,
 }
 
 // ---------------------------------------------------------------------------
@@ -184,6 +190,9 @@ struct Tally {
     misrouted: AtomicU64,
     /// A client disconnected by the proxy, or a reply that never came.
     broken: AtomicU64,
+    /// Clients that connected again (after `broken`, or after the proxy
+    /// closed a client whose own upstream connection broke).
+    reconnects: AtomicU64,
     error_lines: Mutex<BTreeMap<String, u64>>,
     notes: Mutex<Vec<String>>,
 }
@@ -231,10 +240,10 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn new(scenario: &'static str) -> Ledger {
+    fn new(scenario: &'static str, workers: usize) -> Ledger {
         let mut slots = Vec::new();
-        let mut owned = vec![Vec::new(); WORKERS.len()];
-        let owners = (0..WORKERS.len()).map(Owner::Worker).chain([Owner::Direct]);
+        let mut owned = vec![Vec::new(); workers];
+        let owners = (0..workers).map(Owner::Worker).chain([Owner::Direct]);
         for owner in owners {
             let tag = match owner {
                 Owner::Worker(w) => format!("w{w}"),
@@ -266,7 +275,7 @@ impl Ledger {
             }
         }
         let strings = (0..slots.len()).filter(|&s| slots[s].field.is_none()).collect();
-        let counters = (0..WORKERS.len())
+        let counters = (0..workers)
             .map(|w| Counter {
                 key: format!("chaos:{scenario}:w{w}:counter"),
                 acked: AtomicU64::new(0),
@@ -279,7 +288,7 @@ impl Ledger {
             strings,
             counters,
             tally: Tally::default(),
-            clean_rounds: (0..WORKERS.len()).map(|_| AtomicU64::new(0)).collect(),
+            clean_rounds: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
             hold_writes: AtomicBool::new(false),
             writing: AtomicU64::new(0),
@@ -412,10 +421,15 @@ impl Ledger {
                         self.counters[w].acked.fetch_add(1, SeqCst);
                         tally.acked_writes.fetch_add(1, SeqCst);
                     }
-                    other => misrouted(format!(
-                        "INCR answered {other:?} (acked before: {}, last reply {last_incr})",
-                        floors[i][0]
-                    )),
+                    // A count below what was acknowledged: INCRs were lost.
+                    Reply::Int(n) => {
+                        tally.stale.fetch_add(1, SeqCst);
+                        tally.note(format!(
+                            "w{w}: INCR answered {n} (acknowledged before: {}, last reply {last_incr})",
+                            floors[i][0]
+                        ));
+                    }
+                    other => misrouted(format!("INCR answered {other:?}")),
                 },
                 Op::Echo(nonce) => {
                     if reply != Reply::Bulk(nonce.clone().into_bytes()) {
@@ -545,6 +559,130 @@ async fn raw_worker(proxy: std::net::SocketAddr, ledger: Arc<Ledger>, w: usize, 
                 .tally
                 .note(format!("w{w}: {} of {} replies, then nothing", answered, ops.len()));
             client = raw_connect(proxy, flavor).await;
+            ledger.tally.reconnects.fetch_add(1, SeqCst);
+        }
+        tokio::time::sleep(PACE).await;
+    }
+}
+
+/// Each round as one transaction: MULTI, the round's commands, EXEC;
+/// pipelined or one command at a time. Values read inside must show the
+/// writes acknowledged before MULTI was sent and the transaction's own.
+/// When its upstream connection breaks, the proxy answers the error and
+/// closes the client (its transaction is gone): then it connects again.
+/// A MULTI that fails (no connection could be opened) starts no
+/// transaction, so the commands after it run on their own, as on Redis.
+async fn transaction_worker(proxy: std::net::SocketAddr, ledger: Arc<Ledger>, w: usize) {
+    let mut client = RawClient::connect(proxy).await;
+    let mut rng = Rng(0x1234_5678_9abc_def1 ^ (w as u64 + 1));
+    let (mut nonce, mut last_incr) = (0, 0);
+    let tally = &ledger.tally;
+    // The proxy closes the client after answering the error, perhaps only
+    // after this round answered in full: the next round then gets nothing.
+    let mut closing = false;
+    while !ledger.stop.load(SeqCst) {
+        let ops = ledger.round(w, &mut rng, &mut nonce);
+        let floors: Vec<Vec<u64>> = ops.iter().map(|op| ledger.floor(w, op)).collect();
+        let mut commands = vec![common::encode(&[b"MULTI"])];
+        for op in &ops {
+            let args = ledger.args(w, op);
+            let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            commands.push(common::encode(&args));
+        }
+        commands.push(common::encode(&[b"EXEC"]));
+        let mut replies = Vec::new();
+        let pipelined = rng.below(2) == 0;
+        if pipelined {
+            client.send(&commands.concat()).await;
+        }
+        for command in &commands {
+            if !pipelined {
+                client.send(command).await;
+            }
+            match next_reply(&mut client).await {
+                Some(reply) => replies.push(parse(&reply)),
+                None => break,
+            }
+        }
+        tally.requests.fetch_add(2, SeqCst);
+        let record = |reply: &Reply| {
+            if let Reply::Error(line) = reply {
+                tally.errors.fetch_add(1, SeqCst);
+                *tally.error_lines.lock().unwrap().entry(line.clone()).or_default() += 1;
+            }
+        };
+        let misrouted = |what: String| {
+            tally.misrouted.fetch_add(1, SeqCst);
+            tally.note(format!("w{w} (MULTI): {what}"));
+        };
+        let mut clean = false;
+        let answered = replies.len();
+        let unavailable = replies
+            .iter()
+            .any(|reply| matches!(reply, Reply::Error(line) if line.starts_with(UNAVAILABLE)));
+        match replies.first() {
+            Some(Reply::Status(ok)) if ok == "OK" => {
+                let queued = &replies[1..answered.min(ops.len() + 1)];
+                for reply in queued {
+                    match reply {
+                        Reply::Status(text) if text == "QUEUED" => {}
+                        Reply::Error(_) => record(reply),
+                        other => misrouted(format!("a queued command answered {other:?}")),
+                    }
+                }
+                match replies.get(ops.len() + 1) {
+                    Some(Reply::Array(items)) if items.len() == ops.len() => {
+                        clean = ledger.settle(w, &ops, &floors, items.clone(), &mut last_incr);
+                        // settle counted the commands; MULTI and EXEC are above.
+                    }
+                    Some(reply @ Reply::Error(_)) => {
+                        record(reply);
+                        ledger.settle(w, &ops, &floors, Vec::new(), &mut last_incr);
+                    }
+                    Some(other) => {
+                        misrouted(format!("EXEC answered {other:?}"));
+                        ledger.settle(w, &ops, &floors, Vec::new(), &mut last_incr);
+                    }
+                    None => {
+                        ledger.settle(w, &ops, &floors, Vec::new(), &mut last_incr);
+                    }
+                }
+            }
+            Some(reply @ Reply::Error(_)) => {
+                // No transaction: the commands ran (or failed) on their own.
+                record(reply);
+                let own = replies[1..answered.min(ops.len() + 1)].to_vec();
+                ledger.settle(w, &ops, &floors, own, &mut last_incr);
+                match replies.get(ops.len() + 1) {
+                    Some(reply @ Reply::Error(_)) => record(reply),
+                    Some(other) => misrouted(format!("EXEC without a transaction answered {other:?}")),
+                    None => {}
+                }
+            }
+            Some(other) => {
+                misrouted(format!("MULTI answered {other:?}"));
+                ledger.settle(w, &ops, &floors, Vec::new(), &mut last_incr);
+            }
+            None => {
+                ledger.settle(w, &ops, &floors, Vec::new(), &mut last_incr);
+            }
+        }
+        if clean {
+            ledger.clean_rounds[w].fetch_add(1, SeqCst);
+        }
+        if answered < commands.len() {
+            if !unavailable && !(closing && answered == 0) {
+                tally.broken.fetch_add(1, SeqCst);
+                tally.note(format!(
+                    "w{w} (MULTI): {answered} of {} replies, then nothing",
+                    commands.len()
+                ));
+            }
+            client = RawClient::connect(proxy).await;
+            tally.reconnects.fetch_add(1, SeqCst);
+            closing = false;
+        } else {
+            closing = unavailable;
         }
         tokio::time::sleep(PACE).await;
     }
@@ -611,6 +749,7 @@ async fn crate_worker(url: String, ledger: Arc<Ledger>, w: usize) {
             ledger.tally.broken.fetch_add(1, SeqCst);
             ledger.tally.note(format!("w{w} (redis crate): {failure}"));
             connection = crate_connect(&url).await;
+            ledger.tally.reconnects.fetch_add(1, SeqCst);
         }
         tokio::time::sleep(PACE).await;
     }
@@ -657,10 +796,10 @@ struct Row {
 impl Scenario {
     /// Redis with `redis_args`, every value written once (seq 0) straight
     /// to Redis, the proxy in front, the clients running until L1 answers.
-    async fn start(name: &'static str, redis_args: &[&str]) -> Scenario {
+    async fn start(name: &'static str, redis_args: &[&str], flavors: &[Flavor]) -> Scenario {
         let redis = RedisServer::start_with(redis_args);
         let mut direct = RawClient::connect(redis.addr()).await;
-        let ledger = Arc::new(Ledger::new(name));
+        let ledger = Arc::new(Ledger::new(name, flavors.len()));
         for slot in &ledger.slots {
             let args = slot.write_args(0);
             let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
@@ -675,17 +814,20 @@ impl Scenario {
             config.preload.enabled = false;
         })
         .await;
-        let workers = WORKERS
+        let workers = flavors
             .iter()
             .enumerate()
             .map(|(w, flavor)| {
                 let ledger = ledger.clone();
                 match flavor {
                     Flavor::Crate => tokio::spawn(crate_worker(proxy.url(), ledger, w)),
+                    Flavor::Multi => tokio::spawn(transaction_worker(proxy.addr(), ledger, w)),
                     flavor => tokio::spawn(raw_worker(proxy.addr(), ledger, w, *flavor)),
                 }
             })
             .collect();
+        // A MULTI that failed leaves its EXEC to Redis, which answers this.
+        let exec_alone = direct.cmd("EXEC").await;
         let mut scenario = Scenario {
             name,
             redis,
@@ -694,7 +836,7 @@ impl Scenario {
             ledger,
             workers,
             faults: 0,
-            redis_errors: BTreeSet::new(),
+            redis_errors: BTreeSet::from([exec_alone.trim_end().to_string()]),
             allowed_codes: Vec::new(),
             problems: Vec::new(),
         };
@@ -745,6 +887,8 @@ impl Scenario {
     async fn same_error(&mut self, proxied: &mut RawClient, line: &str, code: &str) {
         let from_redis = self.direct.cmd(line).await;
         let from_proxy = proxied.cmd(line).await;
+        self.ledger.tally.requests.fetch_add(1, SeqCst);
+        self.ledger.tally.errors.fetch_add(1, SeqCst);
         self.expect(
             from_redis.starts_with(&format!("-{code} ")),
             &format!("Redis answers {line:?} with {code}, not {from_redis:?}"),
@@ -885,9 +1029,8 @@ impl Scenario {
             };
             *kinds.entry(kind.to_string()).or_default() += count;
         }
-        let error_kinds = kinds
-            .iter()
-            .map(|(kind, count)| format!("{count} × {kind}"))
+        let error_kinds = std::iter::once(format!("{} client reconnects", tally.reconnects.load(SeqCst)))
+            .chain(kinds.iter().map(|(kind, count)| format!("{count} × {kind}")))
             .collect::<Vec<_>>()
             .join(", ");
         let mut notes = tally.notes.lock().unwrap().clone();
@@ -953,7 +1096,10 @@ async fn info_field(direct: &mut RawClient, section: &str, field: &str) -> Strin
 /// AOF with `appendfsync always`, so every write it acknowledged survives
 /// the kill (without it, the check of acknowledged writes fails).
 async fn redis_killed_and_restarted() -> Row {
-    let mut s = Scenario::start("kill", &["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let mut s = Scenario::start("kill", &["--appendonly", "yes", "--appendfsync", "always"], &WORKERS).await;
+    // Restarted, Redis answers LOADING while it reads its AOF (and
+    // EXECABORT to a transaction with a command refused so), briefly.
+    s.allowed_codes.extend(["LOADING", "EXECABORT"]);
     for _ in 0..2 {
         let tally = &s.ledger.tally;
         let errors = tally.errors.load(SeqCst);
@@ -974,7 +1120,7 @@ async fn redis_killed_and_restarted() -> Row {
 /// itself (there is no reply timeout); a client that needs a new upstream
 /// connection is answered an error within the connect timeout.
 async fn redis_paused() -> Row {
-    let mut s = Scenario::start("pause", &[]).await;
+    let mut s = Scenario::start("pause", &[], &WORKERS).await;
     let pid: i32 = info_field(&mut s.direct, "server", "process_id")
         .await
         .parse()
@@ -988,6 +1134,15 @@ async fn redis_paused() -> Row {
     assert_eq!(probe.cmd("SELECT 3").await, "+OK\r\n");
     let asked = Instant::now();
     let reply = probe.cmd("GET chaos:pause:db3").await;
+    s.ledger.tally.requests.fetch_add(1, SeqCst);
+    s.ledger.tally.errors.fetch_add(1, SeqCst);
+    *s.ledger
+        .tally
+        .error_lines
+        .lock()
+        .unwrap()
+        .entry(reply.trim_end().to_string())
+        .or_default() += 1;
     s.expect(
         reply.starts_with(UNAVAILABLE),
         &format!("a new connection to a paused Redis fails with the reason, not {reply:?}"),
@@ -1015,7 +1170,7 @@ async fn redis_paused() -> Row {
 /// throughout: L1 must be flushed and stay out of the way until the
 /// tracking is back, and must not serve the old values after it is.
 async fn tracking_connection_killed() -> Row {
-    let mut s = Scenario::start("tracking", &[]).await;
+    let mut s = Scenario::start("tracking", &[], &WORKERS).await;
     let store = s.store();
     let direct_slots: Vec<usize> = (0..s.ledger.slots.len())
         .filter(|&i| s.ledger.slots[i].owner == Owner::Direct)
@@ -1078,7 +1233,7 @@ async fn tracking_connection_killed() -> Row {
 /// Every pooled connection (RESP2 and RESP3) killed with CLIENT KILL ID,
 /// one at a time, each after the one before was replaced.
 async fn pool_connections_killed() -> Row {
-    let mut s = Scenario::start("pool", &[]).await;
+    let mut s = Scenario::start("pool", &[], &WORKERS).await;
     let name = auracache::upstream::POOL_CONNECTION_NAME;
     let ids = client_ids(&mut s.direct, name).await;
     s.expect(
@@ -1102,7 +1257,7 @@ async fn pool_connections_killed() -> Row {
 
 /// `maxmemory 1` with noeviction: writes are answered OOM.
 async fn redis_out_of_memory() -> Row {
-    let mut s = Scenario::start("oom", &["--maxmemory-policy", "noeviction"]).await;
+    let mut s = Scenario::start("oom", &["--maxmemory-policy", "noeviction"], NO_TRANSACTIONS).await;
     let mut client = s.proxy.raw().await;
     assert_eq!(s.direct.cmd("SET chaos:oom:probe before").await, "+OK\r\n");
     let cached = s.cached(&mut client, "chaos:oom:probe").await;
@@ -1124,7 +1279,7 @@ async fn redis_out_of_memory() -> Row {
 /// once the replica has its master's data (and the proxy has seen Redis's
 /// invalidations up to then), no read may return the older values L1 held.
 async fn redis_made_a_read_only_replica() -> Row {
-    let mut s = Scenario::start("readonly", &["--replica-read-only", "yes"]).await;
+    let mut s = Scenario::start("readonly", &["--replica-read-only", "yes"], NO_TRANSACTIONS).await;
     // While it loads its master's data a replica answers LOADING to the
     // workload, in a window no direct probe can be sure to catch.
     s.allowed_codes.push("LOADING");
@@ -1199,6 +1354,7 @@ async fn redis_loading() -> Row {
             "--key-load-delay",
             "1000",
         ],
+        NO_TRANSACTIONS,
     )
     .await;
     // About 1.5 s of loading.
@@ -1230,7 +1386,7 @@ async fn redis_loading() -> Row {
 /// the proxy, once run through the proxy and killed on Redis: the killed
 /// script's error reaches its client unchanged either way.
 async fn redis_busy() -> Row {
-    let mut s = Scenario::start("busy", &["--busy-reply-threshold", "100"]).await;
+    let mut s = Scenario::start("busy", &["--busy-reply-threshold", "100"], NO_TRANSACTIONS).await;
     let mut client = s.proxy.raw().await;
     let mut killed_direct = String::new();
     for through_proxy in [false, true] {
