@@ -671,7 +671,8 @@ async fn transaction_worker(proxy: std::net::SocketAddr, ledger: Arc<Ledger>, w:
             ledger.clean_rounds[w].fetch_add(1, SeqCst);
         }
         if answered < commands.len() {
-            if !unavailable && !(closing && answered == 0) {
+            let expected = unavailable || (closing && answered == 0);
+            if !expected {
                 tally.broken.fetch_add(1, SeqCst);
                 tally.note(format!(
                     "w{w} (MULTI): {answered} of {} replies, then nothing",
