@@ -791,6 +791,8 @@ struct Row {
     l1_hits: u64,
     /// Errors the workload was answered, by kind.
     error_kinds: String,
+    /// Redis's error lines the proxy was seen to pass on unchanged.
+    redis_errors: Vec<String>,
     notes: Vec<String>,
 }
 
@@ -827,8 +829,6 @@ impl Scenario {
                 }
             })
             .collect();
-        // A MULTI that failed leaves its EXEC to Redis, which answers this.
-        let exec_alone = direct.cmd("EXEC").await;
         let mut scenario = Scenario {
             name,
             redis,
@@ -837,10 +837,14 @@ impl Scenario {
             ledger,
             workers,
             faults: 0,
-            redis_errors: BTreeSet::from([exec_alone.trim_end().to_string()]),
+            redis_errors: BTreeSet::new(),
             allowed_codes: Vec::new(),
             problems: Vec::new(),
         };
+        // A MULTI that failed leaves its EXEC to Redis: the workload may
+        // be answered this.
+        let mut lone = scenario.proxy.raw().await;
+        scenario.same_error(&mut lone, "EXEC", "ERR").await;
         let warm = scenario.progress(10).await;
         scenario.expect(warm, "every client completes 10 clean rounds before the fault");
         let proxy = &scenario.proxy;
@@ -899,6 +903,28 @@ impl Scenario {
             &format!("{line:?}: the proxy passes {from_redis:?} on unchanged, not {from_proxy:?}"),
         );
         self.redis_errors.insert(from_redis.trim_end().to_string());
+    }
+
+    /// MULTI, `write`, EXEC on a new client straight to Redis and on a new
+    /// client of the proxy (which moves to its own upstream connection):
+    /// the same bytes for each. The clients are dropped after, since a
+    /// refused EXEC may leave the transaction open.
+    async fn same_transaction(&mut self, write: &str) {
+        let mut direct = RawClient::connect(self.redis.addr()).await;
+        let mut proxied = self.proxy.raw().await;
+        for line in ["MULTI", write, "EXEC"] {
+            let from_redis = direct.cmd(line).await;
+            let from_proxy = proxied.cmd(line).await;
+            self.ledger.tally.requests.fetch_add(1, SeqCst);
+            self.expect(
+                from_proxy == from_redis,
+                &format!("{line:?} in a transaction: the proxy passes {from_redis:?} on unchanged, not {from_proxy:?}"),
+            );
+            if from_redis.starts_with('-') {
+                self.ledger.tally.errors.fetch_add(1, SeqCst);
+                self.redis_errors.insert(from_redis.trim_end().to_string());
+            }
+        }
     }
 
     /// After a refused write: the proxy reads what Redis holds.
@@ -1049,6 +1075,7 @@ impl Scenario {
             recovered,
             l1_hits: common::l1_hits(&self.proxy),
             error_kinds,
+            redis_errors: self.redis_errors.iter().cloned().collect(),
             notes,
         };
         self.proxy.shutdown().await;
@@ -1268,6 +1295,7 @@ async fn redis_out_of_memory() -> Row {
     s.same_error(&mut client, "SET chaos:oom:probe after", "OOM").await;
     s.same_error(&mut client, "INCR chaos:oom:count", "OOM").await;
     s.same_error(&mut client, "HSET chaos:oom:hash f v", "OOM").await;
+    s.same_transaction("SET chaos:oom:probe after").await;
     s.same_read(&mut client, "GET chaos:oom:probe").await;
     s.workload_errors("-OOM ", 5).await;
     assert_eq!(s.direct.cmd("CONFIG SET maxmemory 0").await, "+OK\r\n");
@@ -1319,6 +1347,7 @@ async fn redis_made_a_read_only_replica() -> Row {
     s.same_error(&mut client, "SET chaos:readonly:probe after", "READONLY")
         .await;
     s.same_error(&mut client, "INCR chaos:readonly:count", "READONLY").await;
+    s.same_transaction("SET chaos:readonly:probe after").await;
     let synced = wait_for(async || {
         info_field(&mut s.direct, "replication", "master_link_status").await == "up"
             && s.direct.cmd("GET chaos:readonly:sentinel").await == "$6\r\nbefore\r\n"
@@ -1374,6 +1403,7 @@ async fn redis_loading() -> Row {
         s.expect(loading, "Redis answers LOADING during DEBUG RELOAD");
         s.same_error(&mut client, &format!("GET {probe}"), "LOADING").await;
         s.same_error(&mut client, &format!("SET {probe} v"), "LOADING").await;
+        s.same_transaction(&format!("SET {probe} v")).await;
         let reloaded = reloader.read_reply().await;
         s.expect(reloaded == b"+OK\r\n", &format!("DEBUG RELOAD answers {reloaded:?}"));
         let back = s.progress(3).await;
@@ -1407,6 +1437,7 @@ async fn redis_busy() -> Row {
         s.expect(busy, "Redis answers BUSY while the script runs");
         s.same_error(&mut client, &format!("GET {probe}"), "BUSY").await;
         s.same_error(&mut client, &format!("SET {probe} v"), "BUSY").await;
+        s.same_transaction(&format!("SET {probe} v")).await;
         s.workload_errors("-BUSY ", 3).await;
         let kill = if through_proxy {
             s.direct.cmd("SCRIPT KILL").await
@@ -1500,6 +1531,12 @@ fn table(rows: &[Row]) -> String {
     out.push_str("\nerrors returned, by kind:\n");
     for row in rows {
         out.push_str(&format!("{}: {}\n", row.fault, row.error_kinds));
+    }
+    out.push_str("\nRedis's errors, byte-identical through the proxy:\n");
+    for row in rows {
+        for line in &row.redis_errors {
+            out.push_str(&format!("{}: {line}\n", row.fault));
+        }
     }
     for row in rows {
         for note in &row.notes {
