@@ -774,6 +774,7 @@ struct Scenario {
     /// hit (a replica loading its master's data), allowed by their code.
     allowed_codes: Vec<&'static str>,
     problems: Vec<String>,
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -789,6 +790,7 @@ struct Row {
     anomalies: u64,
     recovered: bool,
     l1_hits: u64,
+    seconds: f64,
     /// Errors the workload was answered, by kind.
     error_kinds: String,
     /// Redis's error lines the proxy was seen to pass on unchanged.
@@ -800,6 +802,7 @@ impl Scenario {
     /// Redis with `redis_args`, every value written once (seq 0) straight
     /// to Redis, the proxy in front, the clients running until L1 answers.
     async fn start(name: &'static str, redis_args: &[&str], flavors: &[Flavor]) -> Scenario {
+        let started = Instant::now();
         let redis = RedisServer::start_with(redis_args);
         let mut direct = RawClient::connect(redis.addr()).await;
         let ledger = Arc::new(Ledger::new(name, flavors.len()));
@@ -840,6 +843,7 @@ impl Scenario {
             redis_errors: BTreeSet::new(),
             allowed_codes: Vec::new(),
             problems: Vec::new(),
+            started,
         };
         // A MULTI that failed leaves its EXEC to Redis: the workload may
         // be answered this.
@@ -1074,6 +1078,7 @@ impl Scenario {
             anomalies,
             recovered,
             l1_hits: common::l1_hits(&self.proxy),
+            seconds: self.started.elapsed().as_secs_f64(),
             error_kinds,
             redis_errors: self.redis_errors.iter().cloned().collect(),
             notes,
@@ -1259,7 +1264,8 @@ async fn tracking_connection_killed() -> Row {
 }
 
 /// Every pooled connection (RESP2 and RESP3) killed with CLIENT KILL ID,
-/// one at a time, each after the one before was replaced.
+/// one at a time, each after the one before was replaced; then all of the
+/// proxy's connections at once.
 async fn pool_connections_killed() -> Row {
     let mut s = Scenario::start("pool", &[], &WORKERS).await;
     let name = auracache::upstream::POOL_CONNECTION_NAME;
@@ -1280,6 +1286,15 @@ async fn pool_connections_killed() -> Row {
         let more = s.progress(2).await;
         s.expect(more, "clients complete rounds after a pooled connection is killed");
     }
+    // Then every connection of the proxy at once: pooled, tracking and the
+    // MULTI client's own.
+    let killed = s.direct.cmd("CLIENT KILL TYPE normal SKIPME yes").await;
+    let killed: u64 = killed.trim_start_matches(':').trim_end().parse().unwrap_or(0);
+    s.expect(
+        killed > ids.len() as u64,
+        &format!("CLIENT KILL TYPE normal killed {killed}"),
+    );
+    s.faults += killed;
     s.finish().await
 }
 
@@ -1312,7 +1327,9 @@ async fn redis_made_a_read_only_replica() -> Row {
     // While it loads its master's data a replica answers LOADING to the
     // workload, in a window no direct probe can be sure to catch.
     s.allowed_codes.push("LOADING");
-    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    // Disk-based sync starts at once (a diskless one waits for the master's
+    // once-a-second replication timer).
+    let master = RedisServer::start_with(&["--repl-diskless-sync", "no"]);
     let mut to_master = RawClient::connect(master.addr()).await;
     let mut client = s.proxy.raw().await;
     assert_eq!(s.direct.cmd("SET chaos:readonly:probe before").await, "+OK\r\n");
@@ -1479,6 +1496,7 @@ fn table(rows: &[Row]) -> String {
         "other anomalies",
         "recovered",
         "L1 hits",
+        "seconds",
     ];
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -1495,6 +1513,7 @@ fn table(rows: &[Row]) -> String {
                 row.anomalies.to_string(),
                 if row.recovered { "yes" } else { "NO" }.to_string(),
                 row.l1_hits.to_string(),
+                format!("{:.1}", row.seconds),
             ]
         })
         .collect();
