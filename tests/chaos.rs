@@ -24,6 +24,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ const FIELDS_PER_WORKER: usize = 2;
 /// Pause between a client's rounds: keeps eight runs in a row affordable on
 /// a small shared machine while leaving plenty of requests in flight.
 const PACE: Duration = Duration::from_millis(2);
+/// A scenario takes a few seconds; one that runs past this is a failure.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(45);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Flavor {
@@ -931,6 +934,13 @@ impl Scenario {
         }
     }
 
+    /// Kills one of the proxy's connections to Redis.
+    async fn kill_client(&mut self, id: &str) {
+        let killed = self.direct.cmd(&format!("CLIENT KILL ID {id}")).await;
+        self.expect(killed == ":1\r\n", &format!("CLIENT KILL ID {id} answers {killed:?}"));
+        self.faults += 1;
+    }
+
     /// After a refused write: the proxy reads what Redis holds.
     async fn same_read(&mut self, proxied: &mut RawClient, line: &str) {
         let from_proxy = proxied.cmd(line).await;
@@ -1136,11 +1146,13 @@ async fn redis_killed_and_restarted() -> Row {
     for _ in 0..2 {
         let tally = &s.ledger.tally;
         let errors = tally.errors.load(SeqCst);
-        tokio::task::block_in_place(|| s.redis.kill());
+        // Blocks this thread only: the proxy and the clients run on the
+        // runtime's workers.
+        s.redis.kill();
         s.faults += 1;
         let seen = wait_for(async || tally.errors.load(SeqCst) > errors).await;
         s.expect(seen, "the workload is answered errors while Redis is down");
-        tokio::task::block_in_place(|| s.redis.restart());
+        s.redis.restart();
         s.direct = RawClient::connect(s.redis.addr()).await;
         let back = s.progress(3).await;
         s.expect(back, "every client completes clean rounds after the restart");
@@ -1164,7 +1176,8 @@ async fn redis_paused() -> Row {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     s.faults += 1;
     // Database 3 has no pool yet: its first connection cannot be set up.
-    assert_eq!(probe.cmd("SELECT 3").await, "+OK\r\n");
+    let selected = probe.cmd("SELECT 3").await;
+    s.expect(selected == "+OK\r\n", &format!("SELECT 3 answers {selected:?}"));
     let asked = Instant::now();
     let reply = probe.cmd("GET chaos:pause:db3").await;
     s.ledger.tally.requests.fetch_add(1, SeqCst);
@@ -1219,8 +1232,7 @@ async fn tracking_connection_killed() -> Row {
     let ids = client_ids(&mut s.direct, auracache::cache::tracking::TRACKING_CONNECTION_NAME).await;
     s.expect(ids.len() == 1, &format!("one tracking connection, found {ids:?}"));
     for id in &ids {
-        assert_eq!(s.direct.cmd(&format!("CLIENT KILL ID {id}")).await, ":1\r\n");
-        s.faults += 1;
+        s.kill_client(id).await;
     }
     let off = wait_for(async || !store.is_accepting()).await;
     s.expect(off, "the proxy notices the tracking connection is gone");
@@ -1251,8 +1263,7 @@ async fn tracking_connection_killed() -> Row {
     // Killed again; it reconnects at once.
     let ids = client_ids(&mut s.direct, auracache::cache::tracking::TRACKING_CONNECTION_NAME).await;
     for id in &ids {
-        assert_eq!(s.direct.cmd(&format!("CLIENT KILL ID {id}")).await, ":1\r\n");
-        s.faults += 1;
+        s.kill_client(id).await;
     }
     let back = wait_for(async || {
         let now = client_ids(&mut s.direct, auracache::cache::tracking::TRACKING_CONNECTION_NAME).await;
@@ -1275,8 +1286,7 @@ async fn pool_connections_killed() -> Row {
         &format!("two RESP2 and two RESP3 pooled connections, found {ids:?}"),
     );
     for id in &ids {
-        assert_eq!(s.direct.cmd(&format!("CLIENT KILL ID {id}")).await, ":1\r\n");
-        s.faults += 1;
+        s.kill_client(id).await;
         let replaced = wait_for(async || {
             let now = client_ids(&mut s.direct, name).await;
             now.len() >= ids.len() && !now.contains(id)
@@ -1443,7 +1453,8 @@ async fn redis_busy() -> Row {
             // On a connection of its own (CLIENT SETNAME moves it there), so
             // the probes below do not queue behind the script on a shared one.
             let mut runner = s.proxy.raw().await;
-            assert_eq!(runner.cmd("CLIENT SETNAME chaos-busy-runner").await, "+OK\r\n");
+            let named = runner.cmd("CLIENT SETNAME chaos-busy-runner").await;
+            s.expect(named == "+OK\r\n", &format!("CLIENT SETNAME answers {named:?}"));
             runner
         } else {
             RawClient::connect(s.redis.addr()).await
@@ -1565,18 +1576,51 @@ fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Runs one fault's scenario; a panic or a scenario that never ends (the
+/// proxy badly broken) is a failed row, so the table is still printed.
+async fn run(fault: &'static str, scenario: impl Future<Output = Row> + 'static) -> Row {
+    let failed = |why: String| Row {
+        fault,
+        faults: 0,
+        requests: 0,
+        errors: 0,
+        writes_verified: 0,
+        lost: 0,
+        stale: 0,
+        misrouted: 0,
+        anomalies: 1,
+        recovered: false,
+        l1_hits: 0,
+        seconds: 0.0,
+        error_kinds: String::new(),
+        redis_errors: Vec::new(),
+        notes: vec![why],
+    };
+    // On this thread (its futures need not be Send), as a task of its own
+    // so that a panic is caught.
+    let local = tokio::task::LocalSet::new();
+    let task = local.spawn_local(scenario);
+    let outcome = local.run_until(tokio::time::timeout(SCENARIO_LIMIT, task)).await;
+    match outcome {
+        Ok(Ok(row)) => row,
+        Ok(Err(error)) => failed(format!("the scenario failed: {error}")),
+        Err(_) => failed(format!("the scenario did not end within {SCENARIO_LIMIT:?}")),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_under_load_lose_nothing_misroute_nothing_and_recover() {
     let started = Instant::now();
-    let mut rows = Vec::new();
-    rows.push(redis_killed_and_restarted().await);
-    rows.push(redis_paused().await);
-    rows.push(tracking_connection_killed().await);
-    rows.push(pool_connections_killed().await);
-    rows.push(redis_out_of_memory().await);
-    rows.push(redis_made_a_read_only_replica().await);
-    rows.push(redis_loading().await);
-    rows.push(redis_busy().await);
+    let rows = vec![
+        run("kill", redis_killed_and_restarted()).await,
+        run("pause", redis_paused()).await,
+        run("tracking", tracking_connection_killed()).await,
+        run("pool", pool_connections_killed()).await,
+        run("oom", redis_out_of_memory()).await,
+        run("readonly", redis_made_a_read_only_replica()).await,
+        run("loading", redis_loading()).await,
+        run("busy", redis_busy()).await,
+    ];
     let table = table(&rows);
     println!("\nchaos ({:.1} s)\n{table}", started.elapsed().as_secs_f64());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
