@@ -778,6 +778,16 @@ struct Scenario {
     allowed_codes: Vec<&'static str>,
     problems: Vec<String>,
     started: Instant,
+    /// Stops the clients if the scenario is dropped unfinished (it failed).
+    _stop: StopOnDrop,
+}
+
+struct StopOnDrop(Arc<Ledger>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, SeqCst);
+    }
 }
 
 #[derive(Debug)]
@@ -840,6 +850,7 @@ impl Scenario {
             redis,
             proxy,
             direct,
+            _stop: StopOnDrop(ledger.clone()),
             ledger,
             workers,
             faults: 0,
