@@ -1174,7 +1174,10 @@ async fn redis_killed_and_restarted() -> Row {
 /// SIGSTOP for longer than the proxy's connect timeout, then SIGCONT.
 /// Clients on established connections wait, as they would on Redis
 /// itself (there is no reply timeout); a client that needs a new upstream
-/// connection is answered an error within the connect timeout.
+/// connection is answered an error within the connect timeout. Just
+/// before the pause a pooled connection and the tracking connection are
+/// killed, so their reconnections meet the paused Redis and time out
+/// (or, if they were quicker, succeed) and L1 is off meanwhile.
 async fn redis_paused() -> Row {
     let mut s = Scenario::start("pause", &[], &WORKERS).await;
     let pid: i32 = info_field(&mut s.direct, "server", "process_id")
@@ -1182,6 +1185,11 @@ async fn redis_paused() -> Row {
         .parse()
         .expect("pid");
     let mut probe = s.proxy.raw().await;
+    let pooled = client_ids(&mut s.direct, auracache::upstream::POOL_CONNECTION_NAME).await;
+    let tracking = client_ids(&mut s.direct, auracache::cache::tracking::TRACKING_CONNECTION_NAME).await;
+    for id in pooled.iter().take(1).chain(&tracking) {
+        s.kill_client(id).await;
+    }
     let paused = Instant::now();
     // SAFETY: kill(2) with a pid of a child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
