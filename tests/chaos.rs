@@ -4,8 +4,11 @@
 //!
 //! The faults: Redis killed and restarted, Redis paused (SIGSTOP) beyond the
 //! proxy's connect timeout, the tracking connection killed (and held down
-//! while Redis is written directly), pooled connections killed one by one,
-//! and Redis answering errors (OOM, READONLY, LOADING, BUSY).
+//! while Redis is written directly), pooled connections killed one by one
+//! and then every connection at once, and Redis answering errors (OOM,
+//! READONLY, LOADING, BUSY). The clients: raw RESP2 and RESP3 pipelines,
+//! the `redis` crate, and MULTI/EXEC on the client's own connection; each
+//! owns the values it writes (one writer per value, rising seqs).
 //!
 //! In every case, checked on every reply and at the end:
 //! - no reply goes to the wrong request (values name their key; ECHO and
