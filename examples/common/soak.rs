@@ -388,43 +388,53 @@ impl Client {
         self.connection.as_mut()
     }
 
-    /// Gives every owned key a known value, pipelined.
+    /// Gives every owned key a known value, pipelined a few at a time
+    /// (as the load itself is, so set-up leaves no larger buffers behind).
     async fn write_own_keys(&mut self, until: Instant) {
-        let mut ops = Vec::new();
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::new();
         for slot in 0..self.plan.strings_per_client {
             let id = self.values.pick(&mut self.rng);
-            pipe.cmd("SET").arg(string_key(self.id, slot)).arg(self.values.get(id));
-            ops.push(Held::Value(id));
+            commands.push(Op::Set(string_key(self.id, slot), id));
         }
         for slot in 0..self.plan.hashes_per_client {
-            pipe.cmd("DEL").arg(hash_key(self.id, slot)).ignore();
-            let mut fields = BTreeMap::new();
-            let mut command = redis::cmd("HSET");
-            command.arg(hash_key(self.id, slot));
+            commands.push(Op::Del(hash_key(self.id, slot), None));
             for field in 0..HASH_FIELDS {
                 let id = self.values.pick(&mut self.rng);
-                command.arg(format!("f{field}")).arg(self.values.get(id));
-                fields.insert(field, id);
+                commands.push(Op::Hset(hash_key(self.id, slot), field, id, None));
             }
-            pipe.add_command(command).ignore();
-            self.hashes[slot] = Some(fields);
         }
         for slot in 0..COUNTERS {
-            pipe.cmd("SET").arg(counter_key(self.id, slot)).arg(0).ignore();
+            commands.push(Op::Del(counter_key(self.id, slot), None));
         }
-        let Some(connection) = self.connection(until).await else {
-            return;
-        };
-        match pipe.query_async::<Vec<Value>>(connection).await {
-            Ok(_) => {
-                self.strings = ops;
-                self.counters = vec![Some(0); COUNTERS];
+        for chunk in commands.chunks(8) {
+            let mut pipe = redis::pipe();
+            for op in chunk {
+                pipe.add_command(self.command(op)).ignore();
             }
-            Err(error) => {
+            let Some(connection) = self.connection(until).await else {
+                return;
+            };
+            if let Err(error) = pipe.query_async::<()>(connection).await {
                 self.tally.error(format!("client {}: writing its keys: {error}", self.id));
-                self.hashes = vec![None; self.plan.hashes_per_client];
                 self.connection = None;
+                // What that chunk wrote stays unknown.
+                self.forget(chunk);
+                continue;
+            }
+            for op in chunk {
+                match op {
+                    Op::Set(key, id) => self.strings[slot_of(key)] = Held::Value(*id),
+                    Op::Del(key, _) if key.starts_with("soak-hash:") => {
+                        self.hashes[slot_of(key)] = Some(BTreeMap::new())
+                    }
+                    Op::Hset(key, field, id, _) => {
+                        if let Some(fields) = self.hashes[slot_of(key)].as_mut() {
+                            fields.insert(*field, *id);
+                        }
+                    }
+                    Op::Del(key, _) => self.counters[slot_of(key)] = Some(0),
+                    _ => {}
+                }
             }
         }
     }
