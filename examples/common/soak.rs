@@ -415,7 +415,8 @@ impl Client {
                 return;
             };
             if let Err(error) = pipe.query_async::<()>(connection).await {
-                self.tally.error(format!("client {}: writing its keys: {error}", self.id));
+                self.tally
+                    .error(format!("client {}: writing its keys: {error}", self.id));
                 self.connection = None;
                 // What that chunk wrote stays unknown.
                 self.forget(chunk);
@@ -535,9 +536,7 @@ impl Client {
             }
             91..93 => {
                 let slot = self.rng.below(self.plan.hashes_per_client as u64) as usize;
-                let count = self.hashes[slot]
-                    .as_ref()
-                    .map(|fields| i64::from(!fields.is_empty()));
+                let count = self.hashes[slot].as_ref().map(|fields| i64::from(!fields.is_empty()));
                 // Whatever it held, it holds nothing now.
                 self.hashes[slot] = Some(BTreeMap::new());
                 Op::Del(hash_key(self.id, slot), count)
@@ -619,7 +618,12 @@ impl Client {
             Expect::Known | Expect::Held(Held::Unknown) => value.is_none_or(known),
             Expect::Held(Held::Absent) => value.is_none(),
             Expect::Held(Held::Value(id)) => value == Some(self.values.get(id)),
-            Expect::Held(Held::Expiring { id, sent: set, acked, ttl }) => {
+            Expect::Held(Held::Expiring {
+                id,
+                sent: set,
+                acked,
+                ttl,
+            }) => {
                 let acked = acked.unwrap_or(answered);
                 if answered + CLOCK_SLACK < set + ttl {
                     value == Some(self.values.get(id))
@@ -673,22 +677,19 @@ impl Client {
             return Err((true, format!("error reply: {error:?}")));
         }
         let integer = |expected: Option<i64>| match (reply, expected) {
-            (Value::Int(got), Some(expected)) if *got != expected => {
-                Err(format!("expected {expected}, got {got}"))
-            }
+            (Value::Int(got), Some(expected)) if *got != expected => Err(format!("expected {expected}, got {got}")),
             (Value::Int(_), _) => Ok(()),
             (other, _) => Err(format!("not an integer: {other:?}")),
         };
         let outcome = match op {
             Op::Get(_, expect) => self.check_string(*expect, reply, sent, answered),
             Op::Mget(keys) => match reply {
-                Value::Array(items) if items.len() == keys.len() => keys
-                    .iter()
-                    .zip(items)
-                    .try_for_each(|((key, expect), item)| {
+                Value::Array(items) if items.len() == keys.len() => {
+                    keys.iter().zip(items).try_for_each(|((key, expect), item)| {
                         self.check_string(*expect, item, sent, answered)
                             .map_err(|message| format!("{key}: {message}"))
-                    }),
+                    })
+                }
                 other => Err(format!("not {} replies: {other:?}", keys.len())),
             },
             Op::Set(..) => match reply {
@@ -706,7 +707,10 @@ impl Client {
     /// were acknowledged at `answered`; counters learn their value.
     fn settle(&mut self, ops: &[Op], replies: Option<&[Value]>, answered: Instant) {
         for held in &mut self.strings {
-            if let Held::Expiring { acked: acked @ None, .. } = held {
+            if let Held::Expiring {
+                acked: acked @ None, ..
+            } = held
+            {
                 *acked = Some(answered);
             }
         }
@@ -778,7 +782,8 @@ impl Client {
                     Ok(replies) => format!("{} replies to {} commands", replies.len(), ops.len()),
                     Err(error) => error.to_string(),
                 };
-                self.tally.error(format!("client {}: request failed: {message}", self.id));
+                self.tally
+                    .error(format!("client {}: request failed: {message}", self.id));
                 self.settle(&ops, None, answered);
                 self.forget(&ops);
                 self.connection = None;
@@ -1139,8 +1144,12 @@ pub fn report(run: &Run, limits: &Limits) -> (String, bool) {
         "RSS trend (least squares over the second half, {} samples over {:.0} s): {} MiB/hour, {} MiB over the run (limit {} MiB{})",
         summary.trend_samples,
         summary.trend_span.as_secs_f64(),
-        summary.slope_per_hour.map_or("-".to_string(), |slope| format!("{:+.1}", slope / 1_048_576.0)),
-        summary.growth_over_run.map_or("-".to_string(), |growth| format!("{:+.1}", growth / 1_048_576.0)),
+        summary
+            .slope_per_hour
+            .map_or("-".to_string(), |slope| format!("{:+.1}", slope / 1_048_576.0)),
+        summary
+            .growth_over_run
+            .map_or("-".to_string(), |growth| format!("{:+.1}", growth / 1_048_576.0)),
         mib(limits.growth_limit_bytes),
         if judged {
             String::new()
@@ -1206,7 +1215,11 @@ pub fn report(run: &Run, limits: &Limits) -> (String, bool) {
             mib(limits.l1_bytes + limits.overhead_bytes),
             mib(limits.l1_bytes),
             mib(limits.overhead_bytes),
-            if judged { "; no leak trend" } else { "; trend not judged" }
+            if judged {
+                "; no leak trend"
+            } else {
+                "; trend not judged"
+            }
         );
     } else {
         let _ = writeln!(out, "verdict: FAIL: {}", failed.join("; "));
