@@ -34,6 +34,8 @@ overhead_mib="${SOAK_OVERHEAD_MIB:-$((112 + clients / 4))}"
 # bytes may add at most this over the run.
 growth_mib="${SOAK_GROWTH_LIMIT_MIB:-32}"
 output="${SOAK_OUTPUT:-target/soak/latest.txt}"
+# One request in this many, per client, is followed by a reconnect.
+reconnect_every="${SOAK_RECONNECT_EVERY:-5000}"
 
 # The proxy and the generator each hold one descriptor per client, plus a
 # few (Redis, the pool, the admin listener, the runtime).
@@ -115,7 +117,8 @@ status=0
 "$generator" --proxy-port "$proxy_port" --pid "$proxy_pid" --redis-port "$redis_port" \
     --seconds "$seconds" --clients "$clients" --sample-seconds "$sample_seconds" \
     --l1-bytes "$l1_bytes" --overhead-bytes $((overhead_mib << 20)) \
-    --growth-limit-bytes $((growth_mib << 20)) | tee "$output" || status=$?
+    --growth-limit-bytes $((growth_mib << 20)) --reconnect-every "$reconnect_every" \
+    | tee "$output" || status=$?
 
 if ! kill -0 "$proxy_pid" 2>/dev/null; then
     echo "soak: the proxy exited during the run; its log:" | tee -a "$output"

@@ -244,7 +244,7 @@ impl Op {
             Op::Mget(..) => "MGET",
             Op::Set(..) => "SET",
             Op::Del(..) => "DEL",
-            Op::Expire(..) => "EXPIRE",
+            Op::Expire(..) => "PEXPIRE",
             Op::Incr(..) => "INCR",
             Op::Hset(..) => "HSET",
             Op::Hgetall(..) => "HGETALL",
@@ -253,7 +253,7 @@ impl Op {
 }
 
 /// Command names counted separately (the order of [`Tally::by_command`]).
-pub const COMMANDS: &[&str] = &["GET", "MGET", "SET", "DEL", "EXPIRE", "INCR", "HSET", "HGETALL"];
+pub const COMMANDS: &[&str] = &["GET", "MGET", "SET", "DEL", "PEXPIRE", "INCR", "HSET", "HGETALL"];
 
 /// What every client adds to while the run goes on.
 #[derive(Default)]
