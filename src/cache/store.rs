@@ -54,6 +54,18 @@ pub enum Shape {
     HashAll,
 }
 
+impl Shape {
+    /// The shape with its own copy of any bytes it names: a field read from
+    /// a client's request shares that request's whole read buffer, which
+    /// an entry would otherwise keep alive for as long as it lives.
+    fn owned(&self) -> Shape {
+        match self {
+            Shape::HashField(field) => Shape::HashField(Bytes::copy_from_slice(field)),
+            other => other.clone(),
+        }
+    }
+}
+
 /// What an entry is cached under: (database, key, read shape).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -968,9 +980,12 @@ impl L1Store {
     ) -> bool {
         ticket.settled = true;
         let now = self.clock.now();
+        // Copied: the key came from the client's request, and a slice of it
+        // would keep the request's whole read buffer (16 KB or more) alive
+        // with the entry, outside L1's byte bound.
         let slot = Slot {
             db: ticket.key.db,
-            key: ticket.key.key.clone(),
+            key: Bytes::copy_from_slice(&ticket.key.key),
         };
         let namespace = ticket.namespace.clone();
         // The insert happens under the lock invalidations take, so an
@@ -1017,7 +1032,7 @@ impl L1Store {
             limit,
             preloaded: None,
         };
-        shapes.push(cached(ticket.key.shape.clone(), reply.clone()));
+        shapes.push(cached(ticket.key.shape.owned(), reply.clone()));
         let alone = entry_weight(&slot, &shapes);
         let extra: u64 = also
             .iter()
@@ -1027,7 +1042,7 @@ impl L1Store {
         if alone + extra > max_entry_weight {
             also.clear();
         }
-        shapes.extend(also.into_iter().map(|(shape, reply)| cached(shape, reply)));
+        shapes.extend(also.into_iter().map(|(shape, reply)| cached(shape.owned(), reply)));
         let fits = entry_weight(&slot, &shapes) <= max_entry_weight;
         let mut new_bet = false;
         if ticket.preload && cacheable && fits {
