@@ -386,6 +386,10 @@ pub struct PoolConfig {
     pub connect_timeout_ms: u64,
     /// Longest wait between reconnection attempts (backoff doubles up to it).
     pub max_backoff_ms: u64,
+    /// With replies owed on a pooled connection, the longest Redis may send
+    /// nothing before the connection is closed and what was owed fails
+    /// (then it reconnects); 0 = wait as long as it takes.
+    pub reply_timeout_ms: u64,
 }
 
 /// Protection against bad or greedy clients. Defaults mirror Redis.
@@ -571,6 +575,7 @@ impl Default for PoolConfig {
         Self {
             size: 2,
             connect_timeout_ms: 2000,
+            reply_timeout_ms: 0,
             max_backoff_ms: 1000,
         }
     }
@@ -611,6 +616,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_THREADS", "threads"),
     ("AURACACHE_POOL_SIZE", "pool.size"),
     ("AURACACHE_CONNECT_TIMEOUT_MS", "pool.connect_timeout_ms"),
+    ("AURACACHE_REPLY_TIMEOUT_MS", "pool.reply_timeout_ms"),
     ("AURACACHE_MAX_BACKOFF_MS", "pool.max_backoff_ms"),
     ("AURACACHE_MAX_CLIENTS", "limits.max_clients"),
     ("AURACACHE_MAX_BULK_BYTES", "limits.max_bulk_bytes"),
@@ -737,6 +743,7 @@ impl Config {
             "threads" => self.threads = whole(0)? as usize,
             "pool.size" => self.pool.size = whole(1)? as usize,
             "pool.connect_timeout_ms" => self.pool.connect_timeout_ms = whole(1)?,
+            "pool.reply_timeout_ms" => self.pool.reply_timeout_ms = whole(0)?,
             "pool.max_backoff_ms" => self.pool.max_backoff_ms = whole(1)?,
             "limits.max_clients" => self.limits.max_clients = whole(1)? as usize,
             "limits.max_bulk_bytes" => self.limits.max_bulk_bytes = whole(1)? as usize,

@@ -1709,6 +1709,8 @@ impl Session {
             name: None,
             kind: ConnectionKind::Dedicated,
             timeout: Duration::from_millis(self.shared.config.pool.connect_timeout_ms),
+            // Blocking commands, MULTI and subscribers wait here by design.
+            reply_timeout: None,
         };
         let connection = connect(
             self.shared.pools.upstream(),

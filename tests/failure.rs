@@ -334,3 +334,54 @@ async fn a_refused_reply_fails_the_connection_without_running_queued_commands() 
     assert_eq!(direct.cmd("GET counter").await, "$-1\r\n", "no INCR reached Redis");
     client.cmd_until("INCR counter", ":1\r\n").await;
 }
+
+/// `pool.reply_timeout_ms`: while Redis is paused (SIGSTOP) with replies
+/// owed on a pooled connection, those requests fail with the reason once
+/// Redis has said nothing for the timeout, in order, and the pool
+/// reconnects once Redis is back. Off (0), the same requests wait for
+/// Redis, as they would on Redis itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_fails_owed_requests_after_the_reply_timeout() {
+    let server = RedisServer::start();
+    let mut direct = RawClient::connect(server.addr()).await;
+    let info = direct.cmd("INFO server").await;
+    let pid: i32 = common::values::info_field(&info, "process_id").parse().expect("pid");
+    let proxy = Proxy::start_with(&server.url(), |config| {
+        config.memory_cache.enabled = false;
+        config.pool.reply_timeout_ms = 300;
+        config.pool.connect_timeout_ms = 300;
+    })
+    .await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("SET k v").await, "+OK\r\n");
+    // SAFETY: kill(2) on the redis-server this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let mut pipeline = common::encode(&[b"GET", b"k"]);
+    pipeline.extend(common::encode(&[b"SET", b"k", b"w"]));
+    client.send(&pipeline).await;
+    let replies = tokio::time::timeout(DEADLINE, async {
+        let first = String::from_utf8(client.read_reply().await).unwrap();
+        (first, String::from_utf8(client.read_reply().await).unwrap())
+    })
+    .await;
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let (first, second) = replies.expect("the owed requests failed instead of waiting for Redis");
+    assert!(
+        first.starts_with("-ERR upstream unavailable: no reply from Redis within 300 ms"),
+        "{first:?}"
+    );
+    assert!(second.starts_with(UNAVAILABLE), "{second:?}");
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+        "failed after {waited:?}"
+    );
+    // Back: the pool reconnects, and the SET (which Redis may or may not
+    // have run before the pause ended) is visible either way.
+    client.cmd_until("PING", "+PONG\r\n").await;
+    let value = client.cmd("GET k").await;
+    assert!(value == "$1\r\nv\r\n" || value == "$1\r\nw\r\n", "{value:?}");
+    assert_eq!(value, direct.cmd("GET k").await);
+}

@@ -88,6 +88,8 @@ async fn track(
         name: Some(TRACKING_CONNECTION_NAME),
         kind: ConnectionKind::Tracking,
         timeout: config.connect_timeout,
+        // Nothing is owed on it: it only listens.
+        reply_timeout: None,
     };
     let connection = connect(&config.target, options, config.limits, stats.clone()).await?;
     let (sink, mut incoming) = mpsc::channel(64);

@@ -12,12 +12,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use super::UpstreamError;
+use super::{ConnectOptions, UpstreamError};
 use crate::gather::Gather;
 use crate::output::OutputBuffer;
 use crate::protocol::{ReplyLimits, ReplyScanner};
@@ -178,8 +179,9 @@ impl UpstreamConnection {
         leftover: BytesMut,
         limits: ReplyLimits,
         stats: Arc<Stats>,
-        kind: ConnectionKind,
+        options: ConnectOptions,
     ) -> UpstreamConnection {
+        let kind = options.kind;
         let (read, write) = stream.split();
         let (requests, request_rx) = mpsc::channel(REQUEST_QUEUE);
         let (expect_tx, expect_rx) = mpsc::unbounded_channel();
@@ -195,7 +197,8 @@ impl UpstreamConnection {
             outstanding.clone(),
         ));
         tokio::spawn(async move {
-            let reason = read_loop(read, leftover, expect_rx, limits, write_failed, outstanding).await;
+            let silence = options.reply_timeout.filter(|_| outstanding.is_some());
+            let reason = read_loop(read, leftover, expect_rx, limits, write_failed, outstanding, silence).await;
             tracing::debug!(%reason, ?kind, "upstream connection closed");
             stats.connection_closed(kind);
             closed_tx.send_replace(true);
@@ -349,8 +352,14 @@ async fn read_loop(
     limits: ReplyLimits,
     write_failed: Arc<Notify>,
     outstanding: Option<Arc<Outstanding>>,
+    reply_timeout: Option<Duration>,
 ) -> UpstreamError {
     let mut matcher = ReplyMatcher::new(limits, outstanding.clone());
+    // The reply timeout: every quarter of it, a look at whether replies are
+    // owed and nothing has come since the last look that found none owed,
+    // or since the last read (so it fires between 3/4 of it and all of it).
+    let mut last_heard = Instant::now();
+    let mut looks = reply_timeout.map(|timeout| tokio::time::interval((timeout / 4).max(Duration::from_millis(1))));
     let reason = loop {
         if let Err(reason) = matcher.deliver(&mut buf, &mut expects).await {
             break reason;
@@ -361,10 +370,24 @@ async fn read_loop(
         tokio::select! {
             read_result = read.read_buf(&mut buf) => match read_result {
                 Ok(0) => break UpstreamError::lost(),
-                Ok(_) => {}
+                Ok(_) => {
+                    if looks.is_some() {
+                        last_heard = Instant::now();
+                    }
+                }
                 Err(error) => break UpstreamError::Unavailable(format!("connection lost: {error}")),
             },
             _ = write_failed.notified() => break UpstreamError::lost(),
+            _ = look(&mut looks) => {
+                let owed = outstanding.as_ref().is_some_and(|outstanding| outstanding.batches.load(Ordering::Acquire) > 0);
+                if !owed {
+                    last_heard = Instant::now();
+                } else if let Some(timeout) = reply_timeout
+                    && last_heard.elapsed() >= timeout
+                {
+                    break UpstreamError::Unavailable(format!("no reply from Redis within {} ms", timeout.as_millis()));
+                }
+            }
         }
     };
     matcher.fail(reason.clone());
@@ -379,6 +402,16 @@ async fn read_loop(
         }
     }
     reason
+}
+
+/// The next look for the reply timeout; never, without one.
+async fn look(looks: &mut Option<tokio::time::Interval>) {
+    match looks {
+        Some(looks) => {
+            looks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Matches complete replies in the read buffer to the batches waiting for them.

@@ -74,6 +74,10 @@ pub struct ConnectOptions {
     pub name: Option<&'static str>,
     pub kind: ConnectionKind,
     pub timeout: Duration,
+    /// With replies owed, the longest Redis may send nothing before the
+    /// connection is given up (and everything owed on it fails); None:
+    /// wait as long as it takes (`pool.reply_timeout_ms` 0).
+    pub reply_timeout: Option<Duration>,
 }
 
 /// The name pooled connections carry in Redis's CLIENT LIST.
@@ -109,7 +113,7 @@ pub async fn connect(
             }
         };
         let leftover = set_up(&mut stream, target, options, limits).await?;
-        Ok(UpstreamConnection::start(stream, leftover, limits, stats, options.kind))
+        Ok(UpstreamConnection::start(stream, leftover, limits, stats, options))
     };
     match tokio::time::timeout(options.timeout, attempt).await {
         Ok(result) => result,

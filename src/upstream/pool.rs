@@ -90,6 +90,8 @@ impl Pools {
             name: Some(POOL_CONNECTION_NAME),
             kind: ConnectionKind::Pooled,
             timeout,
+            reply_timeout: (self.config.reply_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.config.reply_timeout_ms)),
         };
         let slots = (0..self.config.size)
             .map(|_| {
