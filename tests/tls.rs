@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use auracache::Server;
 use auracache::config::Config;
-use auracache::protocol::{ReplyLimits, ReplyScanner};
 use common::{DEADLINE, Proxy, RawClient, RedisServer, binary, l1_eager, l1_hits};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -125,103 +123,41 @@ enum Identity {
 }
 
 /// A RESP client over TLS (rustls) that reads whole replies as exact bytes.
-struct TlsClient {
-    stream: TlsStream<TcpStream>,
-    buffer: Vec<u8>,
-    scanner: ReplyScanner,
-}
+type TlsClient = RawClient<TlsStream<TcpStream>>;
 
-impl TlsClient {
-    /// Connects trusting the test CA, presenting `identity`.
-    async fn connect(addr: SocketAddr, certs: &Certs, identity: Identity) -> std::io::Result<TlsClient> {
-        let mut roots = RootCertStore::empty();
-        for certificate in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("CA file") {
-            roots.add(certificate.expect("CA certificate")).expect("CA added");
+/// Connects trusting the test CA, presenting `identity`.
+async fn tls_client(addr: SocketAddr, certs: &Certs, identity: Identity) -> std::io::Result<TlsClient> {
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(certs.path("ca.pem")).expect("CA file") {
+        roots.add(certificate.expect("CA certificate")).expect("CA added");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+    let name = match identity {
+        Identity::None => None,
+        Identity::Client => Some("client"),
+        Identity::Stranger => Some("stranger"),
+    };
+    let config = match name {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let chain = CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
+                .expect("client certificate file")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client certificate");
+            let key = PrivateKeyDer::from_pem_file(certs.path(&format!("{name}.key"))).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate usable")
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots);
-        let name = match identity {
-            Identity::None => None,
-            Identity::Client => Some("client"),
-            Identity::Stranger => Some("stranger"),
-        };
-        let config = match name {
-            None => builder.with_no_client_auth(),
-            Some(name) => {
-                let chain = CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
-                    .expect("client certificate file")
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("client certificate");
-                let key = PrivateKeyDer::from_pem_file(certs.path(&format!("{name}.key"))).expect("client key");
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .expect("client certificate usable")
-            }
-        };
-        let tcp = tokio::time::timeout(DEADLINE, TcpStream::connect(addr)).await??;
-        let name = ServerName::try_from("127.0.0.1").expect("an IP address");
-        let stream = tokio::time::timeout(DEADLINE, TlsConnector::from(Arc::new(config)).connect(name, tcp)).await??;
-        Ok(TlsClient {
-            stream,
-            buffer: Vec::new(),
-            scanner: scanner(),
-        })
-    }
-
-    /// One command from whitespace-separated words; None if the connection
-    /// fails or closes before the reply.
-    async fn try_cmd(&mut self, line: &str) -> Option<String> {
-        let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
-        self.stream.write_all(&common::encode(&args)).await.ok()?;
-        self.stream.flush().await.ok()?;
-        self.next_reply().await
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        tokio::time::timeout(DEADLINE, self.try_cmd(line))
-            .await
-            .unwrap_or_else(|_| panic!("no reply to {line:?} within {DEADLINE:?}"))
-            .unwrap_or_else(|| panic!("connection closed before the reply to {line:?}"))
-    }
-
-    async fn next_reply(&mut self) -> Option<String> {
-        loop {
-            if let Some(frame) = self.scanner.scan(&self.buffer).expect("well-formed reply") {
-                let reply: Vec<u8> = self.buffer.drain(..frame.len).collect();
-                self.scanner = scanner();
-                return Some(String::from_utf8_lossy(&reply).into_owned());
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Repeats `line` until the reply is `expected`, failing after [`DEADLINE`].
-    async fn cmd_until(&mut self, line: &str, expected: &str) {
-        let started = Instant::now();
-        let mut last = String::new();
-        while started.elapsed() < DEADLINE {
-            last = self.cmd(line).await;
-            if last == expected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{line:?} still answered {last:?} after {DEADLINE:?}, expected {expected:?}");
-    }
-}
-
-fn scanner() -> ReplyScanner {
-    ReplyScanner::new(ReplyLimits {
-        max_nesting_depth: 10_000,
-        max_bulk_bytes: usize::MAX,
-    })
+    };
+    let tcp = tokio::time::timeout(DEADLINE, TcpStream::connect(addr)).await??;
+    let name = ServerName::try_from("127.0.0.1").expect("an IP address");
+    let stream = tokio::time::timeout(DEADLINE, TlsConnector::from(Arc::new(config)).connect(name, tcp)).await??;
+    Ok(RawClient::over(stream))
 }
 
 /// redis-cli over TLS to the proxy: its stdout, or its stdout and stderr
@@ -283,7 +219,7 @@ async fn a_rediss_upstream_with_a_client_certificate_serves_reads_writes_l1_hits
     assert_eq!(transaction.cmd("EXEC").await, "*1\r\n:1\r\n");
     // An L1 hit, then a write straight to Redis (over TLS) arrives as an
     // invalidation on the tracking connection, itself over TLS.
-    let mut direct = TlsClient::connect(redis.addr(), &certs, Identity::Client)
+    let mut direct = tls_client(redis.addr(), &certs, Identity::Client)
         .await
         .expect("TLS to Redis");
     assert_eq!(
@@ -408,7 +344,7 @@ async fn with_client_ca_a_client_without_a_certificate_is_refused_and_others_kee
         config.tls.client_ca = certs.path("ca.pem");
     })
     .await;
-    let mut certified = TlsClient::connect(proxy.addr(), &certs, Identity::Client)
+    let mut certified = tls_client(proxy.addr(), &certs, Identity::Client)
         .await
         .expect("handshake");
     assert_eq!(certified.cmd("SET k v").await, "+OK\r\n");
@@ -416,7 +352,7 @@ async fn with_client_ca_a_client_without_a_certificate_is_refused_and_others_kee
     // In TLS 1.3 the client may finish its side before the proxy refuses
     // its empty certificate: then the refusal comes instead of a reply.
     for identity in [Identity::None, Identity::Stranger] {
-        match TlsClient::connect(proxy.addr(), &certs, identity).await {
+        match tls_client(proxy.addr(), &certs, identity).await {
             Err(_) => {}
             Ok(mut refused) => assert_eq!(refused.try_cmd("PING").await, None),
         }
@@ -435,14 +371,14 @@ async fn a_plain_text_or_silent_client_on_the_tls_listener_is_dropped_and_tls_cl
         config.tls.handshake_timeout_ms = 300;
     })
     .await;
-    let mut tls = TlsClient::connect(proxy.addr(), &certs, Identity::None)
+    let mut tls = tls_client(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     assert_eq!(tls.cmd("SET k v").await, "+OK\r\n");
     // A silent client (never a handshake) is dropped after the timeout,
     // and holds up no one meanwhile: the accept loop is not waiting on it.
     let mut silent = RawClient::connect(proxy.addr()).await;
-    let mut late = TlsClient::connect(proxy.addr(), &certs, Identity::None)
+    let mut late = tls_client(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake while a silent client waits");
     assert_eq!(late.cmd("GET k").await, "$1\r\nv\r\n");
@@ -469,17 +405,17 @@ async fn over_max_clients_a_tls_client_is_told_so_over_tls() {
         config.limits.max_clients = 1;
     })
     .await;
-    let mut first = TlsClient::connect(proxy.addr(), &certs, Identity::None)
+    let mut first = tls_client(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     assert_eq!(first.cmd("PING").await, "+PONG\r\n");
-    let mut second = TlsClient::connect(proxy.addr(), &certs, Identity::None)
+    let mut second = tls_client(proxy.addr(), &certs, Identity::None)
         .await
         .expect("handshake");
     let reply = tokio::time::timeout(DEADLINE, second.next_reply())
         .await
         .expect("an answer");
-    assert_eq!(reply.as_deref(), Some("-ERR max number of clients reached\r\n"));
+    assert_eq!(reply.as_deref(), Some(&b"-ERR max number of clients reached\r\n"[..]));
 }
 
 #[tokio::test]
@@ -493,7 +429,7 @@ async fn tls_on_both_sides_at_once() {
         l1_eager(config);
     })
     .await;
-    let mut client = TlsClient::connect(proxy.addr(), &certs, Identity::Client)
+    let mut client = tls_client(proxy.addr(), &certs, Identity::Client)
         .await
         .expect("handshake");
     assert_eq!(client.cmd("SET both:1 encrypted").await, "+OK\r\n");
@@ -501,7 +437,7 @@ async fn tls_on_both_sides_at_once() {
         read_until_cached(&proxy, &mut client, "both:1").await,
         "$9\r\nencrypted\r\n"
     );
-    let mut direct = TlsClient::connect(redis.addr(), &certs, Identity::Client)
+    let mut direct = tls_client(redis.addr(), &certs, Identity::Client)
         .await
         .expect("TLS to Redis");
     assert_eq!(direct.cmd("SET both:1 changed").await, "+OK\r\n");

@@ -257,9 +257,10 @@ pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connect")
 }
 
-/// A client that writes raw bytes and reads whole replies as exact bytes.
-pub struct RawClient {
-    stream: TcpStream,
+/// A client that writes raw bytes and reads whole replies as exact bytes,
+/// over TCP or any other stream (TLS in `tests/tls.rs`).
+pub struct RawClient<S = TcpStream> {
+    stream: S,
     buffer: Vec<u8>,
     scanner: ReplyScanner,
 }
@@ -271,6 +272,13 @@ impl RawClient {
             .expect("connect within the deadline")
             .expect("connect");
         stream.set_nodelay(true).ok();
+        RawClient::over(stream)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawClient<S> {
+    /// A client on an established stream.
+    pub fn over(stream: S) -> RawClient<S> {
         RawClient {
             stream,
             buffer: Vec::new(),
@@ -283,6 +291,8 @@ impl RawClient {
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
+        // Nothing for TCP; TLS holds data back until flushed.
+        self.stream.flush().await.expect("flush");
     }
 
     /// Sends one command as a RESP array.
@@ -340,6 +350,7 @@ impl RawClient {
     pub async fn try_cmd(&mut self, line: &str) -> Option<String> {
         let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
         self.stream.write_all(&encode(&args)).await.ok()?;
+        self.stream.flush().await.ok()?;
         let reply = self.next_reply().await?;
         Some(String::from_utf8_lossy(&reply).into_owned())
     }
