@@ -1,8 +1,9 @@
 //! Bad input (issue #10), each case sent to Redis itself and through the
 //! proxy: lengths of 2^63 and beyond, a 1 GB bulk announced, arrays nested
 //! 10,000 deep, binary junk, an inline line longer than the limit, and a
-//! slow client sending one byte at a time. Each gets Redis's own error (or
-//! is served, as Redis serves it) on that connection only, while a
+//! slow client sending one byte at a time, every truncation of a pipeline,
+//! and clients that never read their replies. Each gets Redis's own error
+//! (or is served, as Redis serves it) on that connection only, while a
 //! bystander's pipelines keep being answered correctly throughout.
 
 mod common;
@@ -304,4 +305,39 @@ async fn a_client_that_never_reads_is_cut_off_at_the_output_limit() {
         grown >> 20
     );
     assert_eq!(admin.cmd("GET missing").await, "$-1\r\n", "the proxy goes on serving");
+}
+
+/// Truncated frames: every prefix of a pipeline, sent and then the
+/// client's side closed, is answered exactly as Redis answers it (the
+/// complete commands run and are answered, the cut one never runs), and
+/// nothing of the cut command reaches Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_truncation_of_a_request_is_answered_as_redis_answers_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start();
+    let proxy = Proxy::start(&server.url()).await;
+    let mut direct = RawClient::connect(server.addr()).await;
+    let mut pipeline = encode(&[b"SET", b"first", b"1"]);
+    let cut_from = pipeline.len();
+    pipeline.extend(encode(&[b"SET", b"second", b"22"]));
+    for cut in 1..pipeline.len() {
+        let mut answers = Vec::new();
+        for addr in [server.addr(), proxy.addr()] {
+            assert_eq!(direct.cmd("DEL first second").await.len(), 4);
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(&pipeline[..cut]).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut answer))
+                .await
+                .expect("the connection is closed")
+                .unwrap_or_default();
+            let stored = (direct.cmd("EXISTS first").await, direct.cmd("EXISTS second").await);
+            answers.push((String::from_utf8_lossy(&answer).into_owned(), stored));
+        }
+        let expected = if cut >= cut_from { "+OK\r\n" } else { "" };
+        assert_eq!(answers[1], answers[0], "cut at {cut}: as Redis");
+        assert_eq!(answers[1].0, expected, "cut at {cut}");
+        assert_eq!(answers[1].1.1, ":0\r\n", "cut at {cut}: the cut command never ran");
+    }
 }
