@@ -90,8 +90,8 @@ impl OutputBuffer {
     pub fn add(&self, bytes: usize) {
         let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if held > self.limit && !self.over.swap(true, Ordering::AcqRel) {
-            // notify_one keeps a permit when the writer is not waiting yet.
-            self.overflowed.notify_one();
+            // Both sides may wait: the writer, and the request side.
+            self.overflowed.notify_waiters();
         }
     }
 
@@ -130,8 +130,16 @@ impl OutputBuffer {
 
     /// Resolves once the client has gone over the limit.
     pub async fn overflowed(&self) {
-        while !self.is_over() {
-            self.overflowed.notified().await;
+        loop {
+            let notified = self.overflowed.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a wake-up between the look and
+            // the wait is not lost (notify_waiters keeps no permit).
+            notified.as_mut().enable();
+            if self.is_over() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -152,11 +160,32 @@ mod tests {
         assert!(!buffer.is_over());
         buffer.add(1);
         assert!(buffer.is_over());
-        // The permit was kept for a waiter that comes later.
+        // A waiter that comes later sees it at once.
         tokio::time::timeout(std::time::Duration::from_secs(5), buffer.overflowed())
             .await
             .expect("the overflow is seen");
         buffer.remove(101);
         assert!(buffer.is_over(), "reading afterwards does not undo it");
+    }
+
+    /// Both the writer and the request side may wait for the cut-off at
+    /// once: both wake.
+    #[tokio::test]
+    async fn every_waiter_sees_the_overflow() {
+        let buffer = std::sync::Arc::new(OutputBuffer::new(10));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let buffer = buffer.clone();
+                tokio::spawn(async move { buffer.overflowed().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        buffer.add(11);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
     }
 }

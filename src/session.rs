@@ -475,6 +475,11 @@ impl Session {
         // One future for the whole session, not one per read.
         let stop = shutdown.triggered();
         tokio::pin!(stop);
+        // Likewise for the output-buffer cut-off: one waiter registered for
+        // the session, not one registered and dropped again per read.
+        let output = self.output.clone();
+        let cut_off = output.overflowed();
+        tokio::pin!(cut_off);
         loop {
             match self.handle_buffered(&mut buf).await {
                 Ok(Flow::Continue) => {}
@@ -516,7 +521,7 @@ impl Session {
             let result = tokio::select! {
                 result = read_more => result,
                 _ = &mut stop => return Ended::Shutdown,
-                _ = self.output.overflowed() => return Ended::Client,
+                _ = &mut cut_off => return Ended::Client,
                 _ = idle_timer(idle, self.exempt_from_idle_timeout()) => {
                     tracing::debug!(client = self.id, "closing idle client");
                     return Ended::Client;
