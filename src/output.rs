@@ -89,7 +89,14 @@ impl OutputBuffer {
     /// is over for good, and whoever waits in [`Self::overflowed`] wakes.
     pub fn add(&self, bytes: usize) {
         let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if held > self.limit && !self.over.swap(true, Ordering::AcqRel) {
+        if held > self.limit {
+            self.go_over();
+        }
+    }
+
+    /// The client is over its limit, for good: whoever waits wakes.
+    fn go_over(&self) {
+        if !self.over.swap(true, Ordering::AcqRel) {
             // Both sides may wait: the writer, and the request side.
             self.overflowed.notify_waiters();
         }
@@ -102,8 +109,7 @@ impl OutputBuffer {
             return true;
         }
         if self.held() + pending > self.limit {
-            self.add(pending);
-            self.remove(pending);
+            self.go_over();
             return true;
         }
         false

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use auracache::Server;
 use auracache::config::Config;
-use common::{DEADLINE, Proxy, RawClient, RedisServer, binary, l1_eager, l1_hits};
+use common::{DEADLINE, Proxy, RawClient, RedisServer, binary, l1_eager, read_until_cached};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -183,20 +183,6 @@ async fn redis_cli(proxy: &Proxy, certs: &Certs, with_cert: bool, args: &[&str])
         Ok(stdout)
     } else {
         Err(format!("{stdout}{stderr}"))
-    }
-}
-
-/// Reads `key` until L1 answers it.
-async fn read_until_cached(proxy: &Proxy, client: &mut TlsClient, key: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let value = client.cmd(&format!("GET {key}")).await;
-        let before = l1_hits(proxy);
-        assert_eq!(client.cmd(&format!("GET {key}")).await, value);
-        if l1_hits(proxy) > before {
-            return value;
-        }
-        assert!(started.elapsed() < DEADLINE, "{key} never became an L1 hit");
     }
 }
 

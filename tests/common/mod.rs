@@ -491,7 +491,11 @@ pub fn l1_hits(proxy: &Proxy) -> u64 {
 /// Reads `key` until L1 answers it, and returns the value. Redis's own
 /// invalidation of the write that made the value may arrive after the
 /// first fill and drop it (as it should); the next fill then stays.
-pub async fn read_until_cached(proxy: &Proxy, client: &mut RawClient, key: &str) -> String {
+pub async fn read_until_cached<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    client: &mut RawClient<S>,
+    key: &str,
+) -> String {
     let started = Instant::now();
     loop {
         let value = client.cmd(&format!("GET {key}")).await;
