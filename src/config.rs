@@ -390,6 +390,9 @@ pub struct PoolConfig {
     /// nothing before the connection is closed and what was owed fails
     /// (then it reconnects); 0 = wait as long as it takes.
     pub reply_timeout_ms: u64,
+    /// With a `redis-cluster://` upstream, how often the slot map is asked
+    /// for again (it is also refreshed at once on MOVED and on a node lost).
+    pub cluster_refresh_ms: u64,
 }
 
 /// Protection against bad or greedy clients. Defaults mirror Redis.
@@ -576,6 +579,7 @@ impl Default for PoolConfig {
             size: 2,
             connect_timeout_ms: 2000,
             reply_timeout_ms: 0,
+            cluster_refresh_ms: 5_000,
             max_backoff_ms: 1000,
         }
     }
@@ -617,6 +621,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("AURACACHE_POOL_SIZE", "pool.size"),
     ("AURACACHE_CONNECT_TIMEOUT_MS", "pool.connect_timeout_ms"),
     ("AURACACHE_REPLY_TIMEOUT_MS", "pool.reply_timeout_ms"),
+    ("AURACACHE_CLUSTER_REFRESH_MS", "pool.cluster_refresh_ms"),
     ("AURACACHE_MAX_BACKOFF_MS", "pool.max_backoff_ms"),
     ("AURACACHE_MAX_CLIENTS", "limits.max_clients"),
     ("AURACACHE_MAX_BULK_BYTES", "limits.max_bulk_bytes"),
@@ -744,6 +749,7 @@ impl Config {
             "pool.size" => self.pool.size = whole(1)? as usize,
             "pool.connect_timeout_ms" => self.pool.connect_timeout_ms = whole(1)?,
             "pool.reply_timeout_ms" => self.pool.reply_timeout_ms = whole(0)?,
+            "pool.cluster_refresh_ms" => self.pool.cluster_refresh_ms = whole(100)?,
             "pool.max_backoff_ms" => self.pool.max_backoff_ms = whole(1)?,
             "limits.max_clients" => self.limits.max_clients = whole(1)? as usize,
             "limits.max_bulk_bytes" => self.limits.max_bulk_bytes = whole(1)? as usize,
@@ -1248,23 +1254,80 @@ fn looks_like_host_port(text: &str) -> bool {
     }
 }
 
-/// A parsed `redis://` or `rediss://` URL.
+/// A parsed `redis://`, `rediss://` or `redis-cluster://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// `rediss://`: every connection speaks TLS (`[upstream_tls]`).
     pub tls: bool,
+    /// The node connected to (a cluster's first seed).
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// `redis-cluster://h1:p1,h2:p2`: the seed nodes (host, port) the slot
+    /// map is first asked of; empty for a single Redis.
+    pub seeds: Vec<(String, u16)>,
 }
 
 impl UpstreamUrl {
     /// Parses `redis[s]://[user:password@]host[:port][/db]`; the error says
     /// what is allowed.
     pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
-        const ALLOWED: &str = "expected redis://[user:password@]host:port[/db] (rediss:// for TLS)";
+        for (scheme, single) in [("redis-cluster://", "redis://"), ("rediss-cluster://", "rediss://")] {
+            if let Some(rest) = text.strip_prefix(scheme) {
+                return UpstreamUrl::parse_cluster(single, rest);
+            }
+        }
+        UpstreamUrl::parse_single(text)
+    }
+
+    /// `redis[s]-cluster://[user:password@]host:port,host:port,...`: each
+    /// seed parsed as a single node's URL with the same credentials; no
+    /// database (a cluster has only 0).
+    fn parse_cluster(single: &str, rest: &str) -> Result<UpstreamUrl, String> {
+        const ALLOWED: &str =
+            "expected redis-cluster://[user:password@]host:port[,host:port...] (rediss-cluster:// for TLS)";
+        let (credentials, hosts) = match rest.rfind('@') {
+            Some(at) => (&rest[..=at], &rest[at + 1..]),
+            None => ("", rest),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        let mut seeds = Vec::new();
+        let mut first = None;
+        for host in hosts.split(',').map(str::trim).filter(|host| !host.is_empty()) {
+            if host.contains('/') {
+                return Err(format!("{ALLOWED} (a cluster has no database to choose)"));
+            }
+            let node = UpstreamUrl::parse_single(&format!("{single}{credentials}{host}"))
+                .map_err(|error| format!("{ALLOWED}: seed {host:?}: {error}"))?;
+            seeds.push((node.host.clone(), node.port));
+            first.get_or_insert(node);
+        }
+        let mut url = first.ok_or_else(|| format!("{ALLOWED} (no seed node)"))?;
+        url.seeds = seeds;
+        Ok(url)
+    }
+
+    /// Whether this is a Redis Cluster (`redis-cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        !self.seeds.is_empty()
+    }
+
+    /// The same credentials and TLS, for one node at `host:port` (a
+    /// cluster's node): a single-node URL.
+    pub fn node(&self, host: &str, port: u16) -> UpstreamUrl {
+        UpstreamUrl {
+            host: host.to_string(),
+            port,
+            seeds: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    fn parse_single(text: &str) -> Result<UpstreamUrl, String> {
+        const ALLOWED: &str = "expected redis://[user:password@]host:port[/db] (rediss:// for TLS, \
+             redis-cluster://host:port,host:port for a Redis Cluster)";
         let url = url::Url::parse(text).map_err(|error| format!("{ALLOWED} ({error})"))?;
         let tls = match url.scheme() {
             "redis" => false,
@@ -1299,6 +1362,7 @@ impl UpstreamUrl {
             username,
             password,
             db,
+            seeds: Vec::new(),
         })
     }
 
@@ -1320,6 +1384,14 @@ impl UpstreamUrl {
             (None, None) => String::new(),
         };
         let scheme = if self.tls { "rediss" } else { "redis" };
+        if self.is_cluster() {
+            let seeds: Vec<String> = self
+                .seeds
+                .iter()
+                .map(|(host, port)| self.node(host, *port).address())
+                .collect();
+            return format!("{scheme}-cluster://{credentials}{}", seeds.join(","));
+        }
         format!("{scheme}://{credentials}{}/{}", self.address(), self.db)
     }
 }

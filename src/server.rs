@@ -179,6 +179,7 @@ impl Server {
                     max_backoff: Duration::from_millis(shared.config.pool.max_backoff_ms),
                     limits: reply_limits,
                     versions: versions.clone(),
+                    cluster: shared.pools.cluster().cloned(),
                 };
                 tracking::start(tracker, l1.store.clone(), stats.clone(), shutdown.clone());
             }

@@ -46,7 +46,7 @@ use crate::protocol::{
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
-use crate::upstream::{BatchResult, ConnectOptions, Hook, Pool, Pools, UpstreamConnection, UpstreamError, connect};
+use crate::upstream::{BatchResult, ConnectOptions, Hook, Pool, Pools, UpstreamConnection, UpstreamError};
 
 /// Reply slots queued between the two sides; when full, the request side
 /// stops reading, so a client that never reads its replies stops being read.
@@ -1717,14 +1717,12 @@ impl Session {
             // Blocking commands, MULTI and subscribers wait here by design.
             reply_timeout: None,
         };
-        let connection = connect(
-            self.shared.pools.upstream(),
-            options,
-            self.shared.reply_limits,
-            self.shared.stats.clone(),
-        )
-        .await
-        .inspect_err(|_| self.shared.stats.upstream_error())?;
+        let connection = self
+            .shared
+            .pools
+            .connect_own(options)
+            .await
+            .inspect_err(|_| self.shared.stats.upstream_error())?;
         self.dedicated = Some(connection);
         Ok(())
     }

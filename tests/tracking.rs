@@ -91,6 +91,7 @@ fn start_tracker_with(server: &RedisServer, prefixes: Vec<Bytes>) -> Tracked {
             max_bulk_bytes: 1 << 20,
         },
         versions: None,
+        cluster: None,
     };
     let active = tracking::start(config, store.clone(), Arc::new(Stats::default()), shutdown);
     Tracked {

@@ -21,6 +21,7 @@ use crate::keys::versions::{Mapped, Versioning};
 use crate::protocol::{Command, Protocol, ReplyLimits, ReplyScanner};
 use crate::shutdown::Shutdown;
 use crate::stats::{ConnectionKind, Stats};
+use crate::upstream::cluster::Cluster;
 use crate::upstream::{ConnectOptions, Upstream, UpstreamError, connect};
 
 /// The name the tracking connection carries in Redis's CLIENT LIST.
@@ -37,6 +38,9 @@ pub struct TrackerConfig {
     /// Invalidations name stored keys; with key versioning they are mapped
     /// back to the client's keys that L1 holds.
     pub versions: Option<Arc<Versioning>>,
+    /// With a Redis Cluster: one tracking connection per master, all of
+    /// them restarted (and L1 emptied) whenever the slot map changes.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Starts the tracker; the receiver reports whether invalidations are
@@ -52,7 +56,7 @@ pub fn start(
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let session = track(&config, &store, &stats, &active_tx);
+            let session = track_all(&config, &store, &stats, &active_tx);
             let ended = tokio::select! {
                 ended = session => ended,
                 _ = shutdown.triggered() => return,
@@ -74,13 +78,54 @@ pub fn start(
     active
 }
 
-/// One tracking connection's life: set up, then apply invalidations until
-/// it ends.
-async fn track(
+/// The tracking connections' life: one to the Redis, or one per master of
+/// a cluster; caching resumes once every one has confirmed. Ends (Ok) when
+/// a cluster's slot map changes: the masters, and which keys each holds,
+/// may be others now.
+async fn track_all(
     config: &TrackerConfig,
     store: &L1Store,
     stats: &Arc<Stats>,
     active: &watch::Sender<bool>,
+) -> Result<(), UpstreamError> {
+    let confirm_all = || {
+        store.set_accepting(true);
+        active.send_replace(true);
+    };
+    let Some(cluster) = &config.cluster else {
+        return track(config, &config.target, store, stats, &confirm_all).await;
+    };
+    let mut epoch = cluster.subscribe();
+    let seen = *epoch.borrow_and_update();
+    let masters = cluster.master_upstreams();
+    if seen == 0 || masters.is_empty() {
+        let _ = epoch.changed().await;
+        return Ok(());
+    }
+    let confirmed = std::sync::atomic::AtomicUsize::new(0);
+    let confirm_one = || {
+        if confirmed.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1 == masters.len() {
+            confirm_all();
+        }
+    };
+    let trackers: Vec<_> = masters
+        .iter()
+        .map(|master| Box::pin(track(config, master, store, stats, &confirm_one)))
+        .collect();
+    tokio::select! {
+        (ended, _, _) = futures_util::future::select_all(trackers) => ended,
+        _ = epoch.changed() => Ok(()),
+    }
+}
+
+/// One tracking connection's life: set up, then apply invalidations until
+/// it ends.
+async fn track(
+    config: &TrackerConfig,
+    target: &Upstream,
+    store: &L1Store,
+    stats: &Arc<Stats>,
+    confirmed_here: &(dyn Fn() + Sync),
 ) -> Result<(), UpstreamError> {
     let options = ConnectOptions {
         db: 0,
@@ -91,7 +136,7 @@ async fn track(
         // Nothing is owed on it: it only listens.
         reply_timeout: None,
     };
-    let connection = connect(&config.target, options, config.limits, stats.clone()).await?;
+    let connection = connect(target, options, config.limits, stats.clone()).await?;
     let (sink, mut incoming) = mpsc::channel(64);
     connection.pipe_to(sink).await?;
     let mut args: Vec<Bytes> = ["CLIENT", "TRACKING", "ON", "BCAST"]
@@ -121,8 +166,7 @@ async fn track(
                     return Err(UpstreamError::Unavailable(format!("CLIENT TRACKING refused: {text}")));
                 }
                 confirmed = true;
-                store.set_accepting(true);
-                active.send_replace(true);
+                confirmed_here();
                 continue;
             }
             if frame.push {

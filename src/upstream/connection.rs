@@ -167,8 +167,45 @@ impl Outstanding {
 /// connection closes when the last handle is dropped or Redis goes away.
 #[derive(Clone, Debug)]
 pub struct UpstreamConnection {
-    requests: mpsc::Sender<Request>,
-    closed: watch::Receiver<bool>,
+    link: Link,
+}
+
+/// What a handle reaches: one Redis, or a Redis Cluster through its router.
+#[derive(Clone, Debug)]
+enum Link {
+    Node {
+        requests: mpsc::Sender<Request>,
+        closed: watch::Receiver<bool>,
+    },
+    /// A pooled connection to a cluster: each command to its slot's master.
+    Cluster(super::cluster::ClusterLink),
+    /// A client's own connection to a cluster: one master at a time.
+    Pinned(Arc<super::cluster::Pinned>),
+}
+
+/// Answers one batch exactly once, as a connection's reader does (its
+/// hook run, its replies counted in the client's output buffer), for a
+/// batch whose replies are assembled elsewhere (the cluster router).
+pub(super) struct Answer(Responder);
+
+impl Answer {
+    pub(super) fn new(
+        hook: Option<Hook>,
+        output: Option<Arc<OutputBuffer>>,
+        replies: usize,
+    ) -> (Answer, oneshot::Receiver<BatchResult>) {
+        let (respond, receiver) = oneshot::channel();
+        let responder = Responder {
+            respond: Some(respond),
+            hook,
+            output: output.map(|output| (output, replies)),
+        };
+        (Answer(responder), receiver)
+    }
+
+    pub(super) fn answer(self, result: BatchResult) {
+        self.0.answer(result);
+    }
 }
 
 impl UpstreamConnection {
@@ -203,7 +240,67 @@ impl UpstreamConnection {
             stats.connection_closed(kind);
             closed_tx.send_replace(true);
         });
-        UpstreamConnection { requests, closed }
+        UpstreamConnection {
+            link: Link::Node { requests, closed },
+        }
+    }
+
+    pub(super) fn cluster(link: super::cluster::ClusterLink) -> UpstreamConnection {
+        UpstreamConnection {
+            link: Link::Cluster(link),
+        }
+    }
+
+    pub(super) fn pinned(pinned: Arc<super::cluster::Pinned>) -> UpstreamConnection {
+        UpstreamConnection {
+            link: Link::Pinned(pinned),
+        }
+    }
+
+    /// As [`Self::send`] on a connection to one node (what the cluster
+    /// router sends on); any other handle answers "connection lost".
+    pub(super) async fn send_to_node(&self, bytes: Bytes, replies: usize) -> oneshot::Receiver<BatchResult> {
+        let Link::Node { requests, .. } = &self.link else {
+            let (answer, receiver) = Answer::new(None, None, replies);
+            answer.answer(Err(UpstreamError::lost()));
+            return receiver;
+        };
+        let (respond, receiver) = oneshot::channel();
+        let request = Request::Batch {
+            bytes,
+            replies,
+            respond: Responder {
+                respond: Some(respond),
+                hook: None,
+                output: None,
+            },
+        };
+        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = requests.send(request).await {
+            respond.answer(Err(UpstreamError::lost()));
+        }
+        receiver
+    }
+
+    /// [`Self::pipe_to`] on a connection to one node.
+    pub(super) async fn pipe_to_node(&self, sink: mpsc::Sender<Bytes>) -> Result<(), UpstreamError> {
+        match &self.link {
+            Link::Node { requests, .. } => requests
+                .send(Request::Pipe(sink))
+                .await
+                .map_err(|_| UpstreamError::lost()),
+            _ => Err(UpstreamError::lost()),
+        }
+    }
+
+    /// [`Self::send_raw`] on a connection to one node.
+    pub(super) async fn send_raw_to_node(&self, bytes: Bytes) -> Result<(), UpstreamError> {
+        match &self.link {
+            Link::Node { requests, .. } => requests
+                .send(Request::Raw(bytes))
+                .await
+                .map_err(|_| UpstreamError::lost()),
+            _ => Err(UpstreamError::lost()),
+        }
     }
 
     /// Queues a batch of `replies` commands; the receiver yields their replies.
@@ -221,6 +318,11 @@ impl UpstreamConnection {
         hook: Option<Hook>,
         output: Option<Arc<OutputBuffer>>,
     ) -> oneshot::Receiver<BatchResult> {
+        let requests = match &self.link {
+            Link::Node { requests, .. } => requests,
+            Link::Cluster(link) => return link.send_with(bytes, replies, hook, output).await,
+            Link::Pinned(pinned) => return pinned.send_with(bytes, replies, hook, output).await,
+        };
         let (respond, receiver) = oneshot::channel();
         let request = Request::Batch {
             bytes,
@@ -231,7 +333,7 @@ impl UpstreamConnection {
                 output: output.map(|output| (output, replies)),
             },
         };
-        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = self.requests.send(request).await {
+        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = requests.send(request).await {
             respond.answer(Err(UpstreamError::lost()));
         }
         receiver
@@ -241,29 +343,45 @@ impl UpstreamConnection {
     /// on goes to `sink` as it arrives. Replies still owed to earlier batches
     /// are delivered first.
     pub async fn pipe_to(&self, sink: mpsc::Sender<Bytes>) -> Result<(), UpstreamError> {
-        self.requests
-            .send(Request::Pipe(sink))
-            .await
-            .map_err(|_| UpstreamError::lost())
+        match &self.link {
+            Link::Node { .. } => self.pipe_to_node(sink).await,
+            Link::Pinned(pinned) => pinned.pipe_to(sink).await,
+            Link::Cluster(_) => Err(UpstreamError::Unavailable(
+                "a pooled cluster connection cannot be piped".into(),
+            )),
+        }
     }
 
     /// Writes bytes in pipe mode (their replies go to the sink).
     pub async fn send_raw(&self, bytes: Bytes) -> Result<(), UpstreamError> {
-        self.requests
-            .send(Request::Raw(bytes))
-            .await
-            .map_err(|_| UpstreamError::lost())
+        match &self.link {
+            Link::Node { .. } => self.send_raw_to_node(bytes).await,
+            Link::Pinned(pinned) => pinned.send_raw(bytes).await,
+            Link::Cluster(_) => Err(UpstreamError::Unavailable(
+                "a pooled cluster connection cannot be piped".into(),
+            )),
+        }
     }
 
     /// True once the connection is gone for good.
     pub fn is_closed(&self) -> bool {
-        *self.closed.borrow() || self.requests.is_closed()
+        match &self.link {
+            Link::Node { requests, closed } => *closed.borrow() || requests.is_closed(),
+            Link::Cluster(_) => false,
+            Link::Pinned(pinned) => pinned.is_closed(),
+        }
     }
 
     /// Resolves when the connection is gone for good.
     pub async fn closed(&self) {
-        let mut closed = self.closed.clone();
-        let _ = closed.wait_for(|closed| *closed).await;
+        match &self.link {
+            Link::Node { closed, .. } => {
+                let mut closed = closed.clone();
+                let _ = closed.wait_for(|closed| *closed).await;
+            }
+            Link::Cluster(_) => std::future::pending().await,
+            Link::Pinned(pinned) => pinned.closed().await,
+        }
     }
 }
 

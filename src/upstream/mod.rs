@@ -5,6 +5,7 @@
 //! protocol P" and never learns how it is made; a cluster-aware upstream can
 //! later answer "the owner of this key's slot" the same way.
 
+pub mod cluster;
 mod connection;
 mod pool;
 
@@ -93,6 +94,11 @@ pub async fn connect(
     stats: Arc<Stats>,
 ) -> Result<UpstreamConnection, UpstreamError> {
     let target = &upstream.url;
+    if target.is_cluster() {
+        return Err(UpstreamError::Unavailable(
+            "a cluster connection is opened by its Pools (Pools::connect_own)".into(),
+        ));
+    }
     // A timeout during the handshake is told apart: a Redis that speaks
     // plain text waits for the end of a line that a ClientHello never sends.
     let handshaking = AtomicBool::new(false);

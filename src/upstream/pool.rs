@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::cluster::{Cluster, ClusterPool};
 use super::{ConnectOptions, POOL_CONNECTION_NAME, Upstream, UpstreamConnection, UpstreamError, connect};
 use crate::config::{PoolConfig, UpstreamUrl};
 use crate::protocol::{Protocol, ReplyLimits};
@@ -29,12 +30,16 @@ pub struct Pools {
     stats: Arc<Stats>,
     shutdown: Shutdown,
     pools: Mutex<HashMap<(u32, Protocol), Arc<Pool>>>,
+    /// With a `redis-cluster://` upstream: its slot map and masters.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The connections for one (database, protocol).
 pub struct Pool {
     slots: Vec<watch::Receiver<SlotState>>,
     wait: Duration,
+    /// For a cluster: the lanes over every master's pool (`slots` empty).
+    cluster: Option<ClusterPool>,
 }
 
 #[derive(Clone)]
@@ -53,6 +58,15 @@ impl Pools {
         stats: Arc<Stats>,
         shutdown: Shutdown,
     ) -> Self {
+        let cluster = upstream.url.is_cluster().then(|| {
+            Cluster::start(
+                upstream.clone(),
+                config.clone(),
+                limits,
+                stats.clone(),
+                shutdown.clone(),
+            )
+        });
         Self {
             upstream,
             config,
@@ -60,7 +74,13 @@ impl Pools {
             stats,
             shutdown,
             pools: Mutex::new(HashMap::new()),
+            cluster,
         }
+    }
+
+    /// The cluster behind a `redis-cluster://` upstream.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Where upstream connections go.
@@ -73,6 +93,18 @@ impl Pools {
         &self.upstream
     }
 
+    /// A client's own connection (MULTI, blocking commands, subscribers):
+    /// to the one Redis, or, for a cluster, to each master it needs.
+    pub async fn connect_own(&self, options: ConnectOptions) -> Result<UpstreamConnection, UpstreamError> {
+        match &self.cluster {
+            Some(cluster) => {
+                cluster.ready_map().await?;
+                Ok(super::cluster::Pinned::open(cluster.clone(), options))
+            }
+            None => connect(&self.upstream, options, self.limits, self.stats.clone()).await,
+        }
+    }
+
     /// The pool for `db` in `protocol`, starting it if it is new.
     pub fn get(&self, db: u32, protocol: Protocol) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -83,6 +115,13 @@ impl Pools {
     }
 
     fn start_pool(&self, db: u32, protocol: Protocol) -> Pool {
+        if let Some(cluster) = &self.cluster {
+            return Pool {
+                slots: Vec::new(),
+                wait: Duration::ZERO,
+                cluster: Some(ClusterPool::new(cluster.clone(), db, protocol, self.config.size)),
+            };
+        }
         let timeout = Duration::from_millis(self.config.connect_timeout_ms);
         let options = ConnectOptions {
             db,
@@ -114,7 +153,11 @@ impl Pools {
                 receiver
             })
             .collect();
-        Pool { slots, wait: timeout }
+        Pool {
+            slots,
+            wait: timeout,
+            cluster: None,
+        }
     }
 }
 
@@ -122,6 +165,9 @@ impl Pool {
     /// Whether the connection a client with `client_id` uses is down (its
     /// last attempt failed, or it was lost and is being re-established).
     pub fn is_down(&self, client_id: u64) -> bool {
+        if let Some(cluster) = &self.cluster {
+            return cluster.is_down(client_id);
+        }
         let slot = &self.slots[(client_id % self.slots.len() as u64) as usize];
         match &*slot.borrow() {
             SlotState::Down(_) => true,
@@ -132,6 +178,9 @@ impl Pool {
 
     /// The connection a client with `client_id` uses, or why there is none.
     pub async fn connection(&self, client_id: u64) -> Result<UpstreamConnection, UpstreamError> {
+        if let Some(cluster) = &self.cluster {
+            return Ok(cluster.connection(client_id));
+        }
         let slot = &self.slots[(client_id % self.slots.len() as u64) as usize];
         // The common case, without a clock read or a receiver clone.
         if let SlotState::Up(connection) = &*slot.borrow()

@@ -1,0 +1,992 @@
+//! Redis Cluster as the upstream (`redis-cluster://h1:p1,h2:p2,...`).
+//!
+//! [`Cluster`] knows the slot map (asked of a node with `CLUSTER SHARDS`,
+//! or `CLUSTER SLOTS` on servers before 7, every `pool.cluster_refresh_ms`
+//! and at once after a MOVED or a lost node) and keeps an ordinary
+//! single-node [`Pools`] per master. The session never learns of it: it
+//! sends batches on an [`UpstreamConnection`] as it does to one Redis.
+//!
+//! - A pooled connection ([`ClusterLink`]) lays each batch out over the
+//!   masters ([`route::Plan`]), sends each master its commands on the
+//!   client's connection of that master's pool, follows MOVED (noting the
+//!   new owner) and ASK (with ASKING) redirects and retries TRYAGAIN and
+//!   CLUSTERDOWN, then hands the replies back in request order as one
+//!   batch, through the session's hook, as a single connection would.
+//! - A client's own connection ([`Pinned`]: MULTI, blocking commands,
+//!   subscribers, its own AUTH) is one dedicated connection per master it
+//!   needs. A transaction (from MULTI, or WATCH, to EXEC or DISCARD) and a
+//!   subscriber stay on one master: MULTI is answered here and sent with
+//!   the first command after it, so the transaction is on the master of
+//!   that command's key; a command of another master in it is refused with
+//!   CROSSSLOT (Redis then aborts the EXEC).
+//!
+//! Ordering: a client's commands for one slot always travel on one
+//! connection, in order. When the map changes, a lane first waits for what
+//! it sent under the old map (and its redirects) to be answered, so a
+//! command never overtakes an earlier one for the same key that is being
+//! redirected to the new owner.
+
+mod route;
+mod slots;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+pub use route::CROSSSLOT;
+pub use slots::{Node, SLOTS, SlotMap, key_slot};
+
+use super::connection::Answer;
+use super::{BatchResult, ConnectOptions, Hook, Pools, Upstream, UpstreamConnection, UpstreamError, connect};
+use crate::config::PoolConfig;
+use crate::keys::table::{KeyKind, KeyTable, Keys};
+use crate::output::OutputBuffer;
+use crate::protocol::{Command, Protocol, ReplyLimits, scan};
+use crate::shutdown::Shutdown;
+use crate::stats::{ConnectionKind, Stats};
+use route::{Plan, Planned, Redirect};
+
+/// The name the slot-map connection carries in Redis's CLIENT LIST.
+pub const CLUSTER_CONNECTION_NAME: &str = "auracache:cluster";
+/// MOVED and ASK redirects followed for one command before its last
+/// reply is handed on as it is.
+const MAX_REDIRECTS: usize = 5;
+/// TRYAGAIN and CLUSTERDOWN retries of one command, `RETRY_PAUSE` apart
+/// (so about 2 s: a failover's election).
+const MAX_RETRIES: usize = 80;
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// Refreshes asked for by redirects are at least this far apart.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// A Redis Cluster: its slot map and a pool per master.
+pub struct Cluster {
+    template: Arc<Upstream>,
+    config: PoolConfig,
+    limits: ReplyLimits,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    map: RwLock<Arc<SlotMap>>,
+    /// Bumped on every change of the map; 0 until the first one.
+    epoch: watch::Sender<u64>,
+    nodes: Mutex<HashMap<Node, Arc<Pools>>>,
+    refresh: Notify,
+    /// Why the last refresh failed, for the error clients get before the
+    /// first map.
+    last_error: Mutex<String>,
+    control: tokio::sync::Mutex<Option<(Node, UpstreamConnection)>>,
+    keys: KeyTable,
+    refreshes: AtomicU64,
+    redirects: AtomicU64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("masters", &self.map().masters().len())
+            .field("epoch", &self.epoch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts discovering the slot map of the cluster `template` names.
+    pub fn start(
+        template: Arc<Upstream>,
+        config: PoolConfig,
+        limits: ReplyLimits,
+        stats: Arc<Stats>,
+        shutdown: Shutdown,
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            template,
+            config,
+            limits,
+            stats,
+            shutdown: shutdown.clone(),
+            map: RwLock::new(Arc::new(SlotMap::empty())),
+            epoch: watch::channel(0).0,
+            nodes: Mutex::new(HashMap::new()),
+            refresh: Notify::new(),
+            last_error: Mutex::new("the slot map has not been read yet".into()),
+            control: tokio::sync::Mutex::new(None),
+            keys: KeyTable::builtin(),
+            refreshes: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
+        });
+        let refresher = cluster.clone();
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = refresher.refresh_loop() => {}
+                _ = shutdown.triggered() => {}
+            }
+        });
+        cluster
+    }
+
+    /// The slot map now.
+    pub fn map(&self) -> Arc<SlotMap> {
+        self.map.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// How many times the map changed.
+    pub fn epoch(&self) -> u64 {
+        *self.epoch.borrow()
+    }
+
+    /// Changes of the map, as its epoch.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// Slot-map reads and redirects followed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.refreshes.load(Ordering::Relaxed),
+            self.redirects.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The map, waiting (up to the connect timeout) for the first one.
+    pub async fn ready_map(&self) -> Result<Arc<SlotMap>, UpstreamError> {
+        if self.epoch() > 0 {
+            return Ok(self.map());
+        }
+        let mut epoch = self.subscribe();
+        let wait = Duration::from_millis(self.config.connect_timeout_ms);
+        match tokio::time::timeout(wait, epoch.wait_for(|epoch| *epoch > 0)).await {
+            Ok(Ok(_)) => Ok(self.map()),
+            _ => Err(UpstreamError::Unavailable(format!(
+                "no cluster slot map: {}",
+                self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+            ))),
+        }
+    }
+
+    /// How to reach one node: the cluster's credentials and TLS.
+    pub fn node_upstream(&self, node: &Node) -> Upstream {
+        Upstream {
+            url: self.template.url.node(&node.host, node.port),
+            tls: self.template.tls.clone(),
+        }
+    }
+
+    /// Every master's address now, as single-node upstreams.
+    pub fn master_upstreams(&self) -> Vec<Upstream> {
+        self.map()
+            .masters()
+            .iter()
+            .map(|node| self.node_upstream(node))
+            .collect()
+    }
+
+    fn node_pools(&self, node: &Node) -> Arc<Pools> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        nodes
+            .entry(node.clone())
+            .or_insert_with(|| {
+                Arc::new(Pools::new(
+                    Arc::new(self.node_upstream(node)),
+                    self.config.clone(),
+                    self.limits,
+                    self.stats.clone(),
+                    self.shutdown.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// A pooled connection to `node` for this client.
+    async fn pooled(
+        &self,
+        node: &Node,
+        db: u32,
+        protocol: Protocol,
+        client_id: u64,
+    ) -> Result<UpstreamConnection, UpstreamError> {
+        self.node_pools(node).get(db, protocol).connection(client_id).await
+    }
+
+    /// Whether this client's pooled connection to any master is down.
+    pub fn is_down(&self, db: u32, protocol: Protocol, client_id: u64) -> bool {
+        self.map()
+            .masters()
+            .iter()
+            .any(|node| self.node_pools(node).get(db, protocol).is_down(client_id))
+    }
+
+    /// Asks for the map again soon (after a redirect or a lost node).
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// A MOVED redirect: `slot` is `node`'s now; the whole map is read
+    /// again too.
+    fn moved(&self, slot: u16, node: &Node) {
+        self.redirects.fetch_add(1, Ordering::Relaxed);
+        let current = self.map();
+        if current.owner(slot) != Some(node) {
+            self.install(current.with_moved(slot, node));
+        }
+        self.refresh_soon();
+    }
+
+    fn install(&self, map: SlotMap) {
+        let mut current = self.map.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if **current == map && self.epoch() > 0 {
+            return;
+        }
+        tracing::info!(
+            masters = map.masters().len(),
+            complete = map.is_complete(),
+            "cluster slot map changed"
+        );
+        *current = Arc::new(map);
+        drop(current);
+        self.epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    async fn refresh_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.fetch().await {
+                Ok(map) => {
+                    self.refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.install(map);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the cluster slot map");
+                    *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
+                }
+            }
+            let wait = if self.epoch() == 0 {
+                backoff = (backoff * 2).min(Duration::from_millis(self.config.max_backoff_ms.max(50)));
+                backoff
+            } else {
+                Duration::from_millis(self.config.cluster_refresh_ms)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.refresh.notified() => {}
+            }
+            tokio::time::sleep(MIN_REFRESH_GAP).await;
+        }
+    }
+
+    /// The map as the first node that answers sees it: the masters known,
+    /// then the seeds.
+    async fn fetch(&self) -> Result<SlotMap, String> {
+        let mut candidates: Vec<Node> = self.map().masters().to_vec();
+        for (host, port) in &self.template.url.seeds {
+            let seed = Node {
+                host: host.clone(),
+                port: *port,
+            };
+            if !candidates.contains(&seed) {
+                candidates.push(seed);
+            }
+        }
+        let mut errors = Vec::new();
+        let mut control = self.control.lock().await;
+        // The node asked last time first, on the connection kept open.
+        if let Some((node, _)) = control.as_ref()
+            && let Some(at) = candidates.iter().position(|candidate| candidate == node)
+        {
+            candidates.swap(0, at);
+        }
+        for node in candidates {
+            match self.fetch_from(&node, &mut control).await {
+                Ok(map) if !map.masters().is_empty() => return Ok(map),
+                Ok(_) => errors.push(format!("{node}: no slot is served")),
+                Err(error) => {
+                    *control = None;
+                    errors.push(format!("{node}: {error}"));
+                }
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn fetch_from(
+        &self,
+        node: &Node,
+        control: &mut Option<(Node, UpstreamConnection)>,
+    ) -> Result<SlotMap, String> {
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let connection = match control.as_ref() {
+            Some((known, connection)) if known == node && !connection.is_closed() => connection.clone(),
+            _ => {
+                let options = ConnectOptions {
+                    db: 0,
+                    protocol: Protocol::Resp2,
+                    name: Some(CLUSTER_CONNECTION_NAME),
+                    kind: ConnectionKind::Dedicated,
+                    timeout,
+                    reply_timeout: None,
+                };
+                let connection = connect(&self.node_upstream(node), options, self.limits, self.stats.clone())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                *control = Some((node.clone(), connection.clone()));
+                connection
+            }
+        };
+        let ask = |args: &[&str]| {
+            Command::from_args(args.iter().map(|arg| Bytes::copy_from_slice(arg.as_bytes())).collect())
+                .wire()
+                .clone()
+        };
+        let call = |request: Bytes| {
+            let connection = connection.clone();
+            async move {
+                match tokio::time::timeout(timeout, connection.send_to_node(request, 1).await).await {
+                    Ok(Ok(Ok(reply))) => Ok(reply),
+                    Ok(Ok(Err(error))) => Err(error.to_string()),
+                    Ok(Err(_)) => Err("connection lost".to_string()),
+                    Err(_) => Err(format!("no reply within {} ms", timeout.as_millis())),
+                }
+            }
+        };
+        let shards = call(ask(&["CLUSTER", "SHARDS"])).await?;
+        if shards.first() != Some(&b'-') {
+            return SlotMap::from_shards(&shards, self.template.url.tls);
+        }
+        // Before Redis 7.
+        let slots = call(ask(&["CLUSTER", "SLOTS"])).await?;
+        if slots.first() == Some(&b'-') {
+            return Err(String::from_utf8_lossy(&slots).trim().to_string());
+        }
+        SlotMap::from_slots(&slots)
+    }
+
+    /// The slot of the first key of the first command in `batch` that has
+    /// one.
+    fn first_slot(&self, commands: &[Vec<Bytes>]) -> Option<u16> {
+        commands.iter().find_map(|args| match self.keys.keys(args) {
+            Keys::At(found) => found
+                .iter()
+                .find(|key| key.kind == KeyKind::Name && key.index < args.len())
+                .map(|key| key_slot(&args[key.index])),
+            _ => None,
+        })
+    }
+}
+
+/// Sub-batches sent, awaiting their replies.
+enum Sent {
+    Waiting(oneshot::Receiver<BatchResult>),
+    Failed(UpstreamError),
+}
+
+fn error_reply(error: &UpstreamError) -> Bytes {
+    Bytes::from(format!("-{}\r\n", error.client_message()))
+}
+
+/// Where a router's connections to each node come from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// The client's connection of each master's pool.
+    Pool {
+        db: u32,
+        protocol: Protocol,
+        client_id: u64,
+    },
+    /// The client's own connections.
+    Own(Arc<Pinned>),
+}
+
+impl Source {
+    async fn connection(&self, cluster: &Cluster, node: &Node) -> Result<UpstreamConnection, UpstreamError> {
+        match self {
+            Source::Pool {
+                db,
+                protocol,
+                client_id,
+            } => cluster.pooled(node, *db, *protocol, *client_id).await,
+            Source::Own(pinned) => pinned.own(node).await,
+        }
+    }
+}
+
+/// Sends a plan's sub-batches; each master's goes on this client's
+/// connection to it.
+async fn send_plan(cluster: &Cluster, source: &Source, plan: &mut Plan) -> Vec<Sent> {
+    let mut sent = Vec::with_capacity(plan.groups.len());
+    for group in &mut plan.groups {
+        let count = group.parts.len();
+        let bytes = group.bytes.split().freeze();
+        sent.push(match source.connection(cluster, &group.node).await {
+            Ok(connection) => Sent::Waiting(connection.send_to_node(bytes, count).await),
+            Err(error) => {
+                cluster.refresh_soon();
+                Sent::Failed(error)
+            }
+        });
+    }
+    sent
+}
+
+/// The replies of a plan, redirects followed, in request order.
+/// `before` is the lane's previous batch: it must be answered before any
+/// of this one's redirects are followed. `follow`: redirects are followed
+/// (not inside a transaction, where a MOVED becomes CROSSSLOT).
+async fn assemble(
+    cluster: &Cluster,
+    source: &Source,
+    plan: Plan,
+    sent: Vec<Sent>,
+    before: &mut Option<oneshot::Receiver<()>>,
+    follow: bool,
+) -> BatchResult {
+    let mut replies = Vec::with_capacity(sent.len());
+    for (group, sent) in plan.groups.iter().zip(sent) {
+        let count = group.parts.len();
+        let result = match sent {
+            Sent::Waiting(receiver) => receiver.await.unwrap_or_else(|_| Err(UpstreamError::lost())),
+            Sent::Failed(error) => Err(error),
+        };
+        replies.push(match result {
+            Ok(bytes) => route::split_replies(&bytes, count, cluster.limits)
+                .ok_or_else(|| UpstreamError::Unavailable("a node's replies could not be matched".into()))?,
+            Err(error) => {
+                cluster.refresh_soon();
+                vec![error_reply(&error); count]
+            }
+        });
+    }
+    let mut waited = false;
+    for (group_index, group) in plan.groups.iter().enumerate() {
+        for (at, part) in group.parts.iter().enumerate() {
+            let reply = &replies[group_index][at];
+            let Some(redirect) = route::redirect(reply) else {
+                continue;
+            };
+            if !follow || part.wire.is_empty() {
+                if matches!(redirect, Redirect::Moved(..)) && !follow {
+                    replies[group_index][at] = Bytes::from_static(CROSSSLOT);
+                }
+                continue;
+            }
+            if !waited {
+                if let Some(before) = before.take() {
+                    let _ = before.await;
+                }
+                waited = true;
+            }
+            let reply = reply.clone();
+            replies[group_index][at] = follow_redirects(cluster, source, part, reply).await;
+        }
+    }
+    let mut out = BytesMut::new();
+    for planned in plan.commands {
+        match planned {
+            Planned::Local(reply) => out.extend_from_slice(&reply),
+            Planned::One(piece) => out.extend_from_slice(&replies[piece.group][piece.at]),
+            Planned::Merged { merge, pieces } => {
+                let parts = pieces
+                    .iter()
+                    .map(|piece| replies[piece.group][piece.at].clone())
+                    .collect();
+                out.extend_from_slice(&route::merge(&merge, parts, cluster.limits));
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Sends `part` again wherever its replies point, until one is not a
+/// redirect (or the limits are reached: the last reply is handed on).
+async fn follow_redirects(cluster: &Cluster, source: &Source, part: &route::Part, mut reply: Bytes) -> Bytes {
+    let (mut redirects, mut retries) = (0, 0);
+    loop {
+        let (node, asking) = match route::redirect(&reply) {
+            Some(Redirect::Moved(slot, node)) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                cluster.moved(slot, &node);
+                (node, false)
+            }
+            Some(Redirect::Ask(node)) if redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                cluster.redirects.fetch_add(1, Ordering::Relaxed);
+                (node, true)
+            }
+            Some(Redirect::Retry) if retries < MAX_RETRIES => {
+                retries += 1;
+                cluster.refresh_soon();
+                tokio::time::sleep(RETRY_PAUSE).await;
+                let map = cluster.map();
+                let owner = part.slot.and_then(|slot| map.owner(slot)).or(map.masters().first());
+                match owner {
+                    Some(owner) => (owner.clone(), false),
+                    None => return reply,
+                }
+            }
+            _ => return reply,
+        };
+        let connection = match source.connection(cluster, &node).await {
+            Ok(connection) => connection,
+            Err(error) => return error_reply(&error),
+        };
+        let (request, count) = if asking {
+            let mut request = BytesMut::from(&b"*1\r\n$6\r\nASKING\r\n"[..]);
+            request.extend_from_slice(&part.wire);
+            (request.freeze(), 2)
+        } else {
+            (part.wire.clone(), 1)
+        };
+        reply = match connection.send_to_node(request, count).await.await {
+            Ok(Ok(bytes)) => match route::split_replies(&bytes, count, cluster.limits) {
+                Some(mut replies) => replies.pop().unwrap_or_default(),
+                None => error_reply(&UpstreamError::Unavailable(
+                    "a node's reply could not be matched".into(),
+                )),
+            },
+            Ok(Err(error)) => error_reply(&error),
+            Err(_) => error_reply(&UpstreamError::lost()),
+        };
+    }
+}
+
+/// The batches of one lane (the clients sharing a pool slot) in flight:
+/// the last one's end, and the map epoch it was sent under.
+#[derive(Debug, Default)]
+pub struct Lane {
+    epoch: AtomicU64,
+    last: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Lane {
+    /// Registers a new batch: returns the previous batch's end and this
+    /// batch's (dropped when it is answered, redirects and all).
+    fn chain(&self) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
+        let (done, done_receiver) = oneshot::channel();
+        let before = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(done_receiver);
+        (before, done)
+    }
+
+    /// Waits for the previous batch if the map changed since this lane
+    /// last sent (its commands may be redirected to where this batch goes).
+    async fn settle(&self, epoch: u64, before: &mut Option<oneshot::Receiver<()>>) {
+        if self.epoch.swap(epoch, Ordering::AcqRel) != epoch
+            && let Some(before) = before.take()
+        {
+            let _ = before.await;
+        }
+    }
+}
+
+/// Waits for `before`, then marks `done`: a batch's end follows its
+/// predecessor's.
+fn finish_after(before: Option<oneshot::Receiver<()>>, done: oneshot::Sender<()>) {
+    if let Some(before) = before {
+        tokio::spawn(async move {
+            let _ = before.await;
+            drop(done);
+        });
+    }
+}
+
+/// A client's pooled connection to a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterLink {
+    cluster: Arc<Cluster>,
+    source: Source,
+    lane: Arc<Lane>,
+}
+
+impl ClusterLink {
+    pub(super) async fn send_with(
+        &self,
+        bytes: Bytes,
+        replies: usize,
+        hook: Option<Hook>,
+        output: Option<Arc<OutputBuffer>>,
+    ) -> oneshot::Receiver<BatchResult> {
+        let (answer, receiver) = Answer::new(hook, output, replies);
+        let (mut before, done) = self.lane.chain();
+        let map = match self.cluster.ready_map().await {
+            Ok(map) => map,
+            Err(error) => {
+                answer.answer(Err(error));
+                finish_after(before, done);
+                return receiver;
+            }
+        };
+        self.lane.settle(self.cluster.epoch(), &mut before).await;
+        let map = if before.is_none() { self.cluster.map() } else { map };
+        let mut plan = plan_for(&bytes, replies, &map, &self.cluster.keys);
+        let sent = send_plan(&self.cluster, &self.source, &mut plan).await;
+        let link = self.clone();
+        tokio::spawn(async move {
+            let result = assemble(&link.cluster, &link.source, plan, sent, &mut before, true).await;
+            answer.answer(result);
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            drop(done);
+        });
+        receiver
+    }
+}
+
+fn plan_for(bytes: &Bytes, replies: usize, map: &SlotMap, keys: &KeyTable) -> Plan {
+    Plan::new(bytes, replies, map, keys).unwrap_or_else(|| {
+        let node = map.masters().first().cloned().unwrap_or(Node {
+            host: String::new(),
+            port: 0,
+        });
+        Plan::whole(bytes.clone(), replies, node)
+    })
+}
+
+/// The pooled side of a cluster: per (database, protocol), `pool.size`
+/// lanes, a client on the lane of its id.
+pub struct ClusterPool {
+    cluster: Arc<Cluster>,
+    db: u32,
+    protocol: Protocol,
+    lanes: Vec<Arc<Lane>>,
+}
+
+impl ClusterPool {
+    pub fn new(cluster: Arc<Cluster>, db: u32, protocol: Protocol, size: usize) -> ClusterPool {
+        ClusterPool {
+            cluster,
+            db,
+            protocol,
+            lanes: (0..size.max(1)).map(|_| Arc::new(Lane::default())).collect(),
+        }
+    }
+
+    pub fn connection(&self, client_id: u64) -> UpstreamConnection {
+        UpstreamConnection::cluster(ClusterLink {
+            cluster: self.cluster.clone(),
+            source: Source::Pool {
+                db: self.db,
+                protocol: self.protocol,
+                client_id,
+            },
+            lane: self.lanes[(client_id % self.lanes.len() as u64) as usize].clone(),
+        })
+    }
+
+    pub fn is_down(&self, client_id: u64) -> bool {
+        self.cluster.is_down(self.db, self.protocol, client_id)
+    }
+}
+
+/// A client's own connections to a cluster: one per master it needed, all
+/// set up alike (and given the AUTH, HELLO and CLIENT SETNAME it sent).
+pub struct Pinned {
+    cluster: Arc<Cluster>,
+    options: ConnectOptions,
+    me: std::sync::Weak<Pinned>,
+    connections: Mutex<HashMap<Node, UpstreamConnection>>,
+    /// Run on every new connection first: the client's AUTH, HELLO and
+    /// CLIENT SETNAME, as it sent them.
+    replay: Mutex<Vec<Bytes>>,
+    state: tokio::sync::Mutex<PinState>,
+    /// Batches sent and not yet answered.
+    owed: Arc<Owed>,
+    lane: Lane,
+}
+
+#[derive(Debug, Default)]
+struct PinState {
+    /// MULTI, answered here and not sent yet.
+    held_multi: Option<Bytes>,
+    in_multi: bool,
+    watching: bool,
+    /// The master a transaction, a WATCH or a subscriber is on.
+    stuck: Option<Node>,
+    /// The node of the last batch sent.
+    last: Option<Node>,
+    sink: Option<mpsc::Sender<Bytes>>,
+    piping: Option<Node>,
+}
+
+#[derive(Debug, Default)]
+struct Owed {
+    count: AtomicUsize,
+    answered: Notify,
+}
+
+impl Owed {
+    async fn drained(&self) {
+        loop {
+            let answered = self.answered.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned").finish_non_exhaustive()
+    }
+}
+
+impl Pinned {
+    pub fn open(cluster: Arc<Cluster>, options: ConnectOptions) -> UpstreamConnection {
+        UpstreamConnection::pinned(Arc::new_cyclic(|me| Pinned {
+            cluster,
+            options,
+            me: me.clone(),
+            connections: Mutex::new(HashMap::new()),
+            replay: Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(PinState::default()),
+            owed: Arc::new(Owed::default()),
+            lane: Lane::default(),
+        }))
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<Node, UpstreamConnection>> {
+        self.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This client's connection to `node`, opened (and set up as the
+    /// others were) on first use.
+    async fn own(&self, node: &Node) -> Result<UpstreamConnection, UpstreamError> {
+        if let Some(connection) = self.connections().get(node)
+            && !connection.is_closed()
+        {
+            return Ok(connection.clone());
+        }
+        let connection = connect(
+            &self.cluster.node_upstream(node),
+            self.options,
+            self.cluster.limits,
+            self.cluster.stats.clone(),
+        )
+        .await?;
+        let replay = self
+            .replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for request in replay {
+            let _ = connection.send_to_node(request, 1).await.await;
+        }
+        self.connections().insert(node.clone(), connection.clone());
+        Ok(connection)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.connections().values().any(UpstreamConnection::is_closed)
+    }
+
+    pub(super) async fn closed(&self) {
+        let connections: Vec<UpstreamConnection> = self.connections().values().cloned().collect();
+        if connections.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits: Vec<_> = connections
+            .iter()
+            .map(|connection| Box::pin(connection.closed()))
+            .collect();
+        futures_util::future::select_all(waits).await;
+    }
+
+    pub(super) async fn send_with(
+        &self,
+        bytes: Bytes,
+        replies: usize,
+        hook: Option<Hook>,
+        output: Option<Arc<OutputBuffer>>,
+    ) -> oneshot::Receiver<BatchResult> {
+        let commands = split_commands(&bytes, replies);
+        let names: Vec<Vec<u8>> = commands
+            .iter()
+            .map(|args| args.first().map(|name| name.to_ascii_uppercase()).unwrap_or_default())
+            .collect();
+        let mut state = self.state.lock().await;
+        if state.stuck.is_none() && !state.in_multi && names.len() == 1 && names[0] == b"MULTI" {
+            // Sent with the first command after it, on that command's master.
+            state.held_multi = Some(bytes);
+            state.in_multi = true;
+            let (answer, receiver) = Answer::new(hook, output, replies);
+            answer.answer(Ok(Bytes::from_static(b"+OK\r\n")));
+            return receiver;
+        }
+        let (answer, receiver) = Answer::new(hook, output, replies);
+        let map = match self.cluster.ready_map().await {
+            Ok(map) => map,
+            Err(error) => {
+                answer.answer(Err(error));
+                return receiver;
+            }
+        };
+        let sticky = state.in_multi || state.watching;
+        let default = map.masters().first().cloned();
+        let first = self
+            .cluster
+            .first_slot(&commands)
+            .and_then(|slot| map.owner(slot).cloned())
+            .or(default);
+        let Some(first) = first else {
+            answer.answer(Err(UpstreamError::Unavailable("the cluster serves no slot".into())));
+            return receiver;
+        };
+        // A transaction goes whole to one master (Redis refuses, and so
+        // aborts the EXEC of, a command of another master or slots).
+        let transaction = sticky || names.iter().any(|name| name == b"MULTI");
+        let mut plan = if transaction {
+            let node = state.stuck.get_or_insert(first.clone()).clone();
+            Plan::whole(bytes.clone(), replies, node)
+        } else {
+            plan_for(&bytes, replies, &map, &self.cluster.keys)
+        };
+        // Like one connection: a batch for another master (or several)
+        // waits until everything before it is answered.
+        let nodes: Vec<Node> = plan.groups.iter().map(|group| group.node.clone()).collect();
+        if nodes.len() > 1 || state.last.as_ref() != nodes.first() {
+            self.owed.drained().await;
+        }
+        state.last = nodes.first().cloned();
+        for node in &nodes {
+            if let Err(error) = self.own(node).await {
+                answer.answer(Err(error));
+                return receiver;
+            }
+        }
+        if let Some(multi) = state.held_multi.take() {
+            let node = state.stuck.clone().unwrap_or(first);
+            let refused = match self.own(&node).await {
+                Ok(connection) => match connection.send_to_node(multi, 1).await.await {
+                    Ok(Ok(reply)) if reply.first() != Some(&b'-') => None,
+                    Ok(Ok(reply)) => Some(reply),
+                    Ok(Err(error)) => Some(error_reply(&error)),
+                    Err(_) => Some(error_reply(&UpstreamError::lost())),
+                },
+                Err(error) => Some(error_reply(&error)),
+            };
+            if let Some(reply) = refused {
+                // Redis did not start the transaction: nothing after MULTI
+                // may run outside it.
+                state.in_multi = false;
+                state.stuck = None;
+                let mut out = BytesMut::new();
+                for _ in 0..replies {
+                    out.extend_from_slice(&reply);
+                }
+                answer.answer(Ok(out.freeze()));
+                return receiver;
+            }
+        }
+        for (name, args) in names.iter().zip(&commands) {
+            match name.as_slice() {
+                b"MULTI" => state.in_multi = true,
+                b"EXEC" | b"DISCARD" | b"RESET" => {
+                    state.in_multi = false;
+                    state.watching = false;
+                }
+                b"WATCH" => state.watching = true,
+                b"UNWATCH" => state.watching = false,
+                b"AUTH" | b"HELLO" => self.remember(args),
+                b"CLIENT" if args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"SETNAME")) => self.remember(args),
+                _ => {}
+            }
+        }
+        if !state.in_multi && !state.watching {
+            state.stuck = None;
+        } else if state.stuck.is_none() {
+            state.stuck = nodes.first().cloned();
+        }
+        let source = Source::Own(self.me.upgrade().expect("a Pinned is alive while it sends"));
+        let (mut before, done) = self.lane.chain();
+        self.lane.settle(self.cluster.epoch(), &mut before).await;
+        let sent = send_plan(&self.cluster, &source, &mut plan).await;
+        drop(state);
+        self.owed.count.fetch_add(1, Ordering::AcqRel);
+        let owed = self.owed.clone();
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let result = assemble(&cluster, &source, plan, sent, &mut before, !transaction).await;
+            answer.answer(result);
+            owed.count.fetch_sub(1, Ordering::AcqRel);
+            owed.answered.notify_waiters();
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            drop(done);
+        });
+        receiver
+    }
+
+    /// Keeps a set-up command for connections opened later.
+    fn remember(&self, args: &[Bytes]) {
+        let mut replay = self.replay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if replay.len() < 16 {
+            replay.push(Command::from_args(args.to_vec()).wire().clone());
+        }
+    }
+
+    pub(super) async fn pipe_to(&self, sink: mpsc::Sender<Bytes>) -> Result<(), UpstreamError> {
+        let mut state = self.state.lock().await;
+        match state.piping.clone() {
+            Some(node) => self.own(&node).await?.pipe_to_node(sink).await,
+            None => {
+                state.sink = Some(sink);
+                Ok(())
+            }
+        }
+    }
+
+    /// In pipe mode, everything goes to one master: that of the first
+    /// command's key (SSUBSCRIBE's shard channel), else the first master.
+    pub(super) async fn send_raw(&self, bytes: Bytes) -> Result<(), UpstreamError> {
+        let mut state = self.state.lock().await;
+        let node = match state.piping.clone() {
+            Some(node) => node,
+            None => {
+                let map = self.cluster.ready_map().await?;
+                let commands = split_commands(&bytes, usize::MAX);
+                let node = self
+                    .cluster
+                    .first_slot(&commands)
+                    .and_then(|slot| map.owner(slot).cloned())
+                    .or_else(|| state.last.clone())
+                    .or_else(|| map.masters().first().cloned())
+                    .ok_or_else(|| UpstreamError::Unavailable("the cluster serves no slot".into()))?;
+                self.owed.drained().await;
+                let connection = self.own(&node).await?;
+                if let Some(sink) = state.sink.take() {
+                    connection.pipe_to_node(sink).await?;
+                }
+                state.piping = Some(node.clone());
+                node
+            }
+        };
+        self.own(&node).await?.send_raw_to_node(bytes).await
+    }
+}
+
+/// The commands of a batch as arguments (as many as are complete, up to
+/// `most`).
+fn split_commands(bytes: &Bytes, most: usize) -> Vec<Vec<Bytes>> {
+    let mut commands = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() && commands.len() < most {
+        let Some(len) = route::frame_len(&bytes[at..]) else {
+            break;
+        };
+        let Some(args) = scan::multibulk_args(&bytes.slice(at..at + len)) else {
+            break;
+        };
+        commands.push(args);
+        at += len;
+    }
+    commands
+}
