@@ -496,15 +496,25 @@ pub async fn read_until_cached<S: tokio::io::AsyncRead + tokio::io::AsyncWrite +
     client: &mut RawClient<S>,
     key: &str,
 ) -> String {
+    cmd_until_cached(proxy, client, &format!("GET {key}")).await
+}
+
+/// [`read_until_cached`] for any read L1 answers (`HGET h f`, `HGETALL h`):
+/// repeats `line` until L1 answers it, and returns the reply.
+pub async fn cmd_until_cached<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    proxy: &Proxy,
+    client: &mut RawClient<S>,
+    line: &str,
+) -> String {
     let started = Instant::now();
     loop {
-        let value = client.cmd(&format!("GET {key}")).await;
+        let value = client.cmd(line).await;
         let before = l1_hits(proxy);
-        assert_eq!(client.cmd(&format!("GET {key}")).await, value);
+        assert_eq!(client.cmd(line).await, value);
         if l1_hits(proxy) > before {
             return value;
         }
-        assert!(started.elapsed() < DEADLINE, "{key} never became an L1 hit");
+        assert!(started.elapsed() < DEADLINE, "{line:?} never became an L1 hit");
     }
 }
 
