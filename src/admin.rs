@@ -14,6 +14,24 @@ use crate::patterns::live::Patterns;
 use crate::preload::Preload;
 use crate::stats::Stats;
 
+/// A Redis Cluster upstream's lines of `INFO cache`: its masters, the
+/// slots they serve, how often the slot map changed and was read, and the
+/// MOVED/ASK redirects followed.
+pub fn cluster_lines(text: &mut String, cluster: &crate::upstream::cluster::Cluster) {
+    let map = cluster.map();
+    let served = (0..crate::upstream::cluster::SLOTS as u16)
+        .filter(|slot| map.owner_index(*slot).is_some())
+        .count();
+    let (reads, redirects) = cluster.counts();
+    let _ = write!(
+        text,
+        "cluster_enabled:1\r\ncluster_masters:{}\r\ncluster_slots_served:{served}\r\n\
+         cluster_slot_map_changes:{}\r\ncluster_slot_map_reads:{reads}\r\ncluster_redirects:{redirects}\r\n",
+        map.masters().len(),
+        cluster.epoch(),
+    );
+}
+
 /// The `INFO cache` section: `# Cache` then `field:value` lines, CRLF-ended.
 pub fn info_cache(
     stats: &Stats,

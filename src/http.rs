@@ -105,13 +105,9 @@ async fn admin_only(
     }
 }
 
-/// 200 `{"status":"ok",...}` while the upstream answers (a pooled
-/// connection is up) and L1's invalidations flow (when a strict namespace
-/// needs them); 503 with the reason otherwise.
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    let db = shared.pools.target().db;
-    // Redis must answer a PING, not merely hold a connection open.
-    let upstream = match shared.pools.get(db, Protocol::Resp2).connection(0).await {
+/// A PING of the one Redis on a pooled connection.
+async fn ping(shared: &Shared, db: u32) -> Result<(), String> {
+    match shared.pools.get(db, Protocol::Resp2).connection(0).await {
         Ok(connection) => {
             let ping = connection
                 .send(bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1)
@@ -130,6 +126,22 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
             }
         }
         Err(error) => Err(format!("upstream unavailable: {}", error.client_message())),
+    }
+}
+
+
+/// 200 `{"status":"ok",...}` while the upstream answers (a pooled
+/// connection is up) and L1's invalidations flow (when a strict namespace
+/// needs them); 503 with the reason otherwise.
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let db = shared.pools.target().db;
+    // Redis must answer a PING, not merely hold a connection open.
+    let upstream = match shared.pools.cluster() {
+        Some(cluster) => cluster
+            .ping_all(PING_TIMEOUT)
+            .await
+            .map_err(|error| format!("upstream unavailable: {error}")),
+        None => ping(&shared, db).await,
     };
     let needs_tracking = shared.l1.as_ref().is_some_and(|l1| l1.store.namespaces().any_strict());
     let tracking = match &shared.l1 {

@@ -1373,13 +1373,17 @@ impl Session {
 
     /// The proxy's `# Cache` INFO section.
     fn cache_section(&self) -> String {
-        admin::info_cache(
+        let mut text = admin::info_cache(
             &self.shared.stats,
             self.shared.l1.as_deref(),
             self.shared.compression.as_deref(),
             self.shared.patterns.as_deref(),
             self.shared.preload.as_deref(),
-        )
+        );
+        if let Some(cluster) = self.shared.pools.cluster() {
+            admin::cluster_lines(&mut text, cluster);
+        }
+        text
     }
 
     /// `PROXY PRELOAD STATUS` and `PROXY PRELOAD RUN` (a run now, its
@@ -1460,7 +1464,12 @@ impl Session {
                 // Only a SELECT Redis will accept (a refused one changes
                 // nothing there); one queued in MULTI is undone by DISCARD.
                 let databases = self.shared.databases.load(Ordering::Relaxed);
-                if let Some(db) = command.arg(1).and_then(parse_u32).filter(|db| *db < databases) {
+                let cluster = self.shared.pools.cluster().is_some();
+                if let Some(db) = command
+                    .arg(1)
+                    .and_then(parse_u32)
+                    .filter(|db| *db < databases && (*db == 0 || !cluster))
+                {
                     self.db = db;
                 }
             }
@@ -1486,6 +1495,10 @@ impl Session {
         let reply = match command.arg(1).and_then(parse_i64) {
             None => Reply::error("ERR value is not an integer or out of range"),
             Some(db) if db < 0 || db >= databases as i64 => Reply::error("ERR DB index is out of range"),
+            // A cluster has database 0 only, and Redis says so.
+            Some(db) if db != 0 && self.shared.pools.cluster().is_some() => {
+                Reply::error("ERR SELECT is not allowed in cluster mode")
+            }
             Some(db) => {
                 self.db = db as u32;
                 Reply::Status("OK")

@@ -219,6 +219,34 @@ impl Cluster {
             .any(|node| self.node_pools(node).get(db, protocol).is_down(client_id))
     }
 
+    /// PINGs every master (on pooled connections): Ok if every one answers
+    /// PONG within `timeout` and every slot is served.
+    pub async fn ping_all(&self, timeout: Duration) -> Result<(), String> {
+        let map = self.ready_map().await.map_err(|error| error.client_message())?;
+        if !map.is_complete() {
+            return Err("cluster: some slots are served by no master".into());
+        }
+        for node in map.masters() {
+            let ping = async {
+                let connection = self.pooled(node, 0, Protocol::Resp2, 0).await?;
+                connection
+                    .send_to_node(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1)
+                    .await
+                    .await
+                    .unwrap_or_else(|_| Err(UpstreamError::lost()))
+            };
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(reply)) if reply.as_ref() == b"+PONG\r\n" => {}
+                Ok(Ok(reply)) => {
+                    return Err(format!("{node} answered PING with {}", String::from_utf8_lossy(&reply).trim()));
+                }
+                Ok(Err(error)) => return Err(format!("{node}: {}", error.client_message())),
+                Err(_) => return Err(format!("{node}: no answer to PING within {timeout:?}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Asks for the map again soon (after a redirect or a lost node).
     pub fn refresh_soon(&self) {
         self.refresh.notify_one();
