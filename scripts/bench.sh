@@ -16,13 +16,39 @@
 #                                    # the patterns section also runs an older build
 #   SECTIONS=slowreaders scripts/bench.sh
 #                                    # a bystander's throughput while clients never read
+#   scripts/bench.sh --cluster       # the "cluster" section alone (= SECTIONS=cluster;
+#                                    # with SECTIONS set, --cluster adds it)
+#
+# The cluster section starts a 3-master Redis Cluster beside the single
+# Redis and compares, for SET, GET and MGET of 10 random keys at -P 1 and
+# -P 16: the single Redis directly, auracache (L1 off) in front of it,
+# auracache (L1 off) in front of the cluster (upstream =
+# "redis-cluster://..."), and redis-benchmark --cluster straight to the
+# cluster (no MGET there: its keys span slots, which one connection to a
+# cluster cannot ask for). Ratios are against the single Redis and against
+# auracache in front of it. If auracache does not start, or does not serve
+# keys on every master, with the cluster behind it, the run says so and
+# exits non-zero instead of printing figures. The section is not in the
+# default SECTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_packages redis-server=redis-server redis-benchmark=redis-tools
 
+cluster_flag=""
+for arg in "$@"; do
+    case "$arg" in
+        --cluster) cluster_flag=1 ;;
+        *)
+            echo "usage: scripts/bench.sh [--cluster]  (settings: ROUNDS, REQUESTS, SECTIONS, BASELINE, SLOW_PAUSE_MS)" >&2
+            exit 2
+            ;;
+    esac
+done
+
 rounds="${ROUNDS:-3}"
 sections="${SECTIONS:-passthrough l1 compression patterns slowreaders}"
+[ -n "$cluster_flag" ] && sections="${SECTIONS:-} cluster"
 requests="${REQUESTS:-100000}"
 out_dir="target/bench"
 mkdir -p "$out_dir"
@@ -55,7 +81,13 @@ run_benchmark() {
     local name="$1" n="$2" before line
     shift 2
     before="$(cpu_ticks ${serving[$name]})"
-    line="$(redis-benchmark "$@" -n "$n" --csv -q | grep -v '^"test"' | head -1)"
+    # Options first: a custom command (MGET ...) ends the arguments. Only
+    # the CSV lines: --cluster prints the masters it found before them.
+    line="$(redis-benchmark -n "$n" --csv -q "$@" | grep '^"' | grep -v '^"test"' | head -1)"
+    if [ -z "$line" ]; then
+        echo "redis-benchmark $* against $name gave no result" >&2
+        exit 1
+    fi
     echo "$line,\"$(python3 -c "print(f'{($(cpu_ticks ${serving[$name]}) - $before) * $tick_us / $n:.3f}')")\""
 }
 
@@ -168,8 +200,14 @@ for round in $(seq "$rounds"); do
     done
 done
 
+# render <results csv> <markdown file> <caption> [targets] [bases]: the
+# table of a section's results, printed and appended to the file. Targets
+# (space-separated, in column order; by default the passthrough section's)
+# without results are left out; each base (by default "direct") gets a
+# ratio column for every target that is not a base up to it. A target
+# with no run for a row (MGET on the cluster directly) shows "-".
 render() {
-    python3 - "$1" "$2" "$3" <<'PY'
+    python3 - "$1" "$2" "$3" "${4:-direct auracache twemproxy auracache+L1 auracache+zstd}" "${5:-direct}" <<'PY'
 import csv, statistics, sys
 rows = {}
 for rec in csv.reader(open(sys.argv[1])):
@@ -178,23 +216,26 @@ for rec in csv.reader(open(sys.argv[1])):
     rows.setdefault(key, {}).setdefault(target, []).append((float(rps), float(p50), float(p99), float(cpu)))
 if not rows:
     sys.exit(0)
-targets = [t for t in ("direct", "auracache", "twemproxy", "auracache+L1", "auracache+zstd") if any(t in v for v in rows.values())]
+targets = [t for t in sys.argv[4].split() if any(t in v for v in rows.values())]
+bases = sys.argv[5].split()
+ratios = [(t, b) for i, b in enumerate(bases) for t in targets if t not in bases[:i + 1]]
 med = lambda xs, i: statistics.median(x[i] for x in xs)
 head = "| command | -P | -d | " + " | ".join(f"{t} ops/s" for t in targets)
-head += " | " + " | ".join(f"{t}/direct" for t in targets[1:])
+head += " | " + " | ".join(f"{t}/{b}" for t, b in ratios)
 head += " | p50 ms (" + "/".join(targets) + ") | p99 ms (" + "/".join(targets) + ")"
 head += " | server CPU us/req (" + "/".join(targets) + ") |"
 lines = [head, "|" + "---|" * (head.count("|") - 1)]
-order = sorted(rows, key=lambda k: (k[2], k[0] != "SET", k[1]))
+order = sorted(rows, key=lambda k: (k[2], k[0] != "SET", k[0] != "GET", k[1]))
 for key in order:
     data = rows[key]
-    ops = {t: med(data[t], 0) for t in targets}
+    ops = {t: med(data[t], 0) for t in targets if t in data}
+    each = lambda i, form: "/".join(format(med(data[t], i), form) if t in data else "-" for t in targets)
     cells = [key[0], str(key[1]), str(key[2])]
-    cells += [f"{ops[t]:,.0f}" for t in targets]
-    cells += [f"{ops[t] / ops['direct']:.2f}x" for t in targets[1:]]
-    cells.append("/".join(f"{med(data[t], 1):.3f}" for t in targets))
-    cells.append("/".join(f"{med(data[t], 2):.3f}" for t in targets))
-    cells.append("/".join(f"{med(data[t], 3):.2f}" for t in targets))
+    cells += [f"{ops[t]:,.0f}" if t in ops else "-" for t in targets]
+    cells += [f"{ops[t] / ops[b]:.2f}x" if t in ops and b in ops else "-" for t, b in ratios]
+    cells.append(each(1, ".3f"))
+    cells.append(each(2, ".3f"))
+    cells.append(each(3, ".2f"))
     lines.append("| " + " | ".join(cells) + " |")
 rounds = max(len(v) for d in rows.values() for v in d.values())
 lines.append("")
@@ -474,4 +515,91 @@ print()
 print(f"slow readers: 8 connections sending GETRANGE of a 100 KB value without reading, cut off at limits.max_output_bytes = 8 MiB and reconnecting {sys.argv[4]} ms later ({sys.argv[2]} cut-offs); proxy RSS at most {int(sys.argv[3]) // 1024} MiB; median of {rounds} rounds")
 print()
 PY
+fi
+
+# Cluster: a 3-master Redis Cluster (no replicas) beside the single Redis;
+# the single Redis directly, auracache (L1 off) in front of it, auracache
+# (L1 off) in front of the cluster, and redis-benchmark --cluster straight
+# to the masters (each of its clients talks to one master, with keys of
+# that master's slots) as the reference for the cluster without a proxy.
+if [[ " $sections " == *" cluster "* ]]; then
+    start_cluster "$work" 3 0
+    cluster_proxy_port="$(free_port)"
+    cluster_proxy_log="$work/auracache-cluster.log"
+    MEMORY_CACHE_ENABLED=false target/release/auracache --listen "127.0.0.1:$cluster_proxy_port" \
+        --upstream "redis-cluster://$cluster_seeds" --log-level warn 2>"$cluster_proxy_log" &
+    pids+=($!)
+    cluster_proxy_pid=$!
+    # No figures from a proxy that does not serve the cluster: it must start,
+    # store keys where the cluster itself finds them (keys of every master),
+    # and answer an MGET across them.
+    cluster_proxy_fails() {
+        echo "auracache in front of the Redis Cluster (upstream redis-cluster://$cluster_seeds) $1;" \
+            "no cluster figures. Its log ends:" >&2
+        tail -5 "$cluster_proxy_log" >&2
+        exit 1
+    }
+    for _ in $(seq 200); do
+        kill -0 "$cluster_proxy_pid" 2>/dev/null || cluster_proxy_fails "exited at start"
+        [ "$(redis-cli -p "$cluster_proxy_port" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.05
+    done
+    [ "$(redis-cli -p "$cluster_proxy_port" ping 2>/dev/null)" = PONG ] || cluster_proxy_fails "does not answer PING in 10 s"
+    probe_keys=() probe_values=()
+    for i in $(seq 0 29); do
+        key="bench:probe:$i"
+        reply="$(redis-cli -p "$cluster_proxy_port" set "$key" "value $i" 2>&1)"
+        [ "$reply" = OK ] || cluster_proxy_fails "answered SET $key with: $reply"
+        reply="$(redis-cli -c -p "${cluster_ports[0]}" get "$key" 2>&1)"
+        [ "$reply" = "value $i" ] || cluster_proxy_fails "answered OK to SET $key, but the cluster has: $reply"
+        reply="$(redis-cli -p "$cluster_proxy_port" get "$key" 2>&1)"
+        [ "$reply" = "value $i" ] || cluster_proxy_fails "answered GET $key with: $reply"
+        probe_keys+=("$key")
+        probe_values+=("value $i")
+    done
+    reply="$(redis-cli -p "$cluster_proxy_port" mget "${probe_keys[@]}" 2>&1)"
+    [ "$reply" = "$(printf '%s\n' "${probe_values[@]}")" ] \
+        || cluster_proxy_fails "answered MGET of 30 keys across the masters with: $(head -3 <<<"$reply")"
+    echo "auracache in front of the cluster serves (SET, GET and MGET of keys on every master)" >&2
+
+    serving[cluster]="${cluster_pids[*]}"
+    serving[auracache@cluster]="$cluster_proxy_pid ${cluster_pids[*]}"
+    declare -A cluster_target=([direct]="-p $redis_port" [auracache]="-p $proxy_port"
+        [auracache@cluster]="-p $cluster_proxy_port" [cluster]="--cluster -p ${cluster_ports[0]}")
+    cluster_names=(direct auracache auracache@cluster cluster)
+    # MGET of 10 random keys: redis-benchmark draws each __rand_int__ anew.
+    mget=(mget)
+    for _ in $(seq 10); do mget+=("key:__rand_int__"); done
+    # Every key of the key space there before the first round, so GET and
+    # MGET read values in every round (the cluster's own keys for --cluster).
+    redis-benchmark -p "$redis_port" -t set -c 50 -P 16 -d 100 -r 100000 -n 400000 -q >/dev/null
+    redis-benchmark -p "$cluster_proxy_port" -t set -c 50 -P 16 -d 100 -r 100000 -n 400000 -q >/dev/null
+    redis-benchmark --cluster -p "${cluster_ports[0]}" -t set -c 50 -P 16 -d 100 -r 100000 -n 1200000 -q >/dev/null
+    cluster_results="$work/cluster.csv"
+    : >"$cluster_results"
+    for round in $(seq "$rounds"); do
+        for pipeline in 1 16; do
+            for test in set get mget; do
+                count=${#cluster_names[@]}
+                for offset in $(seq 0 $((count - 1))); do
+                    name="${cluster_names[$(((round + offset) % count))]}"
+                    workload=(-t "$test")
+                    if [ "$test" = mget ]; then
+                        # Its keys span slots: the cluster answers CROSSSLOT.
+                        [ "$name" = cluster ] && continue
+                        workload=("${mget[@]}")
+                    fi
+                    read -r -a target_args <<<"${cluster_target[$name]}"
+                    n="$(requests_for "$pipeline")"
+                    line="$(run_benchmark "$name" "$n" "${target_args[@]}" -c 50 -P "$pipeline" -d 100 -r 100000 \
+                        "${workload[@]}")"
+                    echo "$round,$test,$pipeline,100,$name,$line" >>"$cluster_results"
+                    echo "cluster round $round $test -P $pipeline $name: $line" >&2
+                done
+            done
+        done
+    done
+    render "$cluster_results" "$out_dir/latest.md" \
+        "cluster: a 3-master Redis Cluster (no replicas) beside a single Redis; random keys, key space 100,000, pre-filled; MGET = 10 keys; auracache = L1 off in front of the single Redis, auracache@cluster = L1 off in front of the cluster, cluster = redis-benchmark --cluster straight to its masters (no MGET: its keys span slots)" \
+        "direct auracache auracache@cluster cluster" "direct auracache"
 fi
