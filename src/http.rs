@@ -129,7 +129,6 @@ async fn ping(shared: &Shared, db: u32) -> Result<(), String> {
     }
 }
 
-
 /// 200 `{"status":"ok",...}` while the upstream answers (a pooled
 /// connection is up) and L1's invalidations flow (when a strict namespace
 /// needs them); 503 with the reason otherwise.

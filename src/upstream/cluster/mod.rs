@@ -43,7 +43,7 @@ pub use slots::{Node, SLOTS, SlotMap, key_slot};
 use super::connection::Answer;
 use super::{BatchResult, ConnectOptions, Hook, Pools, Upstream, UpstreamConnection, UpstreamError, connect};
 use crate::config::PoolConfig;
-use crate::keys::table::{KeyKind, KeyTable, Keys};
+use crate::keys::table::KeyTable;
 use crate::output::OutputBuffer;
 use crate::protocol::{Command, Protocol, ReplyLimits, scan};
 use crate::shutdown::Shutdown;
@@ -238,7 +238,10 @@ impl Cluster {
             match tokio::time::timeout(timeout, ping).await {
                 Ok(Ok(reply)) if reply.as_ref() == b"+PONG\r\n" => {}
                 Ok(Ok(reply)) => {
-                    return Err(format!("{node} answered PING with {}", String::from_utf8_lossy(&reply).trim()));
+                    return Err(format!(
+                        "{node} answered PING with {}",
+                        String::from_utf8_lossy(&reply).trim()
+                    ));
                 }
                 Ok(Err(error)) => return Err(format!("{node}: {}", error.client_message())),
                 Err(_) => return Err(format!("{node}: no answer to PING within {timeout:?}")),
@@ -395,12 +398,9 @@ impl Cluster {
     /// The slot of the first key of the first command in `batch` that has
     /// one.
     fn first_slot(&self, commands: &[Vec<Bytes>]) -> Option<u16> {
-        commands.iter().find_map(|args| match self.keys.keys(args) {
-            Keys::At(found) => found
-                .iter()
-                .find(|key| key.kind == KeyKind::Name && key.index < args.len())
-                .map(|key| key_slot(&args[key.index])),
-            _ => None,
+        commands.iter().find_map(|args| {
+            let first = *route::key_positions(args, &self.keys).first()?;
+            Some(key_slot(&args[first]))
         })
     }
 }

@@ -143,14 +143,7 @@ impl Plan {
         let Some(default) = map.masters().first().cloned() else {
             return;
         };
-        let names: Vec<usize> = match keys.keys(args) {
-            Keys::At(found) => found
-                .iter()
-                .filter(|key| key.kind == KeyKind::Name && key.index < args.len())
-                .map(|key| key.index)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let names = key_positions(args, keys);
         if names.is_empty() {
             return self.add_keyless(wire, args, map, &default);
         }
@@ -271,6 +264,27 @@ impl Plan {
             },
             pieces: vec![piece],
         })
+    }
+}
+
+/// Where the keys of `args` are, for routing: the key names of Redis's
+/// key specifications, and a shard channel (SSUBSCRIBE, SUNSUBSCRIBE,
+/// SPUBLISH), which lives on its slot's master as a key does.
+pub fn key_positions(args: &[Bytes], keys: &KeyTable) -> Vec<usize> {
+    let name = &args[0];
+    if name.eq_ignore_ascii_case(b"SPUBLISH") {
+        return if args.len() > 1 { vec![1] } else { Vec::new() };
+    }
+    if name.eq_ignore_ascii_case(b"SSUBSCRIBE") || name.eq_ignore_ascii_case(b"SUNSUBSCRIBE") {
+        return (1..args.len()).collect();
+    }
+    match keys.keys(args) {
+        Keys::At(found) => found
+            .iter()
+            .filter(|key| key.kind == KeyKind::Name && key.index < args.len())
+            .map(|key| key.index)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
