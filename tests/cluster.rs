@@ -893,3 +893,61 @@ async fn a_killed_master_is_replaced_by_its_replica_and_the_proxy_follows() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versioned_keys_without_a_tag_migrate_on_their_own_master() {
+    let cluster = RedisCluster::start(3, 0);
+    // Keys on every master, stored by an older deployment as version 1
+    // (in a cluster, an untagged key is stored inside a tag: `v1:{user:3}`).
+    let keys = keys_on_every_master(&cluster, "user:", 3);
+    for key in &keys {
+        assert_eq!(
+            cluster.direct(&["SET", &format!("v1:{{{key}}}"), &format!("old {key}")]),
+            "OK"
+        );
+    }
+    let proxy = Proxy::start_with(&cluster.url(), |config| {
+        common::l1_eager(config);
+        let namespace = config.namespaces.entry("user".into()).or_default();
+        namespace.version = Some(2);
+        namespace.fallback_versions = vec![1];
+    })
+    .await;
+    let l1 = proxy.handle().l1().expect("L1 on");
+    common::poll_until("L1 to be ready", || l1.ready());
+    let mut client = proxy.raw().await;
+    for key in &keys {
+        let expected = format!("$%d\r\nold {key}\r\n").replace("%d", &(key.len() + 4).to_string());
+        // The read migrates it: one script on the key's own master.
+        assert_eq!(client.cmd(&format!("GET {key}")).await, expected, "{key}");
+        assert_eq!(cluster.direct(&["GET", &format!("v2:{{{key}}}")]), format!("old {key}"));
+        assert_eq!(
+            RedisCluster::slot_of(format!("v2:{{{key}}}").as_bytes()),
+            RedisCluster::slot_of(key.as_bytes())
+        );
+        // Written through the proxy: the old version is gone.
+        assert_eq!(client.cmd(&format!("SET {key} new")).await, "+OK\r\n");
+        assert_eq!(cluster.direct(&["EXISTS", &format!("v1:{{{key}}}")]), "0");
+        // L1 holds it, and a write to the stored name on its master reaches it.
+        assert_eq!(
+            common::read_until_cached(&proxy, &mut client, key).await,
+            "$3\r\nnew\r\n"
+        );
+        assert_eq!(cluster.direct(&["SET", &format!("v2:{{{key}}}"), "direct"]), "OK");
+        client.cmd_until(&format!("GET {key}"), "$6\r\ndirect\r\n").await;
+    }
+    // Split commands and fan-out see the client's names only.
+    let joined = keys.join(" ");
+    let mget = client.cmd(&format!("MGET {joined}")).await;
+    assert_eq!(mget.matches("direct").count(), keys.len(), "{mget}");
+    let listed = client.cmd("KEYS user:*").await;
+    for key in &keys {
+        assert!(listed.contains(&format!("{key}\r\n")), "{listed}");
+    }
+    assert!(!listed.contains("v2:") && !listed.contains('{'), "{listed}");
+    assert_eq!(
+        client.cmd(&format!("DEL {joined}")).await,
+        format!(":{}\r\n", keys.len())
+    );
+    assert_eq!(client.cmd("DBSIZE").await, ":0\r\n");
+}

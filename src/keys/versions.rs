@@ -98,6 +98,26 @@ pub struct KeyPattern {
     /// `{version}` comes before `{key}`.
     version_first: bool,
     source: String,
+    /// In front of a Redis Cluster: a key without a hash tag is stored
+    /// inside one (`v2:{user:1}`), so all its versions are in its slot and
+    /// a migration stays on one master (see [`cluster_wrap`]).
+    wrap: bool,
+}
+
+/// Whether a key's stored name in a cluster wraps it in braces: a key
+/// Redis hashes whole and that has no `}` (so the braces make the whole key
+/// the tag, and the slot is the key's own), or one that itself starts with
+/// `{` and ends with `}` (so that any stored `{...}` is a wrap, and the
+/// form can be read back). Keys with a hash tag keep it (`{user1}:a`).
+pub fn cluster_wrap(key: &[u8]) -> bool {
+    let framed = key.len() >= 2 && key.first() == Some(&b'{') && key.last() == Some(&b'}');
+    framed || (!has_hash_tag(key) && !key.contains(&b'}'))
+}
+
+/// Whether Redis Cluster hashes `key` by a tag: a `{` with a `}` after
+/// it, something between them.
+fn has_hash_tag(key: &[u8]) -> bool {
+    memchr::memchr(b'{', key).is_some_and(|open| memchr::memchr(b'}', &key[open + 1..]).is_some_and(|close| close > 0))
 }
 
 impl KeyPattern {
@@ -116,7 +136,15 @@ impl KeyPattern {
             after: pattern.as_bytes()[second_at + second_len..].to_vec(),
             version_first: version_at < key_at,
             source: pattern.to_string(),
+            wrap: false,
         }
+    }
+
+    /// The same pattern for a Redis Cluster: keys without a hash tag are
+    /// stored inside one.
+    pub fn for_cluster(mut self) -> KeyPattern {
+        self.wrap = true;
+        self
     }
 
     /// The pattern as configured.
@@ -128,14 +156,24 @@ impl KeyPattern {
     pub fn stored(&self, version: u32, key: &[u8]) -> Bytes {
         let version = version.to_string();
         let mut out =
-            BytesMut::with_capacity(self.before.len() + self.between.len() + self.after.len() + 10 + key.len());
+            BytesMut::with_capacity(self.before.len() + self.between.len() + self.after.len() + 12 + key.len());
+        let wrap = self.wrap && cluster_wrap(key);
+        let key_part = |out: &mut BytesMut| {
+            if wrap {
+                out.extend_from_slice(b"{");
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"}");
+            } else {
+                out.extend_from_slice(key);
+            }
+        };
         out.extend_from_slice(&self.before);
         if self.version_first {
             out.extend_from_slice(version.as_bytes());
             out.extend_from_slice(&self.between);
-            out.extend_from_slice(key);
+            key_part(&mut out);
         } else {
-            out.extend_from_slice(key);
+            key_part(&mut out);
             out.extend_from_slice(&self.between);
             out.extend_from_slice(version.as_bytes());
         }
@@ -147,16 +185,27 @@ impl KeyPattern {
     pub fn parse_stored<'a>(&self, stored: &'a [u8]) -> Option<(u32, &'a [u8])> {
         let inner = stored.strip_prefix(self.before.as_slice())?;
         let inner = inner.strip_suffix(self.after.as_slice())?;
-        if self.version_first {
+        let (version, key) = if self.version_first {
             let digits = inner.iter().take_while(|byte| byte.is_ascii_digit()).count();
             let version = canonical_u32(&inner[..digits])?;
             let key = inner[digits..].strip_prefix(self.between.as_slice())?;
-            Some((version, key))
+            (version, key)
         } else {
             let digits = inner.iter().rev().take_while(|byte| byte.is_ascii_digit()).count();
             let version = canonical_u32(&inner[inner.len() - digits..])?;
             let key = inner[..inner.len() - digits].strip_suffix(self.between.as_slice())?;
-            Some((version, key))
+            (version, key)
+        };
+        if !self.wrap {
+            return Some((version, key));
+        }
+        // Every `{...}` is a wrap; anything else was stored as it is, and
+        // only if it is not a key that would have been wrapped.
+        match key.strip_prefix(b"{").and_then(|key| key.strip_suffix(b"}")) {
+            Some(unwrapped) if cluster_wrap(unwrapped) => Some((version, unwrapped)),
+            Some(_) => None,
+            None if cluster_wrap(key) => None,
+            None => Some((version, key)),
         }
     }
 
@@ -164,12 +213,23 @@ impl KeyPattern {
     /// client's `pattern` matches.
     fn glob_all_versions(&self, pattern: &[u8]) -> Vec<u8> {
         let mut out = glob::escape(&self.before);
+        // In a cluster the key may be inside braces: a `*` either side
+        // matches them (the reply is filtered by the client's pattern).
+        let key_part = |out: &mut Vec<u8>| {
+            if self.wrap {
+                out.push(b'*');
+            }
+            out.extend_from_slice(pattern);
+            if self.wrap {
+                out.push(b'*');
+            }
+        };
         if self.version_first {
             out.push(b'*');
             out.extend(glob::escape(&self.between));
-            out.extend_from_slice(pattern);
+            key_part(&mut out);
         } else {
-            out.extend_from_slice(pattern);
+            key_part(&mut out);
             out.extend(glob::escape(&self.between));
             out.push(b'*');
         }
@@ -184,15 +244,22 @@ impl KeyPattern {
         self.glob_all_versions(&pattern)
     }
 
-    /// The prefix every stored key of `namespace_prefix` in `version` starts with.
-    pub fn stored_prefix(&self, version: u32, namespace_prefix: &[u8]) -> Vec<u8> {
+    /// The prefixes the stored keys of `namespace_prefix` in `version`
+    /// start with: one, or in a cluster also the wrapped form's.
+    pub fn stored_prefixes(&self, version: u32, namespace_prefix: &[u8]) -> Vec<Vec<u8>> {
         let mut out = self.before.clone();
         if self.version_first {
             out.extend_from_slice(version.to_string().as_bytes());
             out.extend_from_slice(&self.between);
         }
+        let mut wrapped = out.clone();
         out.extend_from_slice(namespace_prefix);
-        out
+        if !self.wrap {
+            return vec![out];
+        }
+        wrapped.push(b'{');
+        wrapped.extend_from_slice(namespace_prefix);
+        vec![out, wrapped]
     }
 }
 
@@ -542,7 +609,11 @@ impl Versioning {
             return None;
         }
         Some(Versioning {
-            pattern: KeyPattern::parse(&config.versioning.key_pattern),
+            pattern: {
+                let pattern = KeyPattern::parse(&config.versioning.key_pattern);
+                let cluster = crate::config::UpstreamUrl::parse(&config.upstream).is_ok_and(|url| url.is_cluster());
+                if cluster { pattern.for_cluster() } else { pattern }
+            },
             separator: config.namespace_separator.as_bytes().first().copied().unwrap_or(b':'),
             namespaces,
             table: RwLock::new(Arc::new(KeyTable::builtin())),
@@ -743,7 +814,12 @@ impl Versioning {
             Some(end) => {
                 let namespace = self.namespaces.get(&prefix[..end])?;
                 for version in served(namespace) {
-                    prefixes.push(Bytes::from(self.pattern.stored_prefix(version, prefix)));
+                    prefixes.extend(
+                        self.pattern
+                            .stored_prefixes(version, prefix)
+                            .into_iter()
+                            .map(Bytes::from),
+                    );
                 }
                 if namespace.fallback_unversioned {
                     prefixes.push(Bytes::copy_from_slice(prefix));
@@ -758,7 +834,12 @@ impl Versioning {
                     let mut namespace_prefix = name.clone();
                     namespace_prefix.push(self.separator);
                     for version in served(namespace) {
-                        prefixes.push(Bytes::from(self.pattern.stored_prefix(version, &namespace_prefix)));
+                        prefixes.extend(
+                            self.pattern
+                                .stored_prefixes(version, &namespace_prefix)
+                                .into_iter()
+                                .map(Bytes::from),
+                        );
                     }
                     if namespace.fallback_unversioned {
                         prefixes.push(Bytes::from(namespace_prefix));
@@ -1803,6 +1884,44 @@ pub fn bulk(frame: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_a_cluster_every_version_of_a_key_is_in_the_keys_own_slot() {
+        use crate::upstream::cluster::key_slot;
+        let pattern = KeyPattern::parse("v{version}:{key}").for_cluster();
+        for (key, stored) in [
+            (&b"user:1"[..], &b"v2:{user:1}"[..]),
+            (b"{user1}:a", b"v2:{user1}:a"),
+            (b"{foo}", b"v2:{{foo}}"),
+            (b"a}b", b"v2:a}b"),
+            (b"x{", b"v2:{x{}"),
+        ] {
+            assert_eq!(&pattern.stored(2, key)[..], stored, "{}", String::from_utf8_lossy(key));
+            assert_eq!(
+                pattern.parse_stored(stored),
+                Some((2, key)),
+                "{}",
+                String::from_utf8_lossy(stored)
+            );
+            if key != b"a}b" {
+                // (A `}` without a tag cannot be wrapped: its versions'
+                // slots differ, a limitation the README states.)
+                assert_eq!(key_slot(&pattern.stored(1, key)), key_slot(&pattern.stored(7, key)));
+            }
+        }
+        // Tagged or hashed whole, the slot is the client key's own.
+        for key in [&b"user:1"[..], b"{user1}:a", b"x{"] {
+            assert_eq!(key_slot(&pattern.stored(2, key)), key_slot(key));
+        }
+        // A name in neither form is no stored name.
+        assert_eq!(pattern.parse_stored(b"v2:user:1"), None);
+        assert_eq!(pattern.parse_stored(b"v2:{{user1}:a}"), None);
+        // Outside a cluster nothing is wrapped.
+        assert_eq!(
+            &KeyPattern::parse("v{version}:{key}").stored(2, b"user:1")[..],
+            b"v2:user:1"
+        );
+    }
 
     fn versioning(pattern: &str) -> Versioning {
         let mut config = Config::default();
