@@ -951,3 +951,114 @@ async fn versioned_keys_without_a_tag_migrate_on_their_own_master() {
     );
     assert_eq!(client.cmd("DBSIZE").await, ":0\r\n");
 }
+
+/// A random command over six keys on different masters (multi-key ones
+/// span slots, so they are split).
+fn random_command() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+    use proptest::prelude::*;
+    let key = (0u8..6).prop_map(|k| format!("key{k}"));
+    let value = prop_oneof!["[a-z]{0,6}", "-?[0-9]{1,3}"];
+    prop_oneof![
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["SET".into(), k, v]),
+        key.clone().prop_map(|k| vec!["GET".into(), k]),
+        key.clone().prop_map(|k| vec!["INCR".into(), k]),
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["APPEND".into(), k, v]),
+        (key.clone(), value.clone()).prop_map(|(k, v)| vec!["LPUSH".into(), k, v]),
+        key.clone().prop_map(|k| vec!["RPOP".into(), k]),
+        (key.clone(), "f[0-2]", value.clone()).prop_map(|(k, f, v)| vec!["HSET".into(), k, f, v]),
+        (key.clone(), "f[0-2]").prop_map(|(k, f)| vec!["HGET".into(), k, f]),
+        key.clone().prop_map(|k| vec!["HGETALL".into(), k]),
+        prop::collection::vec(key.clone(), 1..5).prop_map(|keys| [vec!["MGET".to_string()], keys].concat()),
+        prop::collection::vec((key.clone(), value.clone()), 1..4).prop_map(|pairs| [
+            vec!["MSET".to_string()],
+            pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()
+        ]
+        .concat()),
+        prop::collection::vec(key.clone(), 1..4).prop_map(|keys| [vec!["EXISTS".to_string()], keys].concat()),
+        prop::collection::vec(key.clone(), 1..4).prop_map(|keys| [vec!["DEL".to_string()], keys].concat()),
+        prop::collection::vec(key, 1..4).prop_map(|keys| [vec!["UNLINK".to_string()], keys].concat()),
+    ]
+}
+
+/// Random pipelines through the proxy before the cluster and straight to a
+/// single Redis get the same replies, with and without L1.
+fn random_pipelines(protocol: u8, l1: bool) {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pair = std::cell::RefCell::new(runtime.block_on(Pair::new(protocol, l1)));
+    let masters: BTreeSet<u16> = (0..6)
+        .map(|k| {
+            pair.borrow()
+                .cluster
+                .owner_of_slot(RedisCluster::slot_of(format!("key{k}").as_bytes()))
+        })
+        .collect();
+    assert!(masters.len() >= 2, "the keys span masters");
+    let mut runner = TestRunner::new_with_rng(
+        ProptestConfig {
+            cases: 32,
+            failure_persistence: None,
+            max_shrink_iters: 0,
+            ..ProptestConfig::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &common::seed_bytes(0xC1A5_7E20 + protocol as u64)),
+    );
+    runner
+        .run(
+            // With L1, short pipelines and more reads of the same keys, so
+            // that it answers some (it answers a read only when the
+            // client's earlier commands have been answered).
+            &(
+                prop::collection::vec(random_command(), 1..if l1 { 60 } else { 30 }),
+                1usize..if l1 { 2 } else { 8 },
+            ),
+            |(commands, pipeline)| {
+                let mut guard = pair.borrow_mut();
+                let pair: &mut Pair = &mut guard;
+                runtime.block_on(async {
+                    for group in commands.chunks(pipeline) {
+                        let mut wire = Vec::new();
+                        for command in group {
+                            let args: Vec<&[u8]> = command.iter().map(|arg| arg.as_bytes()).collect();
+                            wire.extend(common::encode(&args));
+                        }
+                        pair.single.send(&wire).await;
+                        pair.proxied.send(&wire).await;
+                        for command in group {
+                            let single = pair.single.read_reply().await;
+                            let proxied = pair.proxied.read_reply().await;
+                            assert_eq!(
+                                String::from_utf8_lossy(&proxied),
+                                String::from_utf8_lossy(&single),
+                                "{command:?} in {commands:?} (left: proxy before the cluster, right: a single Redis)"
+                            );
+                        }
+                    }
+                    assert_eq!(pair.single.cmd("FLUSHALL").await, "+OK\r\n");
+                    assert_eq!(pair.proxied.cmd("FLUSHALL").await, "+OK\r\n");
+                });
+                Ok(())
+            },
+        )
+        .expect("random pipelines get a single Redis's replies through the cluster");
+    if l1 {
+        let hits = common::l1_hits(&pair.borrow()._proxy);
+        assert!(hits > 0, "L1 answered some of the reads");
+        println!("L1 answered {hits} reads");
+    }
+}
+
+#[test]
+fn random_pipelines_match_a_single_redis_in_resp2() {
+    random_pipelines(2, false);
+}
+
+#[test]
+fn random_pipelines_match_a_single_redis_in_resp3_with_l1() {
+    random_pipelines(3, true);
+}
