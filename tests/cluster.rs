@@ -1062,3 +1062,67 @@ fn random_pipelines_match_a_single_redis_in_resp2() {
 fn random_pipelines_match_a_single_redis_in_resp3_with_l1() {
     random_pipelines(3, true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_cluster_shards_reads_the_map_by_cluster_slots() {
+    let cluster = RedisCluster::start(3, 0);
+    // The proxy's user may not run CLUSTER SHARDS (as on a Redis before 7,
+    // which lacks it): the map comes from CLUSTER SLOTS. ACLs are per node.
+    for port in cluster.ports() {
+        assert_eq!(
+            cluster.cli(
+                port,
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "proxy",
+                    "on",
+                    ">s3cret",
+                    "~*",
+                    "&*",
+                    "+@all",
+                    "-cluster|shards"
+                ]
+            ),
+            "OK"
+        );
+    }
+    let seeds = cluster
+        .url()
+        .replace("redis-cluster://", "redis-cluster://proxy:s3cret@");
+    let proxy = Proxy::start_with(&seeds, common::l1_eager).await;
+    let l1 = proxy.handle().l1().expect("L1 on");
+    common::poll_until("L1 to be ready", || l1.ready());
+    let mut client = proxy.raw().await;
+    let keys = keys_on_every_master(&cluster, "acl:", 2);
+    let pairs: String = keys.iter().map(|key| format!("{key} {key} ")).collect();
+    assert_eq!(client.cmd(&format!("MSET {pairs}")).await, "+OK\r\n");
+    let mget = client.cmd(&format!("MGET {}", keys.join(" "))).await;
+    for key in &keys {
+        assert!(mget.contains(&format!("\r\n{key}\r\n")), "{mget}");
+    }
+    let info = client.cmd("INFO cache").await;
+    assert_eq!(common::values::info_field(&info, "cluster_masters"), "3", "{info}");
+    assert_eq!(
+        common::values::info_field(&info, "cluster_slots_served"),
+        "16384",
+        "{info}"
+    );
+    // It was refused CLUSTER SHARDS (so the map came from CLUSTER SLOTS),
+    // and its connections are the proxy user's.
+    let logs: Vec<String> = cluster
+        .masters()
+        .iter()
+        .map(|port| cluster.cli(*port, &["ACL", "LOG"]))
+        .collect();
+    assert!(logs.iter().any(|log| log.contains("shards")), "{logs:?}");
+    for port in cluster.masters() {
+        let clients = cluster.cli(port, &["CLIENT", "LIST"]);
+        assert!(
+            clients
+                .lines()
+                .any(|line| line.contains("name=auracache:pool") && line.contains("user=proxy")),
+            "{clients}"
+        );
+    }
+}

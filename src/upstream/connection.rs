@@ -259,9 +259,14 @@ impl UpstreamConnection {
 
     /// As [`Self::send`] on a connection to one node (what the cluster
     /// router sends on); any other handle answers "connection lost".
-    pub(super) async fn send_to_node(&self, bytes: Bytes, replies: usize) -> oneshot::Receiver<BatchResult> {
+    pub(super) async fn send_to_node(
+        &self,
+        bytes: Bytes,
+        replies: usize,
+        hook: Option<Hook>,
+    ) -> oneshot::Receiver<BatchResult> {
         let Link::Node { requests, .. } = &self.link else {
-            let (answer, receiver) = Answer::new(None, None, replies);
+            let (answer, receiver) = Answer::new(hook, None, replies);
             answer.answer(Err(UpstreamError::lost()));
             return receiver;
         };
@@ -271,7 +276,7 @@ impl UpstreamConnection {
             replies,
             respond: Responder {
                 respond: Some(respond),
-                hook: None,
+                hook,
                 output: None,
             },
         };

@@ -230,7 +230,7 @@ impl Cluster {
             let ping = async {
                 let connection = self.pooled(node, 0, Protocol::Resp2, 0).await?;
                 connection
-                    .send_to_node(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1)
+                    .send_to_node(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"), 1, None)
                     .await
                     .await
                     .unwrap_or_else(|_| Err(UpstreamError::lost()))
@@ -375,7 +375,7 @@ impl Cluster {
         let call = |request: Bytes| {
             let connection = connection.clone();
             async move {
-                match tokio::time::timeout(timeout, connection.send_to_node(request, 1).await).await {
+                match tokio::time::timeout(timeout, connection.send_to_node(request, 1, None).await).await {
                     Ok(Ok(Ok(reply))) => Ok(reply),
                     Ok(Ok(Err(error))) => Err(error.to_string()),
                     Ok(Err(_)) => Err("connection lost".to_string()),
@@ -408,6 +408,7 @@ impl Cluster {
 /// Sub-batches sent, awaiting their replies.
 enum Sent {
     Waiting(oneshot::Receiver<BatchResult>),
+    Ready(BatchResult),
     Failed(UpstreamError),
 }
 
@@ -447,9 +448,9 @@ async fn send_plan(cluster: &Cluster, source: &Source, plan: &mut Plan) -> Vec<S
     let mut sent = Vec::with_capacity(plan.groups.len());
     for group in &mut plan.groups {
         let count = group.parts.len();
-        let bytes = group.bytes.split().freeze();
+        let bytes = group.bytes();
         sent.push(match source.connection(cluster, &group.node).await {
-            Ok(connection) => Sent::Waiting(connection.send_to_node(bytes, count).await),
+            Ok(connection) => Sent::Waiting(connection.send_to_node(bytes, count, None).await),
             Err(error) => {
                 cluster.refresh_soon();
                 Sent::Failed(error)
@@ -459,16 +460,16 @@ async fn send_plan(cluster: &Cluster, source: &Source, plan: &mut Plan) -> Vec<S
     sent
 }
 
-/// The replies of a plan, redirects followed, in request order.
-/// `before` is the lane's previous batch: it must be answered before any
-/// of this one's redirects are followed. `follow`: redirects are followed
+/// The replies of a plan, redirects followed, in request order. Every
+/// batch the lane sent before this one (`turn`) is answered before any of
+/// this one's redirects are followed. `follow`: redirects are followed
 /// (not inside a transaction, where a MOVED becomes CROSSSLOT).
 async fn assemble(
     cluster: &Cluster,
     source: &Source,
     plan: Plan,
     sent: Vec<Sent>,
-    before: &mut Option<oneshot::Receiver<()>>,
+    turn: &Turn,
     follow: bool,
 ) -> BatchResult {
     let mut replies = Vec::with_capacity(sent.len());
@@ -476,6 +477,7 @@ async fn assemble(
         let count = group.parts.len();
         let result = match sent {
             Sent::Waiting(receiver) => receiver.await.unwrap_or_else(|_| Err(UpstreamError::lost())),
+            Sent::Ready(result) => result,
             Sent::Failed(error) => Err(error),
         };
         replies.push(match result {
@@ -501,9 +503,7 @@ async fn assemble(
                 continue;
             }
             if !waited {
-                if let Some(before) = before.take() {
-                    let _ = before.await;
-                }
+                turn.wait().await;
                 waited = true;
             }
             let reply = reply.clone();
@@ -567,7 +567,7 @@ async fn follow_redirects(cluster: &Cluster, source: &Source, part: &route::Part
         } else {
             (part.wire.clone(), 1)
         };
-        reply = match connection.send_to_node(request, count).await.await {
+        reply = match connection.send_to_node(request, count, None).await.await {
             Ok(Ok(bytes)) => match route::split_replies(&bytes, count, cluster.limits) {
                 Some(mut replies) => replies.pop().unwrap_or_default(),
                 None => error_reply(&UpstreamError::Unavailable(
@@ -580,47 +580,85 @@ async fn follow_redirects(cluster: &Cluster, source: &Source, part: &route::Part
     }
 }
 
-/// The batches of one lane (the clients sharing a pool slot) in flight:
-/// the last one's end, and the map epoch it was sent under.
+/// The batches of one lane (the clients sharing a pool slot, or one
+/// client's own connections) in flight, in the order they were sent, and
+/// the map epoch the last one was sent under.
 #[derive(Debug, Default)]
 pub struct Lane {
-    epoch: AtomicU64,
-    last: Mutex<Option<oneshot::Receiver<()>>>,
+    state: Mutex<LaneState>,
+    turn: Notify,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    epoch: u64,
+    next: u64,
+    in_flight: std::collections::BTreeSet<u64>,
 }
 
 impl Lane {
-    /// Registers a new batch: returns the previous batch's end and this
-    /// batch's (dropped when it is answered, redirects and all).
-    fn chain(&self) -> (Option<oneshot::Receiver<()>>, oneshot::Sender<()>) {
-        let (done, done_receiver) = oneshot::channel();
-        let before = self
-            .last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .replace(done_receiver);
-        (before, done)
+    fn state(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A batch's place in its lane, given up (the batch answered) when dropped.
+struct Turn {
+    lane: Arc<Lane>,
+    seq: u64,
+}
+
+impl Turn {
+    /// Registers a batch about to be sent under map `epoch`. If the map
+    /// changed since the lane last sent, every batch sent before is
+    /// answered first: one of them may be redirected to where this one goes.
+    async fn take(lane: Arc<Lane>, epoch: u64) -> Turn {
+        let seq = loop {
+            let turn = lane.turn.notified();
+            {
+                let mut state = lane.state();
+                if state.epoch == epoch || state.in_flight.is_empty() {
+                    state.epoch = epoch;
+                    let seq = state.next;
+                    state.next += 1;
+                    state.in_flight.insert(seq);
+                    break seq;
+                }
+            }
+            turn.await;
+        };
+        Turn { lane, seq }
     }
 
-    /// Waits for the previous batch if the map changed since this lane
-    /// last sent (its commands may be redirected to where this batch goes).
-    async fn settle(&self, epoch: u64, before: &mut Option<oneshot::Receiver<()>>) {
-        if self.epoch.swap(epoch, Ordering::AcqRel) != epoch
-            && let Some(before) = before.take()
-        {
-            let _ = before.await;
+    /// Waits until every batch the lane sent before this one is answered.
+    async fn wait(&self) {
+        loop {
+            let turn = self.lane.turn.notified();
+            if self.lane.state().in_flight.first() == Some(&self.seq) {
+                return;
+            }
+            turn.await;
         }
     }
 }
 
-/// Waits for `before`, then marks `done`: a batch's end follows its
-/// predecessor's.
-fn finish_after(before: Option<oneshot::Receiver<()>>, done: oneshot::Sender<()>) {
-    if let Some(before) = before {
-        tokio::spawn(async move {
-            let _ = before.await;
-            drop(done);
-        });
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut state = self.lane.state();
+        let first = state.in_flight.first() == Some(&self.seq);
+        state.in_flight.remove(&self.seq);
+        let empty = state.in_flight.is_empty();
+        drop(state);
+        if first || empty {
+            self.lane.turn.notify_waiters();
+        }
     }
+}
+
+/// Whether `replies` may hold a redirect: an error reply at its start or
+/// after a line end (a value holding `\n-` only costs the slow path).
+fn may_redirect(replies: &[u8]) -> bool {
+    replies.first() == Some(&b'-') || memchr::memmem::find(replies, b"\n-").is_some()
 }
 
 /// A client's pooled connection to a cluster.
@@ -640,29 +678,68 @@ impl ClusterLink {
         output: Option<Arc<OutputBuffer>>,
     ) -> oneshot::Receiver<BatchResult> {
         let (answer, receiver) = Answer::new(hook, output, replies);
-        let (mut before, done) = self.lane.chain();
-        let map = match self.cluster.ready_map().await {
-            Ok(map) => map,
-            Err(error) => {
-                answer.answer(Err(error));
-                finish_after(before, done);
-                return receiver;
-            }
-        };
-        self.lane.settle(self.cluster.epoch(), &mut before).await;
-        let map = if before.is_none() { self.cluster.map() } else { map };
+        if let Err(error) = self.cluster.ready_map().await {
+            answer.answer(Err(error));
+            return receiver;
+        }
+        let turn = Turn::take(self.lane.clone(), self.cluster.epoch()).await;
+        // Read after the epoch (a map is installed before its epoch), so
+        // the map is at least as new as the epoch the lane noted.
+        let map = self.cluster.map();
         let mut plan = plan_for(&bytes, replies, &map, &self.cluster.keys);
+        if plan.is_direct() {
+            self.send_direct(plan, answer, turn).await;
+            return receiver;
+        }
         let sent = send_plan(&self.cluster, &self.source, &mut plan).await;
         let link = self.clone();
         tokio::spawn(async move {
-            let result = assemble(&link.cluster, &link.source, plan, sent, &mut before, true).await;
+            let result = assemble(&link.cluster, &link.source, plan, sent, &turn, true).await;
+            drop(turn);
             answer.answer(result);
-            if let Some(before) = before {
-                let _ = before.await;
-            }
-            drop(done);
         });
         receiver
+    }
+
+    /// A batch for one master, each reply as it is (the common case): its
+    /// replies are handed on from that connection's reader, as with one
+    /// Redis; only a batch with a redirect among its replies takes a task.
+    async fn send_direct(&self, mut plan: Plan, answer: Answer, turn: Turn) {
+        let group = &mut plan.groups[0];
+        let (bytes, count) = (group.bytes(), group.parts.len());
+        let node = group.node.clone();
+        let connection = match self.source.connection(&self.cluster, &node).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                self.cluster.refresh_soon();
+                drop(turn);
+                answer.answer(Err(error));
+                return;
+            }
+        };
+        let link = self.clone();
+        let on_replies: Hook = Box::new(move |result: BatchResult| {
+            match result {
+                Ok(replies) if may_redirect(&replies) => {
+                    tokio::spawn(async move {
+                        let sent = vec![Sent::Ready(Ok(replies))];
+                        let result = assemble(&link.cluster, &link.source, plan, sent, &turn, true).await;
+                        drop(turn);
+                        answer.answer(result);
+                    });
+                }
+                result => {
+                    if result.is_err() {
+                        link.cluster.refresh_soon();
+                    }
+                    drop(turn);
+                    answer.answer(result);
+                }
+            }
+            // The batch's own receiver is not listened to: `answer` is.
+            Ok(Bytes::new())
+        });
+        drop(connection.send_to_node(bytes, count, Some(on_replies)).await);
     }
 }
 
@@ -725,7 +802,7 @@ pub struct Pinned {
     state: tokio::sync::Mutex<PinState>,
     /// Batches sent and not yet answered.
     owed: Arc<Owed>,
-    lane: Lane,
+    lane: Arc<Lane>,
 }
 
 #[derive(Debug, Default)]
@@ -776,7 +853,7 @@ impl Pinned {
             replay: Mutex::new(Vec::new()),
             state: tokio::sync::Mutex::new(PinState::default()),
             owed: Arc::new(Owed::default()),
-            lane: Lane::default(),
+            lane: Arc::new(Lane::default()),
         }))
     }
 
@@ -805,7 +882,7 @@ impl Pinned {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         for request in replay {
-            let _ = connection.send_to_node(request, 1).await.await;
+            let _ = connection.send_to_node(request, 1, None).await.await;
         }
         self.connections().insert(node.clone(), connection.clone());
         Ok(connection)
@@ -892,7 +969,7 @@ impl Pinned {
         if let Some(multi) = state.held_multi.take() {
             let node = state.stuck.clone().unwrap_or(first);
             let refused = match self.own(&node).await {
-                Ok(connection) => match connection.send_to_node(multi, 1).await.await {
+                Ok(connection) => match connection.send_to_node(multi, 1, None).await.await {
                     Ok(Ok(reply)) if reply.first() != Some(&b'-') => None,
                     Ok(Ok(reply)) => Some(reply),
                     Ok(Err(error)) => Some(error_reply(&error)),
@@ -916,9 +993,21 @@ impl Pinned {
         for (name, args) in names.iter().zip(&commands) {
             match name.as_slice() {
                 b"MULTI" => state.in_multi = true,
-                b"EXEC" | b"DISCARD" | b"RESET" => {
+                b"EXEC" | b"DISCARD" => {
                     state.in_multi = false;
                     state.watching = false;
+                }
+                b"RESET" => {
+                    // Only the connection it goes to is reset: the others
+                    // (authenticated, named as before) are closed, and
+                    // opened again as new when needed.
+                    state.in_multi = false;
+                    state.watching = false;
+                    self.replay
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .clear();
+                    self.connections().retain(|node, _| nodes.contains(node));
                 }
                 b"WATCH" => state.watching = true,
                 b"UNWATCH" => state.watching = false,
@@ -933,22 +1022,18 @@ impl Pinned {
             state.stuck = nodes.first().cloned();
         }
         let source = Source::Own(self.me.upgrade().expect("a Pinned is alive while it sends"));
-        let (mut before, done) = self.lane.chain();
-        self.lane.settle(self.cluster.epoch(), &mut before).await;
+        let turn = Turn::take(self.lane.clone(), self.cluster.epoch()).await;
         let sent = send_plan(&self.cluster, &source, &mut plan).await;
         drop(state);
         self.owed.count.fetch_add(1, Ordering::AcqRel);
         let owed = self.owed.clone();
         let cluster = self.cluster.clone();
         tokio::spawn(async move {
-            let result = assemble(&cluster, &source, plan, sent, &mut before, !transaction).await;
+            let result = assemble(&cluster, &source, plan, sent, &turn, !transaction).await;
+            drop(turn);
             answer.answer(result);
             owed.count.fetch_sub(1, Ordering::AcqRel);
             owed.answered.notify_waiters();
-            if let Some(before) = before {
-                let _ = before.await;
-            }
-            drop(done);
         });
         receiver
     }

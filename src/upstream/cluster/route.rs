@@ -34,9 +34,27 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Group {
     pub node: Node,
-    pub bytes: BytesMut,
+    /// The bytes to send, when they are not the parts' (a whole batch).
+    pub whole: Option<Bytes>,
     /// Each command sent, with its slot (None: no key), for a redirect.
     pub parts: Vec<Part>,
+}
+
+impl Group {
+    /// The bytes this master is sent: its parts, one after another.
+    pub fn bytes(&mut self) -> Bytes {
+        if let Some(whole) = self.whole.take() {
+            return whole;
+        }
+        if let [only] = self.parts.as_slice() {
+            return only.wire.clone();
+        }
+        let mut bytes = BytesMut::with_capacity(self.parts.iter().map(|part| part.wire.len()).sum());
+        for part in &self.parts {
+            bytes.extend_from_slice(&part.wire);
+        }
+        bytes.freeze()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -95,17 +113,32 @@ impl Plan {
             let args = scan::multibulk_args(&wire)?;
             plan.add(wire, &args, map, keys);
         }
-        (at == batch.len()).then_some(plan)
+        if at != batch.len() {
+            return None;
+        }
+        if plan.is_direct() {
+            // Every command to one master, in order: the batch as it came.
+            plan.groups[0].whole = Some(batch.clone());
+        }
+        Some(plan)
+    }
+
+    /// Whether the batch goes whole to one master, each reply as it is.
+    pub fn is_direct(&self) -> bool {
+        self.groups.len() == 1
+            && self
+                .commands
+                .iter()
+                .enumerate()
+                .all(|(index, planned)| matches!(planned, Planned::One(piece) if piece.at == index))
     }
 
     /// The whole batch for one master, as it is.
     pub fn whole(batch: Bytes, count: usize, node: Node) -> Plan {
-        let mut bytes = BytesMut::new();
-        bytes.extend_from_slice(&batch);
         Plan {
             groups: vec![Group {
                 node,
-                bytes,
+                whole: Some(batch),
                 parts: vec![
                     Part {
                         slot: None,
@@ -124,14 +157,13 @@ impl Plan {
             None => {
                 self.groups.push(Group {
                     node: node.clone(),
-                    bytes: BytesMut::new(),
+                    whole: None,
                     parts: Vec::new(),
                 });
                 self.groups.len() - 1
             }
         };
         let group_ref = &mut self.groups[group];
-        group_ref.bytes.extend_from_slice(&wire);
         group_ref.parts.push(Part { slot, wire });
         Piece {
             group,
@@ -568,7 +600,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.groups[0].node, node(3));
-        assert!(plan.groups[0].bytes.ends_with(b"$2\r\n12\r\n"));
+        let mut plan = plan;
+        assert!(plan.groups[0].bytes().ends_with(b"$2\r\n12\r\n"));
     }
 
     #[test]
