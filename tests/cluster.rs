@@ -614,6 +614,17 @@ async fn moved_and_ask_redirects_are_followed_while_a_slot_migrates() {
             "{mig}moved",
         ],
     );
+    // On another master: a batch for both goes to two masters at once.
+    let other = keys_on_every_master(&cluster, "other:", 1)
+        .into_iter()
+        .find(|key| cluster.owner_of_slot(RedisCluster::slot_of(key.as_bytes())) != source)
+        .unwrap();
+    assert_eq!(client.cmd(&format!("SET {other} o")).await, "+OK\r\n");
+    assert_eq!(
+        client.cmd(&format!("MGET {{mig}}moved {other} {{mig}}kept")).await,
+        "*3\r\n$2\r\nv1\r\n$1\r\no\r\n$2\r\nv1\r\n",
+        "an MGET split over two masters, one part through ASK"
+    );
     assert_eq!(client.cmd("GET {mig}moved").await, "$2\r\nv1\r\n", "through ASK");
     assert_eq!(
         client.cmd("SET {mig}new v1").await,
@@ -622,7 +633,18 @@ async fn moved_and_ask_redirects_are_followed_while_a_slot_migrates() {
     );
     assert_eq!(client.cmd("GET {mig}kept").await, "$2\r\nv1\r\n");
     cluster.finish_migration(slot, source, target);
-    // The slot is the target's now: MOVED, followed, and the map updated.
+    // The slot is the target's now: MOVED, followed (here in a pipeline
+    // spread over two masters), and the map updated.
+    let pipeline = [
+        common::encode(&[b"GET", b"{mig}new"]),
+        common::encode(&[b"GET", other.as_bytes()]),
+        common::encode(&[b"SET", b"{mig}new", b"v1"]),
+    ]
+    .concat();
+    client.send(&pipeline).await;
+    assert_eq!(String::from_utf8_lossy(&client.read_reply().await), "$2\r\nv1\r\n");
+    assert_eq!(String::from_utf8_lossy(&client.read_reply().await), "$1\r\no\r\n");
+    assert_eq!(String::from_utf8_lossy(&client.read_reply().await), "+OK\r\n");
     assert_eq!(client.cmd("GET {mig}new").await, "$2\r\nv1\r\n");
     assert_eq!(client.cmd("GET {mig}kept").await, "$2\r\nv1\r\n");
     // A write on the new owner is seen (L1 was emptied by the map change,

@@ -472,23 +472,15 @@ async fn assemble(
     turn: &Turn,
     follow: bool,
 ) -> BatchResult {
-    let mut replies = Vec::with_capacity(sent.len());
-    for (group, sent) in plan.groups.iter().zip(sent) {
-        let count = group.parts.len();
-        let result = match sent {
+    let mut results = Vec::with_capacity(sent.len());
+    for sent in sent {
+        results.push(match sent {
             Sent::Waiting(receiver) => receiver.await.unwrap_or_else(|_| Err(UpstreamError::lost())),
             Sent::Ready(result) => result,
             Sent::Failed(error) => Err(error),
-        };
-        replies.push(match result {
-            Ok(bytes) => route::split_replies(&bytes, count, cluster.limits)
-                .ok_or_else(|| UpstreamError::Unavailable("a node's replies could not be matched".into()))?,
-            Err(error) => {
-                cluster.refresh_soon();
-                vec![error_reply(&error); count]
-            }
         });
     }
+    let mut replies = split_all(cluster, &plan, results)?;
     let mut waited = false;
     for (group_index, group) in plan.groups.iter().enumerate() {
         for (at, part) in group.parts.iter().enumerate() {
@@ -510,6 +502,30 @@ async fn assemble(
             replies[group_index][at] = follow_redirects(cluster, source, part, reply).await;
         }
     }
+    Ok(build(cluster, plan, &replies))
+}
+
+/// Each master's replies, one by one (a lost master's as its error).
+fn split_all(cluster: &Cluster, plan: &Plan, results: Vec<BatchResult>) -> Result<Vec<Vec<Bytes>>, UpstreamError> {
+    plan.groups
+        .iter()
+        .zip(results)
+        .map(|(group, result)| {
+            let count = group.parts.len();
+            match result {
+                Ok(bytes) => route::split_replies(&bytes, count, cluster.limits)
+                    .ok_or_else(|| UpstreamError::Unavailable("a node's replies could not be matched".into())),
+                Err(error) => {
+                    cluster.refresh_soon();
+                    Ok(vec![error_reply(&error); count])
+                }
+            }
+        })
+        .collect()
+}
+
+/// The batch's replies in request order, split commands merged.
+fn build(cluster: &Cluster, plan: Plan, replies: &[Vec<Bytes>]) -> Bytes {
     let mut out = BytesMut::new();
     for planned in plan.commands {
         match planned {
@@ -524,7 +540,51 @@ async fn assemble(
             }
         }
     }
-    Ok(out.freeze())
+    out.freeze()
+}
+
+/// A pooled batch spread over several masters: each master's replies are
+/// kept as its connection's reader hands them over, and the last to
+/// arrive assembles the batch and answers it there, unless a redirect is
+/// among them (then a task follows it).
+struct Gathering {
+    link: ClusterLink,
+    remaining: AtomicUsize,
+    results: Mutex<Vec<Option<BatchResult>>>,
+    finish: Mutex<Option<(Plan, Answer, Turn)>>,
+}
+
+impl Gathering {
+    fn arrive(&self, group: usize, result: BatchResult) {
+        self.results.lock().unwrap_or_else(|poisoned| poisoned.into_inner())[group] = Some(result);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let results: Vec<BatchResult> = std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .map(|result| result.unwrap_or_else(|| Err(UpstreamError::lost())))
+            .collect();
+        let Some((plan, answer, turn)) = self.finish.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let redirected = results
+            .iter()
+            .any(|result| result.as_ref().is_ok_and(|replies| may_redirect(replies)));
+        if !redirected {
+            let result =
+                split_all(&self.link.cluster, &plan, results).map(|replies| build(&self.link.cluster, plan, &replies));
+            drop(turn);
+            answer.answer(result);
+            return;
+        }
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            let sent = results.into_iter().map(Sent::Ready).collect();
+            let result = assemble(&link.cluster, &link.source, plan, sent, &turn, true).await;
+            drop(turn);
+            answer.answer(result);
+        });
+    }
 }
 
 /// Sends `part` again wherever its replies point, until one is not a
@@ -686,19 +746,53 @@ impl ClusterLink {
         // Read after the epoch (a map is installed before its epoch), so
         // the map is at least as new as the epoch the lane noted.
         let map = self.cluster.map();
-        let mut plan = plan_for(&bytes, replies, &map, &self.cluster.keys);
+        let plan = plan_for(&bytes, replies, &map, &self.cluster.keys);
         if plan.is_direct() {
             self.send_direct(plan, answer, turn).await;
             return receiver;
         }
-        let sent = send_plan(&self.cluster, &self.source, &mut plan).await;
-        let link = self.clone();
-        tokio::spawn(async move {
-            let result = assemble(&link.cluster, &link.source, plan, sent, &turn, true).await;
-            drop(turn);
-            answer.answer(result);
-        });
+        self.send_spread(plan, answer, turn).await;
         receiver
+    }
+
+    /// A batch for several masters, or with split or fanned-out commands:
+    /// see [`Gathering`].
+    async fn send_spread(&self, mut plan: Plan, answer: Answer, turn: Turn) {
+        let sends: Vec<(Node, Bytes, usize)> = plan
+            .groups
+            .iter_mut()
+            .map(|group| (group.node.clone(), group.bytes(), group.parts.len()))
+            .collect();
+        let gathering = Arc::new(Gathering {
+            link: self.clone(),
+            remaining: AtomicUsize::new(sends.len()),
+            results: Mutex::new((0..sends.len()).map(|_| None).collect()),
+            finish: Mutex::new(Some((plan, answer, turn))),
+        });
+        if sends.is_empty() {
+            // Only local replies (CROSSSLOT).
+            if let Some((plan, answer, turn)) = gathering.finish.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                drop(turn);
+                answer.answer(Ok(build(&self.cluster, plan, &[])));
+            }
+            return;
+        }
+        for (group, (node, bytes, count)) in sends.into_iter().enumerate() {
+            match self.source.connection(&self.cluster, &node).await {
+                Ok(connection) => {
+                    let gathering = gathering.clone();
+                    let on_replies: Hook = Box::new(move |result: BatchResult| {
+                        gathering.arrive(group, result);
+                        Ok(Bytes::new())
+                    });
+                    drop(connection.send_to_node(bytes, count, Some(on_replies)).await);
+                }
+                Err(error) => {
+                    self.cluster.refresh_soon();
+                    gathering.arrive(group, Err(error));
+                }
+            }
+        }
     }
 
     /// A batch for one master, each reply as it is (the common case): its
