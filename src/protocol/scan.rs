@@ -233,9 +233,19 @@ impl RequestScanner {
 /// them: each header's digits end at its `\r`, and the two bytes after a
 /// header or a bulk are skipped unchecked.
 pub fn multibulk_args(frame: &bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
-    let buf = frame.as_ref();
-    let count_end = header_line(buf, 1, "mbulk count").ok()??;
-    let count = usize::try_from(parse_len(&buf[1..count_end - 2])?).ok()?;
+    multibulk_args_from(frame, 0).map(|(args, _)| args)
+}
+
+/// The arguments of the multibulk frame starting at `start` in `batch`
+/// (a batch of frames), and the offset just past it.
+pub fn multibulk_args_from(batch: &bytes::Bytes, start: usize) -> Option<(Vec<bytes::Bytes>, usize)> {
+    let frame = batch;
+    let buf = batch.as_ref();
+    if buf.get(start) != Some(&b'*') {
+        return None;
+    }
+    let count_end = header_line(buf, start + 1, "mbulk count").ok()??;
+    let count = usize::try_from(parse_len(&buf[start + 1..count_end - 2])?).ok()?;
     let mut args = Vec::with_capacity(count.min(1024));
     let mut pos = count_end;
     for _ in 0..count {
@@ -251,7 +261,7 @@ pub fn multibulk_args(frame: &bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
         args.push(frame.slice(body..end));
         pos = end + 2;
     }
-    Some(args)
+    Some((args, pos))
 }
 
 /// Finds the `\r\n` ending the header line whose digits start at `from`.

@@ -1186,14 +1186,11 @@ fn split_commands(bytes: &Bytes, most: usize) -> Vec<Vec<Bytes>> {
     let mut commands = Vec::new();
     let mut at = 0;
     while at < bytes.len() && commands.len() < most {
-        let Some(len) = route::frame_len(&bytes[at..]) else {
-            break;
-        };
-        let Some(args) = scan::multibulk_args(&bytes.slice(at..at + len)) else {
+        let Some((args, end)) = scan::multibulk_args_from(bytes, at) else {
             break;
         };
         commands.push(args);
-        at += len;
+        at = end;
     }
     commands
 }

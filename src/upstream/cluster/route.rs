@@ -107,10 +107,9 @@ impl Plan {
         let mut plan = Plan::default();
         let mut at = 0;
         for _ in 0..count {
-            let len = frame_len(&batch[at..])?;
-            let wire = batch.slice(at..at + len);
-            at += len;
-            let args = scan::multibulk_args(&wire)?;
+            let (args, end) = scan::multibulk_args_from(batch, at)?;
+            let wire = batch.slice(at..end);
+            at = end;
             plan.add(wire, &args, map, keys);
         }
         if at != batch.len() {
@@ -317,19 +316,6 @@ pub fn key_positions(args: &[Bytes], keys: &KeyTable) -> Vec<usize> {
             .map(|key| key.index)
             .collect(),
         _ => Vec::new(),
-    }
-}
-
-/// The length of the multibulk frame at the start of `buf`, if complete.
-pub(super) fn frame_len(buf: &[u8]) -> Option<usize> {
-    let mut scanner = crate::protocol::RequestScanner::new(crate::protocol::RequestLimits {
-        max_bulk_bytes: usize::MAX / 4,
-        max_multibulk_len: usize::MAX / 4,
-        max_inline_bytes: usize::MAX / 4,
-    });
-    match scanner.scan(buf).ok()?? {
-        crate::protocol::RequestFrame::Multibulk { len, .. } => Some(len),
-        _ => None,
     }
 }
 
