@@ -270,20 +270,7 @@ impl UpstreamConnection {
             answer.answer(Err(UpstreamError::lost()));
             return receiver;
         };
-        let (respond, receiver) = oneshot::channel();
-        let request = Request::Batch {
-            bytes,
-            replies,
-            respond: Responder {
-                respond: Some(respond),
-                hook,
-                output: None,
-            },
-        };
-        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = requests.send(request).await {
-            respond.answer(Err(UpstreamError::lost()));
-        }
-        receiver
+        queue_batch(requests, bytes, replies, hook, None).await
     }
 
     /// [`Self::pipe_to`] on a connection to one node.
@@ -328,20 +315,7 @@ impl UpstreamConnection {
             Link::Cluster(link) => return link.send_with(bytes, replies, hook, output).await,
             Link::Pinned(pinned) => return pinned.send_with(bytes, replies, hook, output).await,
         };
-        let (respond, receiver) = oneshot::channel();
-        let request = Request::Batch {
-            bytes,
-            replies,
-            respond: Responder {
-                respond: Some(respond),
-                hook,
-                output: output.map(|output| (output, replies)),
-            },
-        };
-        if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = requests.send(request).await {
-            respond.answer(Err(UpstreamError::lost()));
-        }
-        receiver
+        queue_batch(requests, bytes, replies, hook, output).await
     }
 
     /// Switches the connection to pipe mode: everything Redis sends from now
@@ -388,6 +362,31 @@ impl UpstreamConnection {
             Link::Pinned(pinned) => pinned.closed().await,
         }
     }
+}
+
+/// Queues a batch on one connection's writer; if the writer is gone, the
+/// batch is answered "connection lost" at once.
+async fn queue_batch(
+    requests: &mpsc::Sender<Request>,
+    bytes: Bytes,
+    replies: usize,
+    hook: Option<Hook>,
+    output: Option<Arc<OutputBuffer>>,
+) -> oneshot::Receiver<BatchResult> {
+    let (respond, receiver) = oneshot::channel();
+    let request = Request::Batch {
+        bytes,
+        replies,
+        respond: Responder {
+            respond: Some(respond),
+            hook,
+            output: output.map(|output| (output, replies)),
+        },
+    };
+    if let Err(mpsc::error::SendError(Request::Batch { respond, .. })) = requests.send(request).await {
+        respond.answer(Err(UpstreamError::lost()));
+    }
+    receiver
 }
 
 async fn write_loop(

@@ -155,20 +155,11 @@ impl RedisCluster {
         redis_cli(&all).unwrap_or_else(|error| panic!("redis-cli -c {}: {error}", args.join(" ")))
     }
 
-    /// The slot Redis Cluster puts `key` in: CRC16 (XMODEM) of the key, or
-    /// of its hash tag, modulo 16384. The hash tag is what lies between the
-    /// first `{` and the first `}` after it, when that is not empty.
+    /// The slot Redis Cluster puts `key` in: the proxy's own
+    /// `key_slot` (CRC16-XMODEM of the key or its hash tag, mod 16384), so
+    /// `tests/cluster_harness.rs` checks it against `CLUSTER KEYSLOT`.
     pub fn slot_of(key: &[u8]) -> u16 {
-        let hashed = key
-            .iter()
-            .position(|&byte| byte == b'{')
-            .and_then(|open| {
-                let tag = &key[open + 1..];
-                let close = tag.iter().position(|&byte| byte == b'}')?;
-                (close > 0).then(|| &tag[..close])
-            })
-            .unwrap_or(key);
-        crc16_xmodem(hashed) % SLOTS
+        auracache::upstream::cluster::key_slot(key)
     }
 
     /// The port of the master serving `slot` (even one that is failing:
@@ -690,23 +681,6 @@ impl ViewNode {
 
 fn parse_slot(text: &str, line: &str) -> Result<u16, String> {
     text.parse().map_err(|_| format!("bad slot {text:?} in {line:?}"))
-}
-
-/// CRC16 with polynomial 0x1021 and initial value 0 (XMODEM), as Redis
-/// Cluster's `keyHashSlot`.
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 /// One command on a fresh connection to the node on `port`; Err names the

@@ -343,6 +343,11 @@ fn array_items(reply: &Bytes, limits: ReplyLimits) -> Option<Vec<Bytes>> {
     split_replies(&reply.slice(header..), count, limits)
 }
 
+/// The items of every reply, None unless all are arrays.
+fn every_array(replies: &[Bytes], limits: ReplyLimits) -> Option<Vec<Vec<Bytes>>> {
+    replies.iter().map(|reply| array_items(reply, limits)).collect()
+}
+
 fn is_error(reply: &[u8]) -> bool {
     matches!(reply.first(), Some(b'-') | Some(b'!'))
 }
@@ -368,11 +373,7 @@ pub fn merge(merge: &Merge, replies: Vec<Bytes>, limits: ReplyLimits) -> Bytes {
     let unexpected = || Bytes::from_static(b"-ERR auracache: a node's reply could not be merged\r\n");
     match merge {
         Merge::Items(order) => {
-            let Some(pieces) = replies
-                .iter()
-                .map(|reply| array_items(reply, limits))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(pieces) = every_array(&replies, limits) else {
                 return unexpected();
             };
             let mut out = BytesMut::new();
@@ -391,11 +392,7 @@ pub fn merge(merge: &Merge, replies: Vec<Bytes>, limits: ReplyLimits) -> Bytes {
         },
         Merge::Agree => replies.into_iter().next().unwrap_or_else(unexpected),
         Merge::Concat => {
-            let Some(pieces) = replies
-                .iter()
-                .map(|reply| array_items(reply, limits))
-                .collect::<Option<Vec<_>>>()
-            else {
+            let Some(pieces) = every_array(&replies, limits) else {
                 return unexpected();
             };
             let total: usize = pieces.iter().map(Vec::len).sum();
