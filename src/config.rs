@@ -1476,6 +1476,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_name_their_seeds_with_shared_credentials() {
+        let url = UpstreamUrl::parse("redis-cluster://app:p%40ss@10.0.0.1:7000,10.0.0.2:7001, [::1]:7002").unwrap();
+        assert!(url.is_cluster() && !url.tls);
+        assert_eq!(
+            url.seeds,
+            vec![
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.2".to_string(), 7001),
+                ("::1".to_string(), 7002)
+            ]
+        );
+        assert_eq!((url.host.as_str(), url.port, url.db), ("10.0.0.1", 7000, 0));
+        assert_eq!(
+            (url.username.as_deref(), url.password.as_deref()),
+            (Some("app"), Some("p@ss"))
+        );
+        assert_eq!(
+            url.redacted(),
+            "redis-cluster://app:<hidden>@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002"
+        );
+        let node = url.node("10.0.0.9", 7005);
+        assert!(!node.is_cluster());
+        assert_eq!(node.redacted(), "redis://app:<hidden>@10.0.0.9:7005/0");
+        assert!(UpstreamUrl::parse("rediss-cluster://h:1").unwrap().tls);
+        for refused in [
+            "redis-cluster://",
+            "redis-cluster://h:1/2",
+            "redis-cluster://h:notaport",
+        ] {
+            assert!(UpstreamUrl::parse(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
     fn tls_settings_come_in_pairs_and_upstream_tls_needs_rediss() {
         let mut config = Config::default();
         // The environment sets tls.cert before tls.key: neither alone is refused then.

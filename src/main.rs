@@ -20,7 +20,7 @@ struct Flags {
     #[arg(long)]
     listen: Option<String>,
     /// Redis behind the proxy: redis://[user:password@]host:port[/db]
-    /// (rediss:// for TLS).
+    /// (rediss:// for TLS; redis-cluster://host:port,host:port for a Redis Cluster).
     #[arg(long)]
     upstream: Option<String>,
     /// Threads serving clients: 1 = single-threaded event loop, 0 = one per core.
