@@ -326,6 +326,20 @@ async fn cross_slot_commands_get_the_clusters_own_crossslot_error() {
             "{command} through the proxy"
         );
     }
+    // MSET with a key and no value across slots: the cluster's CROSSSLOT
+    // (the proxy's planner once panicked on it and dropped the client),
+    // and no pair of it is set.
+    let command = format!("MSET {a} 1 {b}");
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let owner = pair.cluster.owner_of_slot(RedisCluster::slot_of(a.as_bytes()));
+    let from_cluster = pair.cluster.try_cli(owner, &args).expect_err("the cluster refuses it");
+    assert_eq!(proxied.cmd(&command).await, format!("-{from_cluster}\r\n"), "{command}");
+    assert_eq!(
+        pair.cluster.direct(&["EXISTS", a]),
+        "0",
+        "nothing of the refused MSET ran"
+    );
+    assert_eq!(proxied.cmd("PING").await, "+PONG\r\n", "the client is still served");
     // A transaction spanning masters is refused inside, and so aborted.
     assert_eq!(proxied.cmd("MULTI").await, "+OK\r\n");
     assert_eq!(proxied.cmd(&format!("SET {a} 1")).await, "+QUEUED\r\n");
