@@ -1162,3 +1162,69 @@ async fn a_user_without_cluster_shards_reads_the_map_by_cluster_slots() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_hello_and_setname_on_own_connections_apply_on_every_master() {
+    let cluster = RedisCluster::start(3, 0);
+    for port in cluster.masters() {
+        cluster.cli(port, &["ACL", "SETUSER", "limited", "on", ">pw", "~allowed*", "+@all"]);
+    }
+    let proxy = Proxy::start(&cluster.url()).await;
+    let keys = keys_on_every_master(&cluster, "other:", 1);
+    let denied = "-NOPERM this user has no permissions to access one of the keys used as arguments\r\n";
+    // Own connections to two masters opened first (WATCH gives the client
+    // its own connection), then AUTH: every master must see the ACL user.
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd(&format!("WATCH {}", keys[1])).await, "+OK\r\n");
+    assert_eq!(client.cmd("UNWATCH").await, "+OK\r\n");
+    assert_eq!(client.cmd(&format!("GET {}", keys[2])).await, "$-1\r\n");
+    assert_eq!(client.cmd("AUTH limited pw").await, "+OK\r\n");
+    for key in &keys {
+        assert_eq!(
+            client.cmd(&format!("SET {key} 1")).await,
+            denied,
+            "SET {key} as limited"
+        );
+        assert_eq!(client.cmd(&format!("SET allowed{key} 1")).await, "+OK\r\n");
+    }
+    // HELLO 3 then: every master answers in RESP3.
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    for key in &keys {
+        assert_eq!(
+            client.cmd(&format!("HGETALL allowed-h{key}")).await,
+            "%0\r\n",
+            "HGETALL on {key}'s master"
+        );
+    }
+    // CLIENT SETNAME names every connection the client has.
+    assert_eq!(client.cmd("CLIENT SETNAME reviewer").await, "+OK\r\n");
+    for key in &keys {
+        client.cmd(&format!("GET allowed{key}")).await;
+    }
+    for port in cluster.masters() {
+        let list = cluster.cli(port, &["CLIENT", "LIST"]);
+        let named: Vec<&str> = list.lines().filter(|line| line.contains("user=limited")).collect();
+        assert!(!named.is_empty(), "master {port} has the client's connection");
+        assert!(
+            named.iter().all(|line| line.contains("name=reviewer")),
+            "master {port}: {named:?}"
+        );
+    }
+    // AUTH pipelined before a command of another master in one batch.
+    let mut piped = proxy.raw().await;
+    assert_eq!(piped.cmd(&format!("WATCH {}", keys[2])).await, "+OK\r\n");
+    assert_eq!(piped.cmd("UNWATCH").await, "+OK\r\n");
+    let mut wire = common::encode(&[b"AUTH", b"limited", b"pw"]);
+    for key in &keys {
+        wire.extend(common::encode(&[b"SET", key.as_bytes(), b"2"]));
+    }
+    piped.send(&wire).await;
+    assert_eq!(String::from_utf8_lossy(&piped.read_reply().await), "+OK\r\n");
+    for key in &keys {
+        assert_eq!(
+            String::from_utf8_lossy(&piped.read_reply().await),
+            denied,
+            "pipelined SET {key}"
+        );
+    }
+}

@@ -1050,10 +1050,33 @@ impl Pinned {
         // Like one connection: a batch for another master (or several)
         // waits until everything before it is answered.
         let nodes: Vec<Node> = plan.groups.iter().map(|group| group.node.clone()).collect();
-        if nodes.len() > 1 || state.last.as_ref() != nodes.first() {
+        let sets_up = commands.iter().any(|args| is_set_up(args));
+        if nodes.len() > 1 || state.last.as_ref() != nodes.first() || sets_up {
             self.owed.drained().await;
         }
         state.last = nodes.first().cloned();
+        if sets_up {
+            // AUTH, HELLO and CLIENT SETNAME reach only the master they are
+            // planned on; the client's connections to the others would keep
+            // the old user (its ACL rights), protocol or name. They are
+            // closed, and opened again (now or when next needed) with the
+            // set-up replayed, as one Redis connection would be set up.
+            let mut keep = Vec::new();
+            for (index, args) in commands.iter().enumerate() {
+                if names[index] == b"RESET" {
+                    self.replay
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .clear();
+                } else if is_set_up(args) {
+                    self.remember(args);
+                    if let Some(Planned::One(piece)) = plan.commands.get(index) {
+                        keep.push(plan.groups[piece.group].node.clone());
+                    }
+                }
+            }
+            self.connections().retain(|node, _| keep.contains(node));
+        }
         for node in &nodes {
             if let Err(error) = self.own(node).await {
                 answer.answer(Err(error));
@@ -1084,7 +1107,7 @@ impl Pinned {
                 return receiver;
             }
         }
-        for (name, args) in names.iter().zip(&commands) {
+        for name in &names {
             match name.as_slice() {
                 b"MULTI" => state.in_multi = true,
                 b"EXEC" | b"DISCARD" => {
@@ -1097,16 +1120,18 @@ impl Pinned {
                     // opened again as new when needed.
                     state.in_multi = false;
                     state.watching = false;
-                    self.replay
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .clear();
+                    if !sets_up {
+                        // (With a set-up in the batch, the replay was
+                        // rebuilt in batch order above.)
+                        self.replay
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .clear();
+                    }
                     self.connections().retain(|node, _| nodes.contains(node));
                 }
                 b"WATCH" => state.watching = true,
                 b"UNWATCH" => state.watching = false,
-                b"AUTH" | b"HELLO" => self.remember(args),
-                b"CLIENT" if args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"SETNAME")) => self.remember(args),
                 _ => {}
             }
         }
@@ -1178,6 +1203,17 @@ impl Pinned {
         };
         self.own(&node).await?.send_raw_to_node(bytes).await
     }
+}
+
+/// Whether a command sets up its connection (AUTH, HELLO, CLIENT
+/// SETNAME): what a client's every connection to the cluster must be given.
+fn is_set_up(args: &[Bytes]) -> bool {
+    let Some(name) = args.first() else {
+        return false;
+    };
+    name.eq_ignore_ascii_case(b"AUTH")
+        || name.eq_ignore_ascii_case(b"HELLO")
+        || (name.eq_ignore_ascii_case(b"CLIENT") && args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"SETNAME")))
 }
 
 /// The commands of a batch as arguments (as many as are complete, up to
