@@ -1228,3 +1228,44 @@ async fn auth_hello_and_setname_on_own_connections_apply_on_every_master() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_a_transaction_routes_the_commands_around_it_as_usual() {
+    let mut pair = Pair::new(2, false).await;
+    let keys = keys_on_every_master(&pair.cluster, "tx:", 1);
+    let (a, b, c) = (&keys[0], &keys[1], &keys[2]);
+    // In one pipeline: commands of other masters before MULTI (after a
+    // blocking command, so the client is on its own connections) and
+    // after EXEC; only the transaction itself is on its key's master.
+    let commands = [
+        format!("BLPOP {c} 0.01"),
+        format!("RPUSH {a} q"),
+        format!("SET {b} 1"),
+        format!("WATCH {a}"),
+        "MULTI".to_string(),
+        format!("LPOP {a}"),
+        "EXEC".to_string(),
+        format!("GET {b}"),
+        format!("MGET {a} {b} {c}"),
+        "MULTI".to_string(),
+        format!("INCR {c}"),
+        "EXEC".to_string(),
+        format!("DEL {a} {b} {c}"),
+    ];
+    let mut wire = Vec::new();
+    for command in &commands {
+        let args: Vec<&[u8]> = command.split_whitespace().map(str::as_bytes).collect();
+        wire.extend(common::encode(&args));
+    }
+    pair.single.send(&wire).await;
+    pair.proxied.send(&wire).await;
+    for command in &commands {
+        let single = pair.single.read_reply().await;
+        let proxied = pair.proxied.read_reply().await;
+        assert_eq!(
+            String::from_utf8_lossy(&proxied),
+            String::from_utf8_lossy(&single),
+            "{command} in a pipeline with transactions"
+        );
+    }
+}
