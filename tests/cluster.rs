@@ -326,6 +326,20 @@ async fn cross_slot_commands_get_the_clusters_own_crossslot_error() {
             "{command} through the proxy"
         );
     }
+    // MSET with a key and no value across slots: the cluster's CROSSSLOT
+    // (the proxy's planner once panicked on it and dropped the client),
+    // and no pair of it is set.
+    let command = format!("MSET {a} 1 {b}");
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let owner = pair.cluster.owner_of_slot(RedisCluster::slot_of(a.as_bytes()));
+    let from_cluster = pair.cluster.try_cli(owner, &args).expect_err("the cluster refuses it");
+    assert_eq!(proxied.cmd(&command).await, format!("-{from_cluster}\r\n"), "{command}");
+    assert_eq!(
+        pair.cluster.direct(&["EXISTS", a]),
+        "0",
+        "nothing of the refused MSET ran"
+    );
+    assert_eq!(proxied.cmd("PING").await, "+PONG\r\n", "the client is still served");
     // A transaction spanning masters is refused inside, and so aborted.
     assert_eq!(proxied.cmd("MULTI").await, "+OK\r\n");
     assert_eq!(proxied.cmd(&format!("SET {a} 1")).await, "+QUEUED\r\n");
@@ -1145,6 +1159,113 @@ async fn a_user_without_cluster_shards_reads_the_map_by_cluster_slots() {
                 .lines()
                 .any(|line| line.contains("name=auracache:pool") && line.contains("user=proxy")),
             "{clients}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_hello_and_setname_on_own_connections_apply_on_every_master() {
+    let cluster = RedisCluster::start(3, 0);
+    for port in cluster.masters() {
+        cluster.cli(port, &["ACL", "SETUSER", "limited", "on", ">pw", "~allowed*", "+@all"]);
+    }
+    let proxy = Proxy::start(&cluster.url()).await;
+    let keys = keys_on_every_master(&cluster, "other:", 1);
+    let denied = "-NOPERM this user has no permissions to access one of the keys used as arguments\r\n";
+    // Own connections to two masters opened first (WATCH gives the client
+    // its own connection), then AUTH: every master must see the ACL user.
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd(&format!("WATCH {}", keys[1])).await, "+OK\r\n");
+    assert_eq!(client.cmd("UNWATCH").await, "+OK\r\n");
+    assert_eq!(client.cmd(&format!("GET {}", keys[2])).await, "$-1\r\n");
+    assert_eq!(client.cmd("AUTH limited pw").await, "+OK\r\n");
+    for key in &keys {
+        assert_eq!(
+            client.cmd(&format!("SET {key} 1")).await,
+            denied,
+            "SET {key} as limited"
+        );
+        assert_eq!(client.cmd(&format!("SET allowed{key} 1")).await, "+OK\r\n");
+    }
+    // HELLO 3 then: every master answers in RESP3.
+    assert!(client.cmd("HELLO 3").await.starts_with('%'));
+    for key in &keys {
+        assert_eq!(
+            client.cmd(&format!("HGETALL allowed-h{key}")).await,
+            "%0\r\n",
+            "HGETALL on {key}'s master"
+        );
+    }
+    // CLIENT SETNAME names every connection the client has.
+    assert_eq!(client.cmd("CLIENT SETNAME reviewer").await, "+OK\r\n");
+    for key in &keys {
+        client.cmd(&format!("GET allowed{key}")).await;
+    }
+    for port in cluster.masters() {
+        let list = cluster.cli(port, &["CLIENT", "LIST"]);
+        let named: Vec<&str> = list.lines().filter(|line| line.contains("user=limited")).collect();
+        assert!(!named.is_empty(), "master {port} has the client's connection");
+        assert!(
+            named.iter().all(|line| line.contains("name=reviewer")),
+            "master {port}: {named:?}"
+        );
+    }
+    // AUTH pipelined before a command of another master in one batch.
+    let mut piped = proxy.raw().await;
+    assert_eq!(piped.cmd(&format!("WATCH {}", keys[2])).await, "+OK\r\n");
+    assert_eq!(piped.cmd("UNWATCH").await, "+OK\r\n");
+    let mut wire = common::encode(&[b"AUTH", b"limited", b"pw"]);
+    for key in &keys {
+        wire.extend(common::encode(&[b"SET", key.as_bytes(), b"2"]));
+    }
+    piped.send(&wire).await;
+    assert_eq!(String::from_utf8_lossy(&piped.read_reply().await), "+OK\r\n");
+    for key in &keys {
+        assert_eq!(
+            String::from_utf8_lossy(&piped.read_reply().await),
+            denied,
+            "pipelined SET {key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_a_transaction_routes_the_commands_around_it_as_usual() {
+    let mut pair = Pair::new(2, false).await;
+    let keys = keys_on_every_master(&pair.cluster, "tx:", 1);
+    let (a, b, c) = (&keys[0], &keys[1], &keys[2]);
+    // In one pipeline: commands of other masters before MULTI (after a
+    // blocking command, so the client is on its own connections) and
+    // after EXEC; only the transaction itself is on its key's master.
+    let commands = [
+        format!("BLPOP {c} 0.01"),
+        format!("RPUSH {a} q"),
+        format!("SET {b} 1"),
+        format!("WATCH {a}"),
+        "MULTI".to_string(),
+        format!("LPOP {a}"),
+        "EXEC".to_string(),
+        format!("GET {b}"),
+        format!("MGET {a} {b} {c}"),
+        "MULTI".to_string(),
+        format!("INCR {c}"),
+        "EXEC".to_string(),
+        format!("DEL {a} {b} {c}"),
+    ];
+    let mut wire = Vec::new();
+    for command in &commands {
+        let args: Vec<&[u8]> = command.split_whitespace().map(str::as_bytes).collect();
+        wire.extend(common::encode(&args));
+    }
+    pair.single.send(&wire).await;
+    pair.proxied.send(&wire).await;
+    for command in &commands {
+        let single = pair.single.read_reply().await;
+        let proxied = pair.proxied.read_reply().await;
+        assert_eq!(
+            String::from_utf8_lossy(&proxied),
+            String::from_utf8_lossy(&single),
+            "{command} in a pipeline with transactions"
         );
     }
 }

@@ -1005,6 +1005,47 @@ impl Pinned {
         hook: Option<Hook>,
         output: Option<Arc<OutputBuffer>>,
     ) -> oneshot::Receiver<BatchResult> {
+        let sticky = {
+            let state = self.state.lock().await;
+            state.in_multi || state.watching
+        };
+        let Some(segments) = transaction_segments(&bytes, replies, sticky) else {
+            return self.send_segment(bytes, replies, hook, output).await;
+        };
+        // A pipeline with a transaction and other commands: the commands
+        // before and after it are routed as usual, only the transaction
+        // (from WATCH or MULTI to EXEC or DISCARD) is on its one master.
+        let mut receivers = Vec::with_capacity(segments.len());
+        for (range, count) in segments {
+            receivers.push((count, self.send_segment(bytes.slice(range), count, None, None).await));
+        }
+        let (answer, receiver) = Answer::new(hook, output, replies);
+        tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            for (count, receiver) in receivers {
+                match receiver.await.unwrap_or_else(|_| Err(UpstreamError::lost())) {
+                    Ok(replies) => out.extend_from_slice(&replies),
+                    Err(error) => {
+                        // As a lost master's part of a spread batch.
+                        for _ in 0..count {
+                            out.extend_from_slice(&error_reply(&error));
+                        }
+                    }
+                }
+            }
+            answer.answer(Ok(out.freeze()));
+        });
+        receiver
+    }
+
+    /// Sends commands that are all in a transaction or all outside one.
+    async fn send_segment(
+        &self,
+        bytes: Bytes,
+        replies: usize,
+        hook: Option<Hook>,
+        output: Option<Arc<OutputBuffer>>,
+    ) -> oneshot::Receiver<BatchResult> {
         let commands = split_commands(&bytes, replies);
         let names: Vec<Vec<u8>> = commands
             .iter()
@@ -1050,10 +1091,33 @@ impl Pinned {
         // Like one connection: a batch for another master (or several)
         // waits until everything before it is answered.
         let nodes: Vec<Node> = plan.groups.iter().map(|group| group.node.clone()).collect();
-        if nodes.len() > 1 || state.last.as_ref() != nodes.first() {
+        let sets_up = commands.iter().any(|args| is_set_up(args));
+        if nodes.len() > 1 || state.last.as_ref() != nodes.first() || sets_up {
             self.owed.drained().await;
         }
         state.last = nodes.first().cloned();
+        if sets_up {
+            // AUTH, HELLO and CLIENT SETNAME reach only the master they are
+            // planned on; the client's connections to the others would keep
+            // the old user (its ACL rights), protocol or name. They are
+            // closed, and opened again (now or when next needed) with the
+            // set-up replayed, as one Redis connection would be set up.
+            let mut keep = Vec::new();
+            for (index, args) in commands.iter().enumerate() {
+                if names[index] == b"RESET" {
+                    self.replay
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .clear();
+                } else if is_set_up(args) {
+                    self.remember(args);
+                    if let Some(Planned::One(piece)) = plan.commands.get(index) {
+                        keep.push(plan.groups[piece.group].node.clone());
+                    }
+                }
+            }
+            self.connections().retain(|node, _| keep.contains(node));
+        }
         for node in &nodes {
             if let Err(error) = self.own(node).await {
                 answer.answer(Err(error));
@@ -1084,7 +1148,7 @@ impl Pinned {
                 return receiver;
             }
         }
-        for (name, args) in names.iter().zip(&commands) {
+        for name in &names {
             match name.as_slice() {
                 b"MULTI" => state.in_multi = true,
                 b"EXEC" | b"DISCARD" => {
@@ -1097,16 +1161,18 @@ impl Pinned {
                     // opened again as new when needed.
                     state.in_multi = false;
                     state.watching = false;
-                    self.replay
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .clear();
+                    if !sets_up {
+                        // (With a set-up in the batch, the replay was
+                        // rebuilt in batch order above.)
+                        self.replay
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .clear();
+                    }
                     self.connections().retain(|node, _| nodes.contains(node));
                 }
                 b"WATCH" => state.watching = true,
                 b"UNWATCH" => state.watching = false,
-                b"AUTH" | b"HELLO" => self.remember(args),
-                b"CLIENT" if args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"SETNAME")) => self.remember(args),
                 _ => {}
             }
         }
@@ -1180,6 +1246,56 @@ impl Pinned {
     }
 }
 
+/// A batch's parts (byte range, command count) that are each all inside a
+/// transaction or all outside one, when it has more than one; `sticky`:
+/// the batch starts inside one (after MULTI or WATCH). A transaction
+/// starts at MULTI or WATCH and ends after EXEC, DISCARD, UNWATCH (outside
+/// MULTI) or RESET, as the session's own state does.
+fn transaction_segments(bytes: &Bytes, replies: usize, sticky: bool) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
+    let (mut in_multi, mut watching) = (sticky, false);
+    let mut segments: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+    let mut last: Option<bool> = None;
+    let mut ended = false;
+    let mut at = 0;
+    for _ in 0..replies {
+        let (args, end) = scan::multibulk_args_from(bytes, at)?;
+        let name = args.first()?;
+        let is = |upper: &[u8]| name.eq_ignore_ascii_case(upper);
+        let inside = in_multi || watching || is(b"MULTI") || is(b"WATCH");
+        match segments.last_mut() {
+            Some((range, count)) if last == Some(inside) && !ended => {
+                range.end = end;
+                *count += 1;
+            }
+            _ => segments.push((at..end, 1)),
+        }
+        last = Some(inside);
+        if is(b"MULTI") {
+            in_multi = true;
+        } else if is(b"WATCH") {
+            watching = true;
+        } else if is(b"EXEC") || is(b"DISCARD") || is(b"RESET") {
+            (in_multi, watching) = (false, false);
+        } else if is(b"UNWATCH") && !in_multi {
+            watching = false;
+        }
+        ended = inside && !in_multi && !watching;
+        at = end;
+    }
+    (at == bytes.len() && segments.len() > 1).then_some(segments)
+}
+
+/// Whether a command sets up its connection (AUTH, HELLO, CLIENT
+/// SETNAME): what a client's every connection to the cluster must be given.
+fn is_set_up(args: &[Bytes]) -> bool {
+    let Some(name) = args.first() else {
+        return false;
+    };
+    name.eq_ignore_ascii_case(b"AUTH")
+        || name.eq_ignore_ascii_case(b"HELLO")
+        || (name.eq_ignore_ascii_case(b"CLIENT") && args.get(1).is_some_and(|sub| sub.eq_ignore_ascii_case(b"SETNAME")))
+}
+
 /// The commands of a batch as arguments (as many as are complete, up to
 /// `most`).
 fn split_commands(bytes: &Bytes, most: usize) -> Vec<Vec<Bytes>> {
@@ -1193,4 +1309,40 @@ fn split_commands(bytes: &Bytes, most: usize) -> Vec<Vec<Bytes>> {
         at = end;
     }
     commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(commands: &[&str]) -> Bytes {
+        let mut out = BytesMut::new();
+        for line in commands {
+            let args = line
+                .split(' ')
+                .map(|arg| Bytes::copy_from_slice(arg.as_bytes()))
+                .collect();
+            out.extend_from_slice(Command::from_args(args).wire());
+        }
+        out.freeze()
+    }
+
+    fn counts(commands: &[&str], sticky: bool) -> Option<Vec<usize>> {
+        let bytes = batch(commands);
+        transaction_segments(&bytes, commands.len(), sticky)
+            .map(|segments| segments.into_iter().map(|(_, count)| count).collect())
+    }
+
+    #[test]
+    fn a_transaction_in_a_pipeline_is_a_segment_of_its_own() {
+        let pipeline = [
+            "GET a", "WATCH k", "MULTI", "SET k 1", "EXEC", "GET b", "MULTI", "EXEC", "GET c",
+        ];
+        assert_eq!(counts(&pipeline, false), Some(vec![1, 4, 1, 2, 1]));
+        // Already in a transaction: up to its EXEC.
+        assert_eq!(counts(&["SET k 1", "EXEC", "GET b"], true), Some(vec![2, 1]));
+        // Nothing to split.
+        assert_eq!(counts(&["GET a", "GET b"], false), None);
+        assert_eq!(counts(&["MULTI", "SET k 1", "EXEC"], false), None);
+    }
 }

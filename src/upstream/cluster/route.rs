@@ -197,6 +197,13 @@ impl Plan {
             self.commands.push(Planned::Local(Bytes::from_static(CROSSSLOT)));
             return;
         };
+        if !(args.len() - 1).is_multiple_of(step) {
+            // MSET with a key and no value: Redis Cluster answers CROSSSLOT
+            // (its arity check passes, the pair check comes later), and
+            // nothing is set.
+            self.commands.push(Planned::Local(Bytes::from_static(CROSSSLOT)));
+            return;
+        }
         // Arguments after the name, `step` at a time, grouped by slot in
         // the order slots first appear.
         let mut by_slot: Vec<(u16, Vec<Bytes>, Vec<usize>)> = Vec::new();
@@ -547,6 +554,20 @@ mod tests {
         let plan = Plan::new(&batch(&[&["RENAME", "foo", "bar"]]), 1, &three(), &KeyTable::builtin()).unwrap();
         assert!(matches!(&plan.commands[0], Planned::Local(reply) if &reply[..] == CROSSSLOT));
         assert!(plan.groups.is_empty());
+    }
+
+    #[test]
+    fn mset_with_a_key_and_no_value_across_slots_is_crossslot_and_does_not_panic() {
+        // foo and bar are on different masters; bar has no value.
+        let plan = Plan::new(
+            &batch(&[&["MSET", "foo", "1", "bar"]]),
+            1,
+            &three(),
+            &KeyTable::builtin(),
+        )
+        .unwrap();
+        assert!(matches!(&plan.commands[0], Planned::Local(reply) if &reply[..] == CROSSSLOT));
+        assert!(plan.groups.is_empty(), "no part of it is sent");
     }
 
     #[test]
