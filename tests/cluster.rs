@@ -1269,3 +1269,33 @@ async fn a_pipeline_with_a_transaction_routes_the_commands_around_it_as_usual() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_key_framed_in_braces_stays_in_its_tags_slot() {
+    let cluster = RedisCluster::start(3, 0);
+    let proxy = Proxy::start_with(&cluster.url(), |config| {
+        // `{user:1}` and `{user:1}:b` are in namespace `{user`, tag `user:1`.
+        let namespace = config.namespaces.entry("{user".into()).or_default();
+        namespace.version = Some(2);
+        namespace.fallback_versions = vec![1];
+    })
+    .await;
+    let mut client = proxy.raw().await;
+    assert_eq!(client.cmd("SET {user:1} a").await, "+OK\r\n");
+    assert_eq!(
+        cluster.direct(&["GET", "v2:{user:1}}"]),
+        "a",
+        "stored with one more closing brace"
+    );
+    // One slot, so single-slot commands over both work as on one Redis.
+    assert_eq!(client.cmd("RENAME {user:1} {user:1}:b").await, "+OK\r\n");
+    assert_eq!(client.cmd("MULTI").await, "+OK\r\n");
+    assert_eq!(client.cmd("SET {user:1} c").await, "+QUEUED\r\n");
+    assert_eq!(client.cmd("GET {user:1}:b").await, "+QUEUED\r\n");
+    assert_eq!(client.cmd("EXEC").await, "*2\r\n+OK\r\n$1\r\na\r\n");
+    let keys = client.cmd("KEYS {user*").await;
+    assert!(
+        keys.contains("$8\r\n{user:1}\r\n") && keys.contains("$10\r\n{user:1}:b\r\n"),
+        "{keys}"
+    );
+}
