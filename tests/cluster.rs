@@ -64,6 +64,27 @@ impl Pair {
         single
     }
 
+    /// Sends `commands` as one pipeline to both sides and requires the
+    /// same replies, in order.
+    async fn pipeline(&mut self, commands: &[String], what: &str) {
+        let mut wire = Vec::new();
+        for command in commands {
+            let args: Vec<&[u8]> = command.split_whitespace().map(str::as_bytes).collect();
+            wire.extend(common::encode(&args));
+        }
+        self.single.send(&wire).await;
+        self.proxied.send(&wire).await;
+        for command in commands {
+            let single = self.single.read_reply().await;
+            let proxied = self.proxied.read_reply().await;
+            assert_eq!(
+                String::from_utf8_lossy(&proxied),
+                String::from_utf8_lossy(&single),
+                "{command} {what}"
+            );
+        }
+    }
+
     async fn lines(&mut self, lines: &[&str]) {
         for line in lines {
             let args: Vec<&[u8]> = line.split_whitespace().map(str::as_bytes).collect();
@@ -207,7 +228,6 @@ async fn multi_key_commands_across_masters_are_split_and_merged_as_one_redis_ans
     ])
     .await;
     // The same in one pipeline, replies in order.
-    let mut wire = Vec::new();
     let commands = [
         format!("MSET {pairs}"),
         format!("MGET {joined}"),
@@ -215,21 +235,7 @@ async fn multi_key_commands_across_masters_are_split_and_merged_as_one_redis_ans
         format!("GET {}", keys[5]),
         format!("EXISTS {joined}"),
     ];
-    for command in &commands {
-        let args: Vec<&[u8]> = command.split_whitespace().map(str::as_bytes).collect();
-        wire.extend(common::encode(&args));
-    }
-    pair.single.send(&wire).await;
-    pair.proxied.send(&wire).await;
-    for command in &commands {
-        let single = pair.single.read_reply().await;
-        let proxied = pair.proxied.read_reply().await;
-        assert_eq!(
-            String::from_utf8_lossy(&proxied),
-            String::from_utf8_lossy(&single),
-            "{command} in a pipeline"
-        );
-    }
+    pair.pipeline(&commands, "in a pipeline").await;
     // A wrong type in one master's part: the error, as Redis gives it.
     pair.lines(&[&format!("LPUSH {} x", keys[2]), &format!("MGET {joined}")])
         .await;
@@ -1252,22 +1258,7 @@ async fn a_pipeline_with_a_transaction_routes_the_commands_around_it_as_usual() 
         "EXEC".to_string(),
         format!("DEL {a} {b} {c}"),
     ];
-    let mut wire = Vec::new();
-    for command in &commands {
-        let args: Vec<&[u8]> = command.split_whitespace().map(str::as_bytes).collect();
-        wire.extend(common::encode(&args));
-    }
-    pair.single.send(&wire).await;
-    pair.proxied.send(&wire).await;
-    for command in &commands {
-        let single = pair.single.read_reply().await;
-        let proxied = pair.proxied.read_reply().await;
-        assert_eq!(
-            String::from_utf8_lossy(&proxied),
-            String::from_utf8_lossy(&single),
-            "{command} in a pipeline with transactions"
-        );
-    }
+    pair.pipeline(&commands, "in a pipeline with transactions").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
