@@ -408,8 +408,8 @@ impl Cluster {
 /// Sub-batches sent, awaiting their replies.
 enum Sent {
     Waiting(oneshot::Receiver<BatchResult>),
+    /// Answered already (or never sent: its connection could not be had).
     Ready(BatchResult),
-    Failed(UpstreamError),
 }
 
 fn error_reply(error: &UpstreamError) -> Bytes {
@@ -453,7 +453,7 @@ async fn send_plan(cluster: &Cluster, source: &Source, plan: &mut Plan) -> Vec<S
             Ok(connection) => Sent::Waiting(connection.send_to_node(bytes, count, None).await),
             Err(error) => {
                 cluster.refresh_soon();
-                Sent::Failed(error)
+                Sent::Ready(Err(error))
             }
         });
     }
@@ -477,7 +477,6 @@ async fn assemble(
         results.push(match sent {
             Sent::Waiting(receiver) => receiver.await.unwrap_or_else(|_| Err(UpstreamError::lost())),
             Sent::Ready(result) => result,
-            Sent::Failed(error) => Err(error),
         });
     }
     let mut replies = split_all(cluster, &plan, results)?;
@@ -758,6 +757,12 @@ impl ClusterLink {
     /// A batch for several masters, or with split or fanned-out commands:
     /// see [`Gathering`].
     async fn send_spread(&self, mut plan: Plan, answer: Answer, turn: Turn) {
+        if plan.groups.is_empty() {
+            // Only local replies (CROSSSLOT).
+            drop(turn);
+            answer.answer(Ok(build(&self.cluster, plan, &[])));
+            return;
+        }
         let sends: Vec<(Node, Bytes, usize)> = plan
             .groups
             .iter_mut()
@@ -769,14 +774,6 @@ impl ClusterLink {
             results: Mutex::new((0..sends.len()).map(|_| None).collect()),
             finish: Mutex::new(Some((plan, answer, turn))),
         });
-        if sends.is_empty() {
-            // Only local replies (CROSSSLOT).
-            if let Some((plan, answer, turn)) = gathering.finish.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                drop(turn);
-                answer.answer(Ok(build(&self.cluster, plan, &[])));
-            }
-            return;
-        }
         for (group, (node, bytes, count)) in sends.into_iter().enumerate() {
             match self.source.connection(&self.cluster, &node).await {
                 Ok(connection) => {
